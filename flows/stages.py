@@ -1,0 +1,117 @@
+"""One Prefect flow per pipeline stage, each a thin shell around a tasks.pipeline function.
+
+Under `dvc repro` DVC owns caching between stages, so the stage flows run their task with
+caching off. The same tasks carry a cache key for the `compress` flow (flows/compress.py):
+config section + input artifact digests + code digest, valid only while the output
+artifact exists with that key and intact files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
+
+from tasks import pipeline
+from tasks.config import Params
+from tasks.report import build_metrics, layer_table, plot_layer_sparsity
+
+DATA = Path("data")
+MODEL, CALIBRATION, PRUNED = DATA / "model", DATA / "calibration", DATA / "pruned"
+EVAL_DENSE, EVAL_PRUNED = DATA / "eval_dense", DATA / "eval_pruned"
+METRICS = Path("metrics.json")
+REPORTS = Path("reports")
+SPARSITY_CSV, SPARSITY_PNG = REPORTS / "layer_sparsity.csv", REPORTS / "layer_sparsity.png"
+
+
+def _cache_key(context, parameters: dict) -> str | None:
+    """Key for a stage task; None (no caching) unless its output is already there for it."""
+    inputs = [Path(v) for k, v in parameters.items() if k.endswith("_dir")]
+    key = pipeline.stage_key(parameters["cfg"].model_dump(mode="json"), inputs)
+    return key if pipeline.output_matches(Path(parameters["out"]), key) else None
+
+
+def _progress(total: int, label: str):
+    bar = tqdm(total=total, desc=label, unit="step", dynamic_ncols=True)
+    return lambda: (bar.update(), bar.close() if bar.n >= total else None)
+
+
+def _log(message: str) -> None:
+    get_run_logger().info(message)
+
+
+stage_task = task(cache_key_fn=_cache_key, persist_result=True)
+
+
+@stage_task
+def model_task(cfg, out: str) -> str:
+    return str(pipeline.build_model(cfg, Path(out), _log))
+
+
+@stage_task
+def calibrate_task(cfg, model_dir: str, out: str) -> str:
+    return str(pipeline.calibrate(cfg, Path(model_dir), Path(out), _log))
+
+
+@stage_task
+def prune_task(cfg, model_dir: str, calibration_dir: str, out: str) -> str:
+    return str(pipeline.prune(cfg, Path(model_dir), Path(calibration_dir), Path(out), _log, _progress))
+
+
+@stage_task
+def evaluate_task(cfg, model_dir: str, out: str) -> str:
+    return str(pipeline.evaluate_model(cfg, Path(model_dir), Path(out), _log, _progress))
+
+
+@task
+def report_task(pruned_dir: str, dense_eval: str, pruned_eval: str) -> dict:
+    """metrics.json plus the per-layer sparsity table and plot (small files kept in git)."""
+    records = json.loads((Path(pruned_dir) / "layers.json").read_text())
+    meta = json.loads((Path(pruned_dir) / "metadata.json").read_text())
+    metrics = build_metrics(pipeline.read_perplexity(Path(dense_eval)),
+                            pipeline.read_perplexity(Path(pruned_eval)), meta, records)
+    REPORTS.mkdir(exist_ok=True)
+    table = layer_table(records)
+    table.to_csv(SPARSITY_CSV, index=False)
+    cfg = meta["config"]
+    plot_layer_sparsity(table, SPARSITY_PNG, f"{cfg['method']} at {cfg['sparsity']}")
+    METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
+    get_run_logger().info(json.dumps(metrics))
+    return metrics
+
+
+def uncached(t):
+    return t.with_options(cache_policy=NO_CACHE, persist_result=False)
+
+
+@flow(name="model")
+def model_flow(params: Params) -> str:
+    return uncached(model_task)(params.model, str(MODEL))
+
+
+@flow(name="calibrate")
+def calibrate_flow(params: Params) -> str:
+    return uncached(calibrate_task)(params.calibration, str(MODEL), str(CALIBRATION))
+
+
+@flow(name="prune")
+def prune_flow(params: Params) -> str:
+    return uncached(prune_task)(params.prune, str(MODEL), str(CALIBRATION), str(PRUNED))
+
+
+@flow(name="evaluate-dense")
+def evaluate_dense_flow(params: Params) -> str:
+    return uncached(evaluate_task)(params.evaluate, str(MODEL), str(EVAL_DENSE))
+
+
+@flow(name="evaluate")
+def evaluate_flow(params: Params) -> dict:
+    pruned_eval = uncached(evaluate_task)(params.evaluate, str(PRUNED), str(EVAL_PRUNED))
+    return report_task(str(PRUNED), str(EVAL_DENSE), pruned_eval)
+
+
+STAGES = {"model": model_flow, "calibrate": calibrate_flow, "prune": prune_flow,
+          "evaluate_dense": evaluate_dense_flow, "evaluate": evaluate_flow}

@@ -1,0 +1,108 @@
+"""Stage artifacts: a directory of safetensors/JSON files plus a `metadata.json`.
+
+metadata.json = {"kind", "version", "config", "inputs", "libraries", "files": {name: sha256}, ...}.
+Writes are atomic: everything goes into a hidden temporary sibling that is renamed into
+place only once complete, so a killed stage never leaves a directory a reader (or DVC)
+would take as finished. Readers check kind, version and every file's digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+METADATA = "metadata.json"
+_LIBRARIES = ("prunepipe", "torch", "transformers", "safetensors")
+
+
+class ArtifactError(RuntimeError):
+    """A stage artifact is missing, incomplete, altered or of the wrong kind/version."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    found = {}
+    for name in _LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def write_artifact(final: Path, kind: str, version_: int, metadata: dict,
+                   write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp_dir)`, add metadata.json with file digests, then rename into `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        files = {p.relative_to(tmp).as_posix(): file_sha256(p)
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        record = {"kind": kind, "version": version_, **metadata,
+                  "libraries": library_versions(), "files": files}
+        (tmp / METADATA).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def read_metadata(directory: Path, kind: str, version_: int, verify: bool = True) -> dict:
+    """Load and check an artifact's metadata; with `verify`, re-hash every file it lists."""
+    directory = Path(directory)
+    meta_path = directory / METADATA
+    if not meta_path.is_file():
+        raise ArtifactError(f"{directory}: not a complete prunepipe artifact ({METADATA} is missing); "
+                            "re-run the stage that writes it")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{meta_path}: unreadable JSON ({err})") from None
+    if meta.get("kind") != kind:
+        raise ArtifactError(f"{directory}: expected a {kind!r} artifact, found {meta.get('kind')!r}")
+    if meta.get("version") != version_:
+        raise ArtifactError(f"{directory}: {kind} artifact version {meta.get('version')!r} is not supported "
+                            f"(this prunepipe reads version {version_})")
+    if verify:
+        for name, expected in meta.get("files", {}).items():
+            path = directory / name
+            if not path.is_file():
+                raise ArtifactError(f"{path}: listed in {METADATA} but missing")
+            if file_sha256(path) != expected:
+                raise ArtifactError(f"{path}: checksum mismatch (the file was altered or truncated); "
+                                    "re-run the stage that writes it")
+    return meta
+
+
+def artifact_digest(directory: Path) -> str:
+    """One digest for a whole artifact: its metadata lists every file's sha256."""
+    return file_sha256(Path(directory) / METADATA)
+
+

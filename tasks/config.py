@@ -1,0 +1,78 @@
+"""The shape of params.yaml: one frozen pydantic model per section.
+
+Parsed once at the edge (flows/params.py) and passed explicitly to every stage; nothing
+below flows/ reads params.yaml. Validation messages name the key, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+from tasks.patterns import Pattern, parse_pattern
+
+Device = Literal["cpu", "cuda"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(Section):
+    # "default" (the packaged SmolLM2-135M), a hub id "org/name@revision", a local
+    # Hugging Face folder, or a .gguf file.
+    source: str = "default"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+
+class CalibrationConfig(Section):
+    # "default" (packaged Wikipedia), a .txt/.json/.jsonl file, or "hf:name[:config]".
+    dataset: str = "default"
+    nsamples: PositiveInt = 64
+    seqlen: PositiveInt = 512
+    seed: int = 0
+
+
+class SparseGPTOptions(Section):
+    blocksize: PositiveInt = 128
+    percdamp: float = Field(0.01, ge=0.0)
+
+
+class PruneConfig(Section):
+    method: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
+    sparsity: float | str = 0.5
+    # fnmatch patterns over module names, e.g. "*.mlp.down_proj"; decoder-layer Linears only.
+    ignore: tuple[str, ...] = ()
+    device: Device = "cpu"
+    sparsegpt: SparseGPTOptions = SparseGPTOptions()
+
+    @field_validator("sparsity")
+    @classmethod
+    def _valid_pattern(cls, value: float | str) -> float | str:
+        parse_pattern(value)
+        return value
+
+    @property
+    def pattern(self) -> Pattern:
+        return parse_pattern(self.sparsity)
+
+
+class EvaluateConfig(Section):
+    dataset: str = "default"
+    seqlen: PositiveInt = 512
+    batch_size: PositiveInt = 4
+    # Cap on the number of windows (None = the whole held-out split).
+    max_windows: PositiveInt | None = None
+    # Prepend the tokenizer's BOS token to every window: "auto" asks the tokenizer.
+    add_bos: Literal["auto", "true", "false"] = "auto"
+    device: Device = "cpu"
+
+
+class Params(Section):
+    model: ModelConfig = ModelConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    prune: PruneConfig = PruneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()

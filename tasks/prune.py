@@ -1,0 +1,172 @@
+"""Sequential layer-by-layer pruning, as the SparseGPT and Wanda papers do it.
+
+Capture the inputs of the first decoder layer for every calibration sample; then, for each
+decoder layer in turn: move it to the compute device, run the samples through it once with
+forward hooks accumulating each Linear's input statistics (Linears fed the same tensor,
+such as q/k/v and gate/up, share one accumulator), prune every Linear, and run the samples
+through the pruned layer to produce the next layer's inputs. Only one decoder layer, its
+activations and its statistics live on the device; the rest of the model stays on the CPU.
+
+Methods (scores compared within each output row, or each group of M inputs for N:M):
+- magnitude: |W_ij|
+- wanda (Sun et al. 2023): |W_ij| · ‖X_j‖₂
+- sparsegpt (Frantar & Alistarh 2023): OBS reconstruction, see tasks/sparsegpt.py
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tasks.config import PruneConfig
+from tasks.layers import (capture_inputs, find_decoder_layers, layer_output, move_kwargs,
+                          prunable_modules, set_weight, weight_view)
+from tasks.patterns import Pattern, mask_from_scores
+from tasks.sparsegpt import sparsegpt
+
+Log = Callable[[str], None]
+
+
+class InputStats:
+    """Running statistics of one Linear's input X (tokens, cols), accumulated in float32.
+
+    sumsq_j = Σ_t x_tj² (Wanda's ‖X_j‖₂²); H = 2·XᵀX / n as a running mean (SparseGPT).
+    """
+
+    def __init__(self, cols: int, device: torch.device, hessian: bool):
+        self.count = 0
+        self.sumsq = torch.zeros(cols, dtype=torch.float32, device=device)
+        self.hessian = torch.zeros(cols, cols, dtype=torch.float32, device=device) if hessian else None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()                    # (tokens, cols)
+        tokens = x.shape[0]
+        self.sumsq += (x * x).sum(0)
+        if self.hessian is not None:
+            self.hessian *= self.count / (self.count + tokens)
+            x = x * (2.0 / (self.count + tokens)) ** 0.5
+            self.hessian += x.T @ x
+        self.count += tokens
+
+
+@dataclass(frozen=True)
+class Pruned:
+    weight: torch.Tensor   # (rows, cols) float32
+    mask: torch.Tensor     # (rows, cols) bool, True = pruned
+
+
+def prune_magnitude(W: torch.Tensor, stats: InputStats, pattern: Pattern, cfg: PruneConfig, log: Log) -> Pruned:
+    mask = mask_from_scores(W.abs(), pattern)
+    return Pruned(W.masked_fill(mask, 0.0), mask)
+
+
+def wanda_scores(W: torch.Tensor, stats: InputStats) -> torch.Tensor:
+    return W.abs() * stats.sumsq.sqrt().to(W.device)
+
+
+def prune_wanda(W: torch.Tensor, stats: InputStats, pattern: Pattern, cfg: PruneConfig, log: Log) -> Pruned:
+    mask = mask_from_scores(wanda_scores(W, stats), pattern)
+    return Pruned(W.masked_fill(mask, 0.0), mask)
+
+
+def prune_sparsegpt(W: torch.Tensor, stats: InputStats, pattern: Pattern, cfg: PruneConfig, log: Log) -> Pruned:
+    opts = cfg.sparsegpt
+    result = sparsegpt(W, stats.hessian, pattern, blocksize=opts.blocksize, percdamp=opts.percdamp, log=log)
+    return Pruned(result.weight, result.mask)
+
+
+PRUNERS: dict[str, Callable[..., Pruned]] = {
+    "magnitude": prune_magnitude,
+    "wanda": prune_wanda,
+    "sparsegpt": prune_sparsegpt,
+}
+NEEDS_HESSIAN = {"sparsegpt"}
+
+
+@dataclass(frozen=True)
+class LinearRecord:
+    layer: int
+    name: str          # full module name, e.g. model.layers.3.self_attn.q_proj
+    kind: str          # last name component, e.g. q_proj
+    rows: int
+    cols: int
+    sparsity: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    records: list[LinearRecord]
+    seconds: float
+    peak_device_bytes: int
+
+
+@torch.no_grad()
+def collect_stats(layer: nn.Module, modules: dict[str, nn.Module], hidden: list[torch.Tensor],
+                  kwargs: dict, device: torch.device, hessian: bool) -> dict[str, InputStats]:
+    """One pass of the samples through `layer`; module name → statistics of its input."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [module.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[0]))
+               for name, module in modules.items()]
+    owner: dict[str, str] = {}
+    stats: dict[str, InputStats] = {}
+    try:
+        for h in hidden:
+            seen.clear()
+            layer(h.to(device), **kwargs)
+            if not owner:  # modules whose input is the very same tensor share one accumulator
+                first_by_input: dict[tuple, str] = {}
+                owner = {name: first_by_input.setdefault((x.data_ptr(), tuple(x.shape)), name)
+                         for name, x in seen.items()}
+                stats = {name: InputStats(seen[name].shape[-1], device, hessian) for name in set(owner.values())}
+            for name, acc in stats.items():
+                acc.add(seen[name])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: stats[owner[name]] for name in modules}
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfig, log: Log = print,
+                progress: Callable[[int, str], Callable[[], None]] | None = None) -> PruneReport:
+    """Prune `model` in place, layer by layer. tokens: (nsamples, seqlen) calibration ids.
+
+    `progress(total, label)` returns a callable to advance a progress bar by one step.
+    """
+    start = time.perf_counter()
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    prefix, layers = find_decoder_layers(model)
+    pattern = cfg.pattern
+    prune = PRUNERS[cfg.method]
+    tick = progress(len(tokens), "capture layer-0 inputs") if progress else None
+    inputs = capture_inputs(model, layers, tokens, store=device, progress=tick)
+    hidden = inputs.hidden
+    tick = progress(len(layers), f"{cfg.method} {cfg.sparsity}") if progress else None
+    records: list[LinearRecord] = []
+    for index, layer in enumerate(layers):
+        layer.to(device)
+        kwargs = move_kwargs(inputs.kwargs[index], device)
+        modules = prunable_modules(layer, f"{prefix}.{index}", cfg.ignore)
+        stats = collect_stats(layer, modules, hidden, kwargs, device, cfg.method in NEEDS_HESSIAN)
+        for name, module in modules.items():
+            began = time.perf_counter()
+            W = weight_view(module).float()
+            result = prune(W, stats[name], pattern, cfg, log)
+            set_weight(module, result.weight)
+            records.append(LinearRecord(index, name, name.rsplit(".", 1)[-1], *W.shape,
+                                        sparsity=float((result.weight == 0).float().mean()),
+                                        seconds=time.perf_counter() - began))
+        del stats
+        hidden = [layer_output(layer(h, **kwargs)) for h in hidden]
+        layer.to("cpu")
+        if tick:
+            tick()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return PruneReport(records, time.perf_counter() - start, peak)

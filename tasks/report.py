@@ -1,0 +1,57 @@
+"""Small, diffable results: the per-layer sparsity table and plot, and metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def layer_table(records: list[dict]) -> pd.DataFrame:
+    """Wide table, one row per decoder layer: weighted overall sparsity, then one column per
+    projection type (q_proj, …), in the order the model defines them."""
+    frame = pd.DataFrame(records)
+    frame["zeros"] = frame["sparsity"] * frame["rows"] * frame["cols"]
+    frame["weights"] = frame["rows"] * frame["cols"]
+    per_layer = frame.groupby("layer")[["zeros", "weights"]].sum()
+    table = pd.DataFrame({"all": per_layer["zeros"] / per_layer["weights"]})
+    kinds = frame.pivot_table(index="layer", columns="kind", values="sparsity", aggfunc="mean")
+    table = table.join(kinds[list(dict.fromkeys(frame["kind"]))])
+    return table.reset_index().round(6)
+
+
+def plot_layer_sparsity(table: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for column in table.columns.drop("layer"):
+        style = {"linewidth": 2.5, "color": "black"} if column == "all" else {"linewidth": 1, "alpha": 0.8}
+        ax.plot(table["layer"], table[column], marker=".", label=column, **style)
+    ax.set(xlabel="decoder layer", ylabel="sparsity (fraction of zeros)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sparsity_summary(records: list[dict]) -> dict:
+    """Overall sparsity of the decoder-layer Linears and the sparsity of each projection type."""
+    frame = pd.DataFrame(records)
+    weights = frame["rows"] * frame["cols"]
+    zeros = frame["sparsity"] * weights
+    per_kind = (zeros.groupby(frame["kind"]).sum() / weights.groupby(frame["kind"]).sum())
+    return {"sparsity": round(float(zeros.sum() / weights.sum()), 6),
+            "sparsity_per_type": {k: round(float(v), 6) for k, v in per_kind.items()}}
+
+
+def build_metrics(ppl_dense: float, ppl_pruned: float, pruned_meta: dict, records: list[dict]) -> dict:
+    mib = 1 << 20
+    return {"ppl_dense": round(ppl_dense, 4), "ppl_pruned": round(ppl_pruned, 4),
+            **sparsity_summary(records),
+            "prune_seconds": round(pruned_meta["prune_seconds"], 2),
+            "peak_host_mib": round(pruned_meta["peak_host_bytes"] / mib, 1),
+            "peak_device_mib": round(pruned_meta["peak_device_bytes"] / mib, 1)}

@@ -1,0 +1,72 @@
+"""Offline fixtures: a tiny corpus written by the test, a tokenizer trained on it, and tiny
+random decoder models built from configs (no hub, no network)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = ("the model prunes weights of every layer while calibration text flows through "
+         "sparse matrices keep half their values and quantized codes shrink memory bandwidth "
+         "kernels read fewer bytes so decoding runs faster on graphics processors").split()
+
+
+def make_corpus(path: Path, documents: int = 120, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(documents):
+        start = rng.randrange(len(WORDS))
+        words = [WORDS[(start + i * rng.choice((1, 1, 2, 3))) % len(WORDS)] for i in range(rng.randint(40, 90))]
+        docs.append({"text": " ".join(words).capitalize() + "."})
+    path.write_text(json.dumps(docs))
+    return path
+
+
+def make_tokenizer(corpus: Path, vocab_size: int = 256):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = [d["text"] for d in json.loads(corpus.read_text())]
+    tok.train_from_iterator(texts, trainer)
+    tok.decoder = decoders.ByteLevel()
+    # Like Llama's tokenizer: every encoded sequence starts with BOS.
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_llama(vocab_size: int = 256, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
+                         max_position_embeddings=256, tie_word_embeddings=False)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus") / "docs.json")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(corpus_file):
+    return make_tokenizer(corpus_file)
+
+
+@pytest.fixture(scope="session")
+def llama_folder(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random Llama saved as a plain Hugging Face folder (a user's local model)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = tiny_llama(len(tokenizer))
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
