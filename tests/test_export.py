@@ -1,0 +1,105 @@
+"""compressed-tensors `pack-quantized` export, read back by compressed-tensors' own
+dequantizer and compared bit for bit with our dequantized weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks.export import export_pack_quantized, pack_int32
+from tasks.patterns import NM, mask_from_scores
+from tasks.quantize import QuantSpec, rtn
+
+pytest.importorskip("compressed_tensors", reason="pip install compressed-tensors==0.20.0 (with loguru)")
+
+SPECS = [QuantSpec(4, 128, True), QuantSpec(4, 64, False), QuantSpec(8, -1, True), QuantSpec(8, 32, False),
+         QuantSpec(3, 32, False), QuantSpec(2, -1, False)]
+CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256, "torch_dtype": "float16"}
+
+
+def quantized_layers():
+    """One pruned (2:4) layer per spec, N = 44 so that N·b is not a multiple of 32."""
+    layers, masks = {}, {}
+    for i, spec in enumerate(SPECS):
+        W = torch.randn(44, 256, generator=torch.Generator().manual_seed(i))
+        masks[f"model.layers.{i}.mlp.up_proj"] = mask = mask_from_scores(W.abs(), NM(2, 4))
+        layers[f"model.layers.{i}.mlp.up_proj"] = rtn(W, spec, mask)
+    return layers, masks
+
+
+def dequantize_with_compressed_tensors(folder) -> dict[str, torch.Tensor]:
+    from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
+
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors |= load_file(path)
+    # validate = dequantize + fail on any qparam its config did not account for
+    return CompressedTensorsDequantizer(folder, dtype=torch.float16).validate(tensors)
+
+
+def test_pack_int32_matches_compressed_tensors():
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    for bits in (2, 3, 4, 8):
+        for cols in (1, 31, 33, 100):
+            codes = torch.randint(0, 1 << bits, (5, cols), dtype=torch.uint8)
+            signed = (codes.int() - (1 << (bits - 1))).to(torch.int8)
+            assert torch.equal(pack_int32(codes, bits), pack_to_int32(signed, bits))
+
+
+@pytest.mark.parametrize("max_shard_bytes", [1 << 30, 40_000])
+def test_compressed_tensors_dequantizes_our_export_exactly(tmp_path, max_shard_bytes):
+    layers, masks = quantized_layers()
+    dense = {"model.embed_tokens.weight": torch.randn(32, 256).half(), "model.norm.weight": torch.ones(256).half(),
+             "lm_head.weight": torch.randn(32, 256).half(), "model.layers.0.mlp.up_proj.bias": torch.zeros(44).half()}
+    out = export_pack_quantized(tmp_path / "ckpt", CONFIG, layers, dense, max_shard_bytes=max_shard_bytes)
+
+    config = json.loads((out / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
+    assert len(qc["config_groups"]) == len(SPECS) and config["hidden_size"] == 256
+    assert (out / "model.safetensors.index.json").exists() == (max_shard_bytes < 1 << 20)
+
+    restored = dequantize_with_compressed_tensors(out)
+    for name, q in layers.items():
+        got = restored[f"{name}.weight"]
+        assert torch.equal(got, q.dequantize(torch.float16)), name
+        assert (got[masks[name]] == 0).all()
+    for name, tensor in dense.items():
+        assert torch.equal(restored[name], tensor)
+
+
+def test_symmetric_layers_carry_no_zero_point_and_groups_must_divide_k(tmp_path):
+    layers, _ = quantized_layers()
+    out = export_pack_quantized(tmp_path / "ckpt", CONFIG, layers, {})
+    stored = load_file(out / "model.safetensors")
+    for name, q in layers.items():
+        assert (f"{name}.weight_zero_point" in stored) == (not q.spec.symmetric)
+        assert stored[f"{name}.weight_packed"].dtype == torch.int32
+        assert stored[f"{name}.weight_shape"].tolist() == [44, 256]
+    bad = {"x": rtn(torch.randn(4, 96), QuantSpec(4, 64, False))}
+    with pytest.raises(ValueError, match="x: compressed-tensors needs group_size 64 to divide K=96"):
+        export_pack_quantized(tmp_path / "bad", CONFIG, bad, {})
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, 32, True), QuantSpec(8, -1, False)], ids=str)
+def test_transformers_loads_the_export_with_our_weights(tmp_path, spec):
+    from conftest import tiny_llama
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
+    model = tiny_llama().half()
+    layers = {name: rtn(module.weight, spec) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and name != "lm_head"}
+    dense = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in layers}
+    out = export_pack_quantized(tmp_path / "ckpt", model.config.to_dict(), layers, dense)
+
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float16,
+                                                  quantization_config=CompressedTensorsConfig(dequantize=True))
+    for name, q in layers.items():
+        assert torch.equal(loaded.get_submodule(name).weight, q.dequantize(torch.float16)), name
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)

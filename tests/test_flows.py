@@ -1,0 +1,96 @@
+"""The Prefect layer: params validation at the edge, the whole `compress` flow on a tiny
+model under Prefect's test harness (with its cache), and `dvc repro` twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import main
+from flows.params import ParamsError, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(llama_folder: Path, corpus_file: Path, **prune) -> dict:
+    return {"model": {"source": str(llama_folder)},
+            "calibration": {"dataset": str(corpus_file), "nsamples": 4, "seqlen": 32},
+            "prune": {"method": "wanda", "sparsity": 0.5, **prune},
+            "evaluate": {"dataset": str(corpus_file), "seqlen": 32, "max_windows": 6}}
+
+
+@pytest.mark.parametrize("section,key,value,expected", [
+    ("prune", "method", "obs", "prune.method = 'obs': Input should be 'magnitude', 'wanda' or 'sparsegpt'"),
+    ("prune", "sparsity", 1.2, "prune.sparsity = 1.2: sparsity must be a fraction in [0, 1)"),
+    ("prune", "sparsity", "4:2", "prune.sparsity = '4:2': N:M pattern needs 0 < N < M"),
+    ("calibration", "nsamples", 0, "calibration.nsamples = 0: Input should be greater than 0"),
+    ("evaluate", "device", "tpu", "evaluate.device = 'tpu': Input should be 'cpu' or 'cuda'"),
+    ("prune", "methd", "wanda", "prune.methd: unknown key"),
+])
+def test_bad_params_name_key_value_and_allowed(section, key, value, expected):
+    with pytest.raises(ParamsError) as err:
+        parse_params({section: {key: value}})
+    assert expected in str(err.value)
+
+
+def test_bad_params_exit_nonzero_and_touch_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("prune:\n  sparsity: 1.5\n")
+    assert main(["stage", "prune"]) == 2
+    assert "prune.sparsity = 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_compress_flow_runs_and_caches(tmp_path, monkeypatch, llama_folder, corpus_file):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.compress import compress
+
+    monkeypatch.chdir(tmp_path)
+    params = parse_params(tiny_params(llama_folder, corpus_file))
+    with prefect_test_harness():
+        metrics = compress(params)
+        assert metrics["sparsity"] == 0.5 and metrics["ppl_pruned"] > 0
+        assert json.loads(Path("metrics.json").read_text()) == metrics
+        assert Path("reports/layer_sparsity.png").stat().st_size > 0
+        stamp = Path("data/pruned/metadata.json").stat().st_mtime_ns
+        compress(params)                                   # nothing changed: every task a cache hit
+        assert Path("data/pruned/metadata.json").stat().st_mtime_ns == stamp
+        shutil.rmtree("data/pruned")                       # output gone: the hit is invalid, rerun
+        again = compress(params)
+        assert (again["ppl_pruned"], again["sparsity"]) == (metrics["ppl_pruned"], metrics["sparsity"])
+        assert Path("data/pruned/metadata.json").is_file()
+
+
+@pytest.mark.slow
+def test_dvc_repro_twice_runs_nothing_the_second_time(tmp_path, llama_folder, corpus_file):
+    for item in ("dvc.yaml", "tasks"):
+        (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, tmp_path / item)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(llama_folder, corpus_file)))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+    def run(*cmd):
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    first = run("dvc", "repro")
+    assert "Running stage 'prune'" in first and (tmp_path / "metrics.json").is_file()
+    second = run("dvc", "repro")
+    assert "Running stage" not in second
+    params = tiny_params(llama_folder, corpus_file, sparsity="2:4")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    third = run("dvc", "repro")
+    ran = {line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage")}
+    assert ran == {"prune", "evaluate"}
