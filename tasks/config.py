@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from tasks.patterns import Pattern, parse_pattern
+from tasks.patterns import NM, Pattern, parse_pattern
 
 Device = Literal["cpu", "cuda"]
 
@@ -39,6 +39,17 @@ class CalibrationConfig(Section):
 class SparseGPTOptions(Section):
     blocksize: PositiveInt = 128
     percdamp: float = Field(0.01, ge=0.0)
+    # Which weights to remove: "obs" = the paper's choice per block from w²/[H⁻¹]²_jj;
+    # "wanda" = Wanda's per-row choice, followed by SparseGPT's reconstruction update.
+    mask: Literal["obs", "wanda"] = "obs"
+
+
+class OWLOptions(Section):
+    """Outlier-weighted layerwise sparsity (Yin et al. 2024); unstructured targets only."""
+
+    enabled: bool = False
+    m: float = Field(5.0, gt=0.0)       # an outlier is a Wanda score above m × the layer mean
+    lam: float = Field(0.08, ge=0.0)    # per-layer sparsity stays within target ± lam
 
 
 class PruneConfig(Section):
@@ -47,13 +58,24 @@ class PruneConfig(Section):
     # fnmatch patterns over module names, e.g. "*.mlp.down_proj"; decoder-layer Linears only.
     ignore: tuple[str, ...] = ()
     device: Device = "cpu"
+    # Keep calibration activations in host memory and stream them to the device one sample
+    # at a time, for models whose activations would not fit next to a layer on the GPU.
+    offload_activations: bool = False
     sparsegpt: SparseGPTOptions = SparseGPTOptions()
+    owl: OWLOptions = OWLOptions()
 
     @field_validator("sparsity")
     @classmethod
     def _valid_pattern(cls, value: float | str) -> float | str:
         parse_pattern(value)
         return value
+
+    @model_validator(mode="after")
+    def _owl_needs_unstructured(self) -> "PruneConfig":
+        if self.owl.enabled and isinstance(self.pattern, NM):
+            raise ValueError(f"prune.owl.enabled = true needs an unstructured prune.sparsity, "
+                             f"got N:M {self.sparsity!r} (OWL varies the sparsity per layer)")
+        return self
 
     @property
     def pattern(self) -> Pattern:

@@ -11,13 +11,16 @@ Methods (scores compared within each output row, or each group of M inputs for N
 - magnitude: |W_ij|
 - wanda (Sun et al. 2023): |W_ij| · ‖X_j‖₂
 - sparsegpt (Frantar & Alistarh 2023): OBS reconstruction, see tasks/sparsegpt.py
+
+With OWL (tasks/owl.py) a first pass through the dense layers measures each layer's
+outlier ratio, which sets that layer's own sparsity around the target.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -25,7 +28,8 @@ from torch import nn
 from tasks.config import PruneConfig
 from tasks.layers import (capture_inputs, find_decoder_layers, layer_output, move_kwargs,
                           prunable_modules, set_weight, weight_view)
-from tasks.patterns import Pattern, mask_from_scores
+from tasks.owl import outlier_ratio, owl_sparsities
+from tasks.patterns import Pattern, Unstructured, mask_from_scores
 from tasks.sparsegpt import sparsegpt
 
 Log = Callable[[str], None]
@@ -75,7 +79,9 @@ def prune_wanda(W: torch.Tensor, stats: InputStats, pattern: Pattern, cfg: Prune
 
 def prune_sparsegpt(W: torch.Tensor, stats: InputStats, pattern: Pattern, cfg: PruneConfig, log: Log) -> Pruned:
     opts = cfg.sparsegpt
-    result = sparsegpt(W, stats.hessian, pattern, blocksize=opts.blocksize, percdamp=opts.percdamp, log=log)
+    mask = mask_from_scores(wanda_scores(W, stats), pattern) if opts.mask == "wanda" else None
+    result = sparsegpt(W, stats.hessian, pattern, blocksize=opts.blocksize, percdamp=opts.percdamp,
+                       mask=mask, log=log)
     return Pruned(result.weight, result.mask)
 
 
@@ -94,8 +100,9 @@ class LinearRecord:
     kind: str          # last name component, e.g. q_proj
     rows: int
     cols: int
-    sparsity: float
+    sparsity: float    # measured fraction of zeros
     seconds: float
+    target: float | None = None   # the layer's sparsity target (varies per layer under OWL)
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,80 @@ def collect_stats(layer: nn.Module, modules: dict[str, nn.Module], hidden: list[
     return {name: stats[owner[name]] for name in modules}
 
 
+LinearOp = Callable[[int, str, torch.Tensor, InputStats], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Sequential:
+    """Where and how the layer-by-layer pass runs."""
+
+    device: torch.device
+    store: torch.device            # where calibration activations live between layers
+    ignore: tuple[str, ...] = ()
+    hessian: bool = False          # accumulate H = 2XXᵀ/n (SparseGPT, GPTQ), not only ‖X_j‖²
+
+
 @torch.no_grad()
+def run_sequential(model: nn.Module, tokens: torch.Tensor, how: Sequential, op: LinearOp,
+                   progress=None, label: str = "layers") -> list[LinearRecord]:
+    """The sequential pass: for each decoder layer, input statistics of its Linears from one
+    forward pass, `op(layer_index, name, W (rows, cols) float32, stats) → new W` for each, then
+    the updated layer's outputs become the next layer's inputs."""
+    prefix, layers = find_decoder_layers(model)
+    tick = progress(len(tokens), "capture layer-0 inputs") if progress else None
+    inputs = capture_inputs(model, layers, tokens, store=how.store, progress=tick)
+    hidden = inputs.hidden
+    tick = progress(len(layers), label) if progress else None
+    records: list[LinearRecord] = []
+    for index, layer in enumerate(layers):
+        layer.to(how.device)
+        kwargs = move_kwargs(inputs.kwargs[index], how.device)
+        modules = prunable_modules(layer, f"{prefix}.{index}", how.ignore)
+        stats = collect_stats(layer, modules, hidden, kwargs, how.device, how.hessian)
+        for name, module in modules.items():
+            began = time.perf_counter()
+            W = weight_view(module).float()
+            updated = op(index, name, W, stats[name])
+            if updated is not W:
+                set_weight(module, updated)
+            records.append(LinearRecord(index, name, name.rsplit(".", 1)[-1], *W.shape,
+                                        sparsity=float((updated == 0).float().mean()),
+                                        seconds=time.perf_counter() - began))
+        del stats
+        hidden = [layer_output(layer(h.to(how.device), **kwargs)).to(how.store) for h in hidden]
+        layer.to("cpu")
+        if tick:
+            tick()
+    return records
+
+
+def owl_layer_sparsities(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfig, how: Sequential,
+                         log: Log, progress=None) -> list[float]:
+    """OWL's first pass over the dense model: each layer's outlier ratio of its Wanda scores."""
+    scores: dict[int, list[torch.Tensor]] = {}
+
+    def measure(index: int, name: str, W: torch.Tensor, stats: InputStats) -> torch.Tensor:
+        scores.setdefault(index, []).append(wanda_scores(W, stats))
+        return W
+
+    run_sequential(model, tokens, how, measure, progress, "OWL outlier ratios")
+    ratios = [outlier_ratio(scores[i], cfg.owl.m) for i in sorted(scores)]
+    sparsities = owl_sparsities(ratios, cfg.pattern.sparsity, cfg.owl.lam)
+    log("OWL layer sparsities: " + " ".join(f"{s:.3f}" for s in sparsities))
+    return sparsities
+
+
+def sequential_setup(device: str, offload: bool, ignore: tuple[str, ...], hessian: bool) -> Sequential:
+    compute = torch.device(device)
+    if compute.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(compute)
+    return Sequential(compute, torch.device("cpu") if offload else compute, ignore, hessian)
+
+
+def peak_device_bytes(how: Sequential) -> int:
+    return torch.cuda.max_memory_allocated(how.device) if how.device.type == "cuda" else 0
+
+
 def prune_model(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfig, log: Log = print,
                 progress: Callable[[int, str], Callable[[], None]] | None = None) -> PruneReport:
     """Prune `model` in place, layer by layer. tokens: (nsamples, seqlen) calibration ids.
@@ -139,34 +219,16 @@ def prune_model(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfig, log: L
     `progress(total, label)` returns a callable to advance a progress bar by one step.
     """
     start = time.perf_counter()
-    device = torch.device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    prefix, layers = find_decoder_layers(model)
-    pattern = cfg.pattern
+    how = sequential_setup(cfg.device, cfg.offload_activations, cfg.ignore, cfg.method in NEEDS_HESSIAN)
+    targets = None
+    if cfg.owl.enabled:
+        targets = owl_layer_sparsities(model, tokens, cfg, replace(how, hessian=False), log, progress)
     prune = PRUNERS[cfg.method]
-    tick = progress(len(tokens), "capture layer-0 inputs") if progress else None
-    inputs = capture_inputs(model, layers, tokens, store=device, progress=tick)
-    hidden = inputs.hidden
-    tick = progress(len(layers), f"{cfg.method} {cfg.sparsity}") if progress else None
-    records: list[LinearRecord] = []
-    for index, layer in enumerate(layers):
-        layer.to(device)
-        kwargs = move_kwargs(inputs.kwargs[index], device)
-        modules = prunable_modules(layer, f"{prefix}.{index}", cfg.ignore)
-        stats = collect_stats(layer, modules, hidden, kwargs, device, cfg.method in NEEDS_HESSIAN)
-        for name, module in modules.items():
-            began = time.perf_counter()
-            W = weight_view(module).float()
-            result = prune(W, stats[name], pattern, cfg, log)
-            set_weight(module, result.weight)
-            records.append(LinearRecord(index, name, name.rsplit(".", 1)[-1], *W.shape,
-                                        sparsity=float((result.weight == 0).float().mean()),
-                                        seconds=time.perf_counter() - began))
-        del stats
-        hidden = [layer_output(layer(h, **kwargs)) for h in hidden]
-        layer.to("cpu")
-        if tick:
-            tick()
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    return PruneReport(records, time.perf_counter() - start, peak)
+
+    def op(index: int, name: str, W: torch.Tensor, stats: InputStats) -> torch.Tensor:
+        pattern = Unstructured(targets[index]) if targets else cfg.pattern
+        return prune(W, stats, pattern, cfg, log).weight
+
+    records = run_sequential(model, tokens, how, op, progress, f"{cfg.method} {cfg.sparsity}")
+    records = [replace(r, target=targets[r.layer] if targets else cfg.pattern.fraction) for r in records]
+    return PruneReport(records, time.perf_counter() - start, peak_device_bytes(how))

@@ -77,3 +77,25 @@ def test_altered_artifact_is_rejected(stages, tmp_path):
     (copy / "tokens.safetensors").write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="tokens.safetensors: checksum mismatch"):
         pipeline.load_calibration(copy)
+
+
+def test_owl_sets_per_layer_sparsity_around_the_target(corpus_file, tokenizer):
+    from conftest import tiny_llama
+
+    from tasks.prune import prune_model
+
+    model = tiny_llama(len(tokenizer), layers=4)
+    tokens = torch.randint(3, len(tokenizer), (4, 32), generator=torch.Generator().manual_seed(0))
+    cfg = PruneConfig(method="wanda", sparsity=0.6, owl={"enabled": True, "lam": 0.08})
+    report = prune_model(model, tokens, cfg, LOG)
+    targets = {r.layer: r.target for r in report.records}
+    assert len(set(targets.values())) > 1, "random layers differ in outliers, so in sparsity"
+    assert sum(targets.values()) / 4 == pytest.approx(0.6, abs=1e-9)
+    assert all(0.52 - 1e-9 <= t <= 0.68 + 1e-9 for t in targets.values())
+    for r in report.records:  # each row keeps exactly floor((1 - target)·cols) weights pruned away
+        assert r.sparsity == pytest.approx(int(r.cols * r.target) / r.cols)
+
+
+def test_owl_refuses_nm():
+    with pytest.raises(ValueError, match="needs an unstructured prune.sparsity"):
+        PruneConfig(sparsity="2:4", owl={"enabled": True})
