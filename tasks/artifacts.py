@@ -21,7 +21,7 @@ METADATA = "metadata.json"
 _LIBRARIES = ("prunepipe", "torch", "transformers", "safetensors")
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(ValueError):
     """A stage artifact is missing, incomplete, altered or of the wrong kind/version."""
 
 
@@ -83,21 +83,22 @@ def read_metadata(directory: Path, kind: str, version_: int, verify: bool = True
                             "re-run the stage that writes it")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{meta_path}: unreadable JSON ({err})") from None
-    if meta.get("kind") != kind:
-        raise ArtifactError(f"{directory}: expected a {kind!r} artifact, found {meta.get('kind')!r}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{meta_path}: not valid JSON ({err}); the file is altered or truncated") from None
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        found = meta.get("kind") if isinstance(meta, dict) else None
+        raise ArtifactError(f"{meta_path}: expected a {kind!r} artifact, found {found!r}")
     if meta.get("version") != version_:
-        raise ArtifactError(f"{directory}: {kind} artifact version {meta.get('version')!r} is not supported "
-                            f"(this prunepipe reads version {version_})")
+        raise ArtifactError(f"{meta_path}: {kind} version {meta.get('version')!r} is not supported; "
+                            f"this prunepipe reads version {version_}")
     if verify:
         for name, expected in meta.get("files", {}).items():
             path = directory / name
             if not path.is_file():
-                raise ArtifactError(f"{path}: listed in {METADATA} but missing")
+                raise ArtifactError(f"{path}: file listed in {METADATA} is missing")
             if file_sha256(path) != expected:
-                raise ArtifactError(f"{path}: checksum mismatch (the file was altered or truncated); "
-                                    "re-run the stage that writes it")
+                raise ArtifactError(f"{path}: sha256 does not match {METADATA}; the file is altered or "
+                                    "truncated (re-run the stage that writes it)")
     return meta
 
 

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-from tasks.artifact_pack import MAX_SHARD_BYTES, atomic_directory, write_shards
+from tasks.artifact_pack import MAX_SHARD_BYTES, plan_shards, write_shards
+from tasks.artifacts import write_artifact
 from tasks.quantize import Quantized, QuantSpec
 
 COMPRESSED_TENSORS_VERSION = "0.20.0"  # the compressed-tensors release whose layout this writes
@@ -149,11 +150,16 @@ def export_pack_quantized(
     for key, tensor in dense.items():
         module, _, param = key.rpartition(".")
         units.setdefault(module, {})[param] = tensor
-    with atomic_directory(out_dir) as tmp:
-        where = write_shards(tmp, units, max_shard_bytes)
-        if len(set(where.values())) > 1:
+    shards = plan_shards(units, max_shard_bytes)
+
+    def write(tmp: Path) -> None:
+        write_shards(shards)(tmp)
+        if len(shards) > 1:
             total = sum(t.numel() * t.element_size() for unit in units.values() for t in unit.values())
+            where = {key: file for file, shard in shards.items() for key in shard}
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(where.items()))}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    return Path(out_dir)
+
+    return write_artifact(Path(out_dir), "compressed-tensors-export", 1,
+                          {"compressed_tensors": COMPRESSED_TENSORS_VERSION}, write)

@@ -203,7 +203,7 @@ def test_altered_or_truncated_files_are_rejected_by_name(tmp_path, damage):
     else:
         del data[len(data) - 10 :]
     target.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"model\.safetensors: sha256 does not match.*altered or truncated"):
+    with pytest.raises(ValueError, match=r"model\.safetensors: sha256 does not match metadata\.json; the file is altered or truncated"):
         load_packed_tensors(out)
 
 
@@ -212,7 +212,7 @@ def test_missing_file_and_unknown_version_are_rejected(tmp_path):
     meta_path = out / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "version": 2}))
-    with pytest.raises(ValueError, match=r"metadata\.json: packed format version 2 is not supported"):
+    with pytest.raises(ValueError, match=r"metadata\.json: prunepipe-packed version 2 is not supported; this prunepipe reads version 1"):
         load_packed_tensors(out)
     meta_path.write_text(json.dumps(meta)[:-20])
     with pytest.raises(ValueError, match=r"metadata\.json: not valid JSON"):

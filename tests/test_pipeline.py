@@ -75,7 +75,7 @@ def test_altered_artifact_is_rejected(stages, tmp_path):
     data = bytearray((copy / "tokens.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (copy / "tokens.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="tokens.safetensors: checksum mismatch"):
+    with pytest.raises(ArtifactError, match="tokens.safetensors: sha256 does not match"):
         pipeline.load_calibration(copy)
 
 
