@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-STAGE_NAMES = ("model", "calibrate", "prune", "evaluate_dense", "evaluate")
+STAGE_NAMES = ("model", "calibrate", "prune", "quantize", "pack", "evaluate_dense", "evaluate")
 
 
 def _prefect_env() -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.stages import (CALIBRATION, EVAL_DENSE, EVAL_PRUNED, MODEL, PRUNED, cached_call, calibrate_task,
-                          evaluate_task, model_task, prune_task, report_task)
+from flows.stages import (CALIBRATION, EVAL_DENSE, EVAL_PACKED, EVAL_PRUNED, EVAL_QUANTIZED, MODEL, PACKED,
+                          PRUNED, QUANTIZED, cached_call, calibrate_task, evaluate_task, model_task, pack_task,
+                          prune_task, quantize_task, report_task)
 from tasks.config import Params
 
 
@@ -21,5 +22,12 @@ def compress(params: Params) -> dict:
     dense_eval = cached_call(evaluate_task, cfg=params.evaluate, model_dir=model, out=str(EVAL_DENSE))
     pruned = cached_call(prune_task, cfg=params.prune, model_dir=model, calibration_dir=calibration,
                          out=str(PRUNED))
-    pruned_eval = cached_call(evaluate_task, cfg=params.evaluate, model_dir=pruned, out=str(EVAL_PRUNED))
-    return report_task(pruned, dense_eval, pruned_eval)
+    quantized = cached_call(quantize_task, cfg=params.quantize, prune_cfg=params.prune, model_dir=model,
+                            pruned_dir=pruned, calibration_dir=calibration, out=str(QUANTIZED))
+    packed = cached_call(pack_task, cfg=params.pack, quantize_cfg=params.quantize, prune_cfg=params.prune,
+                         quantized_dir=quantized, out=str(PACKED))
+    evals = {"dense": dense_eval}
+    for name, model_dir, out in (("pruned", pruned, EVAL_PRUNED), ("quantized", quantized, EVAL_QUANTIZED),
+                                 ("packed", packed, EVAL_PACKED)):
+        evals[name] = cached_call(evaluate_task, cfg=params.evaluate, model_dir=model_dir, out=str(out))
+    return report_task(pruned, quantized, packed, evals)

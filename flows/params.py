@@ -26,6 +26,8 @@ def _describe(error: dict) -> str:
         return f"{key}: unknown key (remove it or check its spelling)"
     if error["type"] == "missing":
         return f"{key}: required"
+    if isinstance(error["input"], dict):  # a rule across keys: the message names them
+        return message
     return f"{key} = {error['input']!r}: {message}"
 
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from pydantic import BaseModel
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
@@ -21,15 +22,18 @@ from tasks.report import build_metrics, layer_table, plot_layer_sparsity
 
 DATA = Path("data")
 MODEL, CALIBRATION, PRUNED = DATA / "model", DATA / "calibration", DATA / "pruned"
+QUANTIZED, PACKED = DATA / "quantized", DATA / "packed"
 EVAL_DENSE, EVAL_PRUNED = DATA / "eval_dense", DATA / "eval_pruned"
+EVAL_QUANTIZED, EVAL_PACKED = DATA / "eval_quantized", DATA / "eval_packed"
 METRICS = Path("metrics.json")
 REPORTS = Path("reports")
 SPARSITY_CSV, SPARSITY_PNG = REPORTS / "layer_sparsity.csv", REPORTS / "layer_sparsity.png"
 
 
 def _stage_key(parameters: dict) -> str:
+    configs = {k: v for k, v in parameters.items() if isinstance(v, BaseModel)}
     inputs = [Path(v) for k, v in parameters.items() if k.endswith("_dir")]
-    return pipeline.stage_key(parameters["cfg"].model_dump(mode="json"), inputs)
+    return pipeline.stage_key(configs, inputs)
 
 
 def cached_call(stage, **parameters) -> str:
@@ -70,17 +74,30 @@ def prune_task(cfg, model_dir: str, calibration_dir: str, out: str) -> str:
 
 
 @stage_task
+def quantize_task(cfg, prune_cfg, model_dir: str, pruned_dir: str, calibration_dir: str, out: str) -> str:
+    return str(pipeline.quantize(cfg, prune_cfg, Path(model_dir), Path(pruned_dir), Path(calibration_dir),
+                                 Path(out), _log, _progress))
+
+
+@stage_task
+def pack_task(cfg, quantize_cfg, prune_cfg, quantized_dir: str, out: str) -> str:
+    return str(pipeline.pack(cfg, quantize_cfg, prune_cfg, Path(quantized_dir), Path(out), _log))
+
+
+@stage_task
 def evaluate_task(cfg, model_dir: str, out: str) -> str:
     return str(pipeline.evaluate_model(cfg, Path(model_dir), Path(out), _log, _progress))
 
 
 @task
-def report_task(pruned_dir: str, dense_eval: str, pruned_eval: str) -> dict:
-    """metrics.json plus the per-layer sparsity table and plot (small files kept in git)."""
-    records = json.loads((Path(pruned_dir) / "layers.json").read_text())
+def report_task(pruned_dir: str, quantized_dir: str, packed_dir: str, evals: dict[str, str]) -> dict:
+    """metrics.json plus the per-layer sparsity table and plot (small files kept in git).
+    evals: "dense", "pruned", "quantized", "packed" → perplexity artifact."""
+    records = json.loads((Path(quantized_dir) / "layers.json").read_text())
     meta = json.loads((Path(pruned_dir) / "metadata.json").read_text())
-    metrics = build_metrics(pipeline.read_perplexity(Path(dense_eval)),
-                            pipeline.read_perplexity(Path(pruned_eval)), meta, records)
+    packed = json.loads((Path(packed_dir) / "metadata.json").read_text())
+    ppl = {name: pipeline.read_perplexity(Path(path)) for name, path in evals.items()}
+    metrics = build_metrics(ppl, meta, packed, records)
     REPORTS.mkdir(exist_ok=True)
     table = layer_table(records)
     table.to_csv(SPARSITY_CSV, index=False)
@@ -115,11 +132,26 @@ def evaluate_dense_flow(params: Params) -> str:
     return uncached(evaluate_task)(params.evaluate, str(MODEL), str(EVAL_DENSE))
 
 
+@flow(name="quantize")
+def quantize_flow(params: Params) -> str:
+    return uncached(quantize_task)(params.quantize, params.prune, str(MODEL), str(PRUNED), str(CALIBRATION),
+                                   str(QUANTIZED))
+
+
+@flow(name="pack")
+def pack_flow(params: Params) -> str:
+    return uncached(pack_task)(params.pack, params.quantize, params.prune, str(QUANTIZED), str(PACKED))
+
+
 @flow(name="evaluate")
 def evaluate_flow(params: Params) -> dict:
-    pruned_eval = uncached(evaluate_task)(params.evaluate, str(PRUNED), str(EVAL_PRUNED))
-    return report_task(str(PRUNED), str(EVAL_DENSE), pruned_eval)
+    evals = {"dense": str(EVAL_DENSE)}
+    for name, model, out in (("pruned", PRUNED, EVAL_PRUNED), ("quantized", QUANTIZED, EVAL_QUANTIZED),
+                             ("packed", PACKED, EVAL_PACKED)):
+        evals[name] = uncached(evaluate_task)(params.evaluate, str(model), str(out))
+    return report_task(str(PRUNED), str(QUANTIZED), str(PACKED), evals)
 
 
 STAGES = {"model": model_flow, "calibrate": calibrate_flow, "prune": prune_flow,
+          "quantize": quantize_flow, "pack": pack_flow,
           "evaluate_dense": evaluate_dense_flow, "evaluate": evaluate_flow}

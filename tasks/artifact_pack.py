@@ -6,7 +6,7 @@ through tasks/artifacts.py (kind "prunepipe-packed", version = the packed format
     <dir>/metadata.json
           {"kind": "prunepipe-packed", "version": 1,
            "layers": {layer: {LayerFormat fields…, "tensors": {tensor: file}}},
-           "files":  {file: sha256 hex}, "extra": {…caller's metadata…}, "libraries": {…}}
+           "files":  {file: sha256 hex}, "libraries": {…}, …the caller's metadata…}
 
 A layer's tensors always share one shard. Loading checks the version and every file's
 sha256 before reading, so an altered or truncated file fails loudly, naming the file.
@@ -62,16 +62,16 @@ def write_shards(shards: dict[str, dict[str, torch.Tensor]]) -> Callable[[Path],
     return write
 
 
-def save_packed(directory: str | os.PathLike, layers: Layers, extra_metadata: dict | None = None, *,
+def save_packed(directory: str | os.PathLike, layers: Layers, metadata: dict | None = None, *,
                 max_shard_bytes: int = MAX_SHARD_BYTES,
                 also: Callable[[Path], None] | None = None) -> Path:
     """Write packed layers {name: (LayerFormat, tensors)} and metadata.json, atomically.
     `also(tmp_dir)` may add files of its own (config, tokenizer, the unpacked rest)."""
     shards = plan_shards({name: tensors for name, (_, tensors) in layers.items()}, max_shard_bytes)
     where = {key: file for file, shard in shards.items() for key in shard}
-    meta = {"layers": {name: {**dataclasses.asdict(layer), "tensors": {t: where[f"{name}.{t}"] for t in tensors}}
-                       for name, (layer, tensors) in layers.items()},
-            "extra": extra_metadata or {}}
+    meta = {**(metadata or {}),
+            "layers": {name: {**dataclasses.asdict(layer), "tensors": {t: where[f"{name}.{t}"] for t in tensors}}
+                       for name, (layer, tensors) in layers.items()}}
 
     def write(tmp: Path) -> None:
         write_shards(shards)(tmp)

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from tasks.pack import FORMATS
+from tasks.pack import NM as NM_LAYOUT
 from tasks.patterns import NM, Pattern, parse_pattern
 
 Device = Literal["cpu", "cuda"]
@@ -82,6 +84,39 @@ class PruneConfig(Section):
         return parse_pattern(self.sparsity)
 
 
+class QuantizeConfig(Section):
+    # none: keep the pruned float weights; rtn: round to nearest; gptq: error feedback
+    # through the inverse Hessian (Frantar et al. 2022), keeping every pruned zero.
+    method: Literal["none", "rtn", "gptq"] = "gptq"
+    bits: Literal[2, 3, 4, 8] = 4
+    group_size: Literal[-1, 32, 64, 128] = 128       # -1: one group per output row
+    symmetric: bool = False
+    # joint: prune (SparseGPT) and quantize (GPTQ) in one pass, from the dense model.
+    joint: bool = False
+    blocksize: PositiveInt = 128
+    percdamp: float = Field(0.01, ge=0.0)
+    device: Device = "cpu"
+
+    @model_validator(mode="after")
+    def _groups_fit_blocks(self) -> "QuantizeConfig":
+        if self.group_size > 0 and self.blocksize % self.group_size:
+            raise ValueError(f"quantize.blocksize = {self.blocksize} must be a multiple of "
+                             f"quantize.group_size = {self.group_size}")
+        return self
+
+
+class PackConfig(Section):
+    format: str = "bitmask-int4"
+    dtype: Literal["float16", "bfloat16"] = "float16"   # stored values / dequantized dtype
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise ValueError(f"unknown format; allowed: {', '.join(FORMATS)}")
+        return value
+
+
 class EvaluateConfig(Section):
     dataset: str = "default"
     seqlen: PositiveInt = 512
@@ -97,4 +132,24 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    pack: PackConfig = PackConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> "Params":
+        codec = FORMATS[self.pack.format]
+        quantize, fmt = self.quantize, self.pack.format
+        if codec.code_bits is not None and quantize.method == "none":
+            raise ValueError(f"pack.format = {fmt!r} stores quantized codes but quantize.method = 'none'; "
+                             "choose rtn or gptq, or a float format (dense, nm, bitmask)")
+        if codec.code_bits is not None and quantize.bits > codec.code_bits:
+            raise ValueError(f"pack.format = {fmt!r} stores at most {codec.code_bits}-bit codes but "
+                             f"quantize.bits = {quantize.bits}")
+        if codec.layout is NM_LAYOUT and not isinstance(self.prune.pattern, NM):
+            raise ValueError(f"pack.format = {fmt!r} needs an N:M prune.sparsity such as '2:4', "
+                             f"got {self.prune.sparsity!r}")
+        if quantize.joint and (self.prune.method != "sparsegpt" or quantize.method != "gptq"):
+            raise ValueError("quantize.joint = true needs prune.method = 'sparsegpt' and quantize.method = 'gptq', "
+                             f"got {self.prune.method!r} and {quantize.method!r}")
+        return self

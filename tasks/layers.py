@@ -1,17 +1,21 @@
 """Find the parts of any decoder-only model that sequential pruning needs, without
 per-family code.
 
-- the decoder-layer list: the longest nn.ModuleList whose children share one class and
-  hold Linear layers (Llama `model.layers`, OPT `model.decoder.layers`, GPT-2 `transformer.h`);
+- the decoder-layer list: the longest outermost nn.ModuleList whose children share one class
+  and hold Linear layers (Llama `model.layers`, OPT `model.decoder.layers`, GPT-2
+  `transformer.h`; never a list of experts inside a block);
 - the prunable modules of a layer: nn.Linear and GPT-2's Conv1D (weight stored transposed);
-- each layer's call: positional hidden states plus whatever keyword arguments the model
-  passes (attention masks, position ids, rotary embeddings, per-layer-type masks in Gemma 3),
-  recorded once by a forward pre-hook and replayed.
+- each layer's call: the hidden states plus whatever other arguments the model passes
+  (attention masks, position ids, rotary embeddings, per-layer-type masks and rotary in
+  Gemma 3; GPT-2 passes its mask positionally), recorded per layer by a forward pre-hook
+  as keywords named from the layer's forward signature, and replayed as
+  `layer(hidden, **kwargs)`.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +23,10 @@ from torch import nn
 
 
 def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    best: tuple[str, nn.ModuleList] | None = None
+    """(dotted name, list) of the decoder layers. Lists nested inside another candidate's
+    blocks (per-expert Linears of a mixture-of-experts layer) are not candidates themselves;
+    among the rest the longest wins, the first found on a tie."""
+    candidates: list[tuple[str, nn.ModuleList]] = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
@@ -27,8 +34,10 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
             continue
         if not any(is_prunable(m) for m in module[0].modules()):
             continue
-        if best is None or len(module) > len(best[1]):
-            best = (name, module)
+        candidates.append((name, module))
+    outer = [(name, module) for name, module in candidates
+             if not any(other and name.startswith(other + ".") for other, _ in candidates)]
+    best = max(outer, key=lambda item: len(item[1]), default=None)
     if best is None:
         raise ValueError(f"{type(model).__name__}: no decoder-layer list found (a ModuleList of "
                          "identical blocks holding Linear layers)")
@@ -69,24 +78,61 @@ class LayerInputs:
     kwargs: list[dict]                  # per decoder layer, the keyword arguments it is called with
 
 
-def _detach(value):
+def _map(value, fn):
+    """Apply fn to every tensor in a (nested) tuple/list/dict; other values pass through."""
     if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, tuple):
-        return tuple(_detach(v) for v in value)
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):      # a namedtuple
+        return type(value)(*(_map(v, fn) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map(v, fn) for k, v in value.items()}
     return value
+
+
+def _detach(value):
+    return _map(value, torch.Tensor.detach)
 
 
 def _to(value, device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
-    return value
+    return _map(value, lambda t: t.to(device))
 
 
 def move_kwargs(kwargs: dict, device) -> dict:
     return {key: _to(value, device) for key, value in kwargs.items()}
+
+
+# Not replayed: the KV cache and its switch (pruning runs each layer once per sample).
+_DROPPED = frozenset({"past_key_value", "past_key_values", "layer_past", "use_cache"})
+
+
+def split_call(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
+    """Split a call of a decoder layer into (hidden states, every other argument as a
+    keyword), so that `module(hidden, **keywords)` repeats the call.
+
+    Some layers take more positional arguments (GPT-2's block gets the cache, the attention
+    mask and the encoder states positionally) or the hidden states as a keyword; both are
+    named from the forward signature. The KV cache and `use_cache` are dropped.
+    """
+    named = dict(kwargs)
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if args:
+        hidden, rest = args[0], args[1:]
+    elif params and params[0].name in named:
+        hidden, rest = named.pop(params[0].name), ()
+    else:
+        raise ValueError(f"{type(module).__name__} was called without hidden states as its first argument")
+    if rest:
+        if len(args) > len(params) or any(p.kind is p.POSITIONAL_ONLY for p in params[1:len(args)]):
+            raise ValueError(f"{type(module).__name__} is called with {len(args)} positional arguments that "
+                             f"cannot all be passed by name (forward{inspect.signature(module.forward)})")
+        for param, value in zip(params[1:], rest):
+            if param.name in named:
+                raise ValueError(f"{type(module).__name__}: argument {param.name!r} given twice")
+            named[param.name] = value
+    return hidden, {key: _detach(value) for key, value in named.items() if key not in _DROPPED}
 
 
 @torch.no_grad()
@@ -104,11 +150,12 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, tokens: torch.Tensor
 
     def record(index):
         def hook(module, args, kw):
+            if index == 0 or first:
+                states, keywords = split_call(module, args, kw)
             if index == 0:
-                hidden.append(args[0].detach().to(store))
+                hidden.append(states.detach().to(store))
             if first:
-                kwargs[index] = {k: _detach(v) for k, v in kw.items()
-                                 if k not in ("past_key_value", "past_key_values", "use_cache")}
+                kwargs[index] = keywords
             if not first:
                 raise _Stop
         return hook

@@ -6,6 +6,9 @@ Artifacts (all under data/, each with metadata.json, see tasks/artifacts.py):
     data/calibration/  tokens.safetensors: input_ids (nsamples, seqlen) int64
     data/eval_dense/   perplexity.json of the unpruned model
     data/pruned/       Hugging Face folder of the pruned model + layers.json (per-Linear report)
+    data/quantized/    Hugging Face folder of the fake-quantized model + codes.safetensors
+    data/packed/       packed Linears (tasks/artifact_pack.py) + rest.safetensors + config, tokenizer
+    data/eval_*/       perplexity.json of the dense, pruned, quantized and packed models
 """
 
 from __future__ import annotations
@@ -18,11 +21,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
 from tasks import corpus
 from tasks.artifacts import ArtifactError, artifact_digest, read_metadata, write_artifact
-from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PruneConfig
+from tasks.artifact_pack import save_packed
+from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PackConfig, PruneConfig, QuantizeConfig
+from tasks.gptq import quantize_model, spec_of
+from tasks.layers import find_decoder_layers, prunable_modules, weight_view
+from tasks.pack import DTYPES, pack_weight
+from tasks.packed_model import REST_FILE, load_packed
+from tasks.patterns import NM as NMPattern
+from tasks.quantize import Quantized
 from tasks.evaluate import perplexity
 from tasks.model import (ModelSourceError, check_finite, context_length, expects_bos, load_model_dir,
                          load_source, resolve_source, save_model)
@@ -42,10 +53,11 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def stage_key(section: dict, inputs: list[Path]) -> str:
-    """Cache key of a stage run: its config section, its inputs' digests and the code."""
-    payload = json.dumps({"config": section, "inputs": [artifact_digest(p) for p in inputs],
-                          "code": code_digest()}, sort_keys=True)
+def stage_key(configs: dict[str, BaseModel], inputs: list[Path]) -> str:
+    """Cache key of a stage run: its config sections (by parameter name), its inputs'
+    digests and the code. flows/stages.py derives the same key from a task's parameters."""
+    payload = json.dumps({"config": {name: cfg.model_dump(mode="json") for name, cfg in configs.items()},
+                          "inputs": [artifact_digest(p) for p in inputs], "code": code_digest()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -74,7 +86,7 @@ def build_model(cfg: ModelConfig, out: Path, log: Log) -> Path:
     log(f"loading {src.kind} model from {src.location} {src.gguf_file or ''}")
     model, tokenizer = load_source(src, _DTYPES[cfg.dtype], cfg.trust_remote_code)
     check_finite(model, f"model.source = {cfg.source!r}")
-    meta = {"config": cfg.model_dump(mode="json"), "source": asdict(src), "key": stage_key(cfg.model_dump(mode="json"), []),
+    meta = {"config": cfg.model_dump(mode="json"), "source": asdict(src), "key": stage_key({"cfg": cfg}, []),
             "architecture": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())}
     return save_model(model, tokenizer, out, meta)
 
@@ -88,7 +100,7 @@ def calibrate(cfg: CalibrationConfig, model_dir: Path, out: Path, log: Log) -> P
     stream = corpus.tokenize_documents(docs, tokenizer)
     log(f"calibration split: {len(docs)} documents, {stream.numel()} tokens")
     tokens = corpus.sample_windows(stream, cfg.nsamples, cfg.seqlen, cfg.seed, _bos_id(tokenizer, "auto"))
-    meta = {"config": cfg.model_dump(mode="json"), "key": stage_key(cfg.model_dump(mode="json"), [model_dir]),
+    meta = {"config": cfg.model_dump(mode="json"), "key": stage_key({"cfg": cfg}, [model_dir]),
             "inputs": {"model": artifact_digest(model_dir)}, "train_tokens": stream.numel()}
     return write_artifact(out, CALIBRATION_KIND, VERSION, meta,
                           lambda tmp: save_file({"input_ids": tokens.contiguous()}, tmp / "tokens.safetensors"))
@@ -111,18 +123,103 @@ def prune(cfg: PruneConfig, model_dir: Path, calibration_dir: Path, out: Path, l
     tokens = load_calibration(calibration_dir)
     report = prune_model(model, tokens, cfg, log, progress)
     records = [asdict(r) for r in report.records]
-    meta = {"config": cfg.model_dump(mode="json"), "key": stage_key(cfg.model_dump(mode="json"), [model_dir, calibration_dir]),
+    meta = {"config": cfg.model_dump(mode="json"), "key": stage_key({"cfg": cfg}, [model_dir, calibration_dir]),
             "inputs": {"model": artifact_digest(model_dir), "calibration": artifact_digest(calibration_dir)},
             "prune_seconds": report.seconds, "peak_device_bytes": report.peak_device_bytes,
             "peak_host_bytes": peak_host_bytes()}
 
+    write = _save_hf(model, tokenizer, records)
+    log(f"pruned {len(records)} Linear layers in {report.seconds:.1f} s")
+    return write_artifact(out, "model", 1, meta, write)
+
+
+def _save_hf(model, tokenizer, records: list[dict]) -> Callable[[Path], None]:
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "layers.json").write_text(json.dumps(records, indent=1) + "\n")
+    return write
 
-    log(f"pruned {len(records)} Linear layers in {report.seconds:.1f} s")
+
+def quantize(cfg: QuantizeConfig, prune_cfg: PruneConfig, model_dir: Path, pruned_dir: Path,
+             calibration_dir: Path, out: Path, log: Log, progress: Progress | None = None) -> Path:
+    """Quantize the pruned model (or, with `joint`, prune and quantize the dense one)."""
+    source = model_dir if cfg.joint else pruned_dir
+    model, tokenizer, _ = load_model_dir(source)
+    quantized, records, seconds, peak = {}, json.loads((pruned_dir / "layers.json").read_text()), 0.0, 0
+    if cfg.method != "none":
+        report = quantize_model(model, load_calibration(calibration_dir), cfg, prune_cfg, log, progress)
+        quantized, seconds, peak = report.quantized, report.seconds, report.peak_device_bytes
+        records = [asdict(r) for r in report.records] if cfg.joint else records
+    section = {"quantize": cfg.model_dump(mode="json"), "prune": prune_cfg.model_dump(mode="json")}
+    inputs = [model_dir, pruned_dir, calibration_dir]
+    meta = {"config": section, "key": stage_key({"cfg": cfg, "prune_cfg": prune_cfg}, inputs),
+            "inputs": {p.name: artifact_digest(p) for p in inputs},
+            "quantize_seconds": seconds, "peak_device_bytes": peak, "peak_host_bytes": peak_host_bytes()}
+    codes = {f"{name}.{part}": getattr(q, part).contiguous()
+             for name, q in quantized.items() for part in ("codes", "scales", "zeros")}
+
+    def write(tmp: Path) -> None:
+        _save_hf(model, tokenizer, records)(tmp)
+        if codes:
+            save_file(codes, tmp / "codes.safetensors")
+
+    log(f"quantized {len(quantized)} Linear layers ({cfg.method}) in {seconds:.1f} s")
     return write_artifact(out, "model", 1, meta, write)
+
+
+def load_codes(quantized_dir: Path, cfg: QuantizeConfig) -> dict[str, Quantized]:
+    path = quantized_dir / "codes.safetensors"
+    if not path.is_file():
+        return {}
+    flat = load_file(path)
+    spec = spec_of(cfg)
+    names = {key.rsplit(".", 1)[0] for key in flat}
+    return {name: Quantized(flat[f"{name}.codes"], flat[f"{name}.scales"], flat[f"{name}.zeros"], spec)
+            for name in names}
+
+
+def pack(cfg: PackConfig, quantize_cfg: QuantizeConfig, prune_cfg: PruneConfig, quantized_dir: Path,
+         out: Path, log: Log) -> Path:
+    """Pack every decoder Linear of the quantized model in `cfg.format`; the rest stays as is."""
+    model, tokenizer, _ = load_model_dir(quantized_dir)
+    codes = load_codes(quantized_dir, quantize_cfg)
+    nm = (prune_cfg.pattern.n, prune_cfg.pattern.m) if isinstance(prune_cfg.pattern, NMPattern) else None
+    prefix, layers = find_decoder_layers(model)
+    packed = {}
+    for index, layer in enumerate(layers):
+        for name, module in prunable_modules(layer, f"{prefix}.{index}", ()).items():
+            W = weight_view(module)
+            packed[name] = pack_weight(W, cfg.format, mask=W == 0, quantized=codes.get(name), nm=nm,
+                                       dtype=DTYPES[cfg.dtype])
+    packed_bytes = sum(t.numel() * t.element_size() for _, tensors in packed.values() for t in tensors.values())
+    weights = sum(layer.shape[0] * layer.shape[1] for layer, _ in packed.values())
+    rest = {k: v for k, v in model.state_dict().items() if k.removesuffix(".weight") not in packed}
+    if getattr(model.config, "tie_word_embeddings", False):
+        rest.pop("lm_head.weight", None)   # tied to the embeddings: stored once
+    section = {"pack": cfg.model_dump(mode="json"), "quantize": quantize_cfg.model_dump(mode="json"),
+               "prune": prune_cfg.model_dump(mode="json")}
+    key = stage_key({"cfg": cfg, "quantize_cfg": quantize_cfg, "prune_cfg": prune_cfg}, [quantized_dir])
+    meta = {"config": section, "key": key,
+             "bytes_per_weight": packed_bytes / weights, "packed_bytes": packed_bytes, "weights": weights}
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.contiguous() for k, v in rest.items()}, tmp / REST_FILE)
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    log(f"packed {len(packed)} Linear layers as {cfg.format}: {meta['bytes_per_weight']:.4f} bytes per weight")
+    return save_packed(out, packed, meta, also=write)
+
+
+def load_any_model(directory: Path):
+    """A model artifact (Hugging Face folder) or a packed one, with its tokenizer."""
+    from transformers import AutoTokenizer
+
+    if (directory / "metadata.json").is_file() and '"prunepipe-packed"' in (directory / "metadata.json").read_text():
+        return load_packed(directory), AutoTokenizer.from_pretrained(directory)
+    model, tokenizer, _ = load_model_dir(directory)
+    return model, tokenizer
 
 
 def evaluation_windows(cfg: EvaluateConfig, tokenizer) -> torch.Tensor:
@@ -134,14 +231,14 @@ def evaluation_windows(cfg: EvaluateConfig, tokenizer) -> torch.Tensor:
 def evaluate_model(cfg: EvaluateConfig, model_dir: Path, out: Path, log: Log,
                    progress: Progress | None = None) -> Path:
     """Perplexity of one model artifact on the held-out split → out/perplexity.json."""
-    model, tokenizer, _ = load_model_dir(model_dir)
+    model, tokenizer = load_any_model(model_dir)
     check_seqlen(cfg.seqlen, model, "evaluate.seqlen")
     windows = evaluation_windows(cfg, tokenizer)
     tick = progress(-(-len(windows) // cfg.batch_size), f"perplexity {model_dir.name}") if progress else None
     ppl = perplexity(model, windows, cfg.batch_size, torch.device(cfg.device), tick)
     log(f"{model_dir}: perplexity {ppl:.3f} over {windows.numel()} tokens")
     result = {"perplexity": ppl, "windows": len(windows), "tokens": windows.numel()}
-    meta = {"config": cfg.model_dump(mode="json"), "key": stage_key(cfg.model_dump(mode="json"), [model_dir]),
+    meta = {"config": cfg.model_dump(mode="json"), "key": stage_key({"cfg": cfg}, [model_dir]),
             "inputs": {"model": artifact_digest(model_dir)}, **result}
     return write_artifact(out, EVAL_KIND, VERSION, meta,
                           lambda tmp: (tmp / "perplexity.json").write_text(json.dumps(result, indent=2) + "\n"))

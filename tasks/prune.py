@@ -156,7 +156,9 @@ def run_sequential(model: nn.Module, tokens: torch.Tensor, how: Sequential, op: 
                    progress=None, label: str = "layers") -> list[LinearRecord]:
     """The sequential pass: for each decoder layer, input statistics of its Linears from one
     forward pass, `op(layer_index, name, W (rows, cols) float32, stats) → new W` for each, then
-    the updated layer's outputs become the next layer's inputs."""
+    the updated layer's outputs become the next layer's inputs. All calibration rows share
+    one length and no padding, so the masks recorded from row 0 hold for every row."""
+    model.eval()  # dropout (OPT, GPT-2) would make the statistics noisy
     prefix, layers = find_decoder_layers(model)
     tick = progress(len(tokens), "capture layer-0 inputs") if progress else None
     inputs = capture_inputs(model, layers, tokens, store=how.store, progress=tick)

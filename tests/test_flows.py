@@ -23,6 +23,8 @@ def tiny_params(llama_folder: Path, corpus_file: Path, **prune) -> dict:
     return {"model": {"source": str(llama_folder)},
             "calibration": {"dataset": str(corpus_file), "nsamples": 4, "seqlen": 32},
             "prune": {"method": "wanda", "sparsity": 0.5, **prune},
+            "quantize": {"method": "gptq", "bits": 4, "group_size": 32},
+            "pack": {"format": "bitmask-int4"},
             "evaluate": {"dataset": str(corpus_file), "seqlen": 32, "max_windows": 6}}
 
 
@@ -59,6 +61,7 @@ def test_compress_flow_runs_and_caches(tmp_path, monkeypatch, llama_folder, corp
     with prefect_test_harness():
         metrics = compress(params)
         assert metrics["sparsity"] == 0.5 and metrics["ppl_pruned"] > 0
+        assert metrics["ppl_packed"] == pytest.approx(metrics["ppl_quantized"], rel=1e-4)
         assert json.loads(Path("metrics.json").read_text()) == metrics
         assert Path("reports/layer_sparsity.png").stat().st_size > 0
         stamp = Path("data/pruned/metadata.json").stat().st_mtime_ns
@@ -89,8 +92,9 @@ def test_dvc_repro_twice_runs_nothing_the_second_time(tmp_path, llama_folder, co
     assert "Running stage 'prune'" in first and (tmp_path / "metrics.json").is_file()
     second = run("dvc", "repro")
     assert "Running stage" not in second
-    params = tiny_params(llama_folder, corpus_file, sparsity="2:4")
+    params = tiny_params(llama_folder, corpus_file, sparsity=0.6)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     third = run("dvc", "repro")
     ran = {line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage")}
-    assert ran == {"prune", "evaluate"}
+    assert ran == {"prune", "quantize", "pack", "evaluate"}  # not model, calibrate, evaluate_dense
+    assert json.loads((tmp_path / "metrics.json").read_text())["sparsity"] == pytest.approx(0.6, abs=0.01)

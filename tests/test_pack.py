@@ -166,7 +166,7 @@ def test_artifact_round_trip_across_shards(tmp_path):
     layers = some_layers()
     out = save_packed(tmp_path / "packed", layers, {"model": "tiny"}, max_shard_bytes=600)
     meta = load_metadata(out)
-    assert meta["version"] == 1 and meta["extra"] == {"model": "tiny"} and len(meta["files"]) > 1
+    assert meta["version"] == 1 and meta["model"] == "tiny" and len(meta["files"]) > 1
     loaded = load_packed_tensors(out)
     assert loaded.keys() == layers.keys()
     for name, (layer, tensors) in layers.items():
@@ -186,10 +186,10 @@ def test_save_replaces_atomically_and_a_failed_save_changes_nothing(tmp_path):
     layers = some_layers()
     out = save_packed(tmp_path / "packed", layers, {"run": 1})
     save_packed(out, layers, {"run": 2})
-    assert load_metadata(out)["extra"] == {"run": 2}
+    assert load_metadata(out)["run"] == 2
     with pytest.raises(TypeError):
         save_packed(out, layers, {"run": object()})  # not JSON: fails after the shards are written
-    assert load_metadata(out)["extra"] == {"run": 2} and len(load_packed_tensors(out)) == len(layers)
+    assert load_metadata(out)["run"] == 2 and len(load_packed_tensors(out)) == len(layers)
     assert [p.name for p in tmp_path.iterdir()] == ["packed"]
 
 

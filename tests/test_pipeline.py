@@ -53,18 +53,79 @@ def test_prune_changes_only_decoder_linears(stages):
 
 
 def test_evaluate_and_metrics(stages):
+    from tasks.config import PackConfig, QuantizeConfig
+
     root, model, calib = stages
-    pruned = pipeline.prune(PruneConfig(method="magnitude", sparsity="2:4"), model, calib, root / "p24", LOG)
+    prune_cfg, qcfg = PruneConfig(method="magnitude", sparsity="2:4"), QuantizeConfig(group_size=32)
+    pruned = pipeline.prune(prune_cfg, model, calib, root / "p24", LOG)
+    quantized = pipeline.quantize(qcfg, prune_cfg, model, pruned, calib, root / "q24", LOG)
+    packed = pipeline.pack(PackConfig(format="nm-int4"), qcfg, prune_cfg, quantized, root / "pk24", LOG)
     cfg = EvaluateConfig(dataset=read_metadata(calib, "calibration", 1)["config"]["dataset"], seqlen=32)
-    dense_eval = pipeline.evaluate_model(cfg, model, root / "eval_dense", LOG)
-    pruned_eval = pipeline.evaluate_model(cfg, pruned, root / "eval_pruned", LOG)
-    ppl_dense, ppl_pruned = pipeline.read_perplexity(dense_eval), pipeline.read_perplexity(pruned_eval)
-    assert 1.0 < ppl_dense < 1e4 and ppl_pruned != ppl_dense
-    meta = json.loads((pruned / "metadata.json").read_text())
-    metrics = build_metrics(ppl_dense, ppl_pruned, meta, json.loads((pruned / "layers.json").read_text()))
+    ppl = {name: pipeline.read_perplexity(pipeline.evaluate_model(cfg, path, root / f"eval_{name}", LOG))
+           for name, path in (("dense", model), ("pruned", pruned), ("quantized", quantized), ("packed", packed))}
+    assert 1.0 < ppl["dense"] < 1e4 and ppl["pruned"] != ppl["dense"]
+    assert ppl["packed"] == pytest.approx(ppl["quantized"], rel=1e-5)
+    metrics = build_metrics(ppl, json.loads((pruned / "metadata.json").read_text()),
+                            json.loads((packed / "metadata.json").read_text()),
+                            json.loads((quantized / "layers.json").read_text()))
     assert metrics["sparsity"] == 0.5 and set(metrics["sparsity_per_type"]) == {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert {"ppl_quantized", "ppl_packed", "bytes_per_weight", "size_ratio"} <= metrics.keys()
+    assert metrics["size_ratio"] == pytest.approx(metrics["bytes_per_weight"] / 2, abs=1e-4)
     assert metrics["peak_host_mib"] > 0
+
+
+@pytest.mark.parametrize("quantize_cfg,fmt", [
+    ({"method": "gptq", "bits": 4, "group_size": 32}, "nm-int4"),
+    ({"method": "rtn", "bits": 8, "group_size": -1, "symmetric": True}, "nm-int8"),
+    ({"method": "none"}, "nm"),
+])
+def test_quantize_pack_and_load_back(stages, quantize_cfg, fmt):
+    from prunepipe import load_packed
+    from tasks.config import PackConfig, QuantizeConfig
+
+    root, model, calib = stages
+    prune_cfg = PruneConfig(method="wanda", sparsity="2:4")
+    pruned = pipeline.prune(prune_cfg, model, calib, root / "p24w", LOG)
+    qcfg = QuantizeConfig(**quantize_cfg)
+    quantized = pipeline.quantize(qcfg, prune_cfg, model, pruned, calib, root / f"q-{fmt}", LOG)
+    packed = pipeline.pack(PackConfig(format=fmt), qcfg, prune_cfg, quantized, root / f"pk-{fmt}", LOG)
+
+    fake, _, _ = load_model_dir(quantized)
+    before, _, _ = load_model_dir(pruned)
+    for name, w in fake.state_dict().items():   # every pruned zero is still exactly zero
+        assert torch.equal(w[before.state_dict()[name] == 0], torch.zeros_like(w[before.state_dict()[name] == 0]))
+    reloaded = load_packed(packed)
+    ids = pipeline.load_calibration(calib)[:2]
+    with torch.no_grad():
+        want, got = fake(ids).logits.double(), reloaded(ids).logits.double()
+    assert torch.isfinite(got).all()
+    # int formats dequantize exactly; float formats store fp16 values
+    tol = 1e-5 if fmt != "nm" else 2e-2
+    assert (got - want).abs().max() <= tol * want.abs().max()
+    meta = json.loads((packed / "metadata.json").read_text())
+    # kept values + 2-bit positions of the kept half + fp16 scale and uint8 zero per group
+    expected = {"nm-int4": 0.25 + 0.125 + 3 / 32, "nm-int8": 0.5 + 0.125 + 3 / 72, "nm": 1.125}[fmt]
+    assert meta["bytes_per_weight"] == pytest.approx(expected, rel=0.03)
+
+
+def test_packed_artifact_tampering_is_named(stages, tmp_path):
+    import shutil
+
+    from prunepipe import load_packed
+    from tasks.config import PackConfig, QuantizeConfig
+
+    root, model, calib = stages
+    prune_cfg, qcfg = PruneConfig(sparsity=0.5), QuantizeConfig(method="rtn", group_size=32)
+    pruned = pipeline.prune(prune_cfg, model, calib, root / "p50", LOG)
+    quantized = pipeline.quantize(qcfg, prune_cfg, model, pruned, calib, root / "q50", LOG)
+    packed = pipeline.pack(PackConfig(format="bitmask-int4"), qcfg, prune_cfg, quantized, root / "pk50", LOG)
+    copy = tmp_path / "packed"
+    shutil.copytree(packed, copy)
+    data = (copy / "rest.safetensors").read_bytes()
+    (copy / "rest.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match=r"rest\.safetensors: sha256 does not match"):
+        load_packed(copy)
 
 
 def test_altered_artifact_is_rejected(stages, tmp_path):

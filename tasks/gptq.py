@@ -1,0 +1,88 @@
+"""Quantize the decoder-layer Linears of a pruned model, keeping every pruned zero.
+
+- rtn: round to nearest, per group (tasks/quantize.py); needs no calibration.
+- gptq (Frantar et al. 2022): the sequential pass of tasks/prune.py with the Hessian
+  H = 2XXᵀ/n of each Linear's input; the OBS engine of tasks/sparsegpt.py runs with the
+  existing zeros as a fixed mask and a GroupQuantizer column hook, so each column's
+  rounding error is spread over the columns not yet quantized, and zeros stay zeros.
+- joint: the same engine from the *dense* model chooses the mask (SparseGPT) and
+  quantizes (GPTQ) in one pass.
+
+A pruned weight always gets code = zero-point, so it dequantizes to exactly 0.0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tasks.config import PruneConfig, QuantizeConfig
+from tasks.layers import find_decoder_layers, prunable_modules, set_weight, weight_view
+from tasks.patterns import Unstructured, mask_from_scores
+from tasks.prune import (InputStats, LinearRecord, owl_layer_sparsities, peak_device_bytes, run_sequential,
+                         sequential_setup, wanda_scores)
+from tasks.quantize import GroupQuantizer, Quantized, QuantSpec, rtn
+from tasks.sparsegpt import sparsegpt
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    quantized: dict[str, Quantized]    # module name → codes, scales, zeros
+    records: list[LinearRecord]
+    seconds: float
+    peak_device_bytes: int
+
+
+def spec_of(cfg: QuantizeConfig) -> QuantSpec:
+    return QuantSpec(cfg.bits, cfg.group_size, cfg.symmetric)
+
+
+@torch.no_grad()
+def quantize_rtn(model: nn.Module, cfg: QuantizeConfig) -> dict[str, Quantized]:
+    prefix, layers = find_decoder_layers(model)
+    quantized = {}
+    for index, layer in enumerate(layers):
+        for name, module in prunable_modules(layer, f"{prefix}.{index}", ()).items():
+            W = weight_view(module).float()
+            quantized[name] = rtn(W, spec_of(cfg), mask=W == 0)
+            set_weight(module, quantized[name].dequantize())
+    return quantized
+
+
+def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, prune_cfg: PruneConfig,
+                   log: Log = print, progress=None) -> QuantizeReport:
+    """Quantize `model` in place (fake-quantized float weights) and return the codes.
+
+    Without `cfg.joint` the model is the pruned one; with it, the dense one, pruned here
+    by SparseGPT with `prune_cfg` in the same pass.
+    """
+    start = time.perf_counter()
+    if cfg.method == "rtn":
+        return QuantizeReport(quantize_rtn(model, cfg), [], time.perf_counter() - start, 0)
+    how = sequential_setup(cfg.device, prune_cfg.offload_activations, (), hessian=True)
+    targets = None
+    if cfg.joint and prune_cfg.owl.enabled:
+        targets = owl_layer_sparsities(model, tokens, prune_cfg, how, log, progress)
+    quantized: dict[str, Quantized] = {}
+
+    def op(index: int, name: str, W: torch.Tensor, stats: InputStats) -> torch.Tensor:
+        hook = GroupQuantizer(spec_of(cfg))
+        if cfg.joint:
+            pattern = Unstructured(targets[index]) if targets else prune_cfg.pattern
+            mask = mask_from_scores(wanda_scores(W, stats), pattern) if prune_cfg.sparsegpt.mask == "wanda" else None
+        else:
+            pattern, mask = None, W == 0
+        result = sparsegpt(W, stats.hessian, pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
+                           quantizer=hook, mask=mask, log=log)
+        quantized[name] = hook.result(result.mask)
+        return result.weight
+
+    label = f"{'sparsegpt+' if cfg.joint else ''}gptq {cfg.bits}-bit"
+    records = run_sequential(model, tokens, how, op, progress, label)
+    return QuantizeReport(quantized, records, time.perf_counter() - start, peak_device_bytes(how))

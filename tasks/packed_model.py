@@ -1,0 +1,69 @@
+"""Load a packed artifact (the `pack` stage's output) back into a working nn.Module.
+
+Each packed decoder Linear becomes a PackedLinear that keeps its packed tensors as buffers
+and computes through the reference path: unpack/dequantize to a dense weight, then matmul.
+Every other tensor (embeddings, norms, lm_head, biases) comes from rest.safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from tasks.artifact_pack import load_packed_tensors
+from tasks.artifacts import ArtifactError
+from tasks.pack import LayerFormat, unpack_weight
+
+REST_FILE = "rest.safetensors"
+
+
+class PackedLinear(nn.Module):
+    """y = x · Ŵᵀ + b with Ŵ (out, in) unpacked from its packed tensors on every call."""
+
+    def __init__(self, layer: LayerFormat, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None):
+        super().__init__()
+        self.layer = layer
+        self.out_features, self.in_features = layer.shape
+        self.tensor_names = tuple(tensors)
+        for name, tensor in tensors.items():
+            self.register_buffer(name, tensor)
+        self.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias is not None else None
+
+    def packed(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.tensor_names}
+
+    def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        return unpack_weight(self.packed(), self.layer, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dense_weight(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.layer.format}"
+
+
+def load_packed(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> nn.Module:
+    """A packed artifact as a causal LM whose decoder Linears are PackedLinear modules."""
+    path = Path(path)
+    layers = load_packed_tensors(path)           # checks kind, version and every file's sha256
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    result = model.load_state_dict(load_file(path / REST_FILE), strict=False)
+    packed_weights = {f"{name}.weight" for name in layers}
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected := set(result.unexpected_keys):
+        raise ArtifactError(f"{path / REST_FILE}: tensors the model does not have: {sorted(unexpected)[:3]}")
+    if missing := set(result.missing_keys) - packed_weights - tied:
+        raise ArtifactError(f"{path / REST_FILE}: tensors missing for {sorted(missing)[:3]}")
+    for name, (layer, tensors) in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        setattr(parent, child, PackedLinear(layer, tensors, getattr(old, "bias", None)))
+    model.tie_weights()
+    return model.eval()
