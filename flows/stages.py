@@ -28,6 +28,7 @@ EVAL_QUANTIZED, EVAL_PACKED = DATA / "eval_quantized", DATA / "eval_packed"
 METRICS = Path("metrics.json")
 REPORTS = Path("reports")
 SPARSITY_CSV, SPARSITY_PNG = REPORTS / "layer_sparsity.csv", REPORTS / "layer_sparsity.png"
+PRUNE_RUN, QUANTIZE_RUN = REPORTS / "prune_run.json", REPORTS / "quantize_run.json"
 
 
 def _stage_key(parameters: dict) -> str:
@@ -70,13 +71,13 @@ def calibrate_task(cfg, model_dir: str, out: str) -> str:
 
 @stage_task
 def prune_task(cfg, model_dir: str, calibration_dir: str, out: str) -> str:
-    return str(pipeline.prune(cfg, Path(model_dir), Path(calibration_dir), Path(out), _log, _progress))
+    return str(pipeline.prune(cfg, Path(model_dir), Path(calibration_dir), Path(out), _log, _progress, PRUNE_RUN))
 
 
 @stage_task
 def quantize_task(cfg, prune_cfg, model_dir: str, pruned_dir: str, calibration_dir: str, out: str) -> str:
     return str(pipeline.quantize(cfg, prune_cfg, Path(model_dir), Path(pruned_dir), Path(calibration_dir),
-                                 Path(out), _log, _progress))
+                                 Path(out), _log, _progress, QUANTIZE_RUN))
 
 
 @stage_task
@@ -97,7 +98,7 @@ def report_task(pruned_dir: str, quantized_dir: str, packed_dir: str, evals: dic
     meta = json.loads((Path(pruned_dir) / "metadata.json").read_text())
     packed = json.loads((Path(packed_dir) / "metadata.json").read_text())
     ppl = {name: pipeline.read_perplexity(Path(path)) for name, path in evals.items()}
-    metrics = build_metrics(ppl, meta, packed, records)
+    metrics = build_metrics(ppl, json.loads(PRUNE_RUN.read_text()), packed, records)
     REPORTS.mkdir(exist_ok=True)
     table = layer_table(records)
     table.to_csv(SPARSITY_CSV, index=False)

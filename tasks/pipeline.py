@@ -117,16 +117,36 @@ def check_seqlen(seqlen: int, model, key: str) -> None:
         raise ModelSourceError(f"{key} = {seqlen} exceeds the model's context of {limit} tokens")
 
 
+def layer_records(records) -> list[dict]:
+    """The per-Linear report that goes into an artifact: everything but the timings."""
+    return [{k: v for k, v in asdict(r).items() if k != "seconds"} for r in records]
+
+
+def seconds_per_layer(records) -> list[float]:
+    layers: dict[int, float] = {}
+    for r in records:
+        layers[r.layer] = layers.get(r.layer, 0.0) + r.seconds
+    return [round(layers[i], 3) for i in sorted(layers)]
+
+
+def write_run_stats(path: Path | None, stats: dict) -> None:
+    """Seconds and peak memory of a stage run. Kept outside the artifact, so that the same
+    params and seed give a byte-identical artifact (and DVC hash) on every run."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**stats, "peak_host_bytes": peak_host_bytes()}, indent=2) + "\n")
+
+
 def prune(cfg: PruneConfig, model_dir: Path, calibration_dir: Path, out: Path, log: Log,
-          progress: Progress | None = None) -> Path:
+          progress: Progress | None = None, run_stats: Path | None = None) -> Path:
     model, tokenizer, model_meta = load_model_dir(model_dir)
     tokens = load_calibration(calibration_dir)
     report = prune_model(model, tokens, cfg, log, progress)
-    records = [asdict(r) for r in report.records]
+    records = layer_records(report.records)
     meta = {"config": cfg.model_dump(mode="json"), "key": stage_key({"cfg": cfg}, [model_dir, calibration_dir]),
-            "inputs": {"model": artifact_digest(model_dir), "calibration": artifact_digest(calibration_dir)},
-            "prune_seconds": report.seconds, "peak_device_bytes": report.peak_device_bytes,
-            "peak_host_bytes": peak_host_bytes()}
+            "inputs": {"model": artifact_digest(model_dir), "calibration": artifact_digest(calibration_dir)}}
+    write_run_stats(run_stats, {"prune_seconds": report.seconds, "peak_device_bytes": report.peak_device_bytes,
+                                "solve_seconds_per_layer": seconds_per_layer(report.records)})
 
     write = _save_hf(model, tokenizer, records)
     log(f"pruned {len(records)} Linear layers in {report.seconds:.1f} s")
@@ -142,7 +162,8 @@ def _save_hf(model, tokenizer, records: list[dict]) -> Callable[[Path], None]:
 
 
 def quantize(cfg: QuantizeConfig, prune_cfg: PruneConfig, model_dir: Path, pruned_dir: Path,
-             calibration_dir: Path, out: Path, log: Log, progress: Progress | None = None) -> Path:
+             calibration_dir: Path, out: Path, log: Log, progress: Progress | None = None,
+             run_stats: Path | None = None) -> Path:
     """Quantize the pruned model (or, with `joint`, prune and quantize the dense one)."""
     source = model_dir if cfg.joint else pruned_dir
     model, tokenizer, _ = load_model_dir(source)
@@ -150,12 +171,12 @@ def quantize(cfg: QuantizeConfig, prune_cfg: PruneConfig, model_dir: Path, prune
     if cfg.method != "none":
         report = quantize_model(model, load_calibration(calibration_dir), cfg, prune_cfg, log, progress)
         quantized, seconds, peak = report.quantized, report.seconds, report.peak_device_bytes
-        records = [asdict(r) for r in report.records] if cfg.joint else records
+        records = layer_records(report.records) if cfg.joint else records
     section = {"quantize": cfg.model_dump(mode="json"), "prune": prune_cfg.model_dump(mode="json")}
     inputs = [model_dir, pruned_dir, calibration_dir]
     meta = {"config": section, "key": stage_key({"cfg": cfg, "prune_cfg": prune_cfg}, inputs),
-            "inputs": {p.name: artifact_digest(p) for p in inputs},
-            "quantize_seconds": seconds, "peak_device_bytes": peak, "peak_host_bytes": peak_host_bytes()}
+            "inputs": {p.name: artifact_digest(p) for p in inputs}}
+    write_run_stats(run_stats, {"quantize_seconds": seconds, "peak_device_bytes": peak})
     codes = {f"{name}.{part}": getattr(q, part).contiguous()
              for name, q in quantized.items() for part in ("codes", "scales", "zeros")}
 

@@ -51,9 +51,9 @@ def sparsity_summary(records: list[dict]) -> dict:
 DENSE_BYTES_PER_WEIGHT = 2.0   # fp16
 
 
-def build_metrics(ppl: dict[str, float], pruned_meta: dict, packed_meta: dict, records: list[dict]) -> dict:
+def build_metrics(ppl: dict[str, float], prune_run: dict, packed_meta: dict, records: list[dict]) -> dict:
     """ppl: perplexity of the "dense", "pruned", "quantized" and "packed" models.
-    Sparsity comes from the final (quantized) weights; peaks are the prune stage's."""
+    Sparsity comes from the final (quantized) weights; time and peaks are the prune stage's."""
     mib = 1 << 20
     bytes_per_weight = packed_meta["bytes_per_weight"]
     return {**{f"ppl_{name}": round(value, 4) for name, value in ppl.items()},
@@ -61,6 +61,6 @@ def build_metrics(ppl: dict[str, float], pruned_meta: dict, packed_meta: dict, r
             "format": packed_meta["config"]["pack"]["format"],
             "bytes_per_weight": round(bytes_per_weight, 4),
             "size_ratio": round(bytes_per_weight / DENSE_BYTES_PER_WEIGHT, 4),
-            "prune_seconds": round(pruned_meta["prune_seconds"], 2),
-            "peak_host_mib": round(pruned_meta["peak_host_bytes"] / mib, 1),
-            "peak_device_mib": round(pruned_meta["peak_device_bytes"] / mib, 1)}
+            "prune_seconds": round(prune_run["prune_seconds"], 2),
+            "peak_host_mib": round(prune_run["peak_host_bytes"] / mib, 1),
+            "peak_device_mib": round(prune_run["peak_device_bytes"] / mib, 1)}

@@ -57,7 +57,7 @@ def test_evaluate_and_metrics(stages):
 
     root, model, calib = stages
     prune_cfg, qcfg = PruneConfig(method="magnitude", sparsity="2:4"), QuantizeConfig(group_size=32)
-    pruned = pipeline.prune(prune_cfg, model, calib, root / "p24", LOG)
+    pruned = pipeline.prune(prune_cfg, model, calib, root / "p24", LOG, run_stats=root / "prune_run.json")
     quantized = pipeline.quantize(qcfg, prune_cfg, model, pruned, calib, root / "q24", LOG)
     packed = pipeline.pack(PackConfig(format="nm-int4"), qcfg, prune_cfg, quantized, root / "pk24", LOG)
     cfg = EvaluateConfig(dataset=read_metadata(calib, "calibration", 1)["config"]["dataset"], seqlen=32)
@@ -65,7 +65,7 @@ def test_evaluate_and_metrics(stages):
            for name, path in (("dense", model), ("pruned", pruned), ("quantized", quantized), ("packed", packed))}
     assert 1.0 < ppl["dense"] < 1e4 and ppl["pruned"] != ppl["dense"]
     assert ppl["packed"] == pytest.approx(ppl["quantized"], rel=1e-5)
-    metrics = build_metrics(ppl, json.loads((pruned / "metadata.json").read_text()),
+    metrics = build_metrics(ppl, json.loads((root / "prune_run.json").read_text()),
                             json.loads((packed / "metadata.json").read_text()),
                             json.loads((quantized / "layers.json").read_text()))
     assert metrics["sparsity"] == 0.5 and set(metrics["sparsity_per_type"]) == {
@@ -160,3 +160,15 @@ def test_owl_sets_per_layer_sparsity_around_the_target(corpus_file, tokenizer):
 def test_owl_refuses_nm():
     with pytest.raises(ValueError, match="needs an unstructured prune.sparsity"):
         PruneConfig(sparsity="2:4", owl={"enabled": True})
+
+
+def test_same_params_and_seed_give_byte_identical_artifacts(stages, tmp_path, corpus_file):
+    root, model, calib = stages
+    cfg = CalibrationConfig(dataset=str(corpus_file), nsamples=8, seqlen=32)
+    again = pipeline.calibrate(cfg, model, tmp_path / "calibration", LOG)
+    assert (again / "metadata.json").read_bytes() == (calib / "metadata.json").read_bytes()
+    prune_cfg = PruneConfig(method="sparsegpt", sparsity=0.5)
+    first = pipeline.prune(prune_cfg, model, calib, tmp_path / "a", LOG)
+    second = pipeline.prune(prune_cfg, model, again, tmp_path / "b", LOG)
+    # metadata.json lists every file's sha256, so equal bytes mean equal artifacts
+    assert (first / "metadata.json").read_bytes() == (second / "metadata.json").read_bytes()

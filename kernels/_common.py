@@ -1,0 +1,386 @@
+"""Pieces shared by the packed-weight matmul kernels (one kernel per format file).
+
+Every kernel computes y = x @ Ŵᵀ, with x (B, K) fp16/bf16, Ŵ (N, K) the dequantized packed
+weight, y (B, N) in x's dtype and fp32 accumulation. Each format file supplies only the code
+that turns its packed bytes into a dense fp32 (BLOCK_N, BLOCK_K) tile of Ŵ; the rest is here:
+
+- two launch paths for the same kernel, picked by batch size B:
+    GEMV  (B ≤ GEMV_MAX_BATCH = 4): grid over blocks of BLOCK_N output rows; each program holds
+          all B rows of x and reduces over K, so every packed weight byte is read exactly once;
+          products on CUDA cores, one x row at a time, in Ŵ's own register layout.
+    tiled (B > 4): grid over (BLOCK_M, BLOCK_N) tiles of y, M fastest so programs sharing a
+          weight tile run together (L2 hits); tl.dot on the tile rounded to x's dtype. For
+          B ≤ 16 the autotuner only offers BLOCK_M = 16: one M block, weights read once.
+- the autotune config lists (small, keyed on N, K, batch bucket); under TRITON_INTERPRET one
+  fixed config each, no benchmarking.
+- @triton.jit helpers: bit unpacking, N:M scatter to dense, group dequantization, the two
+  inner products, the store.
+- launcher checks (clear ValueErrors) and the CUDA-only bench plumbing.
+
+Shape comments are (rows, cols).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+# FMA path up to this batch. Beyond it the FMAs (B per weight) outgrow the weight stream on
+# H200 (≈34 fp32 TFMA/s vs 4.8 TB/s), so 4 < B ≤ 16 goes to the tensor-core tile with BLOCK_M = 16:
+# still one M block, each program reduces over K for BLOCK_N rows and reads its weights once.
+GEMV_MAX_BATCH = 4
+MAX_BATCH_BUCKET = 2048
+X_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def batch_bucket(batch: int) -> int:
+    """Autotune key for the batch: powers of two up to 2048 (larger batches share 2048's config)."""
+    return min(next_pow2(batch), MAX_BATCH_BUCKET)
+
+
+# ----------------------------------------------------------------------------- autotune configs
+
+def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
+    return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
+
+
+# B ≤ GEMV_MAX_BATCH. BLOCK_M comes from the launcher (next_pow2(B)), so these set only
+# BLOCK_N / BLOCK_K. BLOCK_K ≥ 128 keeps ≥ 64 contiguous packed bytes per row even for int4.
+# num_stages is moot here: Triton 3.9 software-pipelines only loads that feed tl.dot.
+GEMV_CONFIGS = [
+    _cfg(4, 1, BLOCK_N=8, BLOCK_K=128),
+    _cfg(4, 1, BLOCK_N=16, BLOCK_K=128),
+    _cfg(4, 1, BLOCK_N=32, BLOCK_K=128),
+    _cfg(4, 1, BLOCK_N=16, BLOCK_K=256),
+    _cfg(8, 1, BLOCK_N=32, BLOCK_K=256),
+]
+
+# B > GEMV_MAX_BATCH. tl.dot needs every block dimension ≥ 16. BLOCK_M=16 serves B ≤ 16 in one
+# M block (each weight read once) with narrow BLOCK_N so that N/BLOCK_N programs fill the GPU.
+TILED_CONFIGS = [
+    _cfg(4, 3, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128),
+    _cfg(4, 3, BLOCK_M=16, BLOCK_N=64, BLOCK_K=64),
+    _cfg(4, 4, BLOCK_M=32, BLOCK_N=64, BLOCK_K=64),
+    _cfg(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
+    _cfg(4, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64),
+    _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
+    _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
+]
+
+# The interpreter runs programs one by one in numpy: one config each, no benchmarking.
+INTERPRET_GEMV_CONFIG = _cfg(4, 1, BLOCK_N=16, BLOCK_K=64)
+INTERPRET_TILED_CONFIG = _cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)
+
+KEY = ["N", "K", "batch_bucket"]
+
+
+def _prune_tiled(configs, named_args, **kwargs):
+    bucket = kwargs["batch_bucket"]
+    fits = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, bucket)]
+    return fits or configs[:1]
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The two autotuned entry points (GEMV and tiled) of one kernel."""
+
+    gemv: object
+    tiled: object
+
+
+def tune(kernel, key: list[str] = KEY) -> Tuned:
+    """Wrap `kernel` twice: once with the GEMV configs, once with the tiled ones."""
+    if INTERPRET:
+        return Tuned(triton.autotune([INTERPRET_GEMV_CONFIG], key=key)(kernel),
+                     triton.autotune([INTERPRET_TILED_CONFIG], key=key)(kernel))
+    return Tuned(
+        triton.autotune(GEMV_CONFIGS, key=key)(kernel),
+        triton.autotune(TILED_CONFIGS, key=key, prune_configs_by={"early_config_prune": _prune_tiled})(kernel),
+    )
+
+
+# Tests set this to run one exact config instead of autotuning (e.g. every production config).
+FORCE_CONFIG: triton.Config | None = None
+
+
+def launch(tuned: Tuned, x: torch.Tensor, n_out: int, args: tuple, **meta) -> None:
+    """Pick the path by batch size and launch. `args` are the kernel's runtime arguments up to
+    (not including) `batch_bucket`; `meta` are the format's constexprs."""
+    batch = x.shape[0]
+    meta["batch_bucket"] = batch_bucket(batch)
+    if batch <= GEMV_MAX_BATCH:
+        kernel = tuned.gemv
+        meta.update(BLOCK_M=next_pow2(batch), GEMV_ROWS=batch, DOT_F32=False)
+        grid = lambda META: (triton.cdiv(n_out, META["BLOCK_N"]),)  # noqa: E731
+    else:
+        kernel = tuned.tiled
+        # The interpreter's tl.dot multiplies bf16 bit patterns as integers: give it fp32 there.
+        meta.update(GEMV_ROWS=0, DOT_F32=INTERPRET and x.dtype == torch.bfloat16)
+        grid = lambda META: (triton.cdiv(batch, META["BLOCK_M"]) * triton.cdiv(n_out, META["BLOCK_N"]),)  # noqa: E731
+    if FORCE_CONFIG is not None:
+        kernel = kernel.fn
+        meta.update(FORCE_CONFIG.all_kwargs())
+    kernel[grid](*args, **meta)
+
+
+# ----------------------------------------------------------------------------- jit helpers
+
+@triton.jit
+def unpack(packed, BITS: tl.constexpr):
+    """(R, C) uint8 → (R, C·8/BITS) int32 codes; code j of a byte sits at bits [j·BITS, (j+1)·BITS).
+
+    Built from tl.interleave, which puts the new minor dimension inside each thread: the codes keep
+    the load's layout (a contiguous K chunk per thread) with no trip through shared memory.
+    """
+    p = packed.to(tl.int32)
+    if BITS == 8:
+        codes = p
+    elif BITS == 4:
+        codes = tl.interleave(p & 0xF, p >> 4)
+    elif BITS == 2:  # (c0 ⋈ c2) ⋈ (c1 ⋈ c3) = c0 c1 c2 c3
+        codes = tl.interleave(tl.interleave(p & 3, (p >> 4) & 3), tl.interleave((p >> 2) & 3, p >> 6))
+    else:  # BITS == 1, the same bit-reversed pairing one level deeper
+        even = tl.interleave(tl.interleave(p & 1, (p >> 4) & 1), tl.interleave((p >> 2) & 1, (p >> 6) & 1))
+        odd = tl.interleave(tl.interleave((p >> 1) & 1, (p >> 5) & 1), tl.interleave((p >> 3) & 1, p >> 7))
+        codes = tl.interleave(even, odd)
+    return codes
+
+
+@triton.jit
+def _slots(x, N_KEEP: tl.constexpr):
+    """(R, G·N_KEEP) → tuple of N_KEEP (R, G): slot t of every group (reshape + split, in-thread)."""
+    R: tl.constexpr = x.shape[0]
+    G: tl.constexpr = x.shape[1] // N_KEEP
+    if N_KEEP == 1:
+        slots = (x,)
+    elif N_KEEP == 2:
+        s0, s1 = tl.split(tl.reshape(x, (R, G, 2)))
+        slots = (s0, s1)
+    else:  # N_KEEP == 4: element [g, i, j] is slot 2i + j
+        even, odd = tl.split(tl.reshape(x, (R, G, 2, 2)))
+        s0, s2 = tl.split(even)
+        s1, s3 = tl.split(odd)
+        slots = (s0, s1, s2, s3)
+    return slots
+
+
+@triton.jit
+def _column(vals, pos, c: tl.constexpr, N_KEEP: tl.constexpr):
+    """Dense column c of every group (R, G): the kept value whose position is c, else 0."""
+    col = tl.zeros_like(vals[0])
+    for t in tl.static_range(N_KEEP):
+        col = tl.where(pos[t] == c, vals[t], col)
+    return col
+
+
+@triton.jit
+def nm_scatter(vals, pos, N_KEEP: tl.constexpr, M: tl.constexpr):
+    """Kept values (R, C) and their in-group positions (R, C) → dense (R, C·M/N_KEEP), 0 elsewhere.
+
+    Triton has no register scatter: split the N_KEEP slots of each group apart, select each of the
+    M dense columns from them, and interleave the columns back (bit-reversed pairing, as in unpack).
+    Positions within a group are distinct (the format lists them in increasing order).
+    """
+    v = _slots(vals, N_KEEP)
+    p = _slots(pos, N_KEEP)
+    if M == 4:
+        dense = tl.interleave(tl.interleave(_column(v, p, 0, N_KEEP), _column(v, p, 2, N_KEEP)),
+                              tl.interleave(_column(v, p, 1, N_KEEP), _column(v, p, 3, N_KEEP)))
+    else:  # M == 8
+        even = tl.interleave(tl.interleave(_column(v, p, 0, N_KEEP), _column(v, p, 4, N_KEEP)),
+                             tl.interleave(_column(v, p, 2, N_KEEP), _column(v, p, 6, N_KEEP)))
+        odd = tl.interleave(tl.interleave(_column(v, p, 1, N_KEEP), _column(v, p, 5, N_KEEP)),
+                            tl.interleave(_column(v, p, 3, N_KEEP), _column(v, p, 7, N_KEEP)))
+        dense = tl.interleave(even, odd)
+    return dense
+
+
+@triton.jit
+def dequant(q, s_ptr, z_ptr, rows, n_mask, offs_k, k0, K, stride_g,
+            GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(q − zero) · scale in fp32 for a (BLOCK_N, BLOCK_K) tile of codes at original columns offs_k.
+
+    GROUP = 0 means one group per row. The tile lies in one group → one scale per row; it holds
+    whole groups → a (BLOCK_N, BLOCK_K/GROUP) load broadcast over a 3-D view (keeps Ŵ's layout);
+    otherwise a per-element gather (L1-cached, but it imposes its own layout on the tile).
+    """
+    BLOCK_N: tl.constexpr = q.shape[0]
+    q = q.to(tl.float32)
+    if GROUP == 0 or GROUP % BLOCK_K == 0:
+        offs = rows * stride_g + (k0 // GROUP if GROUP > 0 else 0)
+        scale = tl.load(s_ptr + offs, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
+        zero = tl.load(z_ptr + offs, mask=n_mask, other=0).to(tl.float32)
+        w = (q - zero[:, None]) * scale[:, None]
+    elif BLOCK_K % GROUP == 0:
+        GROUPS: tl.constexpr = BLOCK_K // GROUP
+        offs_g = k0 // GROUP + tl.arange(0, GROUPS)
+        offs = rows[:, None] * stride_g + offs_g[None, :]
+        mask = n_mask[:, None] & (offs_g[None, :] * GROUP < K)
+        scale = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_N, GROUPS)
+        zero = tl.load(z_ptr + offs, mask=mask, other=0).to(tl.float32)
+        w = (tl.reshape(q, (BLOCK_N, GROUPS, GROUP)) - zero[:, :, None]) * scale[:, :, None]
+        w = tl.reshape(w, (BLOCK_N, BLOCK_K))
+    else:
+        offs = rows[:, None] * stride_g + offs_k[None, :] // GROUP
+        mask = n_mask[:, None] & (offs_k[None, :] < K)
+        scale = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_K)
+        zero = tl.load(z_ptr + offs, mask=mask, other=0).to(tl.float32)
+        w = (q - zero) * scale
+    return w
+
+
+@triton.jit
+def block_offsets(B, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Row offsets into x/y (BLOCK_M,) and into the weight (BLOCK_N,) for this program.
+    M varies fastest; on the GEMV path cdiv(B, BLOCK_M) == 1."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(B, BLOCK_M)
+    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = (pid // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_m, offs_n
+
+
+@triton.jit
+def accumulate(acc, w, x_ptr, offs_m, offs_k, B, K, stride_xb, stride_xk,
+               GEMV_ROWS: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc (BLOCK_M, BLOCK_N) += x[offs_m, offs_k] (BLOCK_M, BLOCK_K) @ w (BLOCK_N, BLOCK_K)ᵀ, w fp32.
+
+    x outside (B, K) reads as 0, so (finite) padding in Ŵ past K never matters.
+    """
+    k_mask = offs_k < K
+    if GEMV_ROWS > 0:
+        # CUDA cores, one row of x at a time: the product keeps Ŵ's layout (a K chunk per thread),
+        # so the K reduction is mostly in-thread and Ŵ never goes through shared memory.
+        for b in tl.static_range(GEMV_ROWS):
+            xb = tl.load(x_ptr + b * stride_xb + offs_k * stride_xk, mask=k_mask, other=0.0)  # (BLOCK_K,)
+            part = tl.sum(w * xb.to(tl.float32)[None, :], axis=1)  # (BLOCK_N,)
+            acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
+    else:
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xb + offs_k[None, :] * stride_xk,
+                    mask=(offs_m[:, None] < B) & k_mask[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
+        # Round Ŵ to x's dtype, as a dense fp16/bf16 weight would be, for the tensor cores.
+        wt = tl.trans(w.to(x.dtype))  # (BLOCK_K, BLOCK_N)
+        if DOT_F32:
+            acc = tl.dot(x.to(tl.float32), wt.to(tl.float32), acc)
+        else:
+            acc = tl.dot(x, wt, acc)
+    return acc
+
+
+@triton.jit
+def store_y(y_ptr, acc, offs_m, offs_n, B, N, stride_yb):
+    mask = (offs_m[:, None] < B) & (offs_n[None, :] < N)
+    tl.store(y_ptr + offs_m[:, None] * stride_yb + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launcher checks
+
+def describe(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
+
+
+def check_x(fmt: str, x: torch.Tensor) -> tuple[int, int]:
+    """x must be (B, K) fp16/bf16 on a device the kernels can run on. Returns (B, K)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        got = describe(x) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{fmt}: x must be a 2-D (B, K) tensor (reshape leading dims into B), got {got}")
+    if x.dtype not in X_DTYPES:
+        raise ValueError(f"{fmt}: x must be float16 or bfloat16, got {describe(x)}")
+    if x.device.type != "cuda" and not INTERPRET:
+        raise ValueError(f"{fmt}: x is on {x.device}; the Triton kernels need CUDA tensors "
+                         "(or TRITON_INTERPRET=1 for CPU tensors)")
+    return x.shape[0], x.shape[1]
+
+
+def check_tensor(fmt: str, name: str, t: torch.Tensor, dtypes, shape: tuple[int, ...], x: torch.Tensor,
+                 what: str) -> None:
+    """Exact dtype, shape, contiguity and device, with the expected layout spelled out."""
+    dtypes = dtypes if isinstance(dtypes, tuple) else (dtypes,)
+    want = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{fmt}: {name} must be a tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes or tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{fmt}: {name} must be {want} {what} = {tuple(shape)}, got {describe(t)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{fmt}: {name} must be contiguous")
+    if t.device != x.device:
+        raise ValueError(f"{fmt}: {name} is on {t.device} but x is on {x.device}")
+
+
+def check_group(fmt: str, group_size: int, k: int) -> tuple[int, int]:
+    """Returns (g, G) with g = K for group_size = -1."""
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or not (group_size == -1 or group_size >= 1):
+        raise ValueError(f"{fmt}: group_size must be -1 (one group per row) or a positive int, got {group_size!r}")
+    g = k if group_size == -1 else group_size
+    return g, -(-k // g)
+
+
+def make_out(fmt: str, out: torch.Tensor | None, x: torch.Tensor, n_out: int) -> torch.Tensor:
+    if out is None:
+        return torch.empty((x.shape[0], n_out), dtype=x.dtype, device=x.device)
+    check_tensor(fmt, "out", out, x.dtype, (x.shape[0], n_out), x, "(B, N)")
+    return out
+
+
+# ----------------------------------------------------------------------------- bench
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Median times in ms on one CUDA GPU; bytes are what the kernel must read/write once."""
+
+    format: str
+    batch: int
+    n: int
+    k: int
+    dtype: str
+    kernel_ms: float
+    reference_ms: float  # torch: dequantize + matmul
+    dense_ms: float  # cuBLAS on the dense fp16/bf16 weight
+    weight_bytes: int  # packed weight tensors
+
+    @property
+    def kernel_gbps(self) -> float:
+        act_bytes = 2 * self.batch * (self.k + self.n)
+        return (self.weight_bytes + act_bytes) / (self.kernel_ms * 1e6)
+
+    @property
+    def speedup_vs_dense(self) -> float:
+        return self.dense_ms / self.kernel_ms
+
+
+def require_cuda(fmt: str) -> None:
+    if INTERPRET or not torch.cuda.is_available():
+        raise RuntimeError(f"{fmt}.bench() times kernels on a CUDA GPU; none is available here "
+                           "(or TRITON_INTERPRET is set)")
+
+
+def run_bench(fmt: str, kernel: Callable[[], torch.Tensor], reference: Callable[[], torch.Tensor],
+              x: torch.Tensor, w_dense: torch.Tensor, weight_bytes: int,
+              warmup: int = 25, rep: int = 100) -> BenchResult:
+    from triton.testing import do_bench
+
+    dense = lambda: torch.nn.functional.linear(x, w_dense)  # noqa: E731
+    kernel()  # autotune outside the timed region
+    return BenchResult(
+        format=fmt, batch=x.shape[0], n=w_dense.shape[0], k=w_dense.shape[1],
+        dtype=str(x.dtype).removeprefix("torch."),
+        kernel_ms=do_bench(kernel, warmup=warmup, rep=rep),
+        reference_ms=do_bench(reference, warmup=warmup, rep=rep),
+        dense_ms=do_bench(dense, warmup=warmup, rep=rep),
+        weight_bytes=weight_bytes,
+    )
+
+
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -1,0 +1,47 @@
+"""`int8` packed weights (docs/formats.md, version 1): y = x @ Ŵᵀ.
+
+Format, W (N, K) = (out_features, in_features), groups of g consecutive inputs, G = ceil(K/g):
+    qweight  uint8   (N, K)     one code per byte
+    scales   float16 (N, G)
+    zeros    uint8   (N, G)     integer zero point in [0, 255]
+Math:
+    Ŵ[n, k] = (q[n, k] − zeros[n, k // g]) · scales[n, k // g]
+    y[b, n] = Σ_k x[b, k] · Ŵ[n, k]          fp32 accumulate, y in x's dtype
+Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
+
+The kernel is kernels/int4.py's `_quant_matmul_kernel` with BITS=8 (unpacking a byte to one
+code is a plain widening), so this file holds only the int8 launcher, reference and bench.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import int4
+from kernels._common import BenchResult
+
+FORMAT = "int8"
+
+
+def matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *,
+           group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y (B, N) = x (B, K) @ Ŵᵀ for `int8`. group_size: g, or -1 for one group per row.
+    `out` (B, N) in x's dtype is written if given (else allocated)."""
+    return int4.quant_matmul(FORMAT, 8, x, qweight, scales, zeros, group_size, out)
+
+
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int) -> torch.Tensor:
+    """Ŵ (N, K) float32 with torch ops."""
+    return int4.dequantize(qweight, scales, zeros, group_size=group_size, k=qweight.shape[1], bits=8)
+
+
+def reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *,
+              group_size: int) -> torch.Tensor:
+    """Torch: dequantize, fp32 matmul, cast to x's dtype."""
+    return int4.reference(x, qweight, scales, zeros, group_size=group_size, bits=8)
+
+
+def bench(n_out: int = 4096, k: int = 4096, batch: int = 1, group_size: int = 128,
+          dtype: torch.dtype = torch.float16) -> BenchResult:
+    """Time the kernel, the torch reference and cuBLAS dense on random data (CUDA only)."""
+    return int4.bench(n_out, k, batch, group_size, dtype, bits=8)

@@ -1,0 +1,263 @@
+"""Packed-weight Triton kernels (kernels/) against float64 references.
+
+Without CUDA everything runs on CPU under TRITON_INTERPRET=1 (set here before Triton is
+imported); with CUDA the same tests run on the GPU. Shapes are deliberately not multiples of the
+block sizes (N=37; K=72/75/136/264) and batches cover both paths: 1 and 3 (GEMV), 9, 17, 40 (tiled).
+
+Tolerance, elementwise: |y − x·Ŵᵀ| ≤ 1.25·eps·(|x|·|Ŵ|ᵀ), eps = 2^-10 (fp16) or 2^-7 (bf16), computed in
+float64 from the packer's Ŵ: one rounding of Ŵ to x's dtype (tiled path) plus one of y, each at
+most eps/2 relative, with 25% left for fp32 accumulation order.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first `import triton`
+
+pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run")
+
+from kernels import FORMATS, _common, available, bitmask, int4, int8, launcher, nm, nm_int4  # noqa: E402
+from kernels.testing import pack_bitmask, pack_bits, pack_nm, pack_nm_quant, pack_quant  # noqa: E402
+
+if not torch.cuda.is_available() and not _common.INTERPRET:
+    pytest.skip("kernels was imported before TRITON_INTERPRET=1 was set and there is no CUDA",
+                allow_module_level=True)
+
+DEVICE = "cpu" if _common.INTERPRET else "cuda"
+N = 37
+BATCHES = [1, 3, 9, 17, 40]  # GEMV, GEMV, one tiled M block, two, three
+DTYPES = [torch.float16, torch.bfloat16]
+EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def seeded(*key) -> torch.Generator:
+    """A generator seeded from the test's identity (crc32: stable across runs, unlike hash())."""
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
+
+def random_weight(k: int, dtype: torch.dtype, gen: torch.Generator, sparsity: float = 0.0) -> torch.Tensor:
+    w = torch.randn(N, k, generator=gen)
+    if sparsity:
+        w[torch.rand(N, k, generator=gen) < sparsity] = 0.0
+    return w.to(dtype)
+
+
+def bitmask_case(k: int, sparsity: float, dtype: torch.dtype, gen: torch.Generator):
+    w = random_weight(k, dtype, gen, sparsity)
+    w[5] = 0.0  # an empty row: row_offsets[5] == row_offsets[6]
+    packed = pack_bitmask(w)
+    if k % 8:  # padding bits past K are unspecified by the format: set them, the kernel must ignore them
+        packed.tensors["mask"][:, -1] |= (0xFF << (k % 8)) & 0xFF
+    # NaN sentinels just past the last value: using anything beyond nnz turns outputs NaN.
+    values = packed.tensors["values"]
+    packed.tensors["values"] = torch.cat([values, torch.full((64,), float("nan"), dtype=values.dtype)])[:values.numel()]
+    return packed
+
+
+# id → (launcher module, K, packer(dtype, generator) → Packed). Quantized formats keep fp16 scales
+# whatever x's dtype; nm / bitmask values are stored in x's dtype.
+CASES = {
+    "int4-K72-g-1": (int4, 72, lambda dt, g: pack_quant(random_weight(72, torch.float32, g), 4, -1)),
+    "int4-K136-g32": (int4, 136, lambda dt, g: pack_quant(random_weight(136, torch.float32, g, 0.3), 4, 32)),
+    "int4-K264-g128": (int4, 264, lambda dt, g: pack_quant(random_weight(264, torch.float32, g), 4, 128)),
+    "int4-K75-g16": (int4, 75, lambda dt, g: pack_quant(random_weight(75, torch.float32, g), 4, 16)),
+    "int8-K136-g64": (int8, 136, lambda dt, g: pack_quant(random_weight(136, torch.float32, g, 0.3), 8, 64)),
+    "int8-K75-g20": (int8, 75, lambda dt, g: pack_quant(random_weight(75, torch.float32, g), 8, 20)),
+    "nm2:4-K136": (nm, 136, lambda dt, g: pack_nm(random_weight(136, dt, g), 2, 4)),
+    "nm2:4-K72": (nm, 72, lambda dt, g: pack_nm(random_weight(72, dt, g), 2, 4)),
+    "nm4:8-K264": (nm, 264, lambda dt, g: pack_nm(random_weight(264, dt, g), 4, 8)),
+    "nm1:4-K72": (nm, 72, lambda dt, g: pack_nm(random_weight(72, dt, g), 1, 4)),
+    "nm-int4-2:4-K136-g32": (nm_int4, 136, lambda dt, g: pack_nm_quant(random_weight(136, torch.float32, g),
+                                                                        2, 4, 4, 32)),
+    "nm-int4-2:4-K264-g128": (nm_int4, 264, lambda dt, g: pack_nm_quant(random_weight(264, torch.float32, g),
+                                                                         2, 4, 4, 128)),
+    "nm-int4-4:8-K72-g24": (nm_int4, 72, lambda dt, g: pack_nm_quant(random_weight(72, torch.float32, g),
+                                                                      4, 8, 4, 24)),
+    "bitmask-K136-50%": (bitmask, 136, lambda dt, g: bitmask_case(136, 0.5, dt, g)),
+    "bitmask-K75-90%": (bitmask, 75, lambda dt, g: bitmask_case(75, 0.9, dt, g)),
+    "bitmask-K264-10%": (bitmask, 264, lambda dt, g: bitmask_case(264, 0.1, dt, g)),
+}
+
+
+def dequant_kwargs(module, packed, k: int) -> dict:
+    needs_k = module in (int4, nm_int4, bitmask)
+    return {**packed.params, **({"k": k} if needs_k else {})}
+
+
+def assert_matches(y: torch.Tensor, x: torch.Tensor, w_hat: torch.Tensor) -> None:
+    assert y.shape == (x.shape[0], w_hat.shape[0]) and y.dtype == x.dtype
+    assert not torch.isnan(y).any(), f"{int(torch.isnan(y).sum())} outputs never written (still NaN)"
+    x64, w64 = x.double().cpu(), w_hat.double().cpu()
+    err = (y.double().cpu() - x64 @ w64.T).abs()
+    tol = 1.25 * EPS[x.dtype] * (x64.abs() @ w64.abs().T) + 1e-6
+    bad = err > tol
+    if bad.any():
+        b, n = (int(i) for i in bad.nonzero()[0])
+        raise AssertionError(f"{int(bad.sum())}/{bad.numel()} outputs off; first at (b={b}, n={n}): "
+                             f"err {err[b, n]:.3g} > tol {tol[b, n]:.3g}")
+
+
+def run_case(case: str, batch: int, dtype: torch.dtype):
+    module, k, make = CASES[case]
+    gen = seeded(case, batch, str(dtype))
+    packed = make(dtype, gen).to(DEVICE)
+    x = torch.randn(batch, k, generator=gen).to(dtype).to(DEVICE)
+    out = torch.full((batch, N), float("nan"), dtype=dtype, device=DEVICE)  # poison: unwritten → NaN
+    y = module.matmul(x, **packed.tensors, **packed.params, out=out)
+    assert y is out
+    return x, y, packed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_float64(case, batch, dtype):
+    x, y, packed = run_case(case, batch, dtype)
+    assert_matches(y, x, packed.w_hat)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_dequantize_and_reference(case):
+    """The torch reference unpacks exactly the Ŵ the packer started from."""
+    module, k, make = CASES[case]
+    gen = seeded(case)
+    packed = make(torch.float16, gen)
+    w = module.dequantize(**packed.tensors, **dequant_kwargs(module, packed, k))
+    assert torch.equal(w.double(), packed.w_hat)
+    x = torch.randn(3, k, generator=gen).half()
+    assert_matches(module.reference(x, **packed.tensors, **packed.params), x, packed.w_hat)
+
+
+def test_pack_bits_follows_formats_md():
+    # int4: element k in byte k // 2, low nibble for even k; a missing last element is 0.
+    assert pack_bits(torch.tensor([[1, 2, 3]]), 4).tolist() == [[0x21, 0x03]]
+    # 2-bit nm indices: value c at bits (2c) mod 8 of byte 2c // 8.
+    assert pack_bits(torch.tensor([[1, 2, 3, 0, 1]]), 2).tolist() == [[1 | 2 << 2 | 3 << 4, 1]]
+    # bitmask: bit k mod 8 of byte k // 8.
+    assert pack_bits(torch.tensor([[1, 0, 1, 1, 0, 0, 0, 0, 1]]), 1).tolist() == [[0b1101, 1]]
+    packed = pack_nm(torch.tensor([[0.0, 5.0, 0.0, -6.0, 7.0, 0.0, 0.0, 8.0]]), 2, 4)
+    assert packed.tensors["values"].tolist() == [[5.0, -6.0, 7.0, 8.0]]
+    assert packed.tensors["indices"].tolist() == [[1 | 3 << 2 | 0 << 4 | 3 << 6]]
+
+
+# One representative case per kernel, run with each production config (not only the interpreter's).
+CONFIG_CASES = ["int4-K264-g128", "int8-K75-g20", "nm2:4-K136", "nm4:8-K264", "nm-int4-2:4-K136-g32",
+                "bitmask-K75-90%"]
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_every_production_config(case, monkeypatch):
+    for path_batch, configs in ((3, _common.GEMV_CONFIGS), (40, _common.TILED_CONFIGS)):
+        for config in configs:
+            monkeypatch.setattr(_common, "FORCE_CONFIG", config)
+            x, y, packed = run_case(case, path_batch, torch.float16)
+            try:
+                assert_matches(y, x, packed.w_hat)
+            except AssertionError as e:
+                raise AssertionError(f"{config}: {e}") from None
+
+
+def test_strided_x_and_empty_batch():
+    gen = seeded("strided")
+    packed = pack_quant(random_weight(136, torch.float32, gen), 4, 32).to(DEVICE)
+    for batch in (2, 20):
+        wide = torch.randn(batch, 2 * 136, generator=gen).half().to(DEVICE)
+        x = wide[:, ::2]  # stride (272, 2)
+        assert_matches(int4.matmul(x, **packed.tensors, **packed.params), x, packed.w_hat)
+        xt = torch.randn(136, batch, generator=gen).half().to(DEVICE).T  # stride (1, batch)
+        assert_matches(int4.matmul(xt, **packed.tensors, **packed.params), xt, packed.w_hat)
+    empty = int4.matmul(torch.empty(0, 136, dtype=torch.float16, device=DEVICE), **packed.tensors, **packed.params)
+    assert empty.shape == (0, N)
+
+
+def _inputs(fmt: str):
+    """Small valid inputs per format (K=72, g=24): x (2, 72) fp16 and the packed tensors."""
+    gen = seeded("errors", fmt)
+    w = random_weight(72, torch.float32, gen)
+    packed = {"int4": lambda: pack_quant(w, 4, 24), "nm": lambda: pack_nm(w.half(), 2, 4),
+              "nm-int4": lambda: pack_nm_quant(w, 2, 4, 4, 24),
+              "bitmask": lambda: pack_bitmask(torch.where(w.abs() < 0.67, 0.0, w).half())}[fmt]()
+    return torch.randn(2, 72, generator=gen).half().to(DEVICE), packed.to(DEVICE).tensors
+
+
+# (id, inputs, call(x, tensors), message regex). The tensors are valid unless the call breaks them.
+BAD_CALLS = [
+    ("x 3-D", "int4", lambda x, t: int4.matmul(x[None], **t, group_size=24), "x must be a 2-D"),
+    ("x fp32", "int4", lambda x, t: int4.matmul(x.float(), **t, group_size=24), "x must be float16 or bfloat16"),
+    ("K mismatch", "int4", lambda x, t: int4.matmul(x[:, :70], **t, group_size=24),
+     r"qweight must be uint8 \(N, ceil\(K/2\)\) = \(37, 35\), got uint8 \(37, 36\)"),
+    ("int8 on int4 bytes", "int4", lambda x, t: int8.matmul(x, **t, group_size=24), r"qweight must be uint8 \(N, K\)"),
+    ("group mismatch", "int4", lambda x, t: int4.matmul(x, **t, group_size=16), r"scales must be float16 .*\(37, 5\)"),
+    ("group 0", "int4", lambda x, t: int4.matmul(x, **t, group_size=0), "group_size must be -1"),
+    ("scales fp32", "int4", lambda x, t: int4.matmul(x, t["qweight"], t["scales"].float(), t["zeros"], group_size=24),
+     "scales must be float16"),
+    ("qweight strided", "int4",
+     lambda x, t: int4.matmul(x, t["qweight"].t().contiguous().t(), t["scales"], t["zeros"], group_size=24),
+     "qweight must be contiguous"),
+    ("out shape", "int4", lambda x, t: int4.matmul(x, **t, group_size=24, out=x.new_empty(2, 36)),
+     r"out must be float16 \(B, N\)"),
+    ("out dtype", "int4", lambda x, t: int4.matmul(x, **t, group_size=24, out=x.new_empty(2, 37).float()),
+     "out must be float16"),
+    ("nm K % m", "nm", lambda x, t: nm.matmul(x[:, :70], **t), "K=70 must be a multiple of m=4"),
+    ("nm m=16", "nm", lambda x, t: nm.matmul(x, **t, n=2, m=16), "m must be 4 or 8"),
+    ("nm 3:4", "nm", lambda x, t: nm.matmul(x, **t, n=3, m=4), "n must be a power of two"),
+    ("nm x bf16", "nm", lambda x, t: nm.matmul(x.bfloat16(), **t), "values must be bfloat16"),
+    ("nm indices", "nm", lambda x, t: nm.matmul(x, t["values"], t["indices"][:, :-1]), "indices must be uint8"),
+    ("nm-int4 values", "nm-int4", lambda x, t: nm_int4.matmul(x, **{**t, "values": t["values"][:, :-1]}, group_size=24),
+     r"values must be uint8 \(N, ceil\(Kc/2\)\)"),
+    ("nm-int4 group", "nm-int4", lambda x, t: nm_int4.matmul(x, **t, group_size=-1), "scales must be float16"),
+    ("bitmask offsets", "bitmask", lambda x, t: bitmask.matmul(x, **{**t, "row_offsets": t["row_offsets"][:-1]}),
+     r"row_offsets must be int32 \(N \+ 1,\)"),
+    ("bitmask offsets int64", "bitmask",
+     lambda x, t: bitmask.matmul(x, **{**t, "row_offsets": t["row_offsets"].long()}), "row_offsets must be int32"),
+    ("bitmask values 2-D", "bitmask", lambda x, t: bitmask.matmul(x, **{**t, "values": t["values"][None]}),
+     "values must be a 1-D"),
+    ("bitmask mask K", "bitmask", lambda x, t: bitmask.matmul(x[:, :64], **t), r"mask must be uint8 .*\(37, 8\)"),
+]
+
+
+@pytest.mark.parametrize("fmt,call,match", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_launcher_errors(fmt, call, match):
+    x, tensors = _inputs(fmt)
+    with pytest.raises(ValueError, match=match):
+        call(x, tensors)
+
+
+def test_registry():
+    assert set(FORMATS) == {"int4", "int8", "nm", "nm-int4", "bitmask"}
+    assert launcher("nm-int4") is nm_int4.matmul and launcher("int8") is int8.matmul
+    with pytest.raises(ValueError, match="no kernel for format 'dense'"):
+        launcher("dense")
+    assert available()
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and not _common.INTERPRET, reason="checks the CPU refusal")
+def test_bench_needs_cuda():
+    with pytest.raises(RuntimeError, match="CUDA GPU"):
+        int4.bench()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or _common.INTERPRET, reason="needs a CUDA GPU")
+def test_bench_smoke_on_gpu():
+    for module in (int4, int8, nm, nm_int4, bitmask):
+        result = module.bench(n_out=1024, k=1024, batch=1)
+        assert result.kernel_ms > 0 and result.dense_ms > 0 and result.weight_bytes > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or _common.INTERPRET, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("batch", [1, 16, 33, 512])
+def test_autotuned_on_gpu_llm_shape(batch):
+    """Real autotuning on an LLM-like shape (K multiple of 128, N of 64)."""
+    gen = seeded("gpu", batch)
+    w = torch.randn(2048, 1024, generator=gen)
+    x = torch.randn(batch, 1024, generator=gen).half().cuda()
+    for packed in (pack_quant(w, 4, 128), pack_quant(w, 8, 128), pack_nm(w.half(), 2, 4),
+                   pack_nm_quant(w, 2, 4, 4, 128), pack_bitmask(torch.where(w.abs() < 0.67, 0.0, w).half())):
+        packed = packed.to("cuda")
+        assert_matches(launcher(packed.format)(x, **packed.tensors, **packed.params), x, packed.w_hat)
