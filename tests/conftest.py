@@ -4,11 +4,17 @@ random decoder models built from configs (no hub, no network)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run in its interpreter on the CPU. Set before anything imports triton:
+    # the mode is fixed when a @triton.jit function is defined.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 WORDS = ("the model prunes weights of every layer while calibration text flows through "
          "sparse matrices keep half their values and quantized codes shrink memory bandwidth "

@@ -171,4 +171,7 @@ def test_same_params_and_seed_give_byte_identical_artifacts(stages, tmp_path, co
     first = pipeline.prune(prune_cfg, model, calib, tmp_path / "a", LOG)
     second = pipeline.prune(prune_cfg, model, again, tmp_path / "b", LOG)
     # metadata.json lists every file's sha256, so equal bytes mean equal artifacts
+    a, b = (json.loads((d / "metadata.json").read_text()) for d in (first, second))
+    assert {k for k in a if a[k] != b[k]} == set()
+    assert {f for f in a["files"] if a["files"][f] != b["files"][f]} == set()
     assert (first / "metadata.json").read_bytes() == (second / "metadata.json").read_bytes()
