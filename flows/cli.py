@@ -1,8 +1,12 @@
-"""`prunepipe` command line: run the whole flow, one stage, or show the metrics.
+"""`prunepipe` command line: run the whole flow, one stage, a sweep, or report.
 
-    prunepipe run              the `compress` flow (every stage, cached)
-    prunepipe stage NAME       one stage's flow (what each `dvc repro` stage runs)
-    prunepipe show             the metrics table from metrics.json
+    prunepipe run                   the `compress` flow (every stage, cached)
+    prunepipe stage NAME            one stage's flow (what each `dvc repro` stage runs)
+    prunepipe sweep [--workers N]   the `sweep` flow: every point of params.yaml's sweep
+    prunepipe sweep --point NAME    one sweep point (what each `dvc repro sweep/dvc.yaml` point runs)
+    prunepipe sweep --summary       the sweep table and plots from results/sweep/
+    prunepipe show                  the metrics table from metrics.json
+    prunepipe report [--against REF]  reports/report.md: metrics, diff against REF, sweep, plots
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
-STAGE_NAMES = ("model", "calibrate", "prune", "quantize", "pack", "evaluate_dense", "evaluate")
+STAGE_NAMES = ("model", "calibrate", "prune", "quantize", "pack", "evaluate_dense", "evaluate", "benchmark")
 
 
 def _prefect_env() -> None:
@@ -24,17 +29,40 @@ def _prefect_env() -> None:
 
 
 def show(path: Path = Path("metrics.json")) -> str:
+    from tasks.summary import flatten
+
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics yet (run `dvc repro` or `prunepipe run`)")
-    metrics = json.loads(path.read_text())
-    flat = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[key] = value
+    flat = flatten(json.loads(path.read_text()))
     width = max(map(len, flat))
     return "\n".join(f"{key:<{width}}  {value}" for key, value in flat.items())
+
+
+def run_sweep(params, args: argparse.Namespace) -> int:
+    from flows import sweep
+
+    if args.point:
+        sweep.sweep_point_flow(sweep.select(params, args.point))
+    elif args.summary:
+        sweep.sweep_summary_flow(params)
+    else:
+        sweep.expand(params)   # a bad combination stops here, before any work
+        sweep.sweep.with_options(task_runner=sweep.sweep_runner(args.workers, args.address))(params)
+        print(sweep.SWEEP_CSV)
+    return 0
+
+
+def _stop_on_ctrl_c() -> None:
+    """Ctrl-C reaches Prefect's temporary API server too (same process group); once it is
+    gone, the flow engine would retry its calls for minutes. Stop at once instead: writes are
+    atomic, so finished artifacts are intact and a partial one is only a hidden temporary
+    directory, removed by the next run."""
+    def stop(signum, frame):
+        print("\nprunepipe: interrupted; finished artifacts are intact, the partial one is discarded "
+              "(the next run removes its temporary directory)", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,22 +73,35 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="run every stage as one Prefect flow")
     stage = sub.add_parser("stage", help="run one stage's flow")
     stage.add_argument("name", choices=STAGE_NAMES)
+    sweep = sub.add_parser("sweep", help="run params.yaml's sweep (or one point of it, or its summary)")
+    how = sweep.add_mutually_exclusive_group()
+    how.add_argument("--workers", type=int, default=1, help="points at once, on a local Dask cluster if > 1")
+    how.add_argument("--address", help="run the points on the Dask cluster at this address")
+    how.add_argument("--point", metavar="NAME", help="run this point only (as `dvc repro sweep/dvc.yaml` does)")
+    how.add_argument("--summary", action="store_true", help="write the sweep table and plots only")
     sub.add_parser("show", help="print metrics.json as a table")
+    rep = sub.add_parser("report", help="write reports/report.md")
+    rep.add_argument("--against", metavar="REF", default="HEAD", help="git ref to diff metrics and params against")
+    rep.add_argument("--image-base", default="", help="prefix for plot links (default: relative to reports/)")
     args = parser.parse_args(argv)
 
-    if args.command == "show":
+    if args.command in ("show", "report"):
         try:
-            print(show())
+            if args.command == "show":
+                print(show())
+            else:
+                from flows.report import report
+
+                print(report(args.against, args.image_base))
         except FileNotFoundError as err:
             print(f"prunepipe: {err}", file=sys.stderr)
             return 1
         return 0
 
     _prefect_env()
-    from flows.params import ParamsError, load_params
-    from tasks.artifacts import ArtifactError
-    from tasks.corpus import CorpusError
-    from tasks.model import ModelSourceError
+    _stop_on_ctrl_c()
+    from flows.params import load_params
+    from tasks.errors import UserError
 
     try:
         params = load_params(args.params)
@@ -68,17 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             from flows.compress import compress
 
             compress(params)
+        elif args.command == "sweep":
+            return run_sweep(params, args)
         else:
             from flows.stages import STAGES
 
             STAGES[args.name](params)
-    except (ParamsError, ModelSourceError, CorpusError, ArtifactError) as err:
+    except UserError as err:
         print(f"prunepipe: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("prunepipe: interrupted; finished artifacts are intact, partial ones were discarded",
-              file=sys.stderr)
-        return 130
     if args.command == "run" or args.name == "evaluate":
         print(show())
     return 0

@@ -7,7 +7,11 @@ intact (see flows/stages.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
+
+from flows.params import load_params
 
 from flows.stages import (CALIBRATION, EVAL_DENSE, EVAL_PACKED, EVAL_PRUNED, EVAL_QUANTIZED, MODEL, PACKED,
                           PRUNED, QUANTIZED, cached_call, calibrate_task, evaluate_task, model_task, pack_task,
@@ -31,3 +35,9 @@ def compress(params: Params) -> dict:
                                  ("packed", packed, EVAL_PACKED)):
         evals[name] = cached_call(evaluate_task, cfg=params.evaluate, model_dir=model_dir, out=str(out))
     return report_task(pruned, quantized, packed, evals)
+
+
+@flow(name="compress-from-params")
+def compress_from_params(params_file: str = "params.yaml") -> dict:
+    """Deployment entry point (prefect.yaml): read params.yaml when the run starts."""
+    return compress(load_params(Path(params_file)))

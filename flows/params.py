@@ -13,9 +13,10 @@ import yaml
 from pydantic import ValidationError
 
 from tasks.config import Params
+from tasks.errors import UserError
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError):
     """params.yaml is missing, unreadable or holds a value that is not allowed."""
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from tqdm.auto import tqdm
 
+from flows.benchmark import benchmark_flow
 from tasks import pipeline
 from tasks.config import Params
 from tasks.report import build_metrics, layer_table, plot_layer_sparsity
@@ -44,7 +45,8 @@ def cached_call(stage, **parameters) -> str:
     cache entry whenever the output artifact is missing, altered or made for another key.
     """
     intact = pipeline.output_matches(Path(parameters["out"]), _stage_key(parameters))
-    return stage.with_options(refresh_cache=not intact)(**parameters)
+    policy = CacheKeyFnPolicy(cache_key_fn=lambda context, inputs: _stage_key(inputs))
+    return stage.with_options(cache_policy=policy, persist_result=True, refresh_cache=not intact)(**parameters)
 
 
 def _progress(total: int, label: str):
@@ -56,7 +58,7 @@ def _log(message: str) -> None:
     get_run_logger().info(message)
 
 
-stage_task = task(cache_key_fn=lambda context, parameters: _stage_key(parameters), persist_result=True)
+stage_task = task(cache_policy=NO_CACHE, persist_result=False)   # DVC's default; see cached_call
 
 
 @stage_task
@@ -70,14 +72,16 @@ def calibrate_task(cfg, model_dir: str, out: str) -> str:
 
 
 @stage_task
-def prune_task(cfg, model_dir: str, calibration_dir: str, out: str) -> str:
-    return str(pipeline.prune(cfg, Path(model_dir), Path(calibration_dir), Path(out), _log, _progress, PRUNE_RUN))
+def prune_task(cfg, model_dir: str, calibration_dir: str, out: str, run_stats: str = str(PRUNE_RUN)) -> str:
+    return str(pipeline.prune(cfg, Path(model_dir), Path(calibration_dir), Path(out), _log, _progress,
+                              Path(run_stats)))
 
 
 @stage_task
-def quantize_task(cfg, prune_cfg, model_dir: str, pruned_dir: str, calibration_dir: str, out: str) -> str:
+def quantize_task(cfg, prune_cfg, model_dir: str, pruned_dir: str, calibration_dir: str, out: str,
+                  run_stats: str = str(QUANTIZE_RUN)) -> str:
     return str(pipeline.quantize(cfg, prune_cfg, Path(model_dir), Path(pruned_dir), Path(calibration_dir),
-                                 Path(out), _log, _progress, QUANTIZE_RUN))
+                                 Path(out), _log, _progress, Path(run_stats)))
 
 
 @stage_task
@@ -109,39 +113,35 @@ def report_task(pruned_dir: str, quantized_dir: str, packed_dir: str, evals: dic
     return metrics
 
 
-def uncached(t):
-    return t.with_options(cache_policy=NO_CACHE, persist_result=False)
-
-
 @flow(name="model")
 def model_flow(params: Params) -> str:
-    return uncached(model_task)(params.model, str(MODEL))
+    return model_task(params.model, str(MODEL))
 
 
 @flow(name="calibrate")
 def calibrate_flow(params: Params) -> str:
-    return uncached(calibrate_task)(params.calibration, str(MODEL), str(CALIBRATION))
+    return calibrate_task(params.calibration, str(MODEL), str(CALIBRATION))
 
 
 @flow(name="prune")
 def prune_flow(params: Params) -> str:
-    return uncached(prune_task)(params.prune, str(MODEL), str(CALIBRATION), str(PRUNED))
+    return prune_task(params.prune, str(MODEL), str(CALIBRATION), str(PRUNED))
 
 
 @flow(name="evaluate-dense")
 def evaluate_dense_flow(params: Params) -> str:
-    return uncached(evaluate_task)(params.evaluate, str(MODEL), str(EVAL_DENSE))
+    return evaluate_task(params.evaluate, str(MODEL), str(EVAL_DENSE))
 
 
 @flow(name="quantize")
 def quantize_flow(params: Params) -> str:
-    return uncached(quantize_task)(params.quantize, params.prune, str(MODEL), str(PRUNED), str(CALIBRATION),
+    return quantize_task(params.quantize, params.prune, str(MODEL), str(PRUNED), str(CALIBRATION),
                                    str(QUANTIZED))
 
 
 @flow(name="pack")
 def pack_flow(params: Params) -> str:
-    return uncached(pack_task)(params.pack, params.quantize, params.prune, str(QUANTIZED), str(PACKED))
+    return pack_task(params.pack, params.quantize, params.prune, str(QUANTIZED), str(PACKED))
 
 
 @flow(name="evaluate")
@@ -149,10 +149,10 @@ def evaluate_flow(params: Params) -> dict:
     evals = {"dense": str(EVAL_DENSE)}
     for name, model, out in (("pruned", PRUNED, EVAL_PRUNED), ("quantized", QUANTIZED, EVAL_QUANTIZED),
                              ("packed", PACKED, EVAL_PACKED)):
-        evals[name] = uncached(evaluate_task)(params.evaluate, str(model), str(out))
+        evals[name] = evaluate_task(params.evaluate, str(model), str(out))
     return report_task(str(PRUNED), str(QUANTIZED), str(PACKED), evals)
 
 
 STAGES = {"model": model_flow, "calibrate": calibrate_flow, "prune": prune_flow,
           "quantize": quantize_flow, "pack": pack_flow,
-          "evaluate_dense": evaluate_dense_flow, "evaluate": evaluate_flow}
+          "evaluate_dense": evaluate_dense_flow, "evaluate": evaluate_flow, "benchmark": benchmark_flow}

@@ -31,6 +31,9 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# PRUNEPIPE_AUTOTUNE=quick: a few configs per path, each timed briefly (bench/gpu_check.sh, whose
+# tests and benchmark must finish in minutes on a fresh machine); unset or "full": all of them.
+QUICK = os.environ.get("PRUNEPIPE_AUTOTUNE", "full") == "quick"
 
 # FMA path up to this batch. Beyond it the FMAs (B per weight) outgrow the weight stream on
 # H200 (≈34 fp32 TFMA/s vs 4.8 TB/s), so 4 < B ≤ 16 goes to the tensor-core tile with BLOCK_M = 16:
@@ -78,6 +81,11 @@ TILED_CONFIGS = [
     _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
 ]
 
+# PRUNEPIPE_AUTOTUNE=quick: narrow and wide GEMV tiles; one tiled config per batch range.
+QUICK_GEMV_CONFIGS = [GEMV_CONFIGS[0], GEMV_CONFIGS[1], GEMV_CONFIGS[4]]
+QUICK_TILED_CONFIGS = [TILED_CONFIGS[1], TILED_CONFIGS[3], TILED_CONFIGS[5]]
+QUICK_BENCH_MS = dict(warmup=5, rep=20)  # triton.testing.do_bench's defaults are 25 and 100
+
 # The interpreter runs programs one by one in numpy: one config each, no benchmarking.
 INTERPRET_GEMV_CONFIG = _cfg(4, 1, BLOCK_N=16, BLOCK_K=64)
 INTERPRET_TILED_CONFIG = _cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)
@@ -104,6 +112,15 @@ def tune(kernel, key: list[str] = KEY) -> Tuned:
     if INTERPRET:
         return Tuned(triton.autotune([INTERPRET_GEMV_CONFIG], key=key)(kernel),
                      triton.autotune([INTERPRET_TILED_CONFIG], key=key)(kernel))
+    if QUICK:
+        from triton.testing import do_bench
+
+        bench = lambda fn, quantiles: do_bench(fn, quantiles=quantiles, **QUICK_BENCH_MS)  # noqa: E731
+        return Tuned(
+            triton.autotune(QUICK_GEMV_CONFIGS, key=key, do_bench=bench)(kernel),
+            triton.autotune(QUICK_TILED_CONFIGS, key=key, do_bench=bench,
+                            prune_configs_by={"early_config_prune": _prune_tiled})(kernel),
+        )
     return Tuned(
         triton.autotune(GEMV_CONFIGS, key=key)(kernel),
         triton.autotune(TILED_CONFIGS, key=key, prune_configs_by={"early_config_prune": _prune_tiled})(kernel),

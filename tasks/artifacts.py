@@ -17,11 +17,13 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from tasks.errors import UserError
+
 METADATA = "metadata.json"
 _LIBRARIES = ("prunepipe", "torch", "transformers", "safetensors")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError):
     """A stage artifact is missing, incomplete, altered or of the wrong kind/version."""
 
 
@@ -48,6 +50,8 @@ def write_artifact(final: Path, kind: str, version_: int, metadata: dict,
     """Run `write(tmp_dir)`, add metadata.json with file digests, then rename into `final`."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*-*"):  # left by a run killed with SIGKILL
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:

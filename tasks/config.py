@@ -7,15 +7,18 @@ allowed.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from kernels import FORMATS as KERNEL_FORMATS
 from tasks.pack import FORMATS
 from tasks.pack import NM as NM_LAYOUT
 from tasks.patterns import NM, Pattern, parse_pattern
 
 Device = Literal["cpu", "cuda"]
+PruneMethod = Literal["magnitude", "wanda", "sparsegpt"]
 
 
 class Section(BaseModel):
@@ -55,7 +58,7 @@ class OWLOptions(Section):
 
 
 class PruneConfig(Section):
-    method: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
+    method: PruneMethod = "wanda"
     sparsity: float | str = 0.5
     # fnmatch patterns over module names, e.g. "*.mlp.down_proj"; decoder-layer Linears only.
     ignore: tuple[str, ...] = ()
@@ -63,6 +66,8 @@ class PruneConfig(Section):
     # Keep calibration activations in host memory and stream them to the device one sample
     # at a time, for models whose activations would not fit next to a layer on the GPU.
     offload_activations: bool = False
+    # Calibration samples per decoder-layer call (memory ∝ batch_size · seqlen · hidden).
+    batch_size: PositiveInt = 8
     sparsegpt: SparseGPTOptions = SparseGPTOptions()
     owl: OWLOptions = OWLOptions()
 
@@ -128,6 +133,109 @@ class EvaluateConfig(Section):
     device: Device = "cpu"
 
 
+def sweep_sparsity(entry: float | str) -> float | str:
+    """A sweep.sparsities entry as a prune.sparsity value: 0.6 stays, "2of4" becomes "2:4".
+    N:M is spelled NofM in the sweep because the entry names the point's files."""
+    if isinstance(entry, str) and ":" in entry:
+        raise ValueError(f"write N:M as NofM here (the entry names files), e.g. {entry.replace(':', 'of')!r}")
+    value = entry.replace("of", ":") if isinstance(entry, str) else entry
+    parse_pattern(value)
+    return value
+
+
+class SweepQuantizer(Section):
+    """One value of the sweep's quantize axis; `none` prunes and evaluates only."""
+
+    method: Literal["none", "rtn", "gptq"] = "none"
+    bits: Literal[2, 3, 4, 8] = 4
+    group_size: Literal[-1, 32, 64, 128] = 128
+    symmetric: bool = False
+    # auto: bitmask, or nm for an N:M point, holding int4/int8 codes when quantized
+    format: str = "auto"
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value != "auto" and value not in FORMATS:
+            raise ValueError(f"unknown format; allowed: auto, {', '.join(FORMATS)}")
+        return value
+
+
+class SweepConfig(Section):
+    """methods × sparsities × quantize, each point named "<method>-<sparsity>-<quantize>"
+    (the key DVC's matrix gives it); the other prune, quantize and pack keys come from
+    their own sections."""
+
+    methods: tuple[PruneMethod, ...] = ("magnitude", "wanda", "sparsegpt")
+    sparsities: tuple[float | str, ...] = (0.5, 0.6, 0.7, "2of4")
+    quantize: tuple[str, ...] = ("none",)
+    quantizers: dict[str, SweepQuantizer] = {"none": SweepQuantizer()}
+
+    @field_validator("methods", "sparsities", "quantize")
+    @classmethod
+    def _not_empty(cls, value: tuple) -> tuple:
+        if not value:
+            raise ValueError("needs at least one entry")
+        if len(set(map(str, value))) < len(value):
+            raise ValueError("entries must be distinct")
+        return value
+
+    @field_validator("sparsities")
+    @classmethod
+    def _valid_sparsities(cls, value: tuple) -> tuple:
+        for entry in value:
+            sweep_sparsity(entry)
+        return value
+
+    @field_validator("quantizers")
+    @classmethod
+    def _names_path_safe(cls, value: dict) -> dict:
+        if bad := [name for name in value if not re.fullmatch(r"[A-Za-z0-9_.]+", name)]:
+            raise ValueError(f"names {bad} must use only letters, digits, '_' and '.' (they name files)")
+        return value
+
+    @model_validator(mode="after")
+    def _quantizers_defined(self) -> "SweepConfig":
+        if missing := [name for name in self.quantize if name not in self.quantizers]:
+            raise ValueError(f"sweep.quantize names {missing} missing from sweep.quantizers "
+                             f"(defined: {', '.join(self.quantizers) or 'none'})")
+        return self
+
+
+class BenchmarkConfig(Section):
+    """The `benchmark` stage (tasks/benchmark.py): kernels against torch's paths and batch-1 decode,
+    on a CUDA GPU; without one, the CPU reference path on the packed model's own shapes."""
+
+    # (N, K) timed besides the packed model's own shapes: Llama-2-7B's and Llama-3-70B's MLP
+    shapes: tuple[tuple[PositiveInt, PositiveInt], ...] = (
+        (4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 28672))
+    batches: tuple[PositiveInt, ...] = (1, 16, 128, 2048)
+    formats: tuple[str, ...] = tuple(KERNEL_FORMATS)
+    group_size: Literal[-1, 32, 64, 128] = 128
+    warmup: PositiveInt = 10
+    reps: PositiveInt = 50
+    max_ms: float = Field(200.0, gt=0)       # per timed path: fewer reps (at least 3) when a call is slow
+    decode_layers: int = Field(16, ge=0)     # random Llama-2-7B-shaped model; 0 skips the decode benchmark
+    decode_tokens: PositiveInt = 128
+    decode_formats: tuple[str, ...] = ("int4", "nm-int4")
+    cpu_batches: tuple[PositiveInt, ...] = (1, 16)
+    cpu_reps: PositiveInt = 3
+
+    @field_validator("formats")
+    @classmethod
+    def _kernel_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if unknown := [f for f in value if f not in KERNEL_FORMATS]:
+            raise ValueError(f"no kernel for {unknown}; kernels exist for: {', '.join(KERNEL_FORMATS)}")
+        return value
+
+    @field_validator("decode_formats")
+    @classmethod
+    def _packed_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if unknown := [f for f in value if f not in FORMATS]:
+            raise ValueError(f"unknown formats {unknown}; allowed: {', '.join(FORMATS)}")
+        return value
+
+
 class Params(Section):
     model: ModelConfig = ModelConfig()
     calibration: CalibrationConfig = CalibrationConfig()
@@ -135,6 +243,8 @@ class Params(Section):
     quantize: QuantizeConfig = QuantizeConfig()
     pack: PackConfig = PackConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    sweep: SweepConfig = SweepConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
 
     @model_validator(mode="after")
     def _sections_agree(self) -> "Params":

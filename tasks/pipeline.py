@@ -28,7 +28,7 @@ from tasks import corpus
 from tasks.artifacts import ArtifactError, artifact_digest, read_metadata, write_artifact
 from tasks.artifact_pack import save_packed
 from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PackConfig, PruneConfig, QuantizeConfig
-from tasks.gptq import quantize_model, spec_of
+from tasks.gptq import check_group_size, quantize_model, spec_of
 from tasks.layers import find_decoder_layers, prunable_modules, weight_view
 from tasks.pack import DTYPES, pack_weight
 from tasks.packed_model import REST_FILE, load_packed
@@ -37,7 +37,8 @@ from tasks.quantize import Quantized
 from tasks.evaluate import perplexity
 from tasks.model import (ModelSourceError, check_finite, context_length, expects_bos, load_model_dir,
                          load_source, resolve_source, save_model)
-from tasks.prune import prune_model
+from tasks.memory import check_memory, sequential_estimate
+from tasks.prune import NEEDS_HESSIAN, check_prunable, prune_model
 
 Log = Callable[[str], None]
 Progress = Callable[[int, str], Callable[[], None]]
@@ -93,6 +94,7 @@ def build_model(cfg: ModelConfig, out: Path, log: Log) -> Path:
 
 def calibrate(cfg: CalibrationConfig, model_dir: Path, out: Path, log: Log) -> Path:
     read_metadata(model_dir, "model", 1, verify=False)
+    check_seqlen(cfg.seqlen, model_dir, "calibration.seqlen")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -111,8 +113,10 @@ def load_calibration(directory: Path) -> torch.Tensor:
     return load_file(directory / "tokens.safetensors")["input_ids"]
 
 
-def check_seqlen(seqlen: int, model, key: str) -> None:
-    limit = context_length(model)
+def check_seqlen(seqlen: int, model_dir: Path, key: str) -> None:
+    from transformers import AutoConfig
+
+    limit = context_length(AutoConfig.from_pretrained(model_dir))
     if limit is not None and seqlen > limit:
         raise ModelSourceError(f"{key} = {seqlen} exceeds the model's context of {limit} tokens")
 
@@ -139,8 +143,12 @@ def write_run_stats(path: Path | None, stats: dict) -> None:
 
 def prune(cfg: PruneConfig, model_dir: Path, calibration_dir: Path, out: Path, log: Log,
           progress: Progress | None = None, run_stats: Path | None = None) -> Path:
-    model, tokenizer, model_meta = load_model_dir(model_dir)
     tokens = load_calibration(calibration_dir)
+    need = sequential_estimate(model_dir, *tokens.shape, cfg.device, cfg.offload_activations,
+                               cfg.method in NEEDS_HESSIAN)
+    check_memory(need, cfg.device, f"prune ({cfg.method})")
+    model, tokenizer, _ = load_model_dir(model_dir)
+    check_prunable(model, cfg, log)
     report = prune_model(model, tokens, cfg, log, progress)
     records = layer_records(report.records)
     meta = {"config": cfg.model_dump(mode="json"), "key": stage_key({"cfg": cfg}, [model_dir, calibration_dir]),
@@ -166,10 +174,15 @@ def quantize(cfg: QuantizeConfig, prune_cfg: PruneConfig, model_dir: Path, prune
              run_stats: Path | None = None) -> Path:
     """Quantize the pruned model (or, with `joint`, prune and quantize the dense one)."""
     source = model_dir if cfg.joint else pruned_dir
+    tokens = load_calibration(calibration_dir)
+    if cfg.method == "gptq":
+        check_memory(sequential_estimate(source, *tokens.shape, cfg.device, prune_cfg.offload_activations, True),
+                     cfg.device, "quantize (gptq)")
     model, tokenizer, _ = load_model_dir(source)
+    check_group_size(model, cfg)
     quantized, records, seconds, peak = {}, json.loads((pruned_dir / "layers.json").read_text()), 0.0, 0
     if cfg.method != "none":
-        report = quantize_model(model, load_calibration(calibration_dir), cfg, prune_cfg, log, progress)
+        report = quantize_model(model, tokens, cfg, prune_cfg, log, progress)
         quantized, seconds, peak = report.quantized, report.seconds, report.peak_device_bytes
         records = layer_records(report.records) if cfg.joint else records
     section = {"quantize": cfg.model_dump(mode="json"), "prune": prune_cfg.model_dump(mode="json")}
@@ -252,8 +265,8 @@ def evaluation_windows(cfg: EvaluateConfig, tokenizer) -> torch.Tensor:
 def evaluate_model(cfg: EvaluateConfig, model_dir: Path, out: Path, log: Log,
                    progress: Progress | None = None) -> Path:
     """Perplexity of one model artifact on the held-out split → out/perplexity.json."""
+    check_seqlen(cfg.seqlen, model_dir, "evaluate.seqlen")
     model, tokenizer = load_any_model(model_dir)
-    check_seqlen(cfg.seqlen, model, "evaluate.seqlen")
     windows = evaluation_windows(cfg, tokenizer)
     tick = progress(-(-len(windows) // cfg.batch_size), f"perplexity {model_dir.name}") if progress else None
     ppl = perplexity(model, windows, cfg.batch_size, torch.device(cfg.device), tick)

@@ -18,6 +18,7 @@ outlier ratio, which sets that layer's own sparsity around the target.
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,10 +27,11 @@ import torch
 from torch import nn
 
 from tasks.config import PruneConfig
+from tasks.errors import UserError
 from tasks.layers import (capture_inputs, find_decoder_layers, layer_output, move_kwargs,
                           prunable_modules, set_weight, weight_view)
 from tasks.owl import outlier_ratio, owl_sparsities
-from tasks.patterns import Pattern, Unstructured, mask_from_scores
+from tasks.patterns import NM, Pattern, Unstructured, mask_from_scores
 from tasks.sparsegpt import sparsegpt
 
 Log = Callable[[str], None]
@@ -149,6 +151,7 @@ class Sequential:
     store: torch.device            # where calibration activations live between layers
     ignore: tuple[str, ...] = ()
     hessian: bool = False          # accumulate H = 2XXᵀ/n (SparseGPT, GPTQ), not only ‖X_j‖²
+    batch: int = 8                 # calibration samples per layer call: larger matmuls, same sums
 
 
 @torch.no_grad()
@@ -162,7 +165,9 @@ def run_sequential(model: nn.Module, tokens: torch.Tensor, how: Sequential, op: 
     prefix, layers = find_decoder_layers(model)
     tick = progress(len(tokens), "capture layer-0 inputs") if progress else None
     inputs = capture_inputs(model, layers, tokens, store=how.store, progress=tick)
-    hidden = inputs.hidden
+    # Samples travel through the layers in batches; the recorded kwargs (masks, rotary
+    # embeddings) have batch dimension 1 and broadcast over them.
+    hidden = [torch.cat(inputs.hidden[i:i + how.batch]) for i in range(0, len(inputs.hidden), how.batch)]
     tick = progress(len(layers), label) if progress else None
     records: list[LinearRecord] = []
     for index, layer in enumerate(layers):
@@ -203,15 +208,33 @@ def owl_layer_sparsities(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfi
     return sparsities
 
 
-def sequential_setup(device: str, offload: bool, ignore: tuple[str, ...], hessian: bool) -> Sequential:
+def sequential_setup(cfg: PruneConfig, device: str, ignore: tuple[str, ...], hessian: bool) -> Sequential:
     compute = torch.device(device)
     if compute.type == "cuda":
         torch.cuda.reset_peak_memory_stats(compute)
-    return Sequential(compute, torch.device("cpu") if offload else compute, ignore, hessian)
+    store = torch.device("cpu") if cfg.offload_activations else compute
+    return Sequential(compute, store, ignore, hessian, cfg.batch_size)
 
 
 def peak_device_bytes(how: Sequential) -> int:
     return torch.cuda.max_memory_allocated(how.device) if how.device.type == "cuda" else 0
+
+
+def check_prunable(model: nn.Module, cfg: PruneConfig, log: Log) -> None:
+    """Before any work: the pattern fits every layer's input width, and each `ignore`
+    pattern matches something (a pattern that matches nothing is likely a typo: a warning)."""
+    prefix, layers = find_decoder_layers(model)
+    modules = {name: m for i, layer in enumerate(layers) for name, m in prunable_modules(layer, f"{prefix}.{i}", ()).items()}
+    if isinstance(cfg.pattern, NM):
+        for name, module in modules.items():
+            cols = weight_view(module).shape[1]
+            if cols % cfg.pattern.m:
+                raise UserError(f"prune.sparsity = {cfg.sparsity!r}: M = {cfg.pattern.m} does not divide the input "
+                                 f"width {cols} of {name}; choose an M that divides it or add it to prune.ignore")
+    for pattern in cfg.ignore:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in modules):
+            log(f"warning: prune.ignore pattern {pattern!r} matches no decoder-layer Linear "
+                f"(names look like {next(iter(modules))!r})")
 
 
 def prune_model(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfig, log: Log = print,
@@ -221,7 +244,7 @@ def prune_model(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfig, log: L
     `progress(total, label)` returns a callable to advance a progress bar by one step.
     """
     start = time.perf_counter()
-    how = sequential_setup(cfg.device, cfg.offload_activations, cfg.ignore, cfg.method in NEEDS_HESSIAN)
+    how = sequential_setup(cfg, cfg.device, cfg.ignore, cfg.method in NEEDS_HESSIAN)
     targets = None
     if cfg.owl.enabled:
         targets = owl_layer_sparsities(model, tokens, cfg, replace(how, hessian=False), log, progress)

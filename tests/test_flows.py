@@ -25,7 +25,9 @@ def tiny_params(llama_folder: Path, corpus_file: Path, **prune) -> dict:
             "prune": {"method": "wanda", "sparsity": 0.5, **prune},
             "quantize": {"method": "gptq", "bits": 4, "group_size": 32},
             "pack": {"format": "bitmask-int4"},
-            "evaluate": {"dataset": str(corpus_file), "seqlen": 32, "max_windows": 6}}
+            "evaluate": {"dataset": str(corpus_file), "seqlen": 32, "max_windows": 6},
+            "benchmark": {"shapes": [[64, 128]], "batches": [1], "formats": ["int4", "nm"], "decode_layers": 0,
+                          "cpu_batches": [1], "cpu_reps": 1}}
 
 
 @pytest.mark.parametrize("section,key,value,expected", [
@@ -75,7 +77,7 @@ def test_compress_flow_runs_and_caches(tmp_path, monkeypatch, llama_folder, corp
 
 @pytest.mark.slow
 def test_dvc_repro_twice_runs_nothing_the_second_time(tmp_path, llama_folder, corpus_file):
-    for item in ("dvc.yaml", "tasks"):
+    for item in ("dvc.yaml", "tasks", "kernels"):
         (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, tmp_path / item)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(llama_folder, corpus_file)))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -96,5 +98,6 @@ def test_dvc_repro_twice_runs_nothing_the_second_time(tmp_path, llama_folder, co
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     third = run("dvc", "repro")
     ran = {line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage")}
-    assert ran == {"prune", "quantize", "pack", "evaluate"}  # not model, calibrate, evaluate_dense
+    assert ran == {"prune", "quantize", "pack", "evaluate", "benchmark"}  # not model, calibrate, evaluate_dense
+    assert json.loads((tmp_path / "bench/results/benchmark.json").read_text())["rows"]
     assert json.loads((tmp_path / "metrics.json").read_text())["sparsity"] == pytest.approx(0.6, abs=0.01)

@@ -1,0 +1,158 @@
+"""Tables, plots and the Markdown report across runs: the sweep (results/sweep/*.json),
+the kernel benchmarks (bench/results/*.json) and reports/report.md.
+
+Separate from tasks/report.py (a dependency of the `evaluate` stage) so that a change to a
+sweep plot reruns the sweep's summary only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.report import DENSE_BYTES_PER_WEIGHT
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def flatten(metrics: dict) -> dict:
+    """{"a": {"b": 1}} → {"a.b": 1}, one level deep (metrics.json's nesting)."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+# ---------------------------------------------------------------- sweep
+
+
+def pareto_front(cost: list[float], loss: list[float]) -> list[bool]:
+    """True where no other point is at least as good on both axes and better on one."""
+    points = list(zip(cost, loss))
+    return [not any(c <= c0 and l <= l0 and (c, l) != (c0, l0) for c, l in points) for c0, l0 in points]
+
+
+def sweep_table(results: list[dict]) -> pd.DataFrame:
+    """One row per point (results/sweep/<name>.json), with `pareto`: on the front of
+    perplexity against bytes per weight."""
+    table = pd.DataFrame(results)
+    table["pareto"] = pareto_front(list(table["bytes_per_weight"]), list(table["ppl"]))
+    return table
+
+
+def _styles(table: pd.DataFrame) -> tuple[dict, dict]:
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(table["method"]))}
+    lines = dict(zip(dict.fromkeys(table["quantize"]), ("-", "--", ":", "-.")))
+    return colors, lines
+
+
+def plot_ppl_vs_sparsity(table: pd.DataFrame, path: Path) -> None:
+    """Final perplexity against target sparsity: a line per method (and quantizer) over the
+    unstructured points, a square per N:M point, the dense model dashed."""
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
+    colors, lines = _styles(table)
+    for (method, quantize), rows in table.groupby(["method", "quantize"], sort=False):
+        label = method if len(lines) == 1 else f"{method} ({quantize})"
+        nm = rows["pattern"].str.contains(":")
+        flat = rows[~nm].sort_values("target")
+        ax.plot(flat["target"], flat["ppl"], marker="o", color=colors[method], ls=lines[quantize], label=label)
+        ax.scatter(rows[nm]["target"], rows[nm]["ppl"], marker="s", s=60, color=colors[method], zorder=3)
+        for _, row in rows[nm].iterrows():
+            ax.annotate(row["pattern"], (row["target"], row["ppl"]), textcoords="offset points", xytext=(6, -3),
+                        fontsize=8)
+    ax.axhline(table["ppl_dense"].iloc[0], color="gray", ls="--", lw=1, label="dense")
+    ax.set(xlabel="target sparsity (squares: N:M)", ylabel="perplexity", yscale="log",
+           title="Perplexity against sparsity")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_pareto(table: pd.DataFrame, path: Path) -> None:
+    """Perplexity against stored bytes per weight; the front (no point both smaller and
+    better) joined and labelled, the dense fp16 model as a star."""
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
+    colors, _ = _styles(table)
+    markers = dict(zip(dict.fromkeys(table["quantize"]), "o^sDv"))
+    for (method, quantize), rows in table.groupby(["method", "quantize"], sort=False):
+        ax.scatter(rows["bytes_per_weight"], rows["ppl"], color=colors[method], marker=markers[quantize],
+                   label=f"{method} ({quantize})", alpha=0.8)
+    front = table[table["pareto"]].sort_values("bytes_per_weight")
+    ax.plot(front["bytes_per_weight"], front["ppl"], color="black", lw=1, drawstyle="steps-post", zorder=0)
+    for _, row in front.iterrows():
+        ax.annotate(row["name"], (row["bytes_per_weight"], row["ppl"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=7)
+    ax.scatter([DENSE_BYTES_PER_WEIGHT], [table["ppl_dense"].iloc[0]], marker="*", s=150, color="gray",
+               label="dense fp16")
+    ax.set(xlabel="bytes per weight (decoder Linears, packed)", ylabel="perplexity", yscale="log",
+           title="Perplexity against size: the Pareto front")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+# ---------------------------------------------------------------- kernel benchmarks
+
+
+def speedup_table(rows: list[dict]) -> pd.DataFrame:
+    """Benchmark rows (kernel, N, K, batch, ms, dense_ms) → median speedup over the shapes,
+    one row per kernel, one column per batch size."""
+    frame = pd.DataFrame(rows)
+    frame["speedup"] = frame["dense_ms"] / frame["ms"]
+    return frame.pivot_table(index="kernel", columns="batch", values="speedup", aggfunc="median").round(3)
+
+
+def plot_speedup(table: pd.DataFrame, path: Path) -> None:
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
+    for kernel, row in table.iterrows():
+        ax.plot(row.index, row.values, marker="o", label=kernel)
+    ax.axhline(1.0, color="gray", ls="--", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set(yscale="log", xlabel="batch (tokens)", ylabel="speedup over dense fp16",
+           title="Kernel speedup against batch (median over shapes)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+# ---------------------------------------------------------------- Markdown report
+
+REPORT_MARKER = "<!-- prunepipe-report -->"   # how CI finds its own PR comment to edit
+SWEEP_COLUMNS = ["name", "format", "ppl", "sparsity", "bytes_per_weight", "pareto"]
+
+
+def markdown_report(metrics: dict, diffs: dict[str, str], sweep: pd.DataFrame | None,
+                    speedups: pd.DataFrame | None, images: dict[str, str]) -> str:
+    """metrics: metrics.json; diffs: title → Markdown (dvc metrics/params diff); sweep: the
+    sweep table; speedups: speedup_table; images: caption → link."""
+    parts = [REPORT_MARKER, "## prunepipe report", "### Metrics",
+             pd.DataFrame(flatten(metrics).items(), columns=["metric", "value"]).to_markdown(index=False)]
+    for title, body in diffs.items():
+        parts += [f"### {title}", body]
+    if sweep is not None:
+        shown = sweep[SWEEP_COLUMNS].assign(pareto=sweep["pareto"].map({True: "★", False: ""}))
+        parts += ["### Sweep", "★: on the Pareto front of perplexity against bytes per weight.",
+                  shown.to_markdown(index=False)]
+    if speedups is not None:
+        parts += ["### Kernel speedup over dense (median over shapes, by batch)",
+                  speedups.reset_index().to_markdown(index=False)]
+    if images:
+        parts += ["### Plots", *(f"![{caption}]({link})" for caption, link in images.items())]
+    return "\n\n".join(parts) + "\n"

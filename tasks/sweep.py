@@ -1,0 +1,101 @@
+"""Sweep points: the product methods × sparsities × quantize of params.yaml's `sweep` section.
+
+A point is the whole Params with its own prune (method, sparsity), quantize and pack sections;
+every other key comes from the main sections, so a point and `dvc repro` agree on
+everything they share. A point is named "<method>-<sparsity>-<quantize>", the key DVC's
+`matrix` gives its stage (sweep/dvc.yaml), and owns data/sweep/<name>/ (its artifacts and
+run stats) and results/sweep/<name>.json; it reads the shared model, calibration and dense
+perplexity.
+
+    quantize method none:  prune → evaluate pruned → pack (float bitmask / nm: bytes only)
+    otherwise:             prune → evaluate pruned → quantize → pack → evaluate packed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from itertools import product
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tasks.config import Params, SweepQuantizer, sweep_sparsity
+from tasks.patterns import NM, Pattern, parse_pattern
+from tasks.report import DENSE_BYTES_PER_WEIGHT, sparsity_summary
+
+
+class SweepPoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    quantize: str          # the name of its entry in sweep.quantizers
+    params: Params
+
+    @property
+    def quantized(self) -> bool:
+        return self.params.quantize.method != "none"
+
+
+def point_format(quantizer: SweepQuantizer, pattern: Pattern) -> str:
+    """The packed format of a point: the quantizer's, or for "auto" the sparse layout of the
+    pattern (nm for N:M, else bitmask) holding float values, int4 codes (≤ 4 bits) or int8."""
+    if quantizer.format != "auto":
+        return quantizer.format
+    layout = "nm" if isinstance(pattern, NM) else "bitmask"
+    if quantizer.method == "none":
+        return layout
+    return f"{layout}-int{4 if quantizer.bits <= 4 else 8}"
+
+
+def _point_params(params: Params, method: str, sparsity: float | str, quantizer: SweepQuantizer) -> Params:
+    data = params.model_dump(mode="json")
+    data["prune"] |= {"method": method, "sparsity": sparsity}
+    data["quantize"] |= {"method": quantizer.method, "bits": quantizer.bits, "group_size": quantizer.group_size,
+                         "symmetric": quantizer.symmetric, "joint": False}
+    data["pack"]["format"] = point_format(quantizer, parse_pattern(sparsity))
+    return Params.model_validate(data)
+
+
+def sweep_points(params: Params) -> dict[str, SweepPoint]:
+    """Every point in DVC's matrix order (methods, then sparsities, then quantize).
+    Raises ValueError naming the point whose combination the sections do not allow."""
+    sweep = params.sweep
+    points = {}
+    for method, entry, quantize in product(sweep.methods, sweep.sparsities, sweep.quantize):
+        name = f"{method}-{entry}-{quantize}"
+        try:
+            point = _point_params(params, method, sweep_sparsity(entry), sweep.quantizers[quantize])
+        except ValidationError as err:
+            reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+            raise ValueError(f"sweep point {name!r}: {reason}") from None
+        points[name] = SweepPoint(name=name, quantize=quantize, params=point)
+    return points
+
+
+def point_result(point: SweepPoint, ppl: dict[str, float], prune_run: dict, packed_meta: dict,
+                 records: list[dict], seconds: float) -> dict:
+    """The small JSON kept in git for one point. ppl: "dense", "pruned" and, for a quantized
+    point, "packed"; prune_run: the prune stage's run stats; records: the per-Linear report
+    of its final weights."""
+    prune = point.params.prune
+    bytes_per_weight = packed_meta["bytes_per_weight"]
+    final = ppl["packed"] if point.quantized else ppl["pruned"]
+    return {"name": point.name, "method": prune.method, "pattern": str(prune.sparsity),
+            "target": round(prune.pattern.fraction, 6), "quantize": point.quantize,
+            "format": point.params.pack.format,
+            **{f"ppl_{name}": round(ppl[name], 4) if name in ppl else None for name in ("dense", "pruned", "packed")},
+            "ppl": round(final, 4), "sparsity": sparsity_summary(records)["sparsity"],
+            "bytes_per_weight": round(bytes_per_weight, 4),
+            "size_ratio": round(bytes_per_weight / DENSE_BYTES_PER_WEIGHT, 4),
+            "prune_seconds": round(prune_run["prune_seconds"], 2), "seconds": round(seconds, 2)}
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Write through a temporary sibling and rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

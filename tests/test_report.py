@@ -1,0 +1,76 @@
+"""`prunepipe report`: the Markdown report (metrics, the diff against a git ref from DVC, the
+sweep table, kernel speedups, plot links) and the speedup table and plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flows.cli import main
+from tasks.summary import REPORT_MARKER, markdown_report, plot_speedup, speedup_table
+
+METRICS = {"ppl_dense": 20.5, "ppl_pruned": 25.25, "sparsity": 0.5, "sparsity_per_type": {"q_proj": 0.5}}
+BENCH = [{"kernel": k, "N": n, "K": 4096, "batch": b, "ms": ms, "dense_ms": 1.0}
+         for k, n, b, ms in [("nm-int4", 4096, 1, 0.5), ("nm-int4", 8192, 1, 0.25), ("nm-int4", 4096, 16, 2.0),
+                             ("int4", 4096, 1, 0.8), ("int4", 4096, 16, 4.0)]]
+
+
+def test_speedup_is_the_median_over_shapes_by_kernel_and_batch(tmp_path):
+    table = speedup_table(BENCH)
+    assert table.loc["nm-int4", 1] == 3.0        # median of 2.0 and 4.0
+    assert table.loc["int4", 16] == 0.25
+    plot_speedup(table, tmp_path / "speedup.png")
+    assert (tmp_path / "speedup.png").stat().st_size > 0
+
+
+def test_markdown_report_has_marker_tables_and_links():
+    sweep = pd.DataFrame([{"name": "wanda-0.5-none", "format": "bitmask", "ppl": 25.25, "sparsity": 0.5,
+                           "bytes_per_weight": 1.13, "pareto": True}])
+    text = markdown_report(METRICS, {"Metrics against `main`": "| Path | Metric |"}, sweep,
+                           speedup_table(BENCH), {"Sparsity per decoder layer": "https://host/layer_sparsity.png"})
+    assert text.splitlines()[0] == REPORT_MARKER
+    assert "| sparsity_per_type.q_proj |" in text and "### Metrics against `main`" in text
+    assert "| wanda-0.5-none | bitmask" in text and "★" in text
+    assert "nm-int4" in text.split("### Kernel speedup")[1]
+    assert "![Sparsity per decoder layer](https://host/layer_sparsity.png)" in text
+
+
+@pytest.mark.slow
+def test_report_diffs_metrics_and_params_against_a_git_ref(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def run(*cmd):
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+
+    Path("dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: 'true'\n    params: [prune]\n"
+                                "    metrics:\n      - metrics.json:\n          cache: false\n")
+    Path("params.yaml").write_text("prune:\n  sparsity: 0.5\n")
+    Path("metrics.json").write_text(json.dumps(METRICS))
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "base")
+    Path("params.yaml").write_text("prune:\n  sparsity: 0.6\n")
+    Path("metrics.json").write_text(json.dumps({**METRICS, "ppl_pruned": 31.5}))
+    Path("bench/results").mkdir(parents=True)
+    Path("bench/results/h200.json").write_text(json.dumps({"rows": BENCH}))
+
+    assert main(["report", "--against", "HEAD", "--image-base", "https://host/"]) == 0
+    text = Path("reports/report.md").read_text()
+    metrics_diff = text.split("### Metrics against `HEAD`")[1].split("###")[0]
+    assert "ppl_pruned" in metrics_diff and "25.25" in metrics_diff and "31.5" in metrics_diff
+    assert "ppl_dense" not in metrics_diff                      # unchanged metrics are left out
+    params_diff = text.split("### Parameters against `HEAD`")[1].split("###")[0]
+    assert "prune.sparsity" in params_diff and "0.6" in params_diff
+    assert "![Kernel speedup against batch](https://host/bench_speedup.png)" in text
+    assert Path("reports/bench_speedup.png").is_file()
+    assert main(["report", "--against", "no-such-ref"]) == 0    # a bad ref is reported, not fatal
+    assert "`dvc metrics diff no-such-ref` failed" in Path("reports/report.md").read_text()
