@@ -83,3 +83,20 @@ def load_packed(path: str | Path, dtype: torch.dtype = torch.float32, trust_remo
         setattr(parent, child, PackedLinear(layer, tensors, getattr(old, "bias", None)))
     model.tie_weights()
     return model.eval()
+
+
+def decode_packed(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Replace every PackedLinear by an nn.Linear holding its decoded weight, in place.
+
+    For evaluating what a packed file holds on a CPU: the weights are exactly those of the
+    reference path, decoded once instead of at every call. (Speed is the kernels' business.)
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, PackedLinear):
+            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, dtype=dtype)
+            dense.weight.data = module.dense_weight(dtype)
+            if module.bias is not None:
+                dense.bias.data = module.bias.data.to(dtype)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, dense)
+    return model

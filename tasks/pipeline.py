@@ -26,12 +26,12 @@ from safetensors.torch import load_file, save_file
 
 from tasks import corpus
 from tasks.artifacts import ArtifactError, artifact_digest, read_metadata, write_artifact
-from tasks.artifact_pack import save_packed
+from tasks.artifact_pack import PACKED_FORMAT, save_packed
 from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PackConfig, PruneConfig, QuantizeConfig
 from tasks.gptq import check_group_size, quantize_model, spec_of
 from tasks.layers import find_decoder_layers, prunable_modules, weight_view
 from tasks.pack import DTYPES, pack_weight
-from tasks.packed_model import REST_FILE, load_packed
+from tasks.packed_model import REST_FILE, decode_packed, load_packed
 from tasks.patterns import NM as NMPattern
 from tasks.quantize import Quantized
 from tasks.evaluate import perplexity
@@ -250,8 +250,9 @@ def load_any_model(directory: Path):
     """A model artifact (Hugging Face folder) or a packed one, with its tokenizer."""
     from transformers import AutoTokenizer
 
-    if (directory / "metadata.json").is_file() and '"prunepipe-packed"' in (directory / "metadata.json").read_text():
-        return load_packed(directory), AutoTokenizer.from_pretrained(directory)
+    meta = directory / "metadata.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("kind") == PACKED_FORMAT:
+        return decode_packed(load_packed(directory)), AutoTokenizer.from_pretrained(directory)
     model, tokenizer, _ = load_model_dir(directory)
     return model, tokenizer
 

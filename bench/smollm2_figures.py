@@ -1,0 +1,98 @@
+"""The pruning and quantization figures of the README on the packaged SmolLM2-135M.
+
+Runs the stage functions directly (no DVC), sharing data/model and data/calibration from
+`make run`, and appends one row per setting to bench/results/smollm2-figures.json as soon as
+it is measured (a partial run keeps what it finished). Perplexity: the first
+`--windows` held-out windows of 512 tokens, the same windows for every row.
+
+    .venv/bin/python bench/smollm2_figures.py [--windows 32] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from tasks import pipeline
+from tasks.config import EvaluateConfig, PackConfig, PruneConfig, QuantizeConfig
+
+OUT = Path("bench/results/smollm2-figures.json")
+MODEL, CALIBRATION = Path("data/model"), Path("data/calibration")
+GPTQ4 = {"method": "gptq", "bits": 4, "group_size": 64}
+
+# name → (prune section, quantize section or None, pack format or None)
+SETTINGS = {
+    "dense": (None, None, None),
+    "magnitude-50": ({"method": "magnitude", "sparsity": 0.5}, None, None),
+    "wanda-50": ({"method": "wanda", "sparsity": 0.5}, None, None),
+    "sparsegpt-50": ({"method": "sparsegpt", "sparsity": 0.5}, None, None),
+    "sparsegpt-50+gptq4": ({"method": "sparsegpt", "sparsity": 0.5}, GPTQ4, "bitmask-int4"),
+    "sparsegpt-50+gptq4-joint": ({"method": "sparsegpt", "sparsity": 0.5}, {**GPTQ4, "joint": True}, "bitmask-int4"),
+    "magnitude-2:4": ({"method": "magnitude", "sparsity": "2:4"}, None, None),
+    "wanda-2:4": ({"method": "wanda", "sparsity": "2:4"}, None, None),
+    "sparsegpt-2:4": ({"method": "sparsegpt", "sparsity": "2:4"}, None, None),
+    "sparsegpt-2:4+gptq4": ({"method": "sparsegpt", "sparsity": "2:4"}, GPTQ4, "nm-int4"),
+    "sparsegpt-wandamask-50": ({"method": "sparsegpt", "sparsity": 0.5, "sparsegpt": {"mask": "wanda"}}, None, None),
+    "wanda-owl-50": ({"method": "wanda", "sparsity": 0.5, "owl": {"enabled": True}}, None, None),
+    "sparsegpt-owl-50": ({"method": "sparsegpt", "sparsity": 0.5, "owl": {"enabled": True}}, None, None),
+    "wanda-60": ({"method": "wanda", "sparsity": 0.6}, None, None),
+    "wanda-owl-60": ({"method": "wanda", "sparsity": 0.6, "owl": {"enabled": True}}, None, None),
+    "sparsegpt-60": ({"method": "sparsegpt", "sparsity": 0.6}, None, None),
+    "sparsegpt-owl-60": ({"method": "sparsegpt", "sparsity": 0.6, "owl": {"enabled": True}}, None, None),
+    "wanda-70": ({"method": "wanda", "sparsity": 0.7}, None, None),
+    "wanda-owl-70": ({"method": "wanda", "sparsity": 0.7, "owl": {"enabled": True}}, None, None),
+    "sparsegpt-70": ({"method": "sparsegpt", "sparsity": 0.7}, None, None),
+    "sparsegpt-owl-70": ({"method": "sparsegpt", "sparsity": 0.7, "owl": {"enabled": True}}, None, None),
+}
+
+
+def measure(name: str, prune, quantize, fmt, evaluate: EvaluateConfig, work: Path) -> dict:
+    log = print
+    row: dict = {"name": name}
+    if prune is None:
+        model = MODEL
+    else:
+        cfg = PruneConfig(**prune)
+        stats = work / "prune_run.json"
+        began = time.perf_counter()
+        model = pipeline.prune(cfg, MODEL, CALIBRATION, work / "pruned", log, run_stats=stats)
+        row["prune_seconds"] = round(time.perf_counter() - began, 1)
+        row["solve_seconds_per_layer"] = json.loads(stats.read_text())["solve_seconds_per_layer"]
+        if quantize is not None:
+            qcfg = QuantizeConfig(**quantize)
+            began = time.perf_counter()
+            quantized = pipeline.quantize(qcfg, cfg, MODEL, model, CALIBRATION, work / "quantized", log)
+            row["quantize_seconds"] = round(time.perf_counter() - began, 1)
+            packed = pipeline.pack(PackConfig(format=fmt), qcfg, cfg, quantized, work / "packed", log)
+            row["bytes_per_weight"] = json.loads((packed / "metadata.json").read_text())["bytes_per_weight"]
+            model = quantized
+    out = pipeline.evaluate_model(evaluate, model, work / "eval", log)
+    row["ppl"] = round(pipeline.read_perplexity(out), 4)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--windows", type=int, default=32)
+    parser.add_argument("--only", nargs="*", default=list(SETTINGS))
+    args = parser.parse_args()
+    evaluate = EvaluateConfig(max_windows=args.windows)
+    done = json.loads(OUT.read_text()) if OUT.is_file() else {"machine": platform.processor() or platform.machine(),
+                                                             "eval_windows": args.windows, "rows": []}
+    finished = {row["name"] for row in done["rows"]}
+    for name in args.only:
+        if name in finished:
+            continue
+        with tempfile.TemporaryDirectory(dir="data") as work:
+            row = measure(name, *SETTINGS[name], evaluate, Path(work))
+        print(json.dumps(row))
+        done["rows"].append(row)
+        OUT.write_text(json.dumps(done, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
