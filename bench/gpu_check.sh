@@ -3,8 +3,9 @@
 #
 #     bash bench/gpu_check.sh
 #
-# 1. tests/test_kernels.py on the GPU (TRITON_INTERPRET unset, so the GPU-only tests run too),
-#    in parallel when pytest-xdist is there; a failure is recorded and the benchmark still runs;
+# 1. tests/test_kernels.py and tests/test_dispatch.py on the GPU (TRITON_INTERPRET unset, so the
+#    GPU-only tests run too), in parallel when pytest-xdist is there; a failure is recorded and
+#    the benchmark still runs;
 # 2. the whole benchmark (params.yaml's `benchmark` section, tasks/benchmark.py): every kernel
 #    against cuBLAS, torch's 2:4 (semi-structured and raw cuSPARSELt) and int4 peers, then batch-1
 #    decode of a random Llama-shaped model, dense and packed, with CUDA graphs.
@@ -36,20 +37,20 @@ exec > >(tee "$WORK/gpu_check.log") 2>&1
 unset TRITON_INTERPRET
 export PRUNEPIPE_AUTOTUNE=quick PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export PRUNEPIPE_DISPATCH_CACHE=$WORK/dispatch.json
-export PREFECT_HOME=$WORK/prefect  # unused here; keeps any accidental import off ~/.prefect
 
 step() { echo "[gpu_check $(date -u +%H:%M:%S)] $*"; }
 
 step "environment"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
 "$PYTHON" -c 'import sys, torch, triton; print(sys.version.split()[0], "torch", torch.__version__,
-"cuda", torch.version.cuda, "triton", triton.__version__, "gpu", torch.cuda.get_device_name())'
+"cuda", torch.version.cuda, "triton", triton.__version__,
+"gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else "NONE: CPU fallbacks only")'
 
-step "kernel tests on the GPU"
+step "kernel and dispatch tests on the GPU"
 PARALLEL=()
 if "$PYTHON" -c 'import xdist' 2>/dev/null; then PARALLEL=(-n "${XDIST_WORKERS:-8}"); fi
 set +e
-timeout "${TEST_TIMEOUT_S:-120}" "$PYTHON" -m pytest tests/test_kernels.py -q -p no:cacheprovider \
+timeout "${TEST_TIMEOUT_S:-120}" "$PYTHON" -m pytest tests/test_kernels.py tests/test_dispatch.py -q -p no:cacheprovider \
     ${PARALLEL[@]+"${PARALLEL[@]}"} 2>&1 | tee "$TEST_LOG"
 TEST_RC=${PIPESTATUS[0]}
 set -e
@@ -77,7 +78,7 @@ lines = Path(os.environ["TEST_LOG"]).read_text().strip().splitlines()
 result["kernel_tests"] = {"exit_code": int(os.environ["TEST_RC"]), "summary": lines[-1] if lines else ""}
 result["seconds"] = round(time.monotonic() - start, 1)
 benchmark.write_results(result, Path(os.environ["JSON"]), Path(os.environ["PNG"]))
-print(json.dumps({key: result[key] for key in ("gpu", "copy_GBps", "libraries", "truncated", "seconds")}))
+print(json.dumps({key: result.get(key) for key in ("gpu", "copy_GBps", "libraries", "truncated", "seconds")}))
 for row in result["rows"]:
     if row.get("batch") in (1, 2048) or row.get("error"):
         print({k: row.get(k) for k in ("kernel", "N", "K", "batch", "ms", "speedup", "GBps", "err", "error")})

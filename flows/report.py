@@ -47,12 +47,12 @@ def bench_rows(directory: Path = BENCH_RESULTS) -> list[dict]:
     return rows
 
 
-def report(against: str | None = "HEAD", image_base: str = "") -> Path:
+def report(against: str = "HEAD", image_base: str = "") -> Path:
     if not METRICS.is_file():
         raise FileNotFoundError(f"{METRICS}: no metrics yet (run `dvc repro` or `prunepipe run`)")
     REPORTS.mkdir(exist_ok=True)
-    diffs = {} if against is None else {f"Metrics against `{against}`": dvc_diff("metrics", against),
-                                        f"Parameters against `{against}`": dvc_diff("params", against)}
+    diffs = {f"Metrics against `{against}`": dvc_diff("metrics", against),
+             f"Parameters against `{against}`": dvc_diff("params", against)}
     rows = bench_rows()
     speedups = speedup_table(rows) if rows else None
     if speedups is not None:

@@ -42,6 +42,7 @@ from kernels.testing import Packed, pack_bitmask, pack_nm, pack_nm_quant, pack_q
 from kernels.timing import cpu_median_ms, cuda_median_ms, l2_bytes, rotation_count
 
 DENSE = "dense"
+DEADLINE = "stopped-at-deadline"
 NEEDS_K = {"int4", "nm-int4", "bitmask"}  # their dequantize() takes K (the packed sizes round it up)
 TINYGEMM_TILES = (2, 4, 8)
 
@@ -51,6 +52,7 @@ class Timing:
     warmup: int
     reps: int
     max_ms: float  # per path: fewer reps (at least 3) when a call is slow
+    clock: Callable[..., float] = cuda_median_ms  # (calls, warmup, reps, max_ms) → ms
 
 
 def random_weight(n: int, k: int, device: str, seed: int = 0) -> torch.Tensor:
@@ -100,13 +102,14 @@ def rotation(first: object, make: Callable[[], object], size: int, l2: int) -> l
     return [first] + [make() for _ in range(rotation_count(size, l2) - 1)]
 
 
-def measure(where: dict, kernel: str, fmt: str, run: Callable[[object], torch.Tensor], weights: list,
+def measure(loc: dict, kernel: str, fmt: str, run: Callable[[object], torch.Tensor], weights: list,
             want: torch.Tensor, size: int, timing: Timing, **extra) -> dict:
-    """One row: run(weights[0]) checked against `want`, then timed rotating over `weights`."""
-    row = {"kernel": kernel, "format": fmt, **where, "bytes": size, **extra}
+    """One row at `loc` (where()): run(weights[0]) checked against `want`, then timed rotating
+    over `weights`."""
+    row = {"kernel": kernel, "format": fmt, **loc, "bytes": size, **extra}
     try:
         row["err"] = rel_err(run(weights[0]), want)
-        ms = cuda_median_ms([partial(run, w) for w in weights], timing.warmup, timing.reps, timing.max_ms)
+        ms = timing.clock([partial(run, w) for w in weights], timing.warmup, timing.reps, timing.max_ms)
     except Exception as err:  # noqa: BLE001 - a peer that refuses a shape is a result, not a crash
         return {**row, "ms": None, "error": describe(err)}
     return {**row, "ms": ms, "GBps": size / (ms * 1e6)}
@@ -219,14 +222,16 @@ def tinygemm_rows(w: torch.Tensor, xs: list[torch.Tensor], group_size: int, timi
 
 
 def op_rows(shapes: Iterable[tuple[int, int]], batches: Iterable[int], formats: Iterable[str], group_size: int,
-            timing: Timing, deadline: float | None = None, log: Callable[[str], None] = print) -> list[dict]:
+            timing: Timing, deadline: float | None = None, log: Callable[[str], None] = print,
+            device: str = "cuda") -> list[dict]:
     """Every path for every shape and batch on the current CUDA device. With a deadline
-    (time.monotonic()), no new shape or format starts after it."""
-    l2 = l2_bytes()
+    (time.monotonic()), no new shape or format starts after it; a last row (kernel DEADLINE) says
+    where it stopped."""
+    l2 = l2_bytes(device) if device == "cuda" else 0  # elsewhere (tests, interpreter): 2 copies
     rows = []
     for n, k in shapes:
-        w = random_weight(n, k, "cuda")
-        xs = [torch.randn(b, k, device="cuda", dtype=torch.float16) for b in batches]
+        w = random_weight(n, k, device)
+        xs = [torch.randn(b, k, device=device, dtype=torch.float16) for b in batches]
         steps = [("dense", lambda: dense_rows(w, xs, timing, l2))]
         for fmt in formats:
             steps.append((fmt, lambda fmt=fmt: format_rows(fmt, w, xs, group_size, timing, l2)))
@@ -237,7 +242,8 @@ def op_rows(shapes: Iterable[tuple[int, int]], batches: Iterable[int], formats: 
         for name, step in steps:
             if deadline is not None and time.monotonic() > deadline:
                 log(f"benchmark: deadline passed, stopping before {n}x{k} {name}")
-                return rows
+                return rows + [{"kernel": DEADLINE, "format": name, "N": n, "K": k, "batch": None, "ms": None,
+                                "error": f"not run: the deadline passed before {n}x{k} {name} and what follows"}]
             start = time.monotonic()
             try:
                 rows += step()
@@ -245,16 +251,17 @@ def op_rows(shapes: Iterable[tuple[int, int]], batches: Iterable[int], formats: 
                 rows.append({"kernel": name, "format": name, "N": n, "K": k, "batch": None, "ms": None,
                              "error": describe(err)})
             log(f"benchmark: {n}x{k} {name} in {time.monotonic() - start:.1f} s")
-            torch.cuda.empty_cache()
+            if device == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 
 # ----------------------------------------------------------------------------- CPU rows
 
-def cpu_row(where_: dict, kernel: str, fmt: str, call: Callable[[], torch.Tensor], want: torch.Tensor, size: int,
+def cpu_row(loc: dict, kernel: str, fmt: str, call: Callable[[], torch.Tensor], want: torch.Tensor, size: int,
             reps: int) -> dict:
     ms = cpu_median_ms(call, 1, reps)
-    return {"kernel": kernel, "format": fmt, **where_, "bytes": size, "ms": ms, "GBps": size / (ms * 1e6),
+    return {"kernel": kernel, "format": fmt, **loc, "bytes": size, "ms": ms, "GBps": size / (ms * 1e6),
             "err": rel_err(call(), want)}
 
 

@@ -93,9 +93,9 @@ def _cusparselt(weight: PackedWeight, x: torch.Tensor) -> torch.Tensor:
         state["compressed"] = torch._cslt_compress(weight.dense(weight.tensors, x.dtype).contiguous())
     batch = x.shape[0]
     padded = F.pad(x, (0, 0, 0, -batch % 8)).t()  # (K, B8)
-    algorithm = state["algorithms"].get(padded.shape[1])
+    algorithm = state["algorithms"].get(batch_bucket(batch))  # searched once per bucket, like the decision
     if algorithm is None:
-        algorithm = state["algorithms"][padded.shape[1]] = torch._cslt_sparse_mm_search(
+        algorithm = state["algorithms"][batch_bucket(batch)] = torch._cslt_sparse_mm_search(
             state["compressed"], padded, transpose_result=True)
     return torch._cslt_sparse_mm(state["compressed"], padded, transpose_result=True, alg_id=algorithm)[:batch]
 

@@ -144,7 +144,8 @@ def sweep_sparsity(entry: float | str) -> float | str:
 
 
 class SweepQuantizer(Section):
-    """One value of the sweep's quantize axis; `none` prunes and evaluates only."""
+    """One value of the sweep's quantize axis, described by its own entry alone (so a sweep
+    point tracks just that entry); `none` prunes and evaluates only."""
 
     method: Literal["none", "rtn", "gptq"] = "none"
     bits: Literal[2, 3, 4, 8] = 4

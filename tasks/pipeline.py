@@ -25,20 +25,21 @@ from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
 from tasks import corpus
-from tasks.artifacts import ArtifactError, artifact_digest, read_metadata, write_artifact
 from tasks.artifact_pack import PACKED_FORMAT, save_packed
+from tasks.artifacts import ArtifactError, artifact_digest, read_metadata, write_artifact
 from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PackConfig, PruneConfig, QuantizeConfig
+from tasks.errors import UserError
+from tasks.evaluate import perplexity
 from tasks.gptq import check_group_size, quantize_model, spec_of
 from tasks.layers import find_decoder_layers, prunable_modules, weight_view
+from tasks.memory import check_memory, sequential_estimate
+from tasks.model import (ModelSourceError, check_finite, context_length, expects_bos, load_model_dir,
+                         load_source, resolve_source, save_model)
 from tasks.pack import DTYPES, pack_weight
 from tasks.packed_model import REST_FILE, decode_packed, load_packed
 from tasks.patterns import NM as NMPattern
-from tasks.quantize import Quantized
-from tasks.evaluate import perplexity
-from tasks.model import (ModelSourceError, check_finite, context_length, expects_bos, load_model_dir,
-                         load_source, resolve_source, save_model)
-from tasks.memory import check_memory, sequential_estimate
 from tasks.prune import NEEDS_HESSIAN, check_prunable, prune_model
+from tasks.quantize import Quantized
 
 Log = Callable[[str], None]
 Progress = Callable[[int, str], Callable[[], None]]
@@ -78,7 +79,7 @@ def peak_host_bytes() -> int:
 def _bos_id(tokenizer, add_bos: str) -> int | None:
     wanted = expects_bos(tokenizer) if add_bos == "auto" else add_bos == "true"
     if wanted and tokenizer.bos_token_id is None:
-        raise ValueError("evaluate.add_bos = 'true' but the tokenizer has no BOS token")
+        raise UserError("evaluate.add_bos = 'true' but the tokenizer has no BOS token")
     return tokenizer.bos_token_id if wanted else None
 
 

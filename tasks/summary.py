@@ -114,7 +114,7 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> None:
 def speedup_table(rows: list[dict]) -> pd.DataFrame:
     """Benchmark rows (kernel, N, K, batch, ms, dense_ms) → median speedup over the shapes,
     one row per kernel, one column per batch size."""
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows).dropna(subset=["ms", "dense_ms"])   # failed or unmatched rows
     frame["speedup"] = frame["dense_ms"] / frame["ms"]
     return frame.pivot_table(index="kernel", columns="batch", values="speedup", aggfunc="median").round(3)
 

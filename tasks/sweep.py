@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tasks.config import Params, SweepQuantizer, sweep_sparsity
+from tasks.config import Params, QuantizeConfig, SweepQuantizer, sweep_sparsity
 from tasks.patterns import NM, Pattern, parse_pattern
 from tasks.report import DENSE_BYTES_PER_WEIGHT, sparsity_summary
 
@@ -37,23 +37,25 @@ class SweepPoint(BaseModel):
         return self.params.quantize.method != "none"
 
 
-def point_format(quantizer: SweepQuantizer, pattern: Pattern) -> str:
-    """The packed format of a point: the quantizer's, or for "auto" the sparse layout of the
-    pattern (nm for N:M, else bitmask) holding float values, int4 codes (≤ 4 bits) or int8."""
-    if quantizer.format != "auto":
-        return quantizer.format
+def point_format(fmt: str, quantize: QuantizeConfig, pattern: Pattern) -> str:
+    """A point's packed format: `fmt`, or for "auto" the sparse layout of the pattern (nm for
+    N:M, else bitmask) holding float values, or int4 codes (≤ 4 bits), or int8."""
+    if fmt != "auto":
+        return fmt
     layout = "nm" if isinstance(pattern, NM) else "bitmask"
-    if quantizer.method == "none":
+    if quantize.method == "none":
         return layout
-    return f"{layout}-int{4 if quantizer.bits <= 4 else 8}"
+    return f"{layout}-int{4 if quantize.bits <= 4 else 8}"
 
 
 def _point_params(params: Params, method: str, sparsity: float | str, quantizer: SweepQuantizer) -> Params:
     data = params.model_dump(mode="json")
     data["prune"] |= {"method": method, "sparsity": sparsity}
-    data["quantize"] |= {"method": quantizer.method, "bits": quantizer.bits, "group_size": quantizer.group_size,
-                         "symmetric": quantizer.symmetric, "joint": False}
-    data["pack"]["format"] = point_format(quantizer, parse_pattern(sparsity))
+    # a `none` point quantizes nothing: the section's own (valid) bits and groups stay
+    keys = {"method"} if quantizer.method == "none" else {"method", "bits", "group_size", "symmetric"}
+    quantize = QuantizeConfig.model_validate({**data["quantize"], **quantizer.model_dump(include=keys), "joint": False})
+    data["quantize"] = quantize.model_dump(mode="json")
+    data["pack"]["format"] = point_format(quantizer.format, quantize, parse_pattern(sparsity))
     return Params.model_validate(data)
 
 

@@ -32,6 +32,34 @@ def test_cpu_rows_time_the_reference_path_of_every_format():
     assert packed["int4"] < packed["int8"] < packed["dense"] and packed["nm-int4"] < packed["nm"]
 
 
+def test_gpu_rows_assemble_on_the_cpu_under_the_interpreter():
+    """op_rows' bookkeeping (packing, checks, peers that refuse, speedups, the deadline) with the
+    Triton kernels in TRITON_INTERPRET (set by conftest) and a clock that only runs each call."""
+    from kernels import _common
+
+    if not _common.INTERPRET:
+        pytest.skip("needs TRITON_INTERPRET=1 on the CPU (a GPU runs the real thing in bench/gpu_check.sh)")
+
+    def clock(calls, warmup, reps, max_ms):
+        for call in calls:
+            call()
+        return 1.0 + len(calls)
+
+    timing = ops.Timing(warmup=1, reps=2, max_ms=10.0, clock=clock)
+    rows = ops.add_speedups(ops.op_rows([(32, 128)], [1, 5], FORMATS, 32, timing, device="cpu", log=lambda m: None))
+    by_kernel = {(r["kernel"], r["batch"]): r for r in rows}
+    for fmt in FORMATS:
+        for batch in (1, 5):
+            for kernel in (f"triton-{fmt}", f"torch-dequant-{fmt}"):
+                row = by_kernel[(kernel, batch)]
+                assert row["ms"] == 3.0 and row["err"] < 2e-3 and row["speedup"] == 1.0, row  # 2 copies each
+    assert by_kernel[("dense-cublas", 5)]["bytes"] == 32 * 128 * 2
+    for peer in ("torch-2:4-semi", "torch-2:4-cslt", "torch-int4-tinygemm"):  # CUDA-only ops: an error row each
+        assert by_kernel[(peer, 1)]["ms"] is None and by_kernel[(peer, 1)]["error"], peer
+    cut = ops.op_rows([(32, 128)], [1], ["int4"], 32, timing, deadline=0.0, device="cpu", log=lambda m: None)
+    assert [r["kernel"] for r in cut] == [ops.DEADLINE]
+
+
 def test_rotation_exceeds_twice_the_cache():
     assert rotation_count(10 << 20, 60 << 20) * (10 << 20) > 2 * (60 << 20)
     assert rotation_count(1 << 30, 60 << 20) == 2
@@ -85,8 +113,9 @@ def test_params_section_is_validated():
 
 
 class NoHostSync(TorchDispatchMode):
-    """Fails on any op that reads a tensor's value back to the host: inside CUDA graph capture
-    such an op raises, so a step that passes here can be captured."""
+    """Fails on any torch op that reads a tensor's value back to the host (.item(), nonzero): such
+    an op raises inside CUDA graph capture. (Reads hidden inside one backend kernel stay unseen:
+    the GPU run falls back to eager steps, and says so, if a capture still fails.)"""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):

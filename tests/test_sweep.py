@@ -35,7 +35,8 @@ def full_params(llama_folder: Path, corpus_file: Path, **sweep) -> dict:
 
 
 def test_points_are_the_product_in_matrix_order():
-    params = Params.model_validate({"sweep": {"methods": ["wanda", "sparsegpt"], "sparsities": [0.6, "2of4"],
+    params = Params.model_validate({"quantize": {"group_size": 64, "symmetric": True},
+                                    "sweep": {"methods": ["wanda", "sparsegpt"], "sparsities": [0.6, "2of4"],
                                               "quantize": ["none", "gptq4"],
                                               "quantizers": {"none": {}, "gptq4": GPTQ4}}})
     points = sweep_points(params)
@@ -47,9 +48,10 @@ def test_points_are_the_product_in_matrix_order():
                        "sparsegpt-0.6-gptq4": (0.6, "gptq", "bitmask-int4"),
                        "sparsegpt-2of4-none": ("2:4", "none", "nm"),
                        "sparsegpt-2of4-gptq4": ("2:4", "gptq", "nm-int4")}
-    # everything else comes from the main sections
+    # the quantizer's entry sets bits, groups and symmetry; everything else comes from the main sections
     assert points["wanda-0.6-none"].params.evaluate == params.evaluate
-    assert points["wanda-0.6-gptq4"].params.quantize.blocksize == params.quantize.blocksize
+    quantize = points["wanda-0.6-gptq4"].params.quantize
+    assert (quantize.group_size, quantize.symmetric, quantize.blocksize) == (32, False, params.quantize.blocksize)
 
 
 def test_dvc_matrix_names_and_params_match_the_points(tmp_path):
