@@ -37,13 +37,13 @@ def dvc_diff(kind: str, ref: str) -> str:
 
 
 def bench_rows(directory: Path = BENCH_RESULTS) -> list[dict]:
-    """Rows of the GPU results; a result with "gpu": null timed the CPU reference path, not kernels."""
+    """Kernel rows of the GPU benchmark results. Other files there (format sizes, SmolLM2
+    figures) have no "gpu" key; a result with "gpu": null timed the CPU reference path."""
     rows = []
     for path in sorted(directory.glob("*.json")):
         data = json.loads(path.read_text())
-        if isinstance(data, dict) and "gpu" in data and data["gpu"] is None:
-            continue
-        rows += data["rows"] if isinstance(data, dict) else data
+        if isinstance(data, dict) and data.get("gpu"):
+            rows += data["rows"]
     return rows
 
 

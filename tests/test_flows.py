@@ -60,7 +60,7 @@ def test_compress_flow_runs_and_caches(tmp_path, monkeypatch, llama_folder, corp
 
     monkeypatch.chdir(tmp_path)
     params = parse_params(tiny_params(llama_folder, corpus_file))
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):   # a busy 2-core CI machine
         metrics = compress(params)
         assert metrics["sparsity"] == 0.5 and metrics["ppl_pruned"] > 0
         assert metrics["ppl_packed"] == pytest.approx(metrics["ppl_quantized"], rel=1e-4)

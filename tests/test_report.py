@@ -61,7 +61,10 @@ def test_report_diffs_metrics_and_params_against_a_git_ref(tmp_path, monkeypatch
     Path("params.yaml").write_text("prune:\n  sparsity: 0.6\n")
     Path("metrics.json").write_text(json.dumps({**METRICS, "ppl_pruned": 31.5}))
     Path("bench/results").mkdir(parents=True)
-    Path("bench/results/h200.json").write_text(json.dumps({"rows": BENCH}))
+    Path("bench/results/h200.json").write_text(json.dumps({"gpu": "NVIDIA H200", "rows": BENCH}))
+    # not kernel timings: the CPU fallback's result and the format sizes are left out
+    Path("bench/results/benchmark.json").write_text(json.dumps({"gpu": None, "rows": [{"kernel": "cpu"}]}))
+    Path("bench/results/format-sizes.json").write_text(json.dumps({"rows": [{"format": "int4"}]}))
 
     assert main(["report", "--against", "HEAD", "--image-base", "https://host/"]) == 0
     text = Path("reports/report.md").read_text()

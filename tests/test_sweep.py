@@ -143,7 +143,7 @@ def test_sweep_flow_on_a_dask_cluster_matches_the_sequential_run(tmp_path, monke
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
     try:
-        with prefect_test_harness():
+        with prefect_test_harness(server_startup_timeout=180):   # a busy 2-core CI machine
             sequential = _sweep_in(tmp_path / "sequential", monkeypatch, params, sweep_runner(1))
             fanned_out = _sweep_in(tmp_path / "dask", monkeypatch, params, sweep_runner(2))   # 2 processes
     finally:
