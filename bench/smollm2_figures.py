@@ -5,7 +5,7 @@ Runs the stage functions directly (no DVC), sharing data/model and data/calibrat
 it is measured (a partial run keeps what it finished). Perplexity: the first
 `--windows` held-out windows of 512 tokens, the same windows for every row.
 
-    .venv/bin/python bench/smollm2_figures.py [--windows 64] [--only NAME ...]
+    .venv/bin/python bench/smollm2_figures.py [--windows 32] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def measure(name: str, prune, quantize, fmt, evaluate: EvaluateConfig, work: Pat
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--windows", type=int, default=64)   # evaluate.max_windows of params.yaml
+    parser.add_argument("--windows", type=int, default=32)   # evaluate.max_windows of params.yaml
     parser.add_argument("--only", nargs="*", default=list(SETTINGS))
     args = parser.parse_args()
     evaluate = EvaluateConfig(max_windows=args.windows)
