@@ -76,3 +76,31 @@ def llama_folder(tmp_path_factory, tokenizer) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def dvc_workspace(root: Path, items: tuple[str, ...], params: dict):
+    """A git + DVC repository in `root` with copies of `items` of this repository and `params`
+    as params.yaml, its own Prefect home, and this venv's `prunepipe` on the PATH.
+    Returns run(*cmd) → stdout, failing the test (with the output) on a non-zero exit."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    for item in items:
+        (root / item).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (repo / item).is_dir() else shutil.copy)(repo / item, root / item)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PREFECT_HOME": str(root / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+    def run(*cmd: str) -> str:
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    return run

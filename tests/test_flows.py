@@ -4,19 +4,15 @@ model under Prefect's test harness (with its cache), and `dvc repro` twice."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import dvc_workspace
 from flows.cli import main
 from flows.params import ParamsError, parse_params
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_params(llama_folder: Path, corpus_file: Path, **prune) -> dict:
@@ -77,19 +73,7 @@ def test_compress_flow_runs_and_caches(tmp_path, monkeypatch, llama_folder, corp
 
 @pytest.mark.slow
 def test_dvc_repro_twice_runs_nothing_the_second_time(tmp_path, llama_folder, corpus_file):
-    for item in ("dvc.yaml", "tasks", "kernels"):
-        (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, tmp_path / item)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(llama_folder, corpus_file)))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-
-    def run(*cmd):
-        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    run("git", "init", "-q")
-    run("dvc", "init", "-q")
+    run = dvc_workspace(tmp_path, ("dvc.yaml", "tasks", "kernels"), tiny_params(llama_folder, corpus_file))
     first = run("dvc", "repro")
     assert "Running stage 'prune'" in first and (tmp_path / "metrics.json").is_file()
     second = run("dvc", "repro")

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from conftest import dvc_workspace
 from flows.cli import main
 from flows.params import ParamsError, load_params, parse_params
 from tasks.config import Params
@@ -163,22 +162,9 @@ def test_sweep_flow_on_a_dask_cluster_matches_the_sequential_run(tmp_path, monke
 
 @pytest.mark.slow
 def test_dvc_repro_sweep_shares_the_root_stages(tmp_path, llama_folder, corpus_file):
-    for item in ("dvc.yaml", "tasks", "sweep/dvc.yaml"):
-        (tmp_path / item).parent.mkdir(exist_ok=True)
-        (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, tmp_path / item)
     params = full_params(llama_folder, corpus_file, methods=["wanda"], sparsities=[0.5],
                          quantize=["none", "gptq4"], quantizers={"none": {}, "gptq4": GPTQ4})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-
-    def run(*cmd):
-        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    run("git", "init", "-q")
-    run("dvc", "init", "-q")
+    run = dvc_workspace(tmp_path, ("dvc.yaml", "tasks", "sweep/dvc.yaml"), params)
     first = run("dvc", "repro", "sweep/dvc.yaml")
     ran = {line.split("'")[1] for line in first.splitlines() if line.startswith("Running stage")}
     assert ran == {"model", "calibrate", "evaluate_dense", "sweep/dvc.yaml:point@wanda-0.5-none",
