@@ -1,15 +1,19 @@
 """Offline fixtures: a tiny corpus written by the test, a tokenizer trained on it, and tiny
-random decoder models built from configs (no hub, no network)."""
+random decoder models built from configs (no hub, no network); a git + DVC workspace helper."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 if not torch.cuda.is_available():
     # Triton kernels run in its interpreter on the CPU. Set before anything imports triton:
@@ -82,12 +86,6 @@ def dvc_workspace(root: Path, items: tuple[str, ...], params: dict):
     """A git + DVC repository in `root` with copies of `items` of this repository and `params`
     as params.yaml, its own Prefect home, and this venv's `prunepipe` on the PATH.
     Returns run(*cmd) → stdout, failing the test (with the output) on a non-zero exit."""
-    import shutil
-    import subprocess
-    import sys
-
-    import yaml
-
     repo = Path(__file__).resolve().parents[1]
     for item in items:
         (root / item).parent.mkdir(parents=True, exist_ok=True)
