@@ -45,8 +45,9 @@ class SparseGPTOptions(Section):
     blocksize: PositiveInt = 128
     percdamp: float = Field(0.01, ge=0.0)
     # Which weights to remove: "obs" = the paper's choice per block from w²/[H⁻¹]²_jj;
+    # "obs-row" = the same scores, the same count in every row of the block (unstructured);
     # "wanda" = Wanda's per-row choice, followed by SparseGPT's reconstruction update.
-    mask: Literal["obs", "wanda"] = "obs"
+    mask: Literal["obs", "obs-row", "wanda"] = "obs"
 
 
 class OWLOptions(Section):
@@ -96,6 +97,10 @@ class QuantizeConfig(Section):
     bits: Literal[2, 3, 4, 8] = 4
     group_size: Literal[-1, 32, 64, 128] = 128       # -1: one group per output row
     symmetric: bool = False
+    # minmax: each group's range is its min and max; mse: the range shrunk to the least rounding error.
+    observer: Literal["minmax", "mse"] = "minmax"
+    # gptq: quantize the inputs in descending order of their Hessian diagonal, groups fixed up front.
+    act_order: bool = False
     # joint: prune (SparseGPT) and quantize (GPTQ) in one pass, from the dense model.
     joint: bool = False
     blocksize: PositiveInt = 128
@@ -107,6 +112,9 @@ class QuantizeConfig(Section):
         if self.group_size > 0 and self.blocksize % self.group_size:
             raise ValueError(f"quantize.blocksize = {self.blocksize} must be a multiple of "
                              f"quantize.group_size = {self.group_size}")
+        if self.act_order and self.joint:
+            raise ValueError("quantize.act_order = true needs quantize.joint = false (a joint pass chooses "
+                             "the mask block by block, in the weight's own column order)")
         return self
 
 

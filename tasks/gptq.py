@@ -26,7 +26,7 @@ from tasks.layers import find_decoder_layers, prunable_modules, set_weight, weig
 from tasks.patterns import Unstructured, mask_from_scores
 from tasks.prune import (InputStats, LinearRecord, owl_layer_sparsities, peak_device_bytes, run_sequential,
                          sequential_setup, wanda_scores)
-from tasks.quantize import GroupQuantizer, Quantized, QuantSpec, rtn
+from tasks.quantize import GroupQuantizer, Quantized, QuantSpec, StaticGroupQuantizer, rtn
 from tasks.sparsegpt import sparsegpt
 
 Log = Callable[[str], None]
@@ -51,7 +51,7 @@ def quantize_rtn(model: nn.Module, cfg: QuantizeConfig) -> dict[str, Quantized]:
     for index, layer in enumerate(layers):
         for name, module in prunable_modules(layer, f"{prefix}.{index}", ()).items():
             W = weight_view(module).float()
-            quantized[name] = rtn(W, spec_of(cfg), mask=W == 0)
+            quantized[name] = rtn(W, spec_of(cfg), mask=W == 0, mse=cfg.observer == "mse")
             set_weight(module, quantized[name].dequantize())
     return quantized
 
@@ -88,17 +88,33 @@ def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, 
     quantized: dict[str, Quantized] = {}
 
     def op(index: int, name: str, W: torch.Tensor, stats: InputStats) -> torch.Tensor:
-        hook = GroupQuantizer(spec_of(cfg))
+        if cfg.act_order:
+            quantized[name], weight = gptq_act_order(W, stats.hessian, cfg, log)
+            return weight
+        hook = GroupQuantizer(spec_of(cfg), mse=cfg.observer == "mse")
         if cfg.joint:
             pattern = Unstructured(targets[index]) if targets else prune_cfg.pattern
             mask = mask_from_scores(wanda_scores(W, stats), pattern) if prune_cfg.sparsegpt.mask == "wanda" else None
         else:
             pattern, mask = None, W == 0
         result = sparsegpt(W, stats.hessian, pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
-                           quantizer=hook, mask=mask, log=log)
+                           quantizer=hook, mask=mask, row_masks=prune_cfg.sparsegpt.mask == "obs-row", log=log)
         quantized[name] = hook.result(result.mask)
         return result.weight
 
     label = f"{'sparsegpt+' if cfg.joint else ''}gptq {cfg.bits}-bit"
     records = run_sequential(model, tokens, how, op, progress, label)
     return QuantizeReport(quantized, records, time.perf_counter() - start, peak_device_bytes(how))
+
+
+def gptq_act_order(W: torch.Tensor, H: torch.Tensor, cfg: QuantizeConfig, log: Log) -> tuple[Quantized, torch.Tensor]:
+    """GPTQ of a pruned W (zeros kept) with the columns in descending order of diag(H) and static groups:
+    every group's parameters come from rtn of W first, then the engine runs on the permuted W and H."""
+    mask = W == 0
+    order = torch.argsort(torch.diag(H), descending=True, stable=True)
+    hook = StaticGroupQuantizer(rtn(W, spec_of(cfg), mask=mask, mse=cfg.observer == "mse"), order)
+    result = sparsegpt(W[:, order], H[order][:, order], None, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
+                       quantizer=hook, mask=mask[:, order], log=log)
+    weight = torch.empty_like(result.weight)
+    weight[:, order] = result.weight
+    return hook.result(mask), weight

@@ -83,7 +83,7 @@ def prune_sparsegpt(W: torch.Tensor, stats: InputStats, pattern: Pattern, cfg: P
     opts = cfg.sparsegpt
     mask = mask_from_scores(wanda_scores(W, stats), pattern) if opts.mask == "wanda" else None
     result = sparsegpt(W, stats.hessian, pattern, blocksize=opts.blocksize, percdamp=opts.percdamp,
-                       mask=mask, log=log)
+                       mask=mask, row_masks=opts.mask == "obs-row", log=log)
     return Pruned(result.weight, result.mask)
 
 

@@ -98,20 +98,47 @@ class Quantized:
         return ((self.codes.float() - zero) * scale).to(dtype)
 
 
-def find_params(W_group: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., g) weights → (scale float16 (...,), zero uint8 (...,)), one pair per group (last dim)."""
+# The mse observer: GPTQ's Quantizer(mse=True) search — shrink the min/max range by
+# p = 1, 0.99, …, 0.21 and keep, per group, the p whose codes give the least Σ|w − w_hat|^2.4.
+MSE_GRID, MSE_MAX_SHRINK, MSE_NORM = 100, 0.8, 2.4
+
+
+def find_params(W_group: torch.Tensor, spec: QuantSpec, mse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., g) weights → (scale float16 (...,), zero uint8 (...,)), one pair per group (last dim).
+
+    minmax (mse False): the range formulas of the module docstring. mse: the same formulas on the
+    range shrunk by the factor that minimises each group's rounding error (clipping outliers).
+    """
     x = W_group.float()
+    scale, zero = _range_params(x, spec, 1.0)
+    if not mse:
+        return scale, zero
+    best = _rounding_error(x, scale, zero, spec)
+    for i in range(1, int(MSE_MAX_SHRINK * MSE_GRID)):
+        s, z = _range_params(x, spec, 1 - i / MSE_GRID)
+        error = _rounding_error(x, s, z, spec)
+        better = error < best
+        scale, zero, best = torch.where(better, s, scale), torch.where(better, z, zero), torch.where(better, error, best)
+    return scale, zero
+
+
+def _range_params(x: torch.Tensor, spec: QuantSpec, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
     if spec.symmetric:
-        scale = x.abs().amax(-1) * 2 / spec.maxq
+        scale = x.abs().amax(-1) * (shrink * 2 / spec.maxq)
     else:
-        lo = x.amin(-1).clamp(max=0)
-        scale = (x.amax(-1).clamp(min=0) - lo) / spec.maxq
+        lo = x.amin(-1).clamp(max=0) * shrink
+        scale = (x.amax(-1).clamp(min=0) * shrink - lo) / spec.maxq
     scale = torch.where(scale == 0, 1.0, scale).clamp(FP16_TINY, FP16_MAX).to(torch.float16)
     if spec.symmetric:
         zero = torch.full_like(scale, 1 << (spec.bits - 1), dtype=torch.uint8)
     else:
         zero = torch.round(-lo / scale.float()).clamp(0, spec.maxq).to(torch.uint8)
     return scale, zero
+
+
+def _rounding_error(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    w_hat = dequantize_codes(quantize_codes(x, scale, zero, spec), scale, zero)
+    return (x - w_hat).abs().pow(MSE_NORM).sum(-1)
 
 
 def quantize_codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -125,7 +152,7 @@ def dequantize_codes(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -
     return (q.float() - zero.float().unsqueeze(-1)) * scale.float().unsqueeze(-1)
 
 
-def rtn(W: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None = None) -> Quantized:
+def rtn(W: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None = None, mse: bool = False) -> Quantized:
     """Round-to-nearest quantization of W (N, K); entries where mask is True get q = z (0.0)."""
     W = W.float()
     if mask is not None:
@@ -135,34 +162,36 @@ def rtn(W: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None = None) -> Q
     width, groups = spec.width(cols), spec.groups(cols)
     # zero padding of the last group changes no parameter: lo ≤ 0 ≤ hi and max|w| ≥ 0 already
     grouped = torch.nn.functional.pad(W, (0, groups * width - cols)).reshape(rows, groups, width)
-    scale, zero = find_params(grouped, spec)
+    scale, zero = find_params(grouped, spec, mse)
     codes = quantize_codes(grouped, scale, zero, spec).reshape(rows, groups * width)[:, :cols]
     return Quantized(codes.contiguous(), scale, zero, spec)
 
 
 class GroupQuantizer:
     """Column hook of the SparseGPT/GPTQ engine (tasks/sparsegpt.ColumnQuantizer):
-    `q_j = hook(W, j)` for j = 0, 1, …, K − 1.
+    `q_j = hook(W, j, pruned)` for j = 0, 1, …, K − 1.
 
     W is the engine's float32 working weight (N, K); W[:, j] must hold column j as updated so
     far. At a group start (j % g == 0; per-row quantization: j == 0) the group's parameters
-    come from W[:, j : j + g] (per row: all of W). Those columns must then be up to date,
-    which holds when the engine's blocksize is a multiple of group_size, so that groups start
-    at block starts, where every earlier block's lazy update has been applied.
+    come from W[:, j : j + g] (per row: all of W) with the entries that `pruned` marks set
+    to 0, so weights about to be pruned do not widen the range (joint SparseGPT + GPTQ).
+    Those columns must then be up to date and their mask chosen, which holds when the
+    engine's blocksize is a multiple of group_size, so that groups start at block starts.
+    Per row, only the first block's mask is known at j == 0.
 
     Returns the fake-quantized column (N,), float32 and exactly dequantize(codes). Codes are
     recorded column by column; after the loop `result(mask)` gives the Quantized weight,
     with q = z where mask is True (the engine sets those weights to 0, whatever it returned).
     """
 
-    def __init__(self, spec: QuantSpec):
-        self.spec = spec
+    def __init__(self, spec: QuantSpec, mse: bool = False):
+        self.spec, self.mse = spec, mse
         self._codes: torch.Tensor | None = None  # (N, K), allocated at j == 0
         self._scales: torch.Tensor | None = None  # (N, G)
         self._zeros: torch.Tensor | None = None  # (N, G)
         self._next = 0  # the column expected next
 
-    def __call__(self, W: torch.Tensor, j: int) -> torch.Tensor:
+    def __call__(self, W: torch.Tensor, j: int, pruned: torch.Tensor | None = None) -> torch.Tensor:
         rows, cols = W.shape
         width = self.spec.width(cols)
         if j == 0:
@@ -174,7 +203,10 @@ class GroupQuantizer:
             raise ValueError(f"GroupQuantizer needs columns 0, 1, …, K−1 in order; expected {self._next}, got {j}")
         group = j // width
         if j % width == 0:
-            self._scales[:, group], self._zeros[:, group] = find_params(W[:, j : j + width], self.spec)
+            span = W[:, j : j + width]
+            if pruned is not None:
+                span = span.masked_fill(pruned[:, j : j + width], 0.0)
+            self._scales[:, group], self._zeros[:, group] = find_params(span, self.spec, self.mse)
         scale, zero = self._scales[:, group], self._zeros[:, group]
         q = quantize_codes(W[:, j : j + 1], scale, zero, self.spec)  # (N, 1)
         self._codes[:, j : j + 1] = q
@@ -185,10 +217,44 @@ class GroupQuantizer:
         """Codes/scales/zeros of the fake-quantized weight; pruned entries (mask True) get q = z."""
         if self._codes is None or self._next != self._codes.shape[1]:
             raise ValueError("GroupQuantizer.result() before every column was quantized")
-        codes = self._codes
-        if mask is not None:
-            codes = torch.where(mask, expand_groups(self._zeros, self.spec.group_size, codes.shape[1]), codes)
-        return Quantized(codes.clone(), self._scales.clone(), self._zeros.clone(), self.spec)
+        return _pruned_at_zero(Quantized(self._codes.clone(), self._scales.clone(), self._zeros.clone(), self.spec),
+                               mask)
+
+
+class StaticGroupQuantizer:
+    """Column hook for GPTQ in activation order with static groups (act-order).
+
+    The engine sees the weight's columns permuted: its column j is column order[j] of the
+    weight (GPTQ: descending diag(H), the inputs with the most energy first, while the most
+    error can still be corrected). Every group's parameters are fixed before the pass, from
+    `params` (rtn of the pruned weight), so a group stays g consecutive *weight* columns
+    and the packed layout is the one GroupQuantizer gives.
+    """
+
+    def __init__(self, params: Quantized, order: torch.Tensor):
+        self.params, self.order = params, order.tolist()
+        self._codes = params.codes.clone()
+
+    def __call__(self, W: torch.Tensor, j: int, pruned: torch.Tensor | None = None) -> torch.Tensor:
+        column = self.order[j]
+        group = column // self.params.spec.width(W.shape[1])
+        scale, zero = self.params.scales[:, group], self.params.zeros[:, group]
+        q = quantize_codes(W[:, j : j + 1], scale, zero, self.params.spec)
+        self._codes[:, column : column + 1] = q
+        return dequantize_codes(q, scale, zero)[:, 0]
+
+    def result(self, mask: torch.Tensor | None = None) -> Quantized:
+        """As GroupQuantizer.result; `mask` in the weight's own column order."""
+        p = self.params
+        return _pruned_at_zero(Quantized(self._codes.clone(), p.scales, p.zeros, p.spec), mask)
+
+
+def _pruned_at_zero(q: Quantized, mask: torch.Tensor | None) -> Quantized:
+    """q with code = zero-point wherever mask is True, so those weights dequantize to exactly 0."""
+    if mask is None:
+        return q
+    zeros = expand_groups(q.zeros, q.spec.group_size, q.codes.shape[1])
+    return Quantized(torch.where(mask, zeros, q.codes), q.scales, q.zeros, q.spec)
 
 
 def sqnr_db(W: torch.Tensor, W_hat: torch.Tensor) -> float:

@@ -19,8 +19,11 @@ the updates of the columns after the block are batched into one matmul, Err1 @ U
 Mask selection, saliency w² / d² (lower is pruned), as in the reference:
 - unstructured s: at the start of each block, over all rows of the block together, so the count is exact per
   block (the int(rows·width·s) lowest of its rows·width entries, ties by position), not per row. The
-  reference's `tmp <= sort(tmp)[k]` takes k + 1 (more on ties); here exactly k, so s = 0 prunes nothing;
-- N:M: when a group of M columns is reached, the M−N lowest of each row, from the weights updated so far.
+  reference's `tmp <= sort(tmp)[k]` takes k + 1 (more on ties); here exactly k, so s = 0 prunes nothing.
+  With `row_masks`, the int(width·s) lowest of each row of the block instead;
+- N:M: when a group of M columns is reached, the M−N lowest of each row, from the weights updated so far;
+  with a quantizer, every group of the block at the block start instead, so that a quantization group
+  starting there knows which of its weights will be zero (it must not size its range on them).
 """
 
 from __future__ import annotations
@@ -41,11 +44,12 @@ class ColumnQuantizer(Protocol):
     W: (rows, cols) float32 working weights. Column j and the rest of its block are up to date and
     W[:, j] already has its pruned entries zeroed; columns after the block are stale (their lazy update is
     pending), so a GPTQ quantizer with groups that computes its parameters at j % group_size == 0 from
-    W[:, j:j + group_size] needs blocksize % group_size == 0 — the caller's job. Must not modify W.
-    Returns the fake-quantized column j, shape (rows,).
+    W[:, j:j + group_size] needs blocksize % group_size == 0 — the caller's job. `pruned` (rows, cols) bool,
+    True = pruned, is final for every column of the current block and earlier; later blocks are not chosen
+    yet (all False). Must modify neither. Returns the fake-quantized column j, shape (rows,).
     """
 
-    def __call__(self, W: torch.Tensor, j: int) -> torch.Tensor: ...
+    def __call__(self, W: torch.Tensor, j: int, pruned: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ def sparsegpt(
     percdamp: float = 0.01,
     quantizer: ColumnQuantizer | None = None,
     mask: torch.Tensor | None = None,
+    row_masks: bool = False,
     max_damp_retries: int = 6,
     log: Callable[[str], None] = lambda s: None,
 ) -> ObsResult:
@@ -87,6 +92,7 @@ def sparsegpt(
     _drop_dead_inputs(W, H)
     pruned_t = (torch.zeros(cols, rows, dtype=torch.bool, device=Wt.device) if mask is None
                 else mask.to(Wt.device).t().contiguous())
+    pruned = pruned_t.t()  # (rows, cols) view for the quantizer hook
     loss = torch.zeros((), dtype=torch.float32, device=Wt.device)  # kept on device: no sync per block
 
     with _ieee_fp32_matmul():
@@ -97,17 +103,20 @@ def sparsegpt(
             W1, M1 = Wt[i1:i2], pruned_t[i1:i2]  # (block, rows) views into the working copies
             U1 = U[i1:i2, i1:i2]
             if isinstance(select, Unstructured):
-                M1[:] = _block_mask(W1.t() ** 2 / d2[i1:i2], select.sparsity).t()
+                scores = W1.t() ** 2 / d2[i1:i2]
+                M1[:] = (mask_from_scores(scores, select) if row_masks else _block_mask(scores, select.sparsity)).t()
+            elif isinstance(select, NM) and quantizer is not None:
+                M1[:] = mask_from_scores(W1.t() ** 2 / d2[i1:i2], select).t()
             Err1 = torch.zeros_like(W1)
             for i in range(i2 - i1):
-                if isinstance(select, NM) and i % select.m == 0:
+                if isinstance(select, NM) and quantizer is None and i % select.m == 0:
                     group = slice(i, i + select.m)
                     M1[group] = mask_from_scores(W1[group].t() ** 2 / d2[i1:i2][group], select).t()
                 w = W1[i].clone()
                 W1[i] = w.masked_fill(M1[i], 0.0)
                 if quantizer is not None:
                     # Quantization may move a zero off 0 (zero-point); pruned entries stay exactly 0.
-                    W1[i] = quantizer(W, i1 + i).masked_fill(M1[i], 0.0)
+                    W1[i] = quantizer(W, i1 + i, pruned).masked_fill(M1[i], 0.0)
                 err = (w - W1[i]) / U1[i, i]
                 W1[i + 1:].addr_(U1[i, i + 1:], err, alpha=-1.0)
                 Err1[i] = err
@@ -118,7 +127,8 @@ def sparsegpt(
 
 
 def sparsegpt_reference(
-    W: torch.Tensor, H: torch.Tensor, pattern: Pattern | None, *, blocksize: int, percdamp: float
+    W: torch.Tensor, H: torch.Tensor, pattern: Pattern | None, *, blocksize: int, percdamp: float,
+    row_masks: bool = False,
 ) -> ObsResult:
     """SparseGPT straight from the paper's equations, in float64, for tests and as documentation.
 
@@ -146,7 +156,8 @@ def sparsegpt_reference(
     for j in range(cols):
         if isinstance(pattern, Unstructured) and j % blocksize == 0:
             block = slice(j, min(j + blocksize, cols))
-            pruned[:, block] = _block_mask(W[:, block] ** 2 / d2[block], pattern.sparsity)
+            scores = W[:, block] ** 2 / d2[block]
+            pruned[:, block] = mask_from_scores(scores, pattern) if row_masks else _block_mask(scores, pattern.sparsity)
         if isinstance(pattern, NM) and j % pattern.m == 0:
             group = slice(j, j + pattern.m)
             pruned[:, group] = mask_from_scores(W[:, group] ** 2 / d2[group], pattern)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tasks.config import QuantizeConfig
+from tasks.gptq import gptq_act_order
 from tasks.patterns import NM, Unstructured
-from tasks.quantize import GroupQuantizer, QuantSpec, Quantized, expand_groups, find_params, rtn, sqnr_db
+from tasks.quantize import (MSE_NORM, GroupQuantizer, QuantSpec, Quantized, StaticGroupQuantizer, expand_groups,
+                            find_params, rtn, sqnr_db)
 from tasks.sparsegpt import sparsegpt
 
 SPECS = [QuantSpec(b, g, sym) for b in (2, 3, 4, 8) for g in (-1, 32, 64, 128) for sym in (False, True)]
@@ -133,6 +136,21 @@ def test_group_quantizer_in_sparsegpt_records_exactly_the_returned_weight(patter
     assert (result.weight[result.mask] == 0).all()
 
 
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_group_quantizer_sizes_groups_on_the_weights_that_are_not_pruned(spec):
+    # Joint SparseGPT + GPTQ: the column still holds weights about to be pruned; large ones must not
+    # widen the group's range. The parameters equal rtn's on the masked weight.
+    mask = half_mask((6, 129))
+    W = gaussian(6, 129) + 40.0 * mask
+    hook = GroupQuantizer(spec)
+    for j in range(W.shape[1]):
+        hook(W, j, mask)
+    ref = rtn(W, spec, mask)
+    q = hook.result(mask)
+    assert torch.equal(q.scales, ref.scales) and torch.equal(q.zeros, ref.zeros)
+    assert torch.equal(q.codes, ref.codes)
+
+
 def test_group_quantizer_needs_columns_in_order():
     hook = GroupQuantizer(QuantSpec(4, 32, False))
     W = gaussian(3, 64)
@@ -152,3 +170,61 @@ def test_spec_validation_and_sqnr_of_identical_weights():
         QuantSpec(4, 0, False)
     W = gaussian(2, 8)
     assert sqnr_db(W, W) == float("inf")
+
+
+def rounding_error(W: torch.Tensor, q: Quantized) -> torch.Tensor:
+    """Per-group Σ|w − w_hat|^2.4, the mse observer's objective, in float64."""
+    err = (W.double() - q.dequantize(torch.float64)).abs().pow(MSE_NORM)
+    return err.reshape(W.shape[0], q.spec.groups(W.shape[1]), -1).sum(-1)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, 32, False), QuantSpec(4, 64, True), QuantSpec(3, 64, False)], ids=str)
+def test_mse_observer_never_rounds_worse_and_clips_outliers(spec):
+    # Heavy tails: shrinking the range below the outlier lowers the error of the other weights.
+    W = gaussian(24, 128) ** 3
+    mask = half_mask(W.shape)
+    minmax, mse = rtn(W, spec, mask), rtn(W, spec, mask, mse=True)
+    kept = W.masked_fill(mask, 0.0)
+    assert (rounding_error(kept, mse) <= rounding_error(kept, minmax) * (1 + 1e-6)).all()
+    assert rounding_error(kept, mse).sum() < 0.97 * rounding_error(kept, minmax).sum()
+    assert (mse.scales.float() <= minmax.scales.float()).all()
+    assert (mse.dequantize()[mask] == 0.0).all()
+    assert sqnr_db(kept, mse.dequantize()) > sqnr_db(kept, minmax.dequantize())
+
+
+def test_static_group_quantizer_records_weight_columns_in_their_own_groups():
+    # The engine sees the columns permuted; codes, scales and zeros stay in the weight's order and
+    # a plain loop over the permuted columns (no error feedback) reproduces rtn exactly.
+    spec = QuantSpec(4, 32, False)
+    W, mask = gaussian(6, 96), half_mask((6, 96))
+    W = W.masked_fill(mask, 0.0)
+    order = torch.randperm(96, generator=torch.Generator().manual_seed(5))
+    hook = StaticGroupQuantizer(rtn(W, spec, mask), order)
+    seen = W[:, order].clone()
+    for j in range(96):
+        seen[:, j] = hook(seen, j)
+    ref = rtn(W, spec, mask)
+    q = hook.result(mask)
+    assert torch.equal(q.codes, ref.codes) and torch.equal(q.scales, ref.scales)
+    assert torch.equal(seen, ref.dequantize()[:, order])
+
+
+def test_act_order_gptq_keeps_zeros_and_beats_plain_gptq_on_uneven_inputs():
+    # Inputs of very different energy: quantizing the strong ones first leaves the most room to correct them.
+    rows, cols, n = 32, 128, 512
+    scales = torch.logspace(-1, 1, cols)[torch.randperm(cols, generator=torch.Generator().manual_seed(8))]
+    X = gaussian(cols, n, seed=7) * scales.unsqueeze(1)
+    H = 2 * X @ X.T / n
+    mask = half_mask((rows, cols))
+    W = gaussian(rows, cols, seed=9).masked_fill(mask, 0.0)
+    cfg = QuantizeConfig(bits=4, group_size=32, act_order=True)
+    q, weight = gptq_act_order(W, H, cfg, log=lambda s: None)
+    assert torch.equal(q.dequantize(), weight)
+    assert (weight[mask] == 0).all()
+    hook = GroupQuantizer(QuantSpec(4, 32, False))
+    plain = sparsegpt(W, H, None, blocksize=128, quantizer=hook, mask=mask).weight
+
+    def output_error(W_hat):
+        return ((W.double() - W_hat.double()) @ X.double()).norm().item()
+
+    assert output_error(weight) < output_error(plain) < output_error(rtn(W, QuantSpec(4, 32, False), mask).dequantize())

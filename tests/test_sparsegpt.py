@@ -33,10 +33,12 @@ class GridQuantizer:
         self.step = step
         self.calls: list[int] = []
         self.columns: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []  # the `pruned` mask as each call saw it
 
-    def __call__(self, W: torch.Tensor, j: int) -> torch.Tensor:
+    def __call__(self, W: torch.Tensor, j: int, pruned: torch.Tensor) -> torch.Tensor:
         self.calls.append(j)
         self.columns.append(W[:, j].clone())
+        self.masks.append(pruned.clone())
         return torch.round(W[:, j] / self.step) * self.step
 
 
@@ -52,6 +54,20 @@ def test_matches_float64_reference(rows, cols, pattern):
     assert (fast.weight.double() - ref.weight).norm() <= 1e-6 * ref.weight.norm()
     assert fast.error == pytest.approx(ref.error, rel=1e-5)
     assert fast.damp == pytest.approx(ref.damp, rel=1e-6)
+
+
+@pytest.mark.parametrize("rows, cols", [(16, 64), (48, 80)])
+def test_row_masks_match_float64_reference_with_the_same_count_in_every_block_row(rows, cols):
+    torch.manual_seed(rows * cols)
+    W = torch.randn(rows, cols)
+    H = hessian(calibration(cols, 4 * cols, seed=cols + 1))
+    fast = sparsegpt(W, H, Unstructured(0.5), blocksize=32, row_masks=True)
+    ref = sparsegpt_reference(W, H, Unstructured(0.5), blocksize=32, percdamp=0.01, row_masks=True)
+    assert torch.equal(fast.mask, ref.mask)
+    assert (fast.weight.double() - ref.weight).norm() <= 1e-6 * ref.weight.norm()
+    for start in range(0, cols, 32):
+        width = min(32, cols - start)
+        assert (fast.mask[:, start:start + width].sum(1) == width // 2).all()
 
 
 def test_prefix_mask_gives_least_squares_optimum():
@@ -193,13 +209,28 @@ def test_quantizer_is_called_per_column_and_keeps_pruned_zeros():
     assert torch.allclose(grid, grid.round(), atol=1e-4)
 
 
+@pytest.mark.parametrize("pattern", [Unstructured(0.5), NM(2, 4)], ids=str)
+def test_quantizer_sees_the_final_mask_of_its_whole_block(pattern):
+    # A quantization group starting at a block start sizes its range on the weights that stay.
+    torch.manual_seed(19)
+    rows, cols, blocksize = 16, 96, 32
+    W = torch.randn(rows, cols)
+    quantizer = GridQuantizer(0.05)
+    result = sparsegpt(W, hessian(calibration(cols, 256, seed=20)), pattern, blocksize=blocksize,
+                       quantizer=quantizer)
+    for j, seen in zip(quantizer.calls, quantizer.masks):
+        end = (j // blocksize + 1) * blocksize
+        assert torch.equal(seen[:, :end], result.mask[:, :end])
+        assert not seen[:, end:].any()
+
+
 def test_identity_quantizer_changes_nothing():
     # It sees the up-to-date column with pruned zeros, so returning it must reproduce the plain run exactly.
     torch.manual_seed(13)
     W = torch.randn(16, 64)
     H = hessian(calibration(64, 256, seed=14))
     plain = sparsegpt(W, H, Unstructured(0.5), blocksize=32)
-    hooked = sparsegpt(W, H, Unstructured(0.5), blocksize=32, quantizer=lambda W_, j: W_[:, j].clone())
+    hooked = sparsegpt(W, H, Unstructured(0.5), blocksize=32, quantizer=lambda W_, j, pruned: W_[:, j].clone())
     assert torch.equal(plain.weight, hooked.weight) and torch.equal(plain.mask, hooked.mask)
 
 
