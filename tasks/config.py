@@ -18,7 +18,7 @@ from tasks.pack import NM as NM_LAYOUT
 from tasks.patterns import NM, Pattern, parse_pattern
 
 Device = Literal["cpu", "cuda"]
-PruneMethod = Literal["magnitude", "wanda", "sparsegpt"]
+PruneMethod = Literal["magnitude", "wanda", "sparsegpt", "admm"]
 
 
 class Section(BaseModel):
@@ -50,6 +50,13 @@ class SparseGPTOptions(Section):
     mask: Literal["obs", "obs-row", "wanda"] = "obs"
 
 
+class ADMMOptions(Section):
+    """ADMM pruning (Boža 2024): the layer's least-squares reconstruction iterated to its optimum."""
+
+    iterations: PositiveInt = 30
+    percdamp: float = Field(0.01, ge=0.0)   # on the preconditioned H, whose diagonal is 1
+
+
 class OWLOptions(Section):
     """Outlier-weighted layerwise sparsity (Yin et al. 2024); unstructured targets only."""
 
@@ -70,6 +77,7 @@ class PruneConfig(Section):
     # Calibration samples per decoder-layer call (memory ∝ batch_size · seqlen · hidden).
     batch_size: PositiveInt = 8
     sparsegpt: SparseGPTOptions = SparseGPTOptions()
+    admm: ADMMOptions = ADMMOptions()
     owl: OWLOptions = OWLOptions()
 
     @field_validator("sparsity")

@@ -11,6 +11,7 @@ Methods (scores compared within each output row, or each group of M inputs for N
 - magnitude: |W_ij|
 - wanda (Sun et al. 2023): |W_ij| · ‖X_j‖₂
 - sparsegpt (Frantar & Alistarh 2023): OBS reconstruction, see tasks/sparsegpt.py
+- admm (Boža 2024): the reconstruction solved to its optimum with a gradual mask, see tasks/admm.py
 
 With OWL (tasks/owl.py) a first pass through the dense layers measures each layer's
 outlier ratio, which sets that layer's own sparsity around the target.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from tasks.admm import admm_prune
 from tasks.config import PruneConfig
 from tasks.errors import UserError
 from tasks.layers import (capture_inputs, find_decoder_layers, layer_output, move_kwargs,
@@ -87,12 +89,18 @@ def prune_sparsegpt(W: torch.Tensor, stats: InputStats, pattern: Pattern, cfg: P
     return Pruned(result.weight, result.mask)
 
 
+def prune_admm(W: torch.Tensor, stats: InputStats, pattern: Pattern, cfg: PruneConfig, log: Log) -> Pruned:
+    weight, mask = admm_prune(W, stats.hessian, pattern, iterations=cfg.admm.iterations, percdamp=cfg.admm.percdamp)
+    return Pruned(weight, mask)
+
+
 PRUNERS: dict[str, Callable[..., Pruned]] = {
     "magnitude": prune_magnitude,
     "wanda": prune_wanda,
     "sparsegpt": prune_sparsegpt,
+    "admm": prune_admm,
 }
-NEEDS_HESSIAN = {"sparsegpt"}
+NEEDS_HESSIAN = {"sparsegpt", "admm"}
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ def find_params(W_group: torch.Tensor, spec: QuantSpec, mse: bool = False) -> tu
     """(..., g) weights → (scale float16 (...,), zero uint8 (...,)), one pair per group (last dim).
 
     minmax (mse False): the range formulas of the module docstring. mse: the same formulas on the
-    range shrunk by the factor that minimises each group's rounding error (clipping outliers).
+    range shrunk by the factor that minimises each group's rounding error (clipping outliers);
+    the first such factor on ties, so 1 (min/max) unless shrinking helps.
     """
     x = W_group.float()
     scale, zero = _range_params(x, spec, 1.0)
@@ -124,7 +125,7 @@ def find_params(W_group: torch.Tensor, spec: QuantSpec, mse: bool = False) -> tu
 
 def _range_params(x: torch.Tensor, spec: QuantSpec, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
     if spec.symmetric:
-        scale = x.abs().amax(-1) * (shrink * 2 / spec.maxq)
+        scale = x.abs().amax(-1) * shrink * 2 / spec.maxq
     else:
         lo = x.amin(-1).clamp(max=0) * shrink
         scale = (x.amax(-1).clamp(min=0) * shrink - lo) / spec.maxq

@@ -182,6 +182,17 @@ def test_sparsegpt_2_4(family):
     check_forward(model, tokens)
 
 
+def test_admm_unstructured(family):
+    model = tiny_model(family)
+    tokens = calibration_tokens()
+    prune_model(model, tokens, PruneConfig(method="admm", sparsity=0.5), LOG)
+    for name, module in decoder_modules(model).items():
+        W = weight_view(module)
+        zeros = (W == 0).sum(dim=1)
+        assert zeros.eq(int(W.shape[1] * 0.5)).all(), f"{family}: {name} zeros per row {zeros.unique().tolist()}"
+    check_forward(model, tokens)
+
+
 class _Block(nn.Module):
     def __init__(self, experts: int):
         super().__init__()
