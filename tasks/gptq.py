@@ -5,6 +5,8 @@
   H = 2XXᵀ/n of each Linear's input; the OBS engine of tasks/sparsegpt.py runs with the
   existing zeros as a fixed mask and a GroupQuantizer column hook, so each column's
   rounding error is spread over the columns not yet quantized, and zeros stay zeros.
+  With act_order, the columns go in descending order of diag(H) and every group's
+  parameters are fixed before the pass (static groups), so the packed layout is unchanged.
 - joint: the same engine from the *dense* model chooses the mask (SparseGPT) and
   quantizes (GPTQ) in one pass.
 
