@@ -11,7 +11,8 @@ compensate for it; ADMM iterates to the least-squares optimum for the mask:
     Z ← (V + U) with the masked entries 0  the projection onto the pattern
     U ← U + V − Z                        the scaled dual
 
-ρ grows by `RHO_GROWTH` every `RHO_EVERY` iterations, pulling V onto Z; Z is the result.
+ρ grows by `RHO_GROWTH` every `RHO_EVERY` iterations, pulling V onto Z. That slows down near
+the optimum, so conjugate gradients on Z's kept entries finish the least-squares solve.
 The problem is preconditioned by the input norms d_j = √H_jj (W·d, D⁻¹HD⁻¹, unit diagonal),
 so one dampening and one ρ fit every layer, and |Z + U| there is Wanda's score |W_ij|·‖X_j‖.
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.patterns import NM, Pattern, Unstructured, mask_from_scores
+from tasks.patterns import Pattern, Unstructured, mask_from_scores
 
 RHO_START, RHO_GROWTH, RHO_EVERY = 0.1, 1.5, 3
 GRADUAL_SHARE = 0.6
@@ -38,7 +39,7 @@ def admm_prune(W: torch.Tensor, H: torch.Tensor, pattern: Pattern, *, iterations
     Returns (weight float32 (rows, cols) with exact zeros, mask bool (rows, cols), True = pruned).
     Dead inputs (H_jj = 0) are pruned, as SparseGPT drops them.
     """
-    rows, cols = W.shape
+    cols = W.shape[1]
     if H.shape != (cols, cols):
         raise ValueError(f"H must be (cols, cols) = ({cols}, {cols}) for W {tuple(W.shape)}, got {tuple(H.shape)}")
     H = H.detach().float()
