@@ -35,6 +35,8 @@ SETTINGS = {
     "sparsegpt-50+gptq4-mse": ({"method": "sparsegpt", "sparsity": 0.5}, {**GPTQ4, "observer": "mse"}, "bitmask-int4"),
     "admm-50+gptq4-actorder": ({"method": "admm", "sparsity": 0.5}, {**GPTQ4, "act_order": True}, "bitmask-int4"),
     "sparsegpt-50+gptq4-joint": ({"method": "sparsegpt", "sparsity": 0.5}, {**GPTQ4, "joint": True}, "bitmask-int4"),
+    "sparsegpt-50+gptq4-joint-actorder": ({"method": "sparsegpt", "sparsity": 0.5}, {**GPTQ4, "joint": True, "act_order": True},
+                                          "bitmask-int4"),
     "magnitude-2:4": ({"method": "magnitude", "sparsity": "2:4"}, None, None),
     "wanda-2:4": ({"method": "wanda", "sparsity": "2:4"}, None, None),
     "sparsegpt-2:4": ({"method": "sparsegpt", "sparsity": "2:4"}, None, None),
@@ -58,6 +60,11 @@ SETTINGS = {
     "wanda-owl-70": ({"method": "wanda", "sparsity": 0.7, "owl": {"enabled": True}}, None, None),
     "sparsegpt-70": ({"method": "sparsegpt", "sparsity": 0.7}, None, None),
     "sparsegpt-owl-70": ({"method": "sparsegpt", "sparsity": 0.7, "owl": {"enabled": True}}, None, None),
+    # OWL's m and lam tried for this model (the paper's 5 and 0.08 were chosen on LLaMA-7B)
+    "wanda-owl-m10-60": ({"method": "wanda", "sparsity": 0.6, "owl": {"enabled": True, "m": 10.0}}, None, None),
+    "wanda-owl-lam0.04-60": ({"method": "wanda", "sparsity": 0.6, "owl": {"enabled": True, "lam": 0.04}}, None, None),
+    "wanda-owl-m10-lam0.04-60": ({"method": "wanda", "sparsity": 0.6, "owl": {"enabled": True, "m": 10.0, "lam": 0.04}},
+                                 None, None),
 }
 
 

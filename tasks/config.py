@@ -120,9 +120,6 @@ class QuantizeConfig(Section):
         if self.group_size > 0 and self.blocksize % self.group_size:
             raise ValueError(f"quantize.blocksize = {self.blocksize} must be a multiple of "
                              f"quantize.group_size = {self.group_size}")
-        if self.act_order and self.joint:
-            raise ValueError("quantize.act_order = true needs quantize.joint = false (a joint pass chooses "
-                             "the mask block by block, in the weight's own column order)")
         return self
 
 
@@ -279,4 +276,8 @@ class Params(Section):
         if quantize.joint and (self.prune.method != "sparsegpt" or quantize.method != "gptq"):
             raise ValueError("quantize.joint = true needs prune.method = 'sparsegpt' and quantize.method = 'gptq', "
                              f"got {self.prune.method!r} and {quantize.method!r}")
+        if quantize.joint and quantize.act_order and isinstance(self.prune.pattern, NM):
+            raise ValueError(f"quantize.joint = true with quantize.act_order = true needs an unstructured "
+                             f"prune.sparsity, got {self.prune.sparsity!r} (act-order visits the inputs out of "
+                             "order, an N:M group is M consecutive ones); set quantize.act_order: false")
         return self

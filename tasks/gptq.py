@@ -8,7 +8,8 @@
   With act_order, the columns go in descending order of diag(H) and every group's
   parameters are fixed before the pass (static groups), so the packed layout is unchanged.
 - joint: the same engine from the *dense* model chooses the mask (SparseGPT) and
-  quantizes (GPTQ) in one pass.
+  quantizes (GPTQ) in one pass; with act_order, the groups are sized on a pruning-only
+  pass in the same column order first (unstructured masks only).
 
 A pruned weight always gets code = zero-point, so it dequantizes to exactly 0.0.
 """
@@ -25,7 +26,7 @@ from torch import nn
 from tasks.config import PruneConfig, QuantizeConfig
 from tasks.errors import UserError
 from tasks.layers import find_decoder_layers, prunable_modules, set_weight, weight_view
-from tasks.patterns import Unstructured, mask_from_scores
+from tasks.patterns import Pattern, Unstructured, mask_from_scores
 from tasks.prune import (InputStats, LinearRecord, owl_layer_sparsities, peak_device_bytes, run_sequential,
                          sequential_setup, wanda_scores)
 from tasks.quantize import GroupQuantizer, Quantized, QuantSpec, StaticGroupQuantizer, rtn
@@ -90,17 +91,18 @@ def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, 
     quantized: dict[str, Quantized] = {}
 
     def op(index: int, name: str, W: torch.Tensor, stats: InputStats) -> torch.Tensor:
-        if cfg.act_order:
-            quantized[name], weight = gptq_act_order(W, stats.hessian, cfg, log)
-            return weight
-        hook = GroupQuantizer(spec_of(cfg), mse=cfg.observer == "mse")
         if cfg.joint:
             pattern = Unstructured(targets[index]) if targets else prune_cfg.pattern
             mask = mask_from_scores(wanda_scores(W, stats), pattern) if prune_cfg.sparsegpt.mask == "wanda" else None
         else:
             pattern, mask = None, W == 0
+        row_masks = prune_cfg.sparsegpt.mask == "obs-row"
+        if cfg.act_order:
+            quantized[name], weight = gptq_act_order(W, stats.hessian, cfg, pattern, mask, row_masks, log)
+            return weight
+        hook = GroupQuantizer(spec_of(cfg), mse=cfg.observer == "mse")
         result = sparsegpt(W, stats.hessian, pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
-                           quantizer=hook, mask=mask, row_masks=prune_cfg.sparsegpt.mask == "obs-row", log=log)
+                           quantizer=hook, mask=mask, row_masks=row_masks, log=log)
         quantized[name] = hook.result(result.mask)
         return result.weight
 
@@ -109,14 +111,35 @@ def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, 
     return QuantizeReport(quantized, records, time.perf_counter() - start, peak_device_bytes(how))
 
 
-def gptq_act_order(W: torch.Tensor, H: torch.Tensor, cfg: QuantizeConfig, log: Log) -> tuple[Quantized, torch.Tensor]:
-    """GPTQ of a pruned W (zeros kept) with the columns in descending order of diag(H) and static groups:
-    every group's parameters come from rtn of W first, then the engine runs on the permuted W and H."""
-    mask = W == 0
+def gptq_act_order(W: torch.Tensor, H: torch.Tensor, cfg: QuantizeConfig, pattern: Pattern | None,
+                   mask: torch.Tensor | None, row_masks: bool, log: Log) -> tuple[Quantized, torch.Tensor]:
+    """GPTQ with the columns in descending order of diag(H) and static groups: every group's
+    parameters are fixed before the quantizing pass, then the engine runs on the permuted W and H.
+
+    Pruned W (pattern None, mask = its zeros): the groups are sized on W itself. Joint (pattern or
+    a given mask on the dense W): they are sized on a pruning-only pass in the same order first,
+    on the weights it keeps as that pass leaves them, so no range is widened by a weight about
+    to be pruned; the quantizing pass then chooses its own mask, as joint mode does in order.
+    """
     order = torch.argsort(torch.diag(H), descending=True, stable=True)
-    hook = StaticGroupQuantizer(rtn(W, spec_of(cfg), mask=mask, mse=cfg.observer == "mse"), order)
-    result = sparsegpt(W[:, order], H[order][:, order], None, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
-                       quantizer=hook, mask=mask[:, order], log=log)
-    weight = torch.empty_like(result.weight)
-    weight[:, order] = result.weight
-    return hook.result(mask), weight
+
+    def run(quantizer: StaticGroupQuantizer | None) -> tuple[torch.Tensor, torch.Tensor]:
+        result = sparsegpt(W[:, order], H[order][:, order], pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
+                           quantizer=quantizer, mask=None if mask is None else mask[:, order], row_masks=row_masks,
+                           log=log)
+        return _unpermute(result.weight, order), _unpermute(result.mask, order)
+
+    if pattern is None and mask is not None and not W[mask].any():
+        sized, zero = W, mask  # a pruned W: a pruning pass would leave it as it is
+    else:
+        sized, zero = run(None)
+    hook = StaticGroupQuantizer(rtn(sized, spec_of(cfg), mask=zero, mse=cfg.observer == "mse"), order)
+    weight, pruned = run(hook)
+    return hook.result(pruned), weight
+
+
+def _unpermute(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The columns of t, which are columns order[0], order[1], … of a weight, back in the weight's order."""
+    out = torch.empty_like(t)
+    out[:, order] = t
+    return out

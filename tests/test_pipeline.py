@@ -75,28 +75,30 @@ def test_evaluate_and_metrics(stages):
     assert metrics["peak_host_mib"] > 0
 
 
-@pytest.mark.parametrize("method,quantize_cfg,fmt", [
-    ("wanda", {"method": "gptq", "bits": 4, "group_size": 32}, "nm-int4"),
-    ("wanda", {"method": "gptq", "bits": 4, "group_size": 32, "act_order": True, "observer": "mse"}, "nm-int4"),
-    ("sparsegpt", {"method": "gptq", "bits": 4, "group_size": 32, "joint": True}, "nm-int4"),
-    ("wanda", {"method": "rtn", "bits": 8, "group_size": -1, "symmetric": True}, "nm-int8"),
-    ("wanda", {"method": "none"}, "nm"),
-], ids=["gptq", "gptq-actorder-mse", "joint", "rtn8", "none"])
-def test_quantize_pack_and_load_back(stages, method, quantize_cfg, fmt, request):
+@pytest.mark.parametrize("method,sparsity,quantize_cfg,fmt", [
+    ("wanda", "2:4", {"method": "gptq", "bits": 4, "group_size": 32}, "nm-int4"),
+    ("wanda", "2:4", {"method": "gptq", "bits": 4, "group_size": 32, "act_order": True, "observer": "mse"}, "nm-int4"),
+    ("sparsegpt", "2:4", {"method": "gptq", "bits": 4, "group_size": 32, "joint": True}, "nm-int4"),
+    ("sparsegpt", 0.5, {"method": "gptq", "bits": 4, "group_size": 32, "joint": True, "act_order": True},
+     "bitmask-int4"),
+    ("wanda", "2:4", {"method": "rtn", "bits": 8, "group_size": -1, "symmetric": True}, "nm-int8"),
+    ("wanda", "2:4", {"method": "none"}, "nm"),
+], ids=["gptq", "gptq-actorder-mse", "joint", "joint-actorder", "rtn8", "none"])
+def test_quantize_pack_and_load_back(stages, method, sparsity, quantize_cfg, fmt, request):
     from prunepipe import load_packed
     from tasks.config import PackConfig, QuantizeConfig
 
     root, model, calib = stages
     tag = request.node.callspec.id
-    prune_cfg = PruneConfig(method=method, sparsity="2:4")
-    pruned = pipeline.prune(prune_cfg, model, calib, root / f"p24-{tag}", LOG)
+    prune_cfg = PruneConfig(method=method, sparsity=sparsity)
+    pruned = pipeline.prune(prune_cfg, model, calib, root / f"p-{tag}", LOG)
     qcfg = QuantizeConfig(**quantize_cfg)
     quantized = pipeline.quantize(qcfg, prune_cfg, model, pruned, calib, root / f"q-{tag}", LOG)
     packed = pipeline.pack(PackConfig(format=fmt), qcfg, prune_cfg, quantized, root / f"pk-{tag}", LOG)
 
     fake, _, _ = load_model_dir(quantized)
     before, _, _ = load_model_dir(pruned)
-    if not qcfg.joint:  # joint prunes the dense model itself: its zeros are its own, 2:4 all the same
+    if not qcfg.joint:  # joint prunes the dense model itself: its zeros are its own, the pattern all the same
         for name, w in fake.state_dict().items():   # every pruned zero is still exactly zero
             assert torch.equal(w[before.state_dict()[name] == 0], torch.zeros_like(w[before.state_dict()[name] == 0]))
     reloaded = load_packed(packed)
@@ -108,8 +110,12 @@ def test_quantize_pack_and_load_back(stages, method, quantize_cfg, fmt, request)
     tol = 1e-5 if fmt != "nm" else 2e-2
     assert (got - want).abs().max() <= tol * want.abs().max()
     meta = json.loads((packed / "metadata.json").read_text())
-    # kept values + 2-bit positions of the kept half + fp16 scale and uint8 zero per group
-    expected = {"nm-int4": 0.25 + 0.125 + 3 / 32, "nm-int8": 0.5 + 0.125 + 3 / 72, "nm": 1.125}[fmt]
+    # kept values + 2-bit positions of the kept half (bitmask: 1 bit per weight and an int32 offset per row)
+    # + fp16 scale and uint8 zero per group
+    expected = {"nm-int4": 0.25 + 0.125 + 3 / 32, "nm-int8": 0.5 + 0.125 + 3 / 72, "nm": 1.125}.get(fmt)
+    if fmt == "bitmask-int4":
+        shapes = [w.shape for name, w in fake.state_dict().items() if ".layers." in name and name.endswith("proj.weight")]
+        expected = 0.25 + 0.125 + 3 / 32 + sum(4 * rows for rows, _ in shapes) / sum(r * c for r, c in shapes)
     assert meta["bytes_per_weight"] == pytest.approx(expected, rel=0.03)
 
 

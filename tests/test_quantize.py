@@ -218,7 +218,7 @@ def test_act_order_gptq_keeps_zeros_and_beats_plain_gptq_on_uneven_inputs():
     mask = half_mask((rows, cols))
     W = gaussian(rows, cols, seed=9).masked_fill(mask, 0.0)
     cfg = QuantizeConfig(bits=4, group_size=32, act_order=True)
-    q, weight = gptq_act_order(W, H, cfg, log=lambda s: None)
+    q, weight = gptq_act_order(W, H, cfg, None, mask, False, log=lambda s: None)
     assert torch.equal(q.dequantize(), weight)
     assert (weight[mask] == 0).all()
     hook = GroupQuantizer(QuantSpec(4, 32, False))
@@ -228,3 +228,26 @@ def test_act_order_gptq_keeps_zeros_and_beats_plain_gptq_on_uneven_inputs():
         return ((W.double() - W_hat.double()) @ X.double()).norm().item()
 
     assert output_error(weight) < output_error(plain) < output_error(rtn(W, QuantSpec(4, 32, False), mask).dequantize())
+
+
+def test_joint_act_order_prunes_exactly_keeps_its_zeros_and_beats_rounding_the_pruned_weight():
+    # SparseGPT + GPTQ in one pass in descending diag(H) order, from the dense W.
+    rows, cols, n = 32, 128, 512
+    scales = torch.logspace(-1, 1, cols)[torch.randperm(cols, generator=torch.Generator().manual_seed(8))]
+    X = gaussian(cols, n, seed=7) * scales.unsqueeze(1)
+    H = 2 * X @ X.T / n
+    W = gaussian(rows, cols, seed=9)
+    cfg = QuantizeConfig(bits=4, group_size=32, act_order=True, joint=True)
+    q, weight = gptq_act_order(W, H, cfg, Unstructured(0.5), None, False, log=lambda s: None)
+    assert torch.isfinite(weight).all() and torch.equal(q.dequantize(), weight)
+    # one block of 128 columns: exactly half of it pruned, and a few kept weights that round to 0
+    assert rows * cols // 2 <= (weight == 0).sum() < 0.55 * rows * cols
+    order = torch.argsort(torch.diag(H), descending=True)
+    pruned_only = torch.empty_like(W)
+    pruned_only[:, order] = sparsegpt(W[:, order], H[order][:, order], Unstructured(0.5), blocksize=128).weight
+    rounded = rtn(pruned_only, QuantSpec(4, 32, False), pruned_only == 0).dequantize()
+
+    def output_error(W_hat):
+        return ((W.double() - W_hat.double()) @ X.double()).norm().item()
+
+    assert output_error(weight) < output_error(rounded)

@@ -57,8 +57,9 @@ def run_cli(tmp_path, monkeypatch, capsys, params: dict, *argv) -> tuple[int, st
     ({"quantize": {"bits": 5}}, "quantize.bits = 5: Input should be 2, 3, 4 or 8"),
     ({"quantize": {"group_size": 100}}, "quantize.group_size = 100: Input should be -1, 32, 64 or 128"),
     ({"quantize": {"observer": "p99"}}, "quantize.observer = 'p99': Input should be 'minmax' or 'mse'"),
-    ({"prune": {"method": "sparsegpt"}, "quantize": {"act_order": True, "joint": True}},
-     "quantize.act_order = true needs quantize.joint = false"),
+    ({"prune": {"method": "sparsegpt", "sparsity": "2:4"}, "quantize": {"act_order": True, "joint": True},
+      "pack": {"format": "nm-int4"}},
+     "quantize.joint = true with quantize.act_order = true needs an unstructured prune.sparsity, got '2:4'"),
     ({"calibration": {"nsamples": 0}}, "calibration.nsamples = 0: Input should be greater than 0"),
     ({"pack": {"format": "nm-int4"}}, "pack.format = 'nm-int4' needs an N:M prune.sparsity"),
 ])
