@@ -230,7 +230,7 @@ def test_act_order_gptq_keeps_zeros_and_beats_plain_gptq_on_uneven_inputs():
     assert output_error(weight) < output_error(plain) < output_error(rtn(W, QuantSpec(4, 32, False), mask).dequantize())
 
 
-def test_joint_act_order_prunes_exactly_keeps_its_zeros_and_beats_rounding_the_pruned_weight():
+def test_joint_act_order_prunes_half_records_its_weight_and_beats_rounding_the_pruned_weight():
     # SparseGPT + GPTQ in one pass in descending diag(H) order, from the dense W.
     rows, cols, n = 32, 128, 512
     scales = torch.logspace(-1, 1, cols)[torch.randperm(cols, generator=torch.Generator().manual_seed(8))]
