@@ -65,6 +65,8 @@ SETTINGS = {
     "wanda-owl-lam0.04-60": ({"method": "wanda", "sparsity": 0.6, "owl": {"enabled": True, "lam": 0.04}}, None, None),
     "wanda-owl-m10-lam0.04-60": ({"method": "wanda", "sparsity": 0.6, "owl": {"enabled": True, "m": 10.0, "lam": 0.04}},
                                  None, None),
+    "wanda-owl-m10-50": ({"method": "wanda", "sparsity": 0.5, "owl": {"enabled": True, "m": 10.0}}, None, None),
+    "sparsegpt-owl-m10-50": ({"method": "sparsegpt", "sparsity": 0.5, "owl": {"enabled": True, "m": 10.0}}, None, None),
     "wanda-owl-m10-70": ({"method": "wanda", "sparsity": 0.7, "owl": {"enabled": True, "m": 10.0}}, None, None),
     "sparsegpt-owl-m10-60": ({"method": "sparsegpt", "sparsity": 0.6, "owl": {"enabled": True, "m": 10.0}}, None, None),
     "sparsegpt-owl-m10-70": ({"method": "sparsegpt", "sparsity": 0.7, "owl": {"enabled": True, "m": 10.0}}, None, None),
