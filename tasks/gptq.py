@@ -116,23 +116,22 @@ def gptq_act_order(W: torch.Tensor, H: torch.Tensor, cfg: QuantizeConfig, patter
     """GPTQ with the columns in descending order of diag(H) and static groups: every group's
     parameters are fixed before the quantizing pass, then the engine runs on the permuted W and H.
 
-    Pruned W (pattern None, mask = its zeros): the groups are sized on W itself. Joint (pattern or
-    a given mask on the dense W): they are sized on a pruning-only pass in the same order first,
-    on the weights it keeps as that pass leaves them, so no range is widened by a weight about
-    to be pruned; the quantizing pass then chooses its own mask, as joint mode does in order.
+    Pruned W (pattern None, mask = its zeros): the groups are sized on W itself. Joint (a pattern,
+    with or without a given mask, on the dense W): they are sized on a pruning-only pass in the
+    same order first, on the weights it keeps as that pass leaves them, so no range is widened by
+    a weight about to be pruned; the quantizing pass then chooses its own mask, as joint mode
+    does in order.
     """
     order = torch.argsort(torch.diag(H), descending=True, stable=True)
+    W_order, H_order = W[:, order], H[order][:, order]
+    mask_order = None if mask is None else mask[:, order]
 
     def run(quantizer: StaticGroupQuantizer | None) -> tuple[torch.Tensor, torch.Tensor]:
-        result = sparsegpt(W[:, order], H[order][:, order], pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
-                           quantizer=quantizer, mask=None if mask is None else mask[:, order], row_masks=row_masks,
-                           log=log)
+        result = sparsegpt(W_order, H_order, pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
+                           quantizer=quantizer, mask=mask_order, row_masks=row_masks, log=log)
         return _unpermute(result.weight, order), _unpermute(result.mask, order)
 
-    if pattern is None and mask is not None and not W[mask].any():
-        sized, zero = W, mask  # a pruned W: a pruning pass would leave it as it is
-    else:
-        sized, zero = run(None)
+    sized, zero = (W, mask) if pattern is None else run(None)  # a pruned W: nothing left to prune
     hook = StaticGroupQuantizer(rtn(sized, spec_of(cfg), mask=zero, mse=cfg.observer == "mse"), order)
     weight, pruned = run(hook)
     return hook.result(pruned), weight
