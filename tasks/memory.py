@@ -40,16 +40,17 @@ def available_host_bytes() -> int | None:
     return None
 
 
-def sequential_estimate(model_dir: Path, nsamples: int, seqlen: int, device: str, offload: bool,
+def sequential_estimate(model_dir: Path, nsamples: int, seqlen: int, batch: int, device: str, offload: bool,
                         hessian: bool) -> Estimate:
-    """Bytes a layer-by-layer pass over the model in `model_dir` needs, host and device."""
+    """Bytes a layer-by-layer pass over the model in `model_dir` needs, host and device. The
+    calibration activations are held once, plus the batch being replaced by its output."""
     weights = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
     config = json.loads((Path(model_dir) / "config.json").read_text())
     config = config.get("text_config", config)
     hidden = config.get("hidden_size") or config.get("n_embd") or config.get("d_model") or 0
     inter = config.get("intermediate_size") or config.get("ffn_dim") or 4 * hidden
     layers = config.get("num_hidden_layers") or config.get("n_layer") or 1
-    activations = 2 * nsamples * seqlen * hidden * 4
+    activations = (nsamples + batch) * seqlen * hidden * 4
     stats = (hidden * hidden + inter * inter) * 4 if hessian else (hidden + inter) * 4
     layer = (weights // layers) + stats
     if device == "cpu":

@@ -145,7 +145,7 @@ def write_run_stats(path: Path | None, stats: dict) -> None:
 def prune(cfg: PruneConfig, model_dir: Path, calibration_dir: Path, out: Path, log: Log,
           progress: Progress | None = None, run_stats: Path | None = None) -> Path:
     tokens = load_calibration(calibration_dir)
-    need = sequential_estimate(model_dir, *tokens.shape, cfg.device, cfg.offload_activations,
+    need = sequential_estimate(model_dir, *tokens.shape, cfg.batch_size, cfg.device, cfg.offload_activations,
                                cfg.method in NEEDS_HESSIAN)
     check_memory(need, cfg.device, f"prune ({cfg.method})")
     model, tokenizer, _ = load_model_dir(model_dir)
@@ -177,7 +177,8 @@ def quantize(cfg: QuantizeConfig, prune_cfg: PruneConfig, model_dir: Path, prune
     source = model_dir if cfg.joint else pruned_dir
     tokens = load_calibration(calibration_dir)
     if cfg.method == "gptq":
-        check_memory(sequential_estimate(source, *tokens.shape, cfg.device, prune_cfg.offload_activations, True),
+        check_memory(sequential_estimate(source, *tokens.shape, prune_cfg.batch_size, cfg.device,
+                                         prune_cfg.offload_activations, True),
                      cfg.device, "quantize (gptq)")
     model, tokenizer, _ = load_model_dir(source)
     check_group_size(model, cfg)

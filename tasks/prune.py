@@ -174,8 +174,12 @@ def run_sequential(model: nn.Module, tokens: torch.Tensor, how: Sequential, op: 
     tick = progress(len(tokens), "capture layer-0 inputs") if progress else None
     inputs = capture_inputs(model, layers, tokens, store=how.store, progress=tick)
     # Samples travel through the layers in batches; the recorded kwargs (masks, rotary
-    # embeddings) have batch dimension 1 and broadcast over them.
-    hidden = [torch.cat(inputs.hidden[i:i + how.batch]) for i in range(0, len(inputs.hidden), how.batch)]
+    # embeddings) have batch dimension 1 and broadcast over them. Each batch is replaced by its
+    # output in place, so the activations are held once, plus one batch.
+    hidden = []
+    while inputs.hidden:
+        hidden.append(torch.cat(inputs.hidden[:how.batch]))
+        del inputs.hidden[:how.batch]
     tick = progress(len(layers), label) if progress else None
     records: list[LinearRecord] = []
     for index, layer in enumerate(layers):
@@ -193,7 +197,8 @@ def run_sequential(model: nn.Module, tokens: torch.Tensor, how: Sequential, op: 
                                         sparsity=float((updated == 0).float().mean()),
                                         seconds=time.perf_counter() - began))
         del stats
-        hidden = [layer_output(layer(h.to(how.device), **kwargs)).to(how.store) for h in hidden]
+        for b, h in enumerate(hidden):
+            hidden[b] = layer_output(layer(h.to(how.device), **kwargs)).to(how.store)
         layer.to("cpu")
         if tick:
             tick()

@@ -121,7 +121,8 @@ def test_replay_reproduces_the_model(family, attn):
 
 
 def test_engine_at_zero_sparsity_reproduces_the_model(family):
-    """prune_model's own propagation (the last pass through each layer) matches the model."""
+    """prune_model's own propagation (the last pass through each layer) matches the model,
+    with the samples in uneven batches (3 + 1) that are each replaced by their output."""
     model = tiny_model(family)
     tokens = calibration_tokens()
     expected = reference_layer_outputs(model, tokens)
@@ -131,7 +132,7 @@ def test_engine_at_zero_sparsity_reproduces_the_model(family):
     handles = [layer.register_forward_hook(lambda m, a, out, i=i: seen[i].append(layer_output(out).clone()))
                for i, layer in enumerate(layers)]
     try:
-        prune_model(model, tokens, PruneConfig(method="wanda", sparsity=0.0), LOG)
+        prune_model(model, tokens, PruneConfig(method="wanda", sparsity=0.0, batch_size=3), LOG)
     finally:
         for handle in handles:
             handle.remove()

@@ -192,7 +192,7 @@ def test_unknown_artifact_version(calib_dir, tmp_path):
 def test_memory_guard_names_estimate_and_available(model_dir):
     from tasks.memory import sequential_estimate
 
-    need = sequential_estimate(model_dir, 4, 32, "cpu", False, True)
+    need = sequential_estimate(model_dir, 4, 32, 2, "cpu", False, True)
     assert need.host_bytes > 2 * (model_dir / "model.safetensors").stat().st_size
     with pytest.raises(InsufficientMemory, match=r"prune needs about 1024\.0 GiB of host memory, only [\d.]+ GiB"):
         check_memory(Estimate(1 << 40, 0), "cpu", "prune")
