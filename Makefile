@@ -1,13 +1,15 @@
 # `make run`: set up .venv and run the pipeline on the packaged default (`dvc repro`).
 # `make test`: set up .venv and run the tests (what CI runs).
+# `make reference`: our pruning against llm-compressor's (bench/reference_compare.py, ~45 min on 2 cores).
 VENV   := .venv
+REF    := bench/reference/.venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export PREFECT_HOME := $(abspath .prefect)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test
+.PHONY: run test reference
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,3 +28,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# llm-compressor pins an older transformers: its own environment, used by bench/ only.
+$(REF)/.installed: bench/reference/requirements.txt
+	python3 -m venv $(REF)
+	$(REF)/bin/python -m pip install -q --upgrade pip
+	$(REF)/bin/python -m pip install -q -r bench/reference/requirements.txt
+	touch $@
+
+reference: $(STAMP) $(REF)/.installed
+	dvc repro calibrate
+	$(BIN)/python bench/reference_compare.py
