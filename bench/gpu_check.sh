@@ -8,7 +8,13 @@
 #    the benchmark still runs;
 # 2. the whole benchmark (params.yaml's `benchmark` section, tasks/benchmark.py): every kernel
 #    against cuBLAS, torch's 2:4 (semi-structured and raw cuSPARSELt) and int4 peers, then batch-1
-#    decode of a random Llama-shaped model, dense and packed, with CUDA graphs.
+#    decode of a random Llama-shaped model, dense and packed, with CUDA graphs;
+# 3. SparseGPT on a Llama-7B-shaped model with random weights (bench/llama7b_prune.py): seconds per
+#    layer and peak GPU memory, activations on the GPU and offloaded. It needs pydantic, which the
+#    H200 image lacks: carry its wheels, fetched here with
+#      pip download -d bench/wheels --only-binary=:all: --python-version 3.12 \
+#          --platform manylinux2014_x86_64 --implementation cp pydantic==2.14.3
+#    (run(..., carry=["bench/wheels", ...])); they are installed under $WORK, not into the image.
 # Installs nothing and needs no network, Prefect or DVC: python3 with torch, triton, transformers,
 # safetensors, pyyaml, pandas and matplotlib (what the H200 image has). Budget: under 5 minutes on a
 # fresh machine, autotuning included: PRUNEPIPE_AUTOTUNE=quick (3 configs per path, short timing),
@@ -20,7 +26,7 @@
 # this script's log (gpu_check.log), the pytest log and the dispatch cache. Exit 0: tests and
 # benchmark passed; 1: kernel tests failed; 2: the benchmark failed. Knobs (environment): PYTHON
 # (python3), TAG (h200), TEST_TIMEOUT_S (120), BENCH_TIMEOUT_S (300), OPS_BUDGET_S (110),
-# XDIST_WORKERS (8).
+# PRUNE_TIMEOUT_S (180), XDIST_WORKERS (8). Exit 3: the Llama-7B prune failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,11 +95,23 @@ BENCH_RC=$?
 set -e
 step "benchmark: exit code $BENCH_RC$([ "$BENCH_RC" = 124 ] && echo ' (timed out)')"
 
+step "Llama-7B-shaped SparseGPT prune"
+set +e
+if ! "$PYTHON" -c 'import pydantic' 2>/dev/null && [ -d bench/wheels ]; then
+    "$PYTHON" -m pip install -q --no-index --find-links bench/wheels --target "$WORK/site" pydantic
+    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" timeout "${PRUNE_TIMEOUT_S:-180}" "$PYTHON" bench/llama7b_prune.py --device cuda --tag "$TAG"
+PRUNE_RC=$?
+set -e
+step "Llama-7B prune: exit code $PRUNE_RC$([ "$PRUNE_RC" = 124 ] && echo ' (timed out)')"
+
 if [ -n "${OUT:-}" ]; then
-    for f in "$JSON" "$PNG"; do
+    for f in "$JSON" "$PNG" "$RESULTS/$TAG-llama7b-prune.json"; do
         if [ -f "$f" ]; then cp "$f" "$OUT/"; fi
     done
 fi
 step "done: $JSON, logs and dispatch cache in $WORK"
 if [ "$BENCH_RC" != 0 ]; then exit 2; fi
 if [ "$TEST_RC" != 0 ]; then exit 1; fi
+if [ "$PRUNE_RC" != 0 ]; then exit 3; fi
