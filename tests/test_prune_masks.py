@@ -39,6 +39,20 @@ def test_unstructured_exact_count_per_row(sparsity):
     assert torch.equal(result.weight == 0, result.mask)
 
 
+@pytest.mark.parametrize("sparsity", [0.01, 0.3, 0.5, 0.99])
+def test_unstructured_mask_is_the_stable_sort_one_with_ties(sparsity):
+    """The k lowest of each row; among equal scores the leftmost go first, as a stable sort orders them."""
+    torch.manual_seed(2)
+    scores = torch.randint(0, 6, (40, 96)).float()  # six values: ties everywhere, also at the k-th
+    scores[0] = 1.0                                  # a row of one value: the first k columns go
+    k = int(96 * sparsity)
+    expected = torch.zeros_like(scores, dtype=torch.bool)
+    expected.scatter_(-1, torch.argsort(scores, dim=-1, stable=True)[:, :k], True)
+    mask = mask_from_scores(scores, Unstructured(sparsity))
+    assert torch.equal(mask, expected)
+    assert mask[0].tolist() == [True] * k + [False] * (96 - k)
+
+
 @pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
 def test_nm_exact_count_per_group(n, m):
     torch.manual_seed(1)
