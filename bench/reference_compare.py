@@ -46,8 +46,10 @@ SETTINGS = {
 def prune_reference(python: Path, method: str, sparsity: str, batch: int, out: Path) -> dict:
     command = [str(python), "bench/reference/prune.py", "--method", method, "--sparsity", sparsity,
                "--batch-size", str(batch), "--out", str(out)]
-    with open(out.parent / "reference.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode:
+        tail = "\n".join((run.stdout + run.stderr).splitlines()[-20:])
+        sys.exit(f"the reference prune failed (exit {run.returncode}): {' '.join(command)}\n{tail}")
     return json.loads((out / "timing.json").read_text())
 
 
@@ -86,6 +88,7 @@ def evaluate(model, windows: torch.Tensor, cfg: EvaluateConfig) -> float:
 
 def measure(name: str, python: Path, cfg: EvaluateConfig, work: Path) -> dict:
     method, sparsity, batch = SETTINGS[name]
+    print(f"{name}: pruning with llm-compressor (a few minutes, its log is shown only if it fails)", flush=True)
     reference_timing = prune_reference(python, method, sparsity, batch, work / "reference")
     pruned, our_timing = prune_ours(method, sparsity, batch, work)
 
