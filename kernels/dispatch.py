@@ -2,20 +2,23 @@
 
     y = dispatch.linear(x, PackedWeight(...), bias)      # x (..., K), Ŵ (N, K) = the dequantized weight
 
-Candidates (name → path):
+Candidates (name → path), every one offered at every batch where it applies:
     torch       dequantize Ŵ with torch ops, then F.linear (cuBLAS on CUDA). The reference: always
                 available, and on a CPU tensor the only path, taken at once (no key, no timing, no
                 file), so CPU numbers are exactly the reference's.
     triton      the format's Triton kernel (kernels.launcher), on CUDA only and for fp16/bf16 x:
                 TRITON_INTERPRET is for the tests, never for inference.
-    cusparselt  2:4 `nm`, fp16/bf16 values of x's dtype, batch bucket ≥ CSLT_MIN_BATCH:
-                torch._cslt_sparse_mm on a cuSPARSELt-compressed Ŵ with the algorithm id from
-                torch._cslt_sparse_mm_search. The compressed copy (≈ `nm`'s own 1.125 B/w) is made
-                once and kept in PackedWeight.derived *beside* the `nm` tensors: that is why it
-                is offered only at prefill-sized batches, where the tensor cores, not the bytes,
-                bound the matmul (the H200 anchors: cuSPARSELt loses to dense below ~1k tokens).
-Not a candidate: a dense Ŵ cached between calls. It would win every race and defeat the point of
-packing, which is the bytes; the torch path dequantizes on every call and is timed that way.
+    dequant     `int4` / `int8`: one fused Triton pass writes Ŵ in x's dtype (kernels/dequant.py),
+                then cuBLAS; what large batches want, where the matmul, not the bytes, bounds time.
+    tinygemm    `int4` with groups of 32–256: torch._weight_int4pack_mm (bf16; x is cast) on our
+                codes repacked once into its tile layout, with z' = (8 − z)·s.
+    cusparselt  2:4 `nm` with values of x's dtype: torch._cslt_sparse_mm on a cuSPARSELt-compressed
+                Ŵ with the algorithm id torch._cslt_sparse_mm_search picks per batch bucket.
+The tinygemm and cuSPARSELt copies are built once, on first use, and kept in PackedWeight.derived
+*beside* the packed tensors (about the same bytes again): a model that keeps them holds its
+weights twice. Not a candidate: a dense Ŵ cached between calls. It would win every race and defeat
+the point of packing, which is the bytes; the torch and dequant paths decode on every call and are
+timed that way.
 
 Key (one decision each): format and its launcher parameters, (N, K), the batch bucket (powers of
 two up to 2048, as the kernels' autotuner), x's dtype, the GPU's name, torch and triton versions.
@@ -53,7 +56,7 @@ CACHE_ENV = "PRUNEPIPE_DISPATCH_CACHE"
 DEFAULT_CACHE = "~/.cache/prunepipe/dispatch.json"
 CACHE_VERSION = 1
 TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 4e-2, torch.float32: 1e-4}
-CSLT_MIN_BATCH = 512
+TINYGEMM_GROUPS = (32, 64, 128, 256)
 WARMUP, REPS = 5, 20
 REFERENCE = "torch"
 
@@ -100,15 +103,59 @@ def _cusparselt(weight: PackedWeight, x: torch.Tensor) -> torch.Tensor:
     return torch._cslt_sparse_mm(state["compressed"], padded, transpose_result=True, alg_id=algorithm)[:batch]
 
 
+def tinygemm_inputs(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                    group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Our `int4` tensors as torch's tinygemm wants them before _convert_weight_to_int4pack.
+
+    Codes: uint8 (N, K/2) with the *even* column in the high nibble (ours is in the low one).
+    tinygemm computes Ŵ = (q − 8)·s + z' per group; ours is (q − z)·s, so z' = (8 − z)·s, and
+    scales_and_zeros is (G, N, 2) bf16 = [s, z'].
+    """
+    swapped = (qweight << 4) | (qweight >> 4)
+    s = scales.to(torch.bfloat16)
+    z = ((8 - zeros.double()) * scales.double()).to(torch.bfloat16)
+    return swapped.contiguous(), torch.stack([s, z], dim=-1).transpose(0, 1).contiguous()
+
+
+def tinygemm_tiles(k: int) -> int | None:
+    """tinygemm's inner_k_tiles for K: the largest of 8, 4, 2 with K a multiple of 16× it."""
+    return next((tiles for tiles in (8, 4, 2) if k % (16 * tiles) == 0), None)
+
+
+def _tinygemm(weight: PackedWeight, x: torch.Tensor) -> torch.Tensor:
+    state = weight.derived.setdefault(("tinygemm", x.device), {})
+    if "packed" not in state:
+        t = weight.tensors
+        codes, state["scales_and_zeros"] = tinygemm_inputs(t["qweight"], t["scales"], t["zeros"],
+                                                           weight.params["group_size"])
+        state["packed"] = torch._convert_weight_to_int4pack(codes, tinygemm_tiles(weight.shape[1]))
+    y = torch._weight_int4pack_mm(x.to(torch.bfloat16), state["packed"], weight.params["group_size"],
+                                  state["scales_and_zeros"])
+    return y.to(x.dtype)
+
+
+def _dequant_cublas(weight: PackedWeight, x: torch.Tensor) -> torch.Tensor:
+    from kernels import dequant
+
+    w = dequant.dequantize(**weight.tensors, **weight.params, k=weight.shape[1], bits=dequant.BITS[weight.format],
+                           dtype=x.dtype)
+    return F.linear(x, w)
+
+
 def candidates(weight: PackedWeight, x: torch.Tensor) -> dict[str, Candidate]:
     """The paths worth trying for this weight and x (B, K) on a CUDA device; torch first."""
     paths: dict[str, Candidate] = {REFERENCE: partial(reference, weight=weight)}
-    half = x.dtype in (torch.float16, torch.bfloat16)
-    if half and weight.format in KERNEL_FORMATS:
-        kernel = launcher(weight.format)
-        paths["triton"] = lambda x: kernel(x, **weight.tensors, **weight.params)
-    if (half and weight.format == "nm" and (weight.params.get("n"), weight.params.get("m")) == (2, 4)
-            and weight.tensors["values"].dtype == x.dtype and batch_bucket(x.shape[0]) >= CSLT_MIN_BATCH):
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return paths
+    fmt, params, (_, k) = weight.format, weight.params, weight.shape
+    if fmt in KERNEL_FORMATS:
+        kernel = launcher(fmt)
+        paths["triton"] = lambda x: kernel(x, **weight.tensors, **params)
+    if fmt in ("int4", "int8"):
+        paths["dequant"] = partial(_dequant_cublas, weight)
+    if fmt == "int4" and params.get("group_size") in TINYGEMM_GROUPS and tinygemm_tiles(k):
+        paths["tinygemm"] = partial(_tinygemm, weight)
+    if fmt == "nm" and (params.get("n"), params.get("m")) == (2, 4) and weight.tensors["values"].dtype == x.dtype:
         paths["cusparselt"] = partial(_cusparselt, weight)
     return paths
 

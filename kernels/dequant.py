@@ -1,0 +1,87 @@
+"""Dequantize an `int4` / `int8` packed weight into a dense Ŵ in one Triton pass (docs/formats.md).
+
+The dispatcher's large-batch path (kernels/dispatch.py, candidate `dequant`): at prefill-sized
+batches the matmul, not the weight stream, bounds the time, so the fastest use of a packed weight
+is to write Ŵ once in x's dtype and hand it to cuBLAS. The torch fallback does the same in four
+or more float32 passes (unpack, gather zeros, gather scales, subtract-multiply, cast); this is one
+read of the packed bytes and one write of Ŵ.
+
+Format, W (N, K), groups of g consecutive inputs, G = ceil(K/g):
+    qweight  uint8   (N, ceil(K·b/8))   b = 4: element k in byte k // 2, low nibble for even k
+    scales   float16 (N, G)
+    zeros    uint8   (N, G)
+Math, exactly as tasks' Quantized.dequantize: Ŵ[n, k] = (q − zeros[n, k//g]) · scales[n, k//g] in
+float32, then cast. Grid: (ceil(N / BLOCK_N), ceil(K / BLOCK_K)) tiles of Ŵ.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_N, BLOCK_K = 32, 128
+BITS = {"int4": 4, "int8": 8}
+
+
+@triton.jit
+def _dequant_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_q, G, group,
+                    BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_ok = rows[:, None] < N
+    if BITS == 4:
+        # (BLOCK_N, BLOCK_K/2) bytes, masked on the row's byte count so a thread's bytes stay one load
+        offs_b = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        b = tl.load(q_ptr + rows[:, None] * stride_q + offs_b[None, :], mask=row_ok & (offs_b[None, :] < stride_q),
+                    other=0)
+        codes = tl.interleave(b & 15, b >> 4)  # (BLOCK_N, BLOCK_K): even k low nibble, odd k high
+    else:
+        codes = tl.load(q_ptr + rows[:, None] * stride_q + cols[None, :], mask=row_ok & (cols[None, :] < K),
+                        other=0)
+    ok = row_ok & (cols[None, :] < K)
+    g = rows[:, None] * G + cols[None, :] // group
+    scale = tl.load(s_ptr + g, mask=ok, other=0.0).to(tl.float32)
+    zero = tl.load(z_ptr + g, mask=ok, other=0).to(tl.float32)
+    w = (codes.to(tl.float32) - zero) * scale
+    tl.store(w_ptr + rows[:, None] * K + cols[None, :], _round(w, w_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _round(w, dtype: tl.constexpr):
+    """float32 → dtype, round to nearest even. bf16 by hand: TRITON_INTERPRET's cast truncates."""
+    if dtype == tl.bfloat16:
+        u = w.to(tl.uint32, bitcast=True)
+        u += 0x7FFF + ((u >> 16) & 1)
+        return (u >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return w.to(dtype)
+
+
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int, k: int,
+               bits: int = 4, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Ŵ (N, K) in `dtype` from the packed tensors; group_size -1 means one group per row."""
+    n = qweight.shape[0]
+    per_byte = 8 // bits
+    if qweight.dtype != torch.uint8 or qweight.shape[1] != -(-k // per_byte):
+        raise ValueError(f"qweight must be uint8 ({n}, {-(-k // per_byte)}) for K={k} at {bits} bits, "
+                         f"got {qweight.dtype} {tuple(qweight.shape)}")
+    group = k if group_size == -1 else group_size
+    groups = -(-k // group)
+    for name, t, want in (("scales", scales, torch.float16), ("zeros", zeros, torch.uint8)):
+        if t.dtype != want or tuple(t.shape) != (n, groups):
+            raise ValueError(f"{name} must be {want} ({n}, {groups}), got {t.dtype} {tuple(t.shape)}")
+    w = torch.empty(n, k, dtype=dtype, device=qweight.device)
+    grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(k, BLOCK_K))
+    _dequant_kernel[grid](qweight.contiguous(), scales.contiguous(), zeros.contiguous(), w, n, k,
+                          qweight.shape[1], groups, group, BITS=bits, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+    return w
+
+
+def reference(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int, k: int,
+              bits: int = 4, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """The same Ŵ with torch ops: unpack little-endian codes, (q − z)·s in float32, cast."""
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, device=qweight.device, dtype=torch.int32) * bits
+    codes = ((qweight.to(torch.int32)[:, :, None] >> shifts) & (2**bits - 1)).reshape(qweight.shape[0], -1)[:, :k]
+    group = (torch.arange(k, device=qweight.device) // (k if group_size == -1 else group_size)).expand_as(codes)
+    return ((codes.float() - zeros.float().gather(1, group)) * scales.float().gather(1, group)).to(dtype)
