@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from tasks.pack import FORMATS, bytes_per_weight, codec_of, pack_weight
-from tasks.patterns import NM, Unstructured, mask_from_scores
-from tasks.quantize import QuantSpec, rtn
+from tasks.formats.packing import FORMATS, bytes_per_weight, codec_of, pack_weight
+from tasks.pruning.patterns import NM, Unstructured, mask_from_scores
+from tasks.quantization.grid import QuantSpec, rtn
 
 OUT = Path("bench/results/format-sizes.json")
 

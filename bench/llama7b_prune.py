@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tasks.config import PruneConfig
 from tasks.pipeline import peak_host_bytes, seconds_per_layer
-from tasks.prune import prune_model
+from tasks.pruning.pruners import prune_model
 
 GIB = 2**30
 LLAMA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,

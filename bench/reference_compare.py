@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from tasks import pipeline
 from tasks.config import EvaluateConfig, PruneConfig
-from tasks.evaluate import perplexity
+from tasks.reports.perplexity import perplexity
 
 OUT = Path("bench/results/smollm2-reference.json")
 MODEL, CALIBRATION = Path("data/model"), Path("data/calibration")

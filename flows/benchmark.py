@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import benchmark
+from tasks.stages import benchmark
 from tasks.config import BenchmarkConfig, Params
 
 PACKED = Path("data") / "packed"  # flows/stages.PACKED (stages imports this module, not the reverse)

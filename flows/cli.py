@@ -32,7 +32,7 @@ def _prefect_env() -> None:
 
 
 def show(path: Path = Path("metrics.json")) -> str:
-    from tasks.summary import flatten
+    from tasks.reports.summary import flatten
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics yet (run `dvc repro` or `prunepipe run`)")

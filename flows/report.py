@@ -20,7 +20,7 @@ import pandas as pd
 
 from flows.stages import METRICS, REPORTS, SPARSITY_PNG
 from flows.sweep import SWEEP_CSV, SWEEP_PARETO_PNG, SWEEP_SPARSITY_PNG
-from tasks.summary import markdown_report, plot_speedup, speedup_table
+from tasks.reports.summary import markdown_report, plot_speedup, speedup_table
 
 REPORT = REPORTS / "report.md"
 BENCH_RESULTS, SPEEDUP_PNG = Path("bench") / "results", REPORTS / "bench_speedup.png"

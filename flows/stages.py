@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from flows.benchmark import benchmark_flow
 from tasks import pipeline
 from tasks.config import Params
-from tasks.report import build_metrics, layer_table, plot_layer_sparsity
+from tasks.reports.metrics import build_metrics, layer_table, plot_layer_sparsity
 
 DATA = Path("data")
 MODEL, CALIBRATION, PRUNED = DATA / "model", DATA / "calibration", DATA / "pruned"

@@ -1,4 +1,4 @@
-"""The sweep (params.yaml `sweep`, tasks/sweep.py) as Prefect flows.
+"""The sweep (params.yaml `sweep`, tasks/stages/sweep.py) as Prefect flows.
 
     prunepipe sweep [--workers N | --address HOST:PORT]   `sweep`: shared stages once, then one
                                                            task per point, then the summary
@@ -29,10 +29,10 @@ from flows.params import ParamsError, load_params
 from flows.stages import (CALIBRATION, DATA, EVAL_DENSE, MODEL, REPORTS, cached_call, calibrate_task, evaluate_task,
                           model_task, pack_task, prune_task, quantize_task)
 from tasks import pipeline
-from tasks.artifacts import ArtifactError
+from tasks.io.artifacts import ArtifactError
 from tasks.config import Params
-from tasks.summary import plot_pareto, plot_ppl_vs_sparsity, sweep_table
-from tasks.sweep import SweepPoint, point_result, sweep_points, write_json
+from tasks.reports.summary import plot_pareto, plot_ppl_vs_sparsity, sweep_table
+from tasks.stages.sweep import SweepPoint, point_result, sweep_points, write_json
 
 SWEEP_DATA, RESULTS = DATA / "sweep", Path("results") / "sweep"
 SWEEP_CSV = REPORTS / "sweep.csv"

@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from kernels import FORMATS as KERNEL_FORMATS
-from tasks.pack import FORMATS
-from tasks.pack import NM as NM_LAYOUT
-from tasks.patterns import NM, Pattern, parse_pattern
+from tasks.formats.packing import FORMATS
+from tasks.formats.packing import NM as NM_LAYOUT
+from tasks.pruning.patterns import NM, Pattern, parse_pattern
 
 Device = Literal["cpu", "cuda"]
 PruneMethod = Literal["magnitude", "wanda", "sparsegpt", "admm"]
@@ -217,7 +217,7 @@ class SweepConfig(Section):
 
 
 class BenchmarkConfig(Section):
-    """The `benchmark` stage (tasks/benchmark.py): kernels against torch's paths and batch-1 decode,
+    """The `benchmark` stage (tasks/stages/benchmark.py): kernels against torch's paths and batch-1 decode,
     on a CUDA GPU; without one, the CPU reference path on the packed model's own shapes."""
 
     # (N, K) timed besides the packed model's own shapes: Llama-2-7B's and Llama-3-70B's MLP

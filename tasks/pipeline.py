@@ -1,13 +1,13 @@
 """The stages as plain functions: read input artifacts → call the algorithm → write the output
 artifact → return its path. flows/ wraps each in a Prefect task; tests call them directly.
 
-Artifacts (all under data/, each with metadata.json, see tasks/artifacts.py):
+Artifacts (all under data/, each with metadata.json, see tasks/io/artifacts.py):
     data/model/        Hugging Face folder: config, tokenizer, model.safetensors
     data/calibration/  tokens.safetensors: input_ids (nsamples, seqlen) int64
     data/eval_dense/   perplexity.json of the unpruned model
     data/pruned/       Hugging Face folder of the pruned model + layers.json (per-Linear report)
     data/quantized/    Hugging Face folder of the fake-quantized model + codes.safetensors
-    data/packed/       packed Linears (tasks/artifact_pack.py) + rest.safetensors + config, tokenizer
+    data/packed/       packed Linears (tasks/formats/artifact.py) + rest.safetensors + config, tokenizer
     data/eval_*/       perplexity.json of the dense, pruned, quantized and packed models
 """
 
@@ -24,22 +24,23 @@ import torch
 from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
-from tasks import corpus
-from tasks.artifact_pack import PACKED_FORMAT, save_packed
-from tasks.artifacts import ArtifactError, artifact_digest, read_metadata, write_artifact
+from tasks.io import corpus
+from tasks.formats.artifact import PACKED_FORMAT, save_packed
+from tasks.io.artifacts import ArtifactError, artifact_digest, read_metadata, write_artifact
 from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PackConfig, PruneConfig, QuantizeConfig
 from tasks.errors import UserError
-from tasks.evaluate import perplexity
-from tasks.gptq import check_group_size, quantize_model, spec_of
-from tasks.layers import find_decoder_layers, prunable_modules, weight_view
-from tasks.memory import check_memory, sequential_estimate
-from tasks.model import (ModelSourceError, check_finite, context_length, expects_bos, load_model_dir,
+from tasks.reports.perplexity import perplexity
+from tasks.quantization.gptq import spec_of
+from tasks.quantization.quantizers import check_group_size, quantize_model
+from tasks.engine.layers import find_decoder_layers, prunable_modules, weight_view
+from tasks.engine.memory import check_memory, sequential_estimate
+from tasks.io.model import (ModelSourceError, check_finite, context_length, expects_bos, load_model_dir,
                          load_source, resolve_source, save_model)
-from tasks.pack import DTYPES, pack_weight
-from tasks.packed_model import REST_FILE, decode_packed, load_packed
-from tasks.patterns import NM as NMPattern
-from tasks.prune import NEEDS_HESSIAN, check_prunable, prune_model
-from tasks.quantize import Quantized
+from tasks.formats.packing import DTYPES, pack_weight
+from tasks.formats.packed_model import REST_FILE, decode_packed, load_packed
+from tasks.pruning.patterns import NM as NMPattern
+from tasks.pruning.pruners import NEEDS_HESSIAN, check_prunable, prune_model
+from tasks.quantization.grid import Quantized
 
 Log = Callable[[str], None]
 Progress = Callable[[int, str], Callable[[], None]]
@@ -50,8 +51,9 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def code_digest() -> str:
     """sha256 over the library's source: a code change invalidates every cached stage."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
     return digest.hexdigest()
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.admm import admm_prune
-from tasks.patterns import NM, Unstructured, mask_from_scores
-from tasks.sparsegpt import sparsegpt
+from tasks.pruning.admm import admm_prune
+from tasks.pruning.patterns import NM, Unstructured, mask_from_scores
+from tasks.pruning.sparsegpt import sparsegpt
 from test_sparsegpt import calibration, hessian, output_error
 
 

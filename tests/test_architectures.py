@@ -10,9 +10,9 @@ import transformers
 from torch import nn
 
 from tasks.config import PruneConfig
-from tasks.layers import (capture_inputs, find_decoder_layers, is_prunable, layer_output, move_kwargs,
+from tasks.engine.layers import (capture_inputs, find_decoder_layers, is_prunable, layer_output, move_kwargs,
                           weight_view)
-from tasks.prune import prune_model
+from tasks.pruning.pruners import prune_model
 
 VOCAB, NSAMPLES, SEQLEN = 128, 4, 24
 LOG = lambda message: None  # noqa: E731

@@ -1,4 +1,4 @@
-"""The benchmark stage on the CPU (kernels/benchmark.py, tasks/benchmark.py): rows, the result file,
+"""The benchmark stage on the CPU (kernels/benchmark.py, tasks/stages/benchmark.py): rows, the result file,
 the model's shapes, and that a decode step could be captured in a CUDA graph. The GPU run itself
 is bench/gpu_check.sh."""
 
@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from flows.params import ParamsError, parse_params
 from kernels import benchmark as ops
 from kernels.timing import rotation_count
-from tasks import benchmark
+from tasks.stages import benchmark
 
 FORMATS = ["int4", "int8", "nm", "nm-int4", "bitmask"]
 SETTINGS = dict(shapes=[[64, 256]], batches=[1, 16], formats=FORMATS, group_size=32, warmup=1, reps=2, max_ms=50.0,
@@ -128,7 +128,7 @@ def test_decode_step_reads_nothing_back_to_the_host(fmt):
     from transformers import StaticCache
 
     from conftest import tiny_llama
-    from tasks.layers import find_decoder_layers, prunable_modules
+    from tasks.engine.layers import find_decoder_layers, prunable_modules
 
     model = tiny_llama()
     prefix, blocks = find_decoder_layers(model)

@@ -13,10 +13,10 @@ from torch.nn import functional as F
 
 from kernels import dispatch
 from kernels.dispatch import Dispatcher, PackedWeight, dispatch_key, read_cache, write_cache
-from tasks.pack import pack_weight, unpack_weight
-from tasks.packed_model import PackedLinear, kernel_params
-from tasks.patterns import NM, mask_from_scores
-from tasks.quantize import QuantSpec, rtn
+from tasks.formats.packing import pack_weight, unpack_weight
+from tasks.formats.packed_model import PackedLinear, kernel_params
+from tasks.pruning.patterns import NM, mask_from_scores
+from tasks.quantization.grid import QuantSpec, rtn
 
 CUDA = torch.cuda.is_available()
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.export import export_pack_quantized, pack_int32
-from tasks.patterns import NM, mask_from_scores
-from tasks.quantize import QuantSpec, rtn
+from tasks.formats.compressed_tensors import export_pack_quantized, pack_int32
+from tasks.pruning.patterns import NM, mask_from_scores
+from tasks.quantization.grid import QuantSpec, rtn
 
 pytest.importorskip("compressed_tensors", reason="pip install compressed-tensors==0.20.0 (with loguru)")
 

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from tasks.owl import outlier_ratio, owl_sparsities
+from tasks.pruning.owl import outlier_ratio, owl_sparsities
 
 
 def test_outlier_ratio_hand_example():

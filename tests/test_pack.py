@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from tasks.artifact_pack import load_metadata, load_packed_tensors, save_packed
-from tasks.pack import FORMATS, LayerFormat, bytes_per_weight, pack_weight, unpack_weight
-from tasks.patterns import NM, Unstructured, mask_from_scores
-from tasks.quantize import QuantSpec, rtn
+from tasks.formats.artifact import load_metadata, load_packed_tensors, save_packed
+from tasks.formats.packing import FORMATS, LayerFormat, bytes_per_weight, pack_weight, unpack_weight
+from tasks.pruning.patterns import NM, Unstructured, mask_from_scores
+from tasks.quantization.grid import QuantSpec, rtn
 
 FLOAT_FORMATS = [f for f, c in FORMATS.items() if c.code_bits is None]
 INT_FORMATS = [f for f, c in FORMATS.items() if c.code_bits is not None]

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tasks import pipeline
-from tasks.artifacts import ArtifactError, read_metadata
+from tasks.io.artifacts import ArtifactError, read_metadata
 from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PruneConfig
-from tasks.model import load_model_dir
-from tasks.report import build_metrics, layer_table
+from tasks.io.model import load_model_dir
+from tasks.reports.metrics import build_metrics, layer_table
 
 LOG = lambda message: None  # noqa: E731
 
@@ -153,7 +153,7 @@ def test_altered_artifact_is_rejected(stages, tmp_path):
 def test_owl_sets_per_layer_sparsity_around_the_target(corpus_file, tokenizer):
     from conftest import tiny_llama
 
-    from tasks.prune import prune_model
+    from tasks.pruning.pruners import prune_model
 
     model = tiny_llama(len(tokenizer), layers=4)
     tokens = torch.randint(3, len(tokenizer), (4, 32), generator=torch.Generator().manual_seed(0))

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from tasks.config import PruneConfig
-from tasks.patterns import NM, Unstructured, mask_from_scores, parse_pattern
-from tasks.prune import InputStats, prune_magnitude, prune_wanda
+from tasks.pruning.patterns import NM, Unstructured, mask_from_scores, parse_pattern
+from tasks.engine.sequential import InputStats
+from tasks.pruning.pruners import prune_magnitude, prune_wanda
 
 LOG = lambda message: None  # noqa: E731
 

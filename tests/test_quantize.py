@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tasks.config import QuantizeConfig
-from tasks.gptq import gptq_act_order
-from tasks.patterns import NM, Unstructured
-from tasks.quantize import (MSE_NORM, GroupQuantizer, QuantSpec, Quantized, StaticGroupQuantizer, expand_groups,
+from tasks.quantization.gptq import gptq_act_order
+from tasks.pruning.patterns import NM, Unstructured
+from tasks.quantization.grid import (MSE_NORM, GroupQuantizer, QuantSpec, Quantized, StaticGroupQuantizer, expand_groups,
                             find_params, rtn, sqnr_db)
-from tasks.sparsegpt import sparsegpt
+from tasks.pruning.sparsegpt import sparsegpt
 
 SPECS = [QuantSpec(b, g, sym) for b in (2, 3, 4, 8) for g in (-1, 32, 64, 128) for sym in (False, True)]
 

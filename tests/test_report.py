@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from flows.cli import main
-from tasks.summary import REPORT_MARKER, markdown_report, plot_speedup, speedup_table
+from tasks.reports.summary import REPORT_MARKER, markdown_report, plot_speedup, speedup_table
 
 METRICS = {"ppl_dense": 20.5, "ppl_pruned": 25.25, "sparsity": 0.5, "sparsity_per_type": {"q_proj": 0.5}}
 BENCH = [{"kernel": k, "N": n, "K": 4096, "batch": b, "ms": ms, "dense_ms": 1.0}

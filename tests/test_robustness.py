@@ -18,12 +18,12 @@ import yaml
 
 from flows.cli import main
 from tasks import pipeline
-from tasks.artifacts import ArtifactError, write_artifact
+from tasks.io.artifacts import ArtifactError, write_artifact
 from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PruneConfig, QuantizeConfig
-from tasks.corpus import CorpusError
+from tasks.io.corpus import CorpusError
 from tasks.errors import UserError
-from tasks.memory import Estimate, InsufficientMemory, check_memory
-from tasks.model import ModelSourceError, resolve_source
+from tasks.engine.memory import Estimate, InsufficientMemory, check_memory
+from tasks.io.model import ModelSourceError, resolve_source
 
 LOG = lambda message: None  # noqa: E731
 
@@ -92,7 +92,7 @@ def test_nm_that_does_not_divide_the_width(model_dir, calib_dir, tmp_path):
 def test_group_size_that_does_not_divide_the_width(tmp_path, corpus_file, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tasks.gptq import check_group_size
+    from tasks.quantization.quantizers import check_group_size
 
     model = LlamaForCausalLM(LlamaConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=2, vocab_size=64))
@@ -190,7 +190,7 @@ def test_unknown_artifact_version(calib_dir, tmp_path):
 # ----------------------------------------------------------------- memory guard
 
 def test_memory_guard_names_estimate_and_available(model_dir):
-    from tasks.memory import sequential_estimate
+    from tasks.engine.memory import sequential_estimate
 
     need = sequential_estimate(model_dir, 4, 32, 2, "cpu", False, True)
     assert need.host_bytes > 2 * (model_dir / "model.safetensors").stat().st_size
@@ -203,7 +203,7 @@ def test_memory_guard_names_estimate_and_available(model_dir):
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from tasks.artifacts import write_artifact
+    from tasks.io.artifacts import write_artifact
 
     def write(tmp):
         (tmp / "part-1.bin").write_bytes(b"x" * 1000)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.patterns import NM, Unstructured, mask_from_scores
-from tasks.sparsegpt import sparsegpt, sparsegpt_reference
+from tasks.pruning.patterns import NM, Unstructured, mask_from_scores
+from tasks.pruning.sparsegpt import sparsegpt, sparsegpt_reference
 
 
 def calibration(cols: int, n: int, seed: int) -> torch.Tensor:

@@ -18,8 +18,8 @@ from conftest import dvc_workspace
 from flows.cli import main
 from flows.params import ParamsError, load_params, parse_params
 from tasks.config import Params
-from tasks.summary import pareto_front, plot_pareto, plot_ppl_vs_sparsity, sweep_table
-from tasks.sweep import sweep_points
+from tasks.reports.summary import pareto_front, plot_pareto, plot_ppl_vs_sparsity, sweep_table
+from tasks.stages.sweep import sweep_points
 from test_flows import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]

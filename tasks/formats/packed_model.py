@@ -17,9 +17,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from kernels import dispatch
-from tasks.artifact_pack import load_packed_tensors
-from tasks.artifacts import ArtifactError
-from tasks.pack import LayerFormat, unpack_weight
+from tasks.formats.artifact import load_packed_tensors
+from tasks.io.artifacts import ArtifactError
+from tasks.formats.packing import LayerFormat, unpack_weight
 
 REST_FILE = "rest.safetensors"
 

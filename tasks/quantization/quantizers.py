@@ -1,12 +1,13 @@
 """Quantize the decoder-layer Linears of a pruned model, keeping every pruned zero.
 
-- rtn: round to nearest, per group (tasks/quantize.py); needs no calibration.
-- gptq (Frantar et al. 2022): the sequential pass of tasks/prune.py with the Hessian
-  H = 2XXᵀ/n of each Linear's input; the OBS engine of tasks/sparsegpt.py runs with the
+- rtn: round to nearest, per group (tasks/quantization/grid.py); needs no calibration.
+- gptq (Frantar et al. 2022): the sequential pass of tasks/engine/sequential.py with the Hessian
+  H = 2XXᵀ/n of each Linear's input; the OBS engine of tasks/pruning/sparsegpt.py runs with the
   existing zeros as a fixed mask and a GroupQuantizer column hook, so each column's
   rounding error is spread over the columns not yet quantized, and zeros stay zeros.
   With act_order, the columns go in descending order of diag(H) and every group's
-  parameters are fixed before the pass (static groups), so the packed layout is unchanged.
+  parameters are fixed before the pass (static groups), so the packed layout is unchanged
+  (tasks/quantization/gptq.py).
 - joint: the same engine from the *dense* model chooses the mask (SparseGPT) and
   quantizes (GPTQ) in one pass; with act_order, the groups are sized on a pruning-only
   pass in the same column order first (unstructured masks only).
@@ -24,13 +25,14 @@ import torch
 from torch import nn
 
 from tasks.config import PruneConfig, QuantizeConfig
+from tasks.engine.layers import find_decoder_layers, prunable_modules, set_weight, weight_view
+from tasks.engine.sequential import InputStats, LinearRecord, peak_device_bytes, run_sequential, sequential_setup
 from tasks.errors import UserError
-from tasks.layers import find_decoder_layers, prunable_modules, set_weight, weight_view
-from tasks.patterns import Pattern, Unstructured, mask_from_scores
-from tasks.prune import (InputStats, LinearRecord, owl_layer_sparsities, peak_device_bytes, run_sequential,
-                         sequential_setup, wanda_scores)
-from tasks.quantize import GroupQuantizer, Quantized, QuantSpec, StaticGroupQuantizer, rtn
-from tasks.sparsegpt import sparsegpt
+from tasks.pruning.patterns import Unstructured, mask_from_scores
+from tasks.pruning.pruners import owl_layer_sparsities, wanda_scores
+from tasks.pruning.sparsegpt import sparsegpt
+from tasks.quantization.gptq import gptq_act_order, spec_of
+from tasks.quantization.grid import GroupQuantizer, Quantized, rtn
 
 Log = Callable[[str], None]
 
@@ -41,10 +43,6 @@ class QuantizeReport:
     records: list[LinearRecord]
     seconds: float
     peak_device_bytes: int
-
-
-def spec_of(cfg: QuantizeConfig) -> QuantSpec:
-    return QuantSpec(cfg.bits, cfg.group_size, cfg.symmetric)
 
 
 @torch.no_grad()
@@ -109,36 +107,3 @@ def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, 
     label = f"{'sparsegpt+' if cfg.joint else ''}gptq {cfg.bits}-bit"
     records = run_sequential(model, tokens, how, op, progress, label)
     return QuantizeReport(quantized, records, time.perf_counter() - start, peak_device_bytes(how))
-
-
-def gptq_act_order(W: torch.Tensor, H: torch.Tensor, cfg: QuantizeConfig, pattern: Pattern | None,
-                   mask: torch.Tensor | None, row_masks: bool, log: Log) -> tuple[Quantized, torch.Tensor]:
-    """GPTQ with the columns in descending order of diag(H) and static groups: every group's
-    parameters are fixed before the quantizing pass, then the engine runs on the permuted W and H.
-
-    Pruned W (pattern None, mask = its zeros): the groups are sized on W itself. Joint (a pattern,
-    with or without a given mask, on the dense W): they are sized on a pruning-only pass in the
-    same order first, on the weights it keeps as that pass leaves them, so no range is widened by
-    a weight about to be pruned; the quantizing pass then chooses its own mask, as joint mode
-    does in order.
-    """
-    order = torch.argsort(torch.diag(H), descending=True, stable=True)
-    W_order, H_order = W[:, order], H[order][:, order]
-    mask_order = None if mask is None else mask[:, order]
-
-    def run(quantizer: StaticGroupQuantizer | None) -> tuple[torch.Tensor, torch.Tensor]:
-        result = sparsegpt(W_order, H_order, pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
-                           quantizer=quantizer, mask=mask_order, row_masks=row_masks, log=log)
-        return _unpermute(result.weight, order), _unpermute(result.mask, order)
-
-    sized, zero = (W, mask) if pattern is None else run(None)  # a pruned W: nothing left to prune
-    hook = StaticGroupQuantizer(rtn(sized, spec_of(cfg), mask=zero, mse=cfg.observer == "mse"), order)
-    weight, pruned = run(hook)
-    return hook.result(pruned), weight
-
-
-def _unpermute(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """The columns of t, which are columns order[0], order[1], … of a weight, back in the weight's order."""
-    out = torch.empty_like(t)
-    out[:, order] = t
-    return out

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from tasks.patterns import Pattern, Unstructured, mask_from_scores
+from tasks.pruning.patterns import Pattern, Unstructured, mask_from_scores
 
 RHO_START, RHO_GROWTH, RHO_EVERY = 0.1, 1.5, 3
 GRADUAL_SHARE = 0.6

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 
-from tasks.artifact_pack import MAX_SHARD_BYTES, plan_shards, write_shards
-from tasks.artifacts import write_artifact
-from tasks.quantize import Quantized, QuantSpec
+from tasks.formats.artifact import MAX_SHARD_BYTES, plan_shards, write_shards
+from tasks.io.artifacts import write_artifact
+from tasks.quantization.grid import Quantized, QuantSpec
 
 COMPRESSED_TENSORS_VERSION = "0.20.0"  # the compressed-tensors release whose layout this writes
 FORMAT = "pack-quantized"

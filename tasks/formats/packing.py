@@ -1,7 +1,7 @@
 """Packed weight formats, version 1 (docs/formats.md): one registry entry per format.
 
 Shapes: a Linear weight is W (N, K) = (rows, cols) = (out_features, in_features); masks are
-bool (N, K), True = pruned (tasks/patterns.py).
+bool (N, K), True = pruned (tasks/pruning/patterns.py).
 
 Every format is a sparse *layout* (dense, nm, bitmask) holding a *payload* (N, K): either
 float values (float16/bfloat16) or quantized codes q (tasks/quantize.Quantized), for which the
@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from tasks.quantize import Quantized, QuantSpec, expand_groups
+from tasks.quantization.grid import Quantized, QuantSpec, expand_groups
 
 FORMAT_VERSION = 1
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}

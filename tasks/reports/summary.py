@@ -1,7 +1,7 @@
 """Tables, plots and the Markdown report across runs: the sweep (results/sweep/*.json),
 the kernel benchmarks (bench/results/*.json) and reports/report.md.
 
-Separate from tasks/report.py (a dependency of the `evaluate` stage) so that a change to a
+Separate from tasks/reports/metrics.py (a dependency of the `evaluate` stage) so that a change to a
 sweep plot reruns the sweep's summary only.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.report import DENSE_BYTES_PER_WEIGHT
+from tasks.reports.metrics import DENSE_BYTES_PER_WEIGHT
 
 
 def _pyplot():

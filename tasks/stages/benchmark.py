@@ -37,12 +37,12 @@ from torch import nn
 from kernels import benchmark as ops
 from kernels.dispatch import default_dispatcher, library_version
 from kernels.timing import copy_gbps, l2_bytes
-from tasks.artifact_pack import load_metadata
-from tasks.layers import find_decoder_layers, prunable_modules
-from tasks.pack import BITMASK, NM as NM_LAYOUT, codec_of, pack_weight
-from tasks.packed_model import PackedLinear
-from tasks.patterns import NM, Unstructured, mask_from_scores
-from tasks.quantize import QuantSpec, rtn
+from tasks.formats.artifact import load_metadata
+from tasks.engine.layers import find_decoder_layers, prunable_modules
+from tasks.formats.packing import BITMASK, NM as NM_LAYOUT, codec_of, pack_weight
+from tasks.formats.packed_model import PackedLinear
+from tasks.pruning.patterns import NM, Unstructured, mask_from_scores
+from tasks.quantization.grid import QuantSpec, rtn
 
 NO_CUDA_NOTE = "no CUDA device: timed the CPU reference path"
 LLAMA = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
@@ -198,7 +198,7 @@ def run(*, shapes: Sequence[Sequence[int]], batches: Sequence[int], formats: Seq
 
 def write_results(result: dict, json_path: Path, png_path: Path) -> None:
     """The JSON (atomically: a temporary sibling, then a rename), then the speedup plot."""
-    from tasks.summary import plot_speedup, speedup_table
+    from tasks.reports.summary import plot_speedup, speedup_table
 
     json_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = json_path.with_name(f".{json_path.name}.tmp")

@@ -1,0 +1,1 @@
+"""The sequential layer-by-layer pass over a decoder-only model, shared by pruning and GPTQ."""

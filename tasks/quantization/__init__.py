@@ -1,0 +1,1 @@
+"""The integer grid (round to nearest, group quantizers), GPTQ, and the model-level quantizing pass."""
