@@ -151,6 +151,33 @@ def launch(tuned: Tuned, x: torch.Tensor, n_out: int, args: tuple, **meta) -> No
     kernel[grid](*args, **meta)
 
 
+# ----------------------------------------------------------------------------- static-compile spec
+
+BATCH_1_16 = "batch 1-16"
+LARGE_BATCH = "large batch"
+
+
+@dataclass(frozen=True)
+class CompileSpec:
+    """How `python -m kernels.static_report` compiles one kernel for sm_90 without a GPU.
+
+    A kernel module lists its specs in a module-level `STATIC` tuple; the report finds the module
+    through kernels.FORMATS. Every config in `paths` is compiled with `constexprs` plus the
+    config's own kwargs, all pointers 16-byte aligned and every int argument a multiple of 16
+    except those in `unaligned` (what the JIT specialises on LLM shapes).
+    """
+
+    name: str  # row label, e.g. "int4 g128"
+    kernel: object  # the @triton.jit function
+    pointers: dict  # pointer argument (without "_ptr") → Triton element type: "fp16", "u8", "fp32", …
+    packed: tuple  # pointer arguments (without "_ptr") that hold packed weight data
+    constexprs: dict  # the format's constexprs, common to every config
+    paths: dict  # BATCH_1_16 / LARGE_BATCH → tuple of production triton.Configs
+    packed_bytes: Callable  # (config) → packed bytes one thread loads per main-loop iteration
+    ctas: Callable  # (config, N, K, batch) → CTAs the launcher starts for y (batch, N)
+    unaligned: tuple = ("B",)
+
+
 # ----------------------------------------------------------------------------- jit helpers
 
 @triton.jit

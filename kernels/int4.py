@@ -139,3 +139,22 @@ def bench(n_out: int = 4096, k: int = 4096, batch: int = 1, group_size: int = 12
         lambda: reference(x, t["qweight"], t["scales"], t["zeros"], group_size=group_size, bits=bits),
         x, packed.w_hat.to(dtype), tensor_bytes(*t.values()),
     )
+
+
+def _old_specs(fmt, bits, groups):
+    from kernels._common import BATCH_1_16, GEMV_CONFIGS, LARGE_BATCH, TILED_CONFIGS, CompileSpec, next_pow2
+    gemv = tuple(triton.Config(dict(c.kwargs, BLOCK_M=1, GEMV_ROWS=1, DOT_F32=False), num_warps=c.num_warps,
+                               num_stages=c.num_stages) for c in GEMV_CONFIGS)
+    tiled = tuple(triton.Config(dict(c.kwargs, GEMV_ROWS=0, DOT_F32=False), num_warps=c.num_warps,
+                                num_stages=c.num_stages) for c in TILED_CONFIGS)
+    return tuple(CompileSpec(
+        name=f"{fmt} g{g}", kernel=_quant_matmul_kernel,
+        pointers=dict(x="fp16", q="u8", s="fp16", z="u8", y="fp16"), packed=("q",),
+        constexprs=dict(BITS=bits, GROUP=g, stride_xk=1),
+        paths={BATCH_1_16: gemv + tiled[:2], LARGE_BATCH: tiled[2:]},
+        packed_bytes=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * bits // 8 // (32 * c.num_warps),
+        ctas=lambda c, n, k, b: -(-n // c.kwargs["BLOCK_N"]) * -(-b // c.kwargs["BLOCK_M"]),
+        unaligned=("B", "batch_bucket")) for g in groups)
+
+
+STATIC = _old_specs("int4", 4, (128,))

@@ -45,3 +45,6 @@ def bench(n_out: int = 4096, k: int = 4096, batch: int = 1, group_size: int = 12
           dtype: torch.dtype = torch.float16) -> BenchResult:
     """Time the kernel, the torch reference and cuBLAS dense on random data (CUDA only)."""
     return int4.bench(n_out, k, batch, group_size, dtype, bits=8)
+
+
+STATIC = int4._old_specs("int8", 8, (128,))

@@ -133,3 +133,22 @@ def bench(n_out: int = 4096, k: int = 4096, batch: int = 1, group_size: int = 12
         lambda: reference(x, **t, group_size=group_size, n=n, m=m),
         x, packed.w_hat.to(dtype), tensor_bytes(*t.values()),
     )
+
+
+def _old_specs():
+    from kernels._common import BATCH_1_16, GEMV_CONFIGS, LARGE_BATCH, TILED_CONFIGS, CompileSpec
+    gemv = tuple(triton.Config(dict(c.kwargs, BLOCK_M=1, GEMV_ROWS=1, DOT_F32=False), num_warps=c.num_warps,
+                               num_stages=c.num_stages) for c in GEMV_CONFIGS)
+    tiled = tuple(triton.Config(dict(c.kwargs, GEMV_ROWS=0, DOT_F32=False), num_warps=c.num_warps,
+                                num_stages=c.num_stages) for c in TILED_CONFIGS)
+    return (CompileSpec(
+        name="nm-int4 2:4 g128", kernel=_nm_int4_matmul_kernel,
+        pointers=dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16"), packed=("v", "i"),
+        constexprs=dict(N_KEEP=2, M=4, INDEX_BITS=2, GROUP=128, stride_xk=1),
+        paths={BATCH_1_16: gemv + tiled[:2], LARGE_BATCH: tiled[2:]},
+        packed_bytes=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * 3 // 8 // (32 * c.num_warps),
+        ctas=lambda c, n, k, b: -(-n // c.kwargs["BLOCK_N"]) * -(-b // c.kwargs["BLOCK_M"]),
+        unaligned=("B", "batch_bucket")),)
+
+
+STATIC = _old_specs()

@@ -1,0 +1,355 @@
+"""What the compiled kernels will cost on Hopper, read from their SASS on the CPU (no GPU needed).
+
+    .venv/bin/python -m kernels.static_report                  # every kernel → bench/results/kernels-sm90.json
+    .venv/bin/python -m kernels.static_report --kernel int4    # one format (its name in kernels.FORMATS)
+    .venv/bin/python -m kernels.static_report --path "batch 1-16" --out /tmp/r.json
+
+Each kernel module declares its `STATIC` specs (kernels._common.CompileSpec: the kernel, pointer
+types, constexprs, production configs per launch path, packed bytes per thread per iteration, CTAs
+per shape); the report finds them through kernels.FORMATS. For every production config it:
+
+1. compiles for sm_90 with Triton's ahead-of-time path (the ptxas bundled in the triton wheel),
+   specialised as a real LLM call would be: 16-byte aligned pointers, ints multiples of 16;
+2. finds the packed-data loads in the PTX by data flow: a global load (ld.global, cp.async) whose
+   address depends on a packed pointer parameter (`spec.packed`); source line info cannot tell,
+   LLVM moves a load's line to its first use. The PTX main loop is the backward branch holding
+   the most of them; their widths are those of the SASS (ptxas keeps vector widths);
+3. disassembles the cubin with the wheel's nvdisasm; the SASS main loop is the backward branch
+   holding the most global loads (the smallest on ties); counts its instructions (NOPs aside):
+   one thread, one iteration, as long as ptxas does not unroll it;
+4. writes one row per config: instr_per_byte = loop instructions / packed bytes that thread loads
+   per iteration (the spec's count; `ptx_packed_bytes` is what the PTX loop loads, as a check),
+   load_bits = the narrowest packed load in the loop, registers / spill_bytes (local memory per
+   thread) / shared_bytes, and ctas = CTAs launched at batch 1 on each target shape.
+
+The limits the batch 1-16 path must meet (tests/test_static_report.py): 128-bit packed loads,
+≤ MAX_INSTR_PER_BYTE instructions per packed byte, ≥ MIN_CTAS CTAs at batch 1 on every shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# The JIT's default, said out loud (Triton 3.9 warns when it is unset).
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+# params.yaml's benchmark.shapes, (N, K); tests/test_static_report.py keeps the two in step.
+TARGET_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 28672))
+LOAD_BITS = 128
+# H200: 3.3e13 thread-instructions/s over 4.27 TB/s is 7.8 per byte at perfect issue, ≈ 5 in practice.
+MAX_INSTR_PER_BYTE = 6.0
+MIN_CTAS = 264  # 2 CTAs on each of the H200's 132 SMs
+OUT = Path(__file__).resolve().parent.parent / "bench" / "results" / "kernels-sm90.json"
+PATHS = ("batch 1-16", "large batch")  # kernels._common.BATCH_1_16, LARGE_BATCH
+
+
+@dataclass
+class Row:
+    kernel: str  # the spec's name
+    path: str
+    config: str
+    instr_per_byte: float | None = None
+    load_bits: int | None = None
+    registers: int | None = None
+    spill_bytes: int | None = None
+    shared_bytes: int | None = None
+    ctas: dict = field(default_factory=dict)  # "NxK" → CTAs at batch 1
+    loop_instructions: int | None = None
+    packed_bytes: int | None = None  # declared by the spec, per thread per iteration
+    ptx_packed_bytes: int | None = None  # summed over the packed loads of the PTX main loop
+    error: str | None = None
+
+
+def tool(name: str) -> Path:
+    """A CUDA binary shipped inside the triton wheel (ptxas, nvdisasm, cuobjdump)."""
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: this triton wheel does not bundle {name}")
+    return path
+
+
+def config_label(config) -> str:
+    """e.g. "16x64x64 w4 s3 SPLIT=1": BLOCK_M x BLOCK_N x BLOCK_K, warps, stages, other constexprs."""
+    blocks = "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in config.kwargs)
+    others = " ".join(f"{k}={v}" for k, v in sorted(config.kwargs.items()) if not k.startswith("BLOCK_"))
+    return " ".join(p for p in (f"{blocks} w{config.num_warps} s{config.num_stages}", others) if p)
+
+
+def specs(kernel: str | None = None) -> list[tuple[str, object]]:
+    """(format, spec) for every spec reachable from kernels.FORMATS; spec None: the module has no STATIC."""
+    from kernels import FORMATS
+
+    found, seen = [], set()
+    for fmt, module_name in FORMATS.items():
+        if kernel is not None and fmt != kernel:
+            continue
+        module = importlib.import_module(f"kernels.{module_name}")
+        declared = getattr(module, "STATIC", None)
+        if not declared:
+            found.append((fmt, None))
+        for spec in declared or ():
+            if spec.name not in seen:
+                seen.add(spec.name)
+                found.append((fmt, spec))
+    return found
+
+
+def jobs(kernel: str | None, paths: tuple[str, ...]) -> list[tuple]:
+    return [(fmt, spec.name, path, i) for fmt, spec in specs(kernel) if spec is not None
+            for path in paths for i in range(len(spec.paths.get(path, ())))]
+
+
+def find_spec(fmt: str, name: str):
+    return next(spec for f, spec in specs(fmt) if spec is not None and spec.name == name)
+
+
+def compile_config(spec, config):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = spec.kernel
+    constexprs = dict(spec.constexprs, **config.kwargs)
+    signature, attrs = {}, {}
+    for i, arg in enumerate(fn.arg_names):
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg.endswith("_ptr"):
+            signature[arg] = "*" + spec.pointers[arg.removesuffix("_ptr")]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[arg] = "i32"
+            if arg not in spec.unaligned:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+
+
+def packed_params(fn, constexprs: dict, packed: tuple[str, ...]) -> set[int]:
+    """PTX parameter numbers of the packed pointers (PTX numbers the non-constexpr arguments)."""
+    runtime = [arg for arg in fn.arg_names if arg not in constexprs]
+    return {runtime.index(f"{p}_ptr") for p in packed}
+
+
+PTX_LINE = re.compile(r"^(?:@!?%\w+\s+)?([a-z][\w.]*)\s*(.*);$")
+PTX_NO_DEST = ("st.", "cp.async", "bar", "bra", "red.", "ret", "fence", "prefetch", "mbarrier", "exit")
+
+
+@dataclass
+class PtxInstr:
+    op: str
+    dests: tuple  # registers written
+    sources: tuple  # registers read
+    params: tuple  # kernel parameter numbers read (ld.param)
+    address: tuple  # registers of the global address (loads only)
+    bits: int  # bits one thread loads (global loads only)
+    target: str | None  # branch target label
+
+
+def parse_ptx(ptx: str) -> tuple[list, dict[str, int]]:
+    """PTX instructions (and label → index) in program order, with what each reads and writes."""
+    instrs, labels = [], {}
+    for raw in ptx.splitlines():
+        line = raw.split("//")[0].strip()
+        if re.match(r"^\$L\w+:$", line):
+            labels[line[:-1]] = len(instrs)
+            continue
+        m = PTX_LINE.match(line)
+        if not m:
+            continue
+        op, operands = m.groups()
+        parts = [p.strip() for p in re.split(r",(?![^{]*})", operands)] if operands else []
+        has_dest = parts and not op.startswith(PTX_NO_DEST)
+        regs = lambda text: tuple(re.findall(r"%\w+", text))  # noqa: E731
+        dests = regs(parts[0]) if has_dest else ()
+        sources = tuple(r for p in parts[1 if has_dest else 0:] for r in regs(p))
+        params = tuple(int(n) for n in re.findall(r"_param_(\d+)\]", operands))
+        address, bits = (), 0
+        if op.startswith("ld.global"):
+            address = regs(re.search(r"\[(.*?)\]", operands).group(1))
+            width = int(re.search(r"\.[bsuf](8|16|32|64)\b", op).group(1))
+            vector = re.search(r"\.v(\d)", op)
+            bits = width * (int(vector.group(1)) if vector else 1)
+        elif op.startswith("cp.async.") and "shared.global" in op:
+            address = regs(re.findall(r"\[(.*?)\]", operands)[1])
+            bits = int(parts[2], 0) * 8
+        target = re.search(r"\$L\w+", operands) if op.startswith("bra") else None
+        instrs.append(PtxInstr(op, dests, sources, params, address, bits, target and target.group(0)))
+    return instrs, labels
+
+
+def reaches(instrs: list, regs: tuple, params: set[int]) -> bool:
+    """Does a value computed from `regs` depend on one of the kernel parameters `params`?"""
+    defs: dict[str, list] = {}
+    for ins in instrs:
+        for reg in ins.dests:
+            defs.setdefault(reg, []).append(ins)
+    todo, seen = list(regs), set(regs)
+    while todo:
+        for ins in defs.get(todo.pop(), ()):
+            if params.intersection(ins.params):
+                return True
+            fresh = [r for r in ins.sources if r not in seen]
+            seen.update(fresh)
+            todo.extend(fresh)
+    return False
+
+
+def ptx_loop_loads(ptx: str, packed: set[int]) -> list[int]:
+    """Bits of each packed-data global load in the PTX loop that encloses the most of them."""
+    instrs, labels = parse_ptx(ptx)
+    is_packed = [bool(ins.bits) and reaches(instrs, ins.address, packed) for ins in instrs]
+    spans = [(labels[ins.target], i) for i, ins in enumerate(instrs)
+             if ins.target in labels and labels[ins.target] <= i]
+    if not spans:
+        return []
+    first, last = max(spans, key=lambda s: (sum(is_packed[s[0]:s[1] + 1]), s[0] - s[1]))
+    return [instrs[i].bits for i in range(first, last + 1) if is_packed[i]]
+
+
+@dataclass
+class Instr:
+    addr: int
+    op: str  # opcode with its modifiers, predicate dropped
+    target: str | None  # branch target label
+
+
+INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)(.*?)\s*;")
+LABEL = re.compile(r"^(\.L_x_\d+):")
+
+
+def disassemble(cubin: bytes) -> tuple[list[Instr], dict[str, int]]:
+    """SASS instructions and label → address."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool("nvdisasm"), "-c", f.name], capture_output=True, text=True, check=True).stdout
+    instrs, labels = [], {}
+    for line in text.splitlines():
+        if m := INSTR.search(line):
+            target = re.search(r"(\.L_x_\d+)", m.group(3)) if m.group(2).startswith("BRA") else None
+            instrs.append(Instr(int(m.group(1), 16), m.group(2), target and target.group(1)))
+        elif m := LABEL.match(line.strip()):
+            labels[m.group(1)] = instrs[-1].addr + 16 if instrs else 0
+    return instrs, labels
+
+
+def is_global_load(op: str) -> bool:
+    return op.split(".")[0] in ("LDG", "LDGSTS")
+
+
+def sass_main_loop(instrs: list[Instr], labels: dict[str, int]) -> list[Instr]:
+    """Body of the backward branch that encloses the most global loads (the smallest on ties)."""
+    bodies = [[i for i in instrs if labels[b.target] <= i.addr <= b.addr] for b in instrs
+              if b.target in labels and labels[b.target] <= b.addr]
+    return max(bodies, key=lambda body: (sum(is_global_load(i.op) for i in body), -len(body)), default=[])
+
+
+def resources(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, local memory per thread) from cuobjdump -res-usage."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    return int(re.search(r"REG:(\d+)", text).group(1)), int(re.search(r"LOCAL:(\d+)", text).group(1))
+
+
+def analyse(job: tuple) -> Row:
+    fmt, name, path, index = job
+    spec = find_spec(fmt, name)
+    config = spec.paths[path][index]
+    row = Row(kernel=name, path=path, config=config_label(config),
+              ctas={f"{n}x{k}": spec.ctas(config, n, k, 1) for n, k in TARGET_SHAPES},
+              packed_bytes=spec.packed_bytes(config))
+    try:
+        compiled = compile_config(spec, config)
+    except Exception as e:  # report and go on: one bad config should not hide the others
+        row.error = f"compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+        return row
+    cubin = compiled.asm["cubin"]
+    row.registers, row.spill_bytes = resources(cubin)
+    row.shared_bytes = compiled.metadata.shared
+    loads = ptx_loop_loads(compiled.asm["ptx"],
+                           packed_params(spec.kernel, dict(spec.constexprs, **config.kwargs), spec.packed))
+    body = sass_main_loop(*disassemble(cubin))
+    if not loads or not body:
+        row.error = "no loop loading packed data found"
+        return row
+    row.loop_instructions = sum(i.op != "NOP" for i in body)
+    row.load_bits = min(loads)
+    row.ptx_packed_bytes = sum(loads) // 8
+    row.instr_per_byte = round(row.loop_instructions / row.packed_bytes, 2)
+    return row
+
+
+def violations(row: Row) -> list[str]:
+    """What a batch 1-16 row breaks of the limits (empty: it meets them all)."""
+    if row.error:
+        return [row.error]
+    found = []
+    if row.load_bits != LOAD_BITS:
+        found.append(f"packed loads of {row.load_bits} bits, not {LOAD_BITS}")
+    if row.instr_per_byte > MAX_INSTR_PER_BYTE:
+        found.append(f"{row.instr_per_byte} instructions per packed byte > {MAX_INSTR_PER_BYTE}")
+    if row.ptx_packed_bytes != row.packed_bytes:
+        found.append(f"the PTX loads {row.ptx_packed_bytes} packed bytes per iteration, the spec says "
+                     f"{row.packed_bytes}")
+    few = {shape: n for shape, n in row.ctas.items() if n < MIN_CTAS}
+    if few:
+        found.append(f"fewer than {MIN_CTAS} CTAs at batch 1: {few}")
+    return found
+
+
+def report(kernel: str | None = None, paths: tuple[str, ...] = PATHS, workers: int | None = None) -> dict:
+    import triton
+
+    rows = []
+    with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        for row in pool.map(analyse, jobs(kernel, paths)):
+            rows.append(asdict(row))
+    missing = [fmt for fmt, spec in specs(kernel) if spec is None]
+    return {"triton": triton.__version__, "target": "sm_90",
+            "limits": {"path": PATHS[0], "load_bits": LOAD_BITS, "max_instr_per_byte": MAX_INSTR_PER_BYTE,
+                       "min_ctas": MIN_CTAS},
+            "shapes": [list(s) for s in TARGET_SHAPES], "formats_without_spec": missing, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernel", help="one format name from kernels.FORMATS (default: all)")
+    parser.add_argument("--path", choices=PATHS, action="append", help="launch path (default: both)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--jobs", type=int, default=None)
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("unset TRITON_INTERPRET: the interpreter replaces the kernels this report compiles")
+    result = report(args.kernel, tuple(args.path or PATHS), args.jobs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for row in result["rows"]:
+        bad = "; ".join(violations(Row(**row))) if row["path"] == PATHS[0] else row["error"] or ""
+        print(f"{row['kernel']:16s} {row['path']:11s} {row['config']:34s} "
+              f"{row['instr_per_byte'] or '-':>6} instr/B {row['load_bits'] or '-':>4} bit "
+              f"{row['registers'] or '-':>4} regs {row['spill_bytes'] if row['spill_bytes'] is not None else '-':>4} "
+              f"spill  min {min(row['ctas'].values()) if row['ctas'] else '-':>5} CTAs  {bad}", flush=True)
+    for fmt in result["formats_without_spec"]:
+        print(f"{fmt}: kernels/{fmt} declares no STATIC specs: not compiled")
+    print(f"wrote {args.out}")
+    return 1 if any(row["error"] for row in result["rows"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
