@@ -7,14 +7,23 @@ Format, W (N, K), n kept of every m consecutive inputs, K % m == 0, Kc = K·n/m:
                                                       little-endian: value c at bits (c·b_i) mod 8
                                                       of byte (c·b_i) // 8
 Math:
-    Ŵ[n, (c // n)·m + idx[n, c]] = values[n, c], zero elsewhere
-    y[b, r] = Σ_k x[b, k] · Ŵ[r, k]          fp32 accumulate, y in x's dtype
+    col(r, c) = (c // n)·m + idx[r, c]                (original column of kept value c)
+    y[b, r]   = Σ_c values[r, c] · x[b, col(r, c)]    fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16 (values' dtype), y (B, N).
 
-Triton has no sparse tensor-core dot, so each (BLOCK_N, BLOCK_K) tile is loaded compressed
-(BLOCK_K·n/m values + their index bytes), scattered to dense in registers and multiplied densely:
-GEMV for B ≤ 4, tl.dot for B > 4 (kernels/_common.py). Supported: m ∈ {4, 8} and n a power of
-two below m (2:4, 1:4, 4:8, 2:8, 1:8) — a tile of BLOCK_K·n/m kept values must be a power of two.
+Two paths in one kernel, both split over K (kernels/_sparse.py) so batch 1 fills the GPU:
+- B ≤ 4, CUDA cores: gather x by the kept indices. A tile is (BLOCK_N rows, BLOCK_K/m groups,
+  n slots); slot t of a group can only sit at positions t … t + m − n, so x[b, col] is picked
+  from m − n + 1 shifted windows of the group's x with m − n selects, and only the n kept
+  values are multiplied (half the multiply-adds of a dense 2:4 tile).
+- B > 4, tensor cores: scatter the kept values into a dense (BLOCK_N, BLOCK_K) tile in x's
+  dtype, then tl.dot with BLOCK_M = 16 rows of x (one M block up to B = 16).
+Loads of values and index bytes are masked per row and on a length that is a multiple of 16
+(Kc, the index bytes per row), so the compiler sees 16 contiguous bytes per thread.
+Supported: m ∈ {4, 8} and n a power of two below m (2:4, 1:4, 4:8, 2:8, 1:8).
+
+Measured on sm_90 (Triton 3.9, kernels.static_report), main loop at B = 1:
+see the STATIC table below.
 """
 
 from __future__ import annotations
@@ -23,46 +32,141 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (BenchResult, accumulate, block_offsets, check_tensor, check_x, launch,
-                             make_out, nm_scatter, require_cuda, run_bench, store_y, tensor_bytes, tune, unpack)
+from kernels import _sparse
+from kernels._common import _slots, check_tensor, check_x, make_out, nm_scatter, unpack
+from kernels._sparse import k_tile_range, store_split
 
 FORMAT = "nm"
 INDEX_BITS = {4: 2, 8: 4}
 
 
 @triton.jit
+def _columns(x, M: tl.constexpr):
+    """x (G, M) → tuple of its M columns (G,), in-thread splits."""
+    G: tl.constexpr = x.shape[0]
+    e, o = tl.split(tl.reshape(x, (G, M // 2, 2)))  # even / odd columns
+    if M == 4:
+        x0, x2 = tl.split(e)
+        x1, x3 = tl.split(o)
+        cols = (x0, x1, x2, x3)
+    else:  # M == 8
+        ee, eo = tl.split(tl.reshape(e, (G, 2, 2)))  # columns 0 4, 2 6
+        oe, oo = tl.split(tl.reshape(o, (G, 2, 2)))  # columns 1 5, 3 7
+        x0, x4 = tl.split(ee)
+        x2, x6 = tl.split(eo)
+        x1, x5 = tl.split(oe)
+        x3, x7 = tl.split(oo)
+        cols = (x0, x1, x2, x3, x4, x5, x6, x7)
+    return cols
+
+
+@triton.jit
+def kept_products(vals, pos, x, N_KEEP: tl.constexpr, M: tl.constexpr):
+    """Σ over slots of values · x[b, col] per (row, group): vals, pos (R, G·N_KEEP), x (G, M) one
+    row of x by groups → (R, G) fp32. Positions in a group increase, so slot t sits in
+    t … t + M − N_KEEP: M − N_KEEP selects pick its x, one FFMA multiplies."""
+    v = _slots(vals, N_KEEP)
+    p = _slots(pos, N_KEEP)
+    cols = _columns(x, M)
+    acc = tl.zeros(v[0].shape, dtype=tl.float32)
+    for t in tl.static_range(N_KEEP):
+        picked = cols[t][None, :]
+        for d in tl.static_range(1, M - N_KEEP + 1):
+            picked = tl.where(p[t] == t + d, cols[t + d][None, :], picked)
+        acc += v[t].to(tl.float32) * picked.to(tl.float32)
+    return acc
+
+
+@triton.jit
 def _nm_matmul_kernel(
     x_ptr, v_ptr, i_ptr, y_ptr,
-    B, N, K, KC,
-    stride_xb, stride_xk, stride_v, stride_i, stride_yb,
+    B, N, K, KC, IB,  # IB: index bytes per row
+    stride_xb, stride_v, stride_i, stride_yb,
+    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_sparse.py)
     batch_bucket,  # autotune key only
     N_KEEP: tl.constexpr, M: tl.constexpr, INDEX_BITS: tl.constexpr,
-    GEMV_ROWS: tl.constexpr,  # B on the GEMV path, 0 on the tiled one
+    GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    offs_m, offs_n = block_offsets(B, N, BLOCK_M, BLOCK_N)  # (BLOCK_M,), (BLOCK_N,)
+    BLOCK_G: tl.constexpr = BLOCK_K // M  # groups per tile
+    BLOCK_KC: tl.constexpr = BLOCK_G * N_KEEP  # kept values per tile row
+    BLOCK_IB: tl.constexpr = BLOCK_KC * INDEX_BITS // 8  # index bytes per tile row
+    num_m = tl.cdiv(B, BLOCK_M)
+    offs_m = (tl.program_id(0) % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    offs_n = (tl.program_id(0) // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     n_mask = offs_n < N
     rows = offs_n.to(tl.int64)
-    BLOCK_KC: tl.constexpr = BLOCK_K // M * N_KEEP  # kept values per tile
-    PER_BYTE: tl.constexpr = 8 // INDEX_BITS
+    v_rows = v_ptr + rows[:, None] * stride_v  # (BLOCK_N, 1)
+    i_rows = i_ptr + rows[:, None] * stride_i
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        c0 = k0 // M * N_KEEP
-        offs_c = c0 + tl.arange(0, BLOCK_KC)
-        vals = tl.load(v_ptr + rows[:, None] * stride_v + offs_c[None, :],
-                       mask=n_mask[:, None] & (offs_c[None, :] < KC), other=0.0)  # (BLOCK_N, BLOCK_KC)
-        offs_ib = c0 // PER_BYTE + tl.arange(0, BLOCK_KC // PER_BYTE)
-        index_bytes = tl.load(i_ptr + rows[:, None] * stride_i + offs_ib[None, :],
-                              mask=n_mask[:, None] & (offs_ib[None, :] * PER_BYTE < KC), other=0)
-        pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0..M-1
-        w = nm_scatter(vals.to(tl.float32), pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K)
-        acc = accumulate(acc, w, x_ptr, offs_m, offs_k, B, K, stride_xb, stride_xk, GEMV_ROWS, DOT_F32)
-    store_y(y_ptr, acc, offs_m, offs_n, B, N, stride_yb)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)  # B = 1: per row and group
+    first, last = k_tile_range(K, BLOCK_K)
+    for t in range(first, last):
+        offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
+        vals = tl.load(v_rows + offs_c[None, :], mask=n_mask[:, None] & (offs_c[None, :] < KC),
+                       other=0.0)  # (BLOCK_N, BLOCK_KC)
+        offs_ib = t * BLOCK_IB + tl.arange(0, BLOCK_IB)
+        index_bytes = tl.load(i_rows + offs_ib[None, :], mask=n_mask[:, None] & (offs_ib[None, :] < IB),
+                              other=0)  # (BLOCK_N, BLOCK_IB)
+        pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
+        if GEMV_ROWS > 0:
+            offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * M + tl.arange(0, M)[None, :]
+            for b in tl.static_range(GEMV_ROWS):
+                xb = tl.load(x_ptr + b * stride_xb + offs_x, mask=offs_x < K, other=0.0)  # (BLOCK_G, M)
+                prod = kept_products(vals, pos, xb, N_KEEP, M)  # (BLOCK_N, BLOCK_G)
+                if GEMV_ROWS == 1:  # reduce once after the loop
+                    acc2 += prod
+                else:
+                    part = tl.sum(prod, axis=1)  # (BLOCK_N,)
+                    acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
+        else:
+            w = nm_scatter(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K), x's dtype, 0 where pruned
+            offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xb + offs_k[None, :],
+                        mask=(offs_m[:, None] < B) & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
+            if DOT_F32:
+                acc = tl.dot(x.to(tl.float32), tl.trans(w).to(tl.float32), acc)
+            else:
+                acc = tl.dot(x, tl.trans(w), acc)
+    if GEMV_ROWS == 1:
+        acc = tl.sum(acc2, axis=1)[None, :]
+    store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
-_tuned = tune(_nm_matmul_kernel, key=["N", "K", "batch_bucket", "N_KEEP", "M"])
+def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
+    return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
+
+
+# B ≤ 4 (BLOCK_M comes from the launcher). BLOCK_K·n/m·b_i/8 ≥ 16 index bytes per row.
+GEMV_CONFIGS = [
+    _cfg(4, 1, BLOCK_N=16, BLOCK_K=1024),
+    _cfg(4, 1, BLOCK_N=32, BLOCK_K=512),
+    _cfg(8, 1, BLOCK_N=32, BLOCK_K=1024),
+    _cfg(2, 1, BLOCK_N=8, BLOCK_K=1024),
+]
+TILED_CONFIGS = [
+    _cfg(4, 3, BLOCK_M=16, BLOCK_N=32, BLOCK_K=256),
+    _cfg(4, 3, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128),
+    _cfg(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
+    _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
+]
+INTERPRET_CONFIGS = ([_cfg(4, 1, BLOCK_N=16, BLOCK_K=64)], [_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)])
+KEY = ["N", "K", "batch_bucket", "N_KEEP", "M"]
+
+
+def _prune_tiled(configs, named_args, **kwargs):
+    fits = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, kwargs["batch_bucket"])]
+    return fits or configs[:1]
+
+
+def _tuned():
+    gemv, tiled = INTERPRET_CONFIGS if _sparse._interpreting() else (GEMV_CONFIGS, TILED_CONFIGS)
+    return (triton.autotune(gemv, key=KEY)(_nm_matmul_kernel),
+            triton.autotune(tiled, key=KEY, prune_configs_by={"early_config_prune": _prune_tiled})(_nm_matmul_kernel))
+
+
+_GEMV, _TILED = _tuned()
 
 
 def check_nm(fmt: str, n: int, m: int, k: int) -> int:
@@ -86,18 +190,20 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *, n: i
     if not isinstance(values, torch.Tensor) or values.dim() != 2:
         raise ValueError(f"{FORMAT}: values must be a 2-D (N, K·n/m) tensor")
     rows = values.shape[0]
+    index_bytes = -(-kc * INDEX_BITS[m] // 8)
     check_tensor(FORMAT, "values", values, x.dtype, (rows, kc), x, "(x's dtype) (N, K·n/m)")
-    check_tensor(FORMAT, "indices", indices, torch.uint8, (rows, -(-kc * INDEX_BITS[m] // 8)), x,
+    check_tensor(FORMAT, "indices", indices, torch.uint8, (rows, index_bytes), x,
                  f"(N, ceil(Kc·{INDEX_BITS[m]}/8))")
     out = make_out(FORMAT, out, x, rows)
     if batch == 0 or rows == 0:
         return out
     if k == 0:
         return out.zero_()
-    launch(_tuned, x, rows,
-           (x, values, indices, out, batch, rows, k, kc,
-            x.stride(0), x.stride(1), values.stride(0), indices.stride(0), out.stride(0)),
-           N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m])
+    x = x if x.stride(1) == 1 else x.contiguous()
+    _sparse.launch(_GEMV, _TILED, x, rows,
+                   (x, values, indices, out, batch, rows, k, kc, index_bytes,
+                    x.stride(0), values.stride(0), indices.stride(0), out.stride(0)),
+                   N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m])
     return out
 
 
@@ -121,21 +227,3 @@ def reference(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *, n
               m: int = 4) -> torch.Tensor:
     """Torch: scatter to dense, fp32 matmul, cast to x's dtype."""
     return (x.float() @ dequantize(values, indices, n=n, m=m).T).to(x.dtype)
-
-
-def bench(n_out: int = 4096, k: int = 4096, batch: int = 1, n: int = 2, m: int = 4,
-          dtype: torch.dtype = torch.float16) -> BenchResult:
-    """Time the kernel, the torch reference and cuBLAS dense on random data (CUDA only)."""
-    from kernels.testing import pack_nm
-
-    require_cuda(FORMAT)
-    torch.manual_seed(0)
-    packed = pack_nm(torch.randn(n_out, k, device="cuda", dtype=dtype), n, m)
-    x = torch.randn(batch, k, device="cuda", dtype=dtype)
-    t = packed.tensors
-    return run_bench(
-        f"{FORMAT} {n}:{m}",
-        lambda: matmul(x, t["values"], t["indices"], n=n, m=m),
-        lambda: reference(x, t["values"], t["indices"], n=n, m=m),
-        x, packed.w_hat.to(dtype), tensor_bytes(*t.values()),
-    )

@@ -1,0 +1,129 @@
+"""Split over K for the batch-1…16 paths of the sparse kernels (nm*, bitmask*).
+
+At batch 1 a grid of N / BLOCK_N programs is too small to keep the H200's HBM busy (the
+4096-row shapes of a 7B model give 128 programs for 132 SMs). So the grid is
+(N / BLOCK_N, SPLIT): program (i, s) reduces K tiles [s·per, (s+1)·per) of rows block i, with
+per = ceil(K tiles / SPLIT), and SPLIT picked so that the grid has ≥ TARGET_CTAS programs.
+
+The partial sums meet in an fp32 workspace (B, N) with atomic adds; a per-row-block ticket
+counts the splits that finished, and the last one converts the sums to y and zeroes its slice
+of the workspace and its ticket again. So the workspace stays zero between calls (one cached
+buffer per device and stream, grown on demand, no memset launch), and y is written once, in
+x's dtype. Calls on one stream run in order, so they never share the workspace at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# 2 CTAs per SM on the 132 SMs of an H100/H200: ≥ 2 resident programs per SM hide the load
+# latency at batch 1 (DESIGN.md, "bytes in flight").
+TARGET_CTAS = 264
+
+_workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def split_count(n_blocks: int, k_tiles: int, target: int = TARGET_CTAS) -> int:
+    """SPLIT for a grid of n_blocks row blocks over k_tiles K tiles: the smallest that reaches
+    `target` programs, never more splits than tiles, and no split left without a tile."""
+    if n_blocks >= target or k_tiles <= 1:
+        return 1
+    split = min(k_tiles, -(-target // n_blocks))
+    per = -(-k_tiles // split)
+    return -(-k_tiles // per)
+
+
+def workspace(x: torch.Tensor, n_out: int, n_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed fp32 (≥ B·N) sums and int32 (≥ n_blocks) tickets, cached per device and stream.
+    The kernels leave them zeroed again, so only growing allocates."""
+    stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+    key = (x.device, stream)
+    sums, tickets = _workspaces.get(key, (None, None))
+    if sums is None or sums.numel() < x.shape[0] * n_out or tickets.numel() < n_blocks:
+        size = max(x.shape[0] * n_out, 0 if sums is None else sums.numel())
+        sums = torch.zeros(size, dtype=torch.float32, device=x.device)
+        tickets = torch.zeros(max(n_blocks, 0 if tickets is None else tickets.numel()), dtype=torch.int32,
+                              device=x.device)
+        _workspaces[key] = (sums, tickets)
+    return sums, tickets
+
+
+@triton.jit
+def k_tile_range(K, BLOCK_K: tl.constexpr):
+    """[first, last) K tiles of this program's split (axis 1 of the grid)."""
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    per = tl.cdiv(k_tiles, tl.num_programs(1))
+    first = tl.program_id(1) * per
+    return first, tl.minimum(first + per, k_tiles)
+
+
+@triton.jit
+def store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb):
+    """y[offs_m, offs_n] = acc (BLOCK_M, BLOCK_N) summed over the splits, in y's dtype."""
+    mask = (offs_m[:, None] < B) & (offs_n[None, :] < N)
+    y_ptrs = y_ptr + offs_m[:, None] * stride_yb + offs_n[None, :]
+    if tl.num_programs(1) == 1:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.atomic_add(ws_ptrs, acc, mask=mask, sem="relaxed")
+        tl.debug_barrier()  # every thread's adds precede the ticket (released by acq_rel)
+        ticket = tl.atomic_add(ticket_ptr + tl.program_id(0), 1, sem="acq_rel")
+        if ticket == tl.num_programs(1) - 1:
+            total = tl.load(ws_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.store(ws_ptrs, tl.zeros_like(total), mask=mask)
+            tl.store(ticket_ptr + tl.program_id(0), 0)
+
+
+# ----------------------------------------------------------------------------- launch
+
+# FMA path (x gathered per kept value, CUDA cores) up to this batch; tensor cores above, where
+# B multiply-adds per weight would outgrow the weight stream.
+GEMV_MAX_BATCH = 4
+
+# Tests set this to run one exact config instead of the autotuned ones.
+FORCE_CONFIG: triton.Config | None = None
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def batch_bucket(batch: int) -> int:
+    """Autotune key for the batch: powers of two up to 2048."""
+    return min(next_pow2(batch), 2048)
+
+
+def launch(gemv, tiled, x: torch.Tensor, n_out: int, args: tuple, **meta) -> None:
+    """Launch `gemv` (B ≤ GEMV_MAX_BATCH) or `tiled` over a (row blocks, SPLIT) grid.
+
+    `args` are the kernel's runtime arguments from x_ptr to stride_yb; the workspace pointers
+    and batch_bucket follow them. `meta` are the format's constexprs."""
+    batch = x.shape[0]
+    is_gemv = batch <= GEMV_MAX_BATCH
+    kernel = gemv if is_gemv else tiled
+    if is_gemv:
+        meta.update(BLOCK_M=next_pow2(batch), GEMV_ROWS=batch, DOT_F32=False)
+    else:  # the interpreter's tl.dot multiplies bf16 bit patterns as integers: give it fp32 there
+        meta.update(GEMV_ROWS=0, DOT_F32=_interpreting() and x.dtype == torch.bfloat16)
+    if FORCE_CONFIG is not None:
+        kernel = kernel.fn
+        meta.update(FORCE_CONFIG.all_kwargs())
+    k = x.shape[1]
+
+    def blocks(m: dict) -> int:
+        return triton.cdiv(batch, m["BLOCK_M"]) * triton.cdiv(n_out, m["BLOCK_N"])
+
+    largest = min(c.kwargs["BLOCK_N"] for c in (kernel.configs if FORCE_CONFIG is None else [FORCE_CONFIG]))
+    ws, tickets = workspace(x, n_out, triton.cdiv(batch, 1 if is_gemv else 16) * triton.cdiv(n_out, largest))
+    grid = lambda m: (blocks(m), split_count(blocks(m), triton.cdiv(k, m["BLOCK_K"])))  # noqa: E731
+    kernel[grid](*args, ws, tickets, batch_bucket(batch), **meta)
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
