@@ -151,6 +151,57 @@ def launch(tuned: Tuned, x: torch.Tensor, n_out: int, args: tuple, **meta) -> No
     kernel[grid](*args, **meta)
 
 
+# ----------------------------------------------------------------------------- split over K
+
+# 2 CTAs on each of the H200's 132 SMs: at batch 1 a grid over N alone leaves the SMs with too few
+# bytes in flight (≈ 25-30 KB per SM cover ≈ 0.8 µs of DRAM latency at 4.27 TB/s).
+MIN_CTAS = 264
+
+
+@dataclass(frozen=True)
+class SplitK:
+    """K cut into `splits` ranges of `k_per_split` columns (a multiple of BLOCK_K), one per grid row."""
+
+    splits: int
+    k_per_split: int
+
+
+def plan_split_k(tiles: int, k: int, block_k: int, min_ctas: int = MIN_CTAS) -> SplitK:
+    """Fewest splits that give tiles × splits ≥ min_ctas, each split whole BLOCK_K blocks (so a
+    split never starts inside a BLOCK_K tile; with BLOCK_K dividing the quantization group it never
+    starts inside a group either). One split when the tiles alone fill the GPU or K is one block."""
+    blocks = -(-k // block_k)
+    want = -(-min_ctas // max(tiles, 1))
+    per = max(1, -(-blocks // want))
+    while per > 1 and -(-blocks // per) < want:  # cdiv(blocks, cdiv(blocks, want)) can fall short
+        per -= 1
+    return SplitK(-(-blocks // per), per * block_k)
+
+
+def launch_split_k(launch: Callable[[torch.Tensor], None], out: torch.Tensor, plan: SplitK) -> torch.Tensor:
+    """Run `launch(y)`: one split stores straight into `out`; several add their fp32 partial sums
+    with atomics into a zeroed fp32 (B, N) buffer, copied into `out` after (gemlite's way).
+    The atomics' order varies, so with splits > 1 the last bits of y may differ run to run."""
+    if plan.splits == 1:
+        launch(out)
+        return out
+    partial = torch.zeros(out.shape, dtype=torch.float32, device=out.device)
+    launch(partial)
+    return out.copy_(partial)
+
+
+@triton.jit
+def store_or_add(y_ptr, acc, offs_m, offs_n, B, N, stride_yb, SPLIT_K: tl.constexpr):
+    """acc (BLOCK_M, BLOCK_N) fp32 → y: a plain store in y's dtype, or with SPLIT_K an fp32
+    atomic add into the zeroed buffer of launch_split_k."""
+    mask = (offs_m[:, None] < B) & (offs_n[None, :] < N)
+    ptrs = y_ptr + offs_m[:, None] * stride_yb + offs_n[None, :]
+    if SPLIT_K:
+        tl.atomic_add(ptrs, acc, mask=mask, sem="relaxed")
+    else:
+        tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------- static-compile spec
 
 BATCH_1_16 = "batch 1-16"
