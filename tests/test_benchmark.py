@@ -12,27 +12,29 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from flows.params import ParamsError, parse_params
+from kernels import FORMATS as FORMAT_KERNELS
 from kernels import benchmark as ops
+from kernels.dispatch import Dispatcher
 from kernels.timing import rotation_count
 from tasks.stages import benchmark
 
-FORMATS = ["int4", "int8", "nm", "nm-int4", "bitmask"]
+FORMATS = ["int4", "int8", "nm", "nm-int4", "bitmask", "bitmask-int4"]
 SETTINGS = dict(shapes=[[64, 256]], batches=[1, 16], formats=FORMATS, group_size=32, warmup=1, reps=2, max_ms=50.0,
                 decode_layers=2, decode_tokens=4, decode_formats=["int4"], cpu_batches=[1, 3], cpu_reps=1)
 
 
 def test_cpu_rows_time_the_reference_path_of_every_format():
-    rows = ops.add_speedups(ops.cpu_rows([(48, 128)], [1, 3], FORMATS, 32, reps=1))
+    rows = ops.add_speedups(ops.cpu_rows([(48, 128)], [1, 3], FORMATS, 32, benchmark.packer, reps=1))
     assert [(r["kernel"], r["batch"]) for r in rows[:2]] == [("dense-torch", 1), ("dense-torch", 3)]
     assert {r["kernel"] for r in rows} == {"dense-torch", *(f"torch-dequant-{f}" for f in FORMATS)}
     for row in rows:
-        assert row["ms"] > 0 and row["err"] < 1e-5 and row["dtype"] == "float32", row
+        assert row["ms"] > 0 and row["err"] < 1e-5 and row["dtype"] == "float32" and not row["wrong"], row
         assert row["speedup"] == pytest.approx(row["dense_ms"] / row["ms"])
     packed = {r["format"]: r["bytes"] for r in rows}
     assert packed["int4"] < packed["int8"] < packed["dense"] and packed["nm-int4"] < packed["nm"]
 
 
-def test_gpu_rows_assemble_on_the_cpu_under_the_interpreter():
+def test_gpu_rows_assemble_on_the_cpu_under_the_interpreter(tmp_path):
     """op_rows' bookkeeping (packing, checks, peers that refuse, speedups, the deadline) with the
     Triton kernels in TRITON_INTERPRET (set by conftest) and a clock that only runs each call."""
     from kernels import _common
@@ -46,18 +48,37 @@ def test_gpu_rows_assemble_on_the_cpu_under_the_interpreter():
         return 1.0 + len(calls)
 
     timing = ops.Timing(warmup=1, reps=2, max_ms=10.0, clock=clock)
-    rows = ops.add_speedups(ops.op_rows([(32, 128)], [1, 5], FORMATS, 32, timing, device="cpu", log=lambda m: None))
+    steps = []
+    rows = ops.add_speedups(ops.op_rows([(32, 128)], [1, 5], FORMATS, 32, timing, benchmark.packer,
+                                        Dispatcher(tmp_path / "dispatch.json"), device="cpu", log=lambda m: None,
+                                        on_step=lambda rows: steps.append(len(rows))))
     by_kernel = {(r["kernel"], r["batch"]): r for r in rows}
     for fmt in FORMATS:
+        paths = ("triton", "torch-dequant", "dispatch") if fmt in FORMAT_KERNELS else ("torch-dequant", "dispatch")
         for batch in (1, 5):
-            for kernel in (f"triton-{fmt}", f"torch-dequant-{fmt}"):
-                row = by_kernel[(kernel, batch)]
-                assert row["ms"] == 3.0 and row["err"] < 2e-3 and row["speedup"] == 1.0, row  # 2 copies each
+            for path in paths:
+                row = by_kernel[(f"{path}-{fmt}", batch)]
+                assert row["ms"] == 3.0 and row["err"] < 2e-3 and not row["wrong"], row  # 2 copies each
+                assert row["speedup"] == 1.0, row
+    assert steps == sorted(steps) and steps[-1] == len(rows) and len(steps) == 1 + len(FORMATS) + 2
     assert by_kernel[("dense-cublas", 5)]["bytes"] == 32 * 128 * 2
     for peer in ("torch-2:4-semi", "torch-2:4-cslt", "torch-int4-tinygemm"):  # CUDA-only ops: an error row each
         assert by_kernel[(peer, 1)]["ms"] is None and by_kernel[(peer, 1)]["error"], peer
-    cut = ops.op_rows([(32, 128)], [1], ["int4"], 32, timing, deadline=0.0, device="cpu", log=lambda m: None)
+    cut = ops.op_rows([(32, 128)], [1], ["int4"], 32, timing, benchmark.packer, Dispatcher(tmp_path / "d.json"),
+                      deadline=0.0, device="cpu", log=lambda m: None)
     assert [r["kernel"] for r in cut] == [ops.DEADLINE]
+
+
+def test_a_row_off_the_reference_is_marked_wrong():
+    """gpu_check.sh fails on such a row: 2% off is beyond fp16's bound (1%), NaN is never right."""
+    x, w = torch.randn(3, 64, dtype=torch.float16), torch.randn(8, 64)
+    want = x.double() @ w.double().T
+    clock = lambda calls, warmup, reps, max_ms: 1.0  # noqa: E731
+    timing = ops.Timing(warmup=0, reps=1, max_ms=1.0, clock=clock)
+    for scale, wrong in ((1.0, False), (1.02, True), (float("nan"), True)):
+        row = ops.measure(ops.where(8, 64, x), "k", "f", lambda w: (x.double() @ w.double().T * scale).half(), [w],
+                          want, 0, timing)
+        assert row["wrong"] is wrong, (scale, row)
 
 
 def test_rotation_exceeds_twice_the_cache():

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from kernels import benchmark as ops
-from kernels.dispatch import default_dispatcher, library_version
+from kernels.dispatch import PackedWeight, default_dispatcher, library_version
 from kernels.timing import copy_gbps, l2_bytes
 from tasks.formats.artifact import load_metadata
 from tasks.engine.layers import find_decoder_layers, prunable_modules
@@ -59,16 +59,25 @@ def model_shapes(packed_dir: Path) -> list[tuple[int, int]]:
 
 # ----------------------------------------------------------------------------- decode
 
-def pack_linear(linear: nn.Linear, fmt: str, group_size: int) -> PackedLinear:
-    """One Linear packed in `fmt`: magnitude 2:4 (N:M layouts) or 50% (bitmask layouts), RTN codes."""
+def pack_matrix(w: torch.Tensor, fmt: str, group_size: int, bias: torch.Tensor | None = None) -> PackedLinear:
+    """W (N, K) packed in `fmt` by the pack stage's code: magnitude 2:4 (N:M layouts) or 50% (bitmask
+    layouts), RTN codes."""
     codec = codec_of(fmt)
-    w = linear.weight.detach()
     pattern = NM(2, 4) if codec.layout is NM_LAYOUT else Unstructured(0.5) if codec.layout is BITMASK else None
     mask = mask_from_scores(w.abs().float(), pattern) if pattern else None
     quantized = rtn(w, QuantSpec(codec.code_bits, group_size, False), mask) if codec.code_bits else None
     layer, tensors = pack_weight(w, fmt, mask=mask, quantized=quantized,
                                  nm=(2, 4) if codec.layout is NM_LAYOUT else None, dtype=torch.float16)
-    return PackedLinear(layer, tensors, linear.bias)
+    return PackedLinear(layer, tensors, bias)
+
+
+def pack_linear(linear: nn.Linear, fmt: str, group_size: int) -> PackedLinear:
+    return pack_matrix(linear.weight.detach(), fmt, group_size, linear.bias)
+
+
+def packer(fmt: str, w: torch.Tensor, group_size: int) -> PackedWeight:
+    """kernels/benchmark.py's Packer: what a packed model holds for W, with its own fallback."""
+    return pack_matrix(w, fmt, group_size).packed_weight()
 
 
 def swap(model: nn.Module, modules: dict[str, nn.Module]) -> None:
@@ -166,9 +175,11 @@ def decode_rows(layers: int, tokens: int, formats: Iterable[str], group_size: in
 def run(*, shapes: Sequence[Sequence[int]], batches: Sequence[int], formats: Sequence[str], group_size: int,
         warmup: int, reps: int, max_ms: float, decode_layers: int, decode_tokens: int,
         decode_formats: Sequence[str], cpu_batches: Sequence[int], cpu_reps: int,
-        model_shapes: Sequence[tuple[int, int]], log: Log, deadline: float | None = None) -> dict:
+        model_shapes: Sequence[tuple[int, int]], log: Log, deadline: float | None = None,
+        on_update: Callable[[dict], None] = lambda result: None) -> dict:
     """Everything the stage records; keyword arguments are params.yaml's `benchmark` keys, plus the
-    packed model's shapes and, optionally, a time.monotonic() deadline for the kernel rows."""
+    packed model's shapes, optionally a time.monotonic() deadline for the kernel rows, and
+    on_update(result so far), called after every shape × format and after decode."""
     settings = {"shapes": [list(s) for s in shapes], "batches": list(batches), "formats": list(formats),
                 "group_size": group_size, "warmup": warmup, "reps": reps, "max_ms": max_ms,
                 "decode_layers": decode_layers, "decode_tokens": decode_tokens,
@@ -177,23 +188,32 @@ def run(*, shapes: Sequence[Sequence[int]], batches: Sequence[int], formats: Seq
     if not torch.cuda.is_available():
         cpu_shapes = list(model_shapes) or [tuple(shapes[0])]
         log(f"benchmark: {NO_CUDA_NOTE}: {cpu_shapes} at batches {list(cpu_batches)}")
-        rows = ops.cpu_rows(cpu_shapes, cpu_batches, formats, group_size, cpu_reps)
+        rows = ops.cpu_rows(cpu_shapes, cpu_batches, formats, group_size, packer, cpu_reps)
         return {"gpu": None, "note": NO_CUDA_NOTE, "libraries": libraries, "copy_GBps": None,
                 "settings": {**settings, "cpu_batches": list(cpu_batches), "cpu_reps": cpu_reps},
                 "rows": ops.add_speedups(rows), "decode": None}
-    # `shapes` first: they compare with the anchors, and a deadline cuts the (small) model shapes
-    all_shapes = list(dict.fromkeys([*map(tuple, shapes), *map(tuple, model_shapes)]))
+    # the largest shapes first (the anchors'), so that a deadline cuts the small model shapes
+    all_shapes = sorted(dict.fromkeys([*map(tuple, shapes), *map(tuple, model_shapes)]), key=lambda s: -s[0] * s[1])
     copy = copy_gbps()
     log(f"benchmark: {torch.cuda.get_device_name()}, copy {copy:.0f} GB/s")
-    rows = ops.op_rows(all_shapes, batches, formats, group_size, ops.Timing(warmup, reps, max_ms), deadline, log)
-    truncated = any(row["kernel"] == ops.DEADLINE for row in rows)
+    dispatcher = default_dispatcher()
+    result = {"gpu": torch.cuda.get_device_name(), "libraries": {**libraries, "cuda": torch.version.cuda},
+              "copy_GBps": copy, "l2_bytes": l2_bytes(), "settings": settings, "truncated": False, "rows": [],
+              "decode": None, "dispatch": dispatcher.entries}
+
+    def update(rows: list[dict]) -> None:
+        result.update(rows=ops.add_speedups(rows), truncated=any(row["kernel"] == ops.DEADLINE for row in rows))
+        on_update(result)
+
+    update(ops.op_rows(all_shapes, batches, formats, group_size, ops.Timing(warmup, reps, max_ms), packer, dispatcher,
+                       deadline, log, on_step=update))
     try:
-        decode = decode_rows(decode_layers, decode_tokens, decode_formats, group_size, log) if decode_layers else None
+        result["decode"] = decode_rows(decode_layers, decode_tokens, decode_formats, group_size, log) \
+            if decode_layers else None
     except Exception as err:  # noqa: BLE001 - building the model failed: keep the kernel rows
-        decode = [{"error": ops.describe(err)}]
-    return {"gpu": torch.cuda.get_device_name(), "libraries": {**libraries, "cuda": torch.version.cuda},
-            "copy_GBps": copy, "l2_bytes": l2_bytes(), "settings": settings, "truncated": truncated,
-            "rows": ops.add_speedups(rows), "decode": decode, "dispatch": dict(default_dispatcher().entries)}
+        result["decode"] = [{"error": ops.describe(err)}]
+    on_update(result)
+    return {**result, "dispatch": dict(dispatcher.entries)}
 
 
 def write_results(result: dict, json_path: Path, png_path: Path) -> None:
