@@ -178,3 +178,24 @@ def test_pack_linear_prunes_and_quantizes_as_named():
     assert statistics.mean((bitmask == 0).float().mean(1).tolist()) == pytest.approx(0.5)
     int8 = benchmark.pack_linear(linear, "int8", 32).dense_weight(torch.float32)
     assert (int8 - linear.weight).abs().max() < 0.01
+
+
+def test_gpu_check_fails_on_a_wrong_row_our_failure_or_an_uncaptured_decode():
+    """bench/gpu_bench.py's verdict: a peer that refuses a shape is a result; the rest fail the run."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", Path(__file__).parents[1] / "bench" / "gpu_bench.py")
+    gpu_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_bench)
+    at = {"N": 8, "K": 64, "batch": 1}
+    good = {"rows": [{"kernel": "triton-int4", **at, "err": 1e-4, "wrong": False},
+                     {"kernel": "torch-2:4-cslt", **at, "error": "RuntimeError: unsupported"}],
+            "decode": [{"format": "dense", "cuda_graph": True}]}
+    assert gpu_bench.failures(good) == []
+    bad = {"rows": [{"kernel": "dispatch-nm", **at, "err": 0.5, "wrong": True},
+                    {"kernel": "triton-bitmask", **at, "error": "CompilationError: x"}],
+           "decode": [{"format": "int4", "cuda_graph": False, "graph_error": "capture failed"}]}
+    assert gpu_bench.failures(bad) == ["wrong: dispatch-nm 8x64 batch 1 err 0.5",
+                                       "failed: triton-bitmask 8x64 batch 1: CompilationError: x",
+                                       "decode int4: capture failed"]
