@@ -139,6 +139,34 @@ def test_cpu_forward_is_exactly_the_reference_and_never_measures(tmp_path, monke
     assert not list(tmp_path.iterdir())
 
 
+def offered(fmt: str) -> set[str]:
+    """The candidates for packed_layer(fmt) (groups of 32) and fp16 x, at every batch."""
+    return ({"torch"} | ({"triton"} if fmt in dispatch.KERNEL_FORMATS else set())
+            | ({"dequant"} if fmt in ("int4", "int8") else set()) | ({"tinygemm"} if fmt == "int4" else set())
+            | ({"cusparselt"} if fmt == "nm" else set()))
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int8", "nm", "nm-int4", "bitmask", "bitmask-int4"])
+@pytest.mark.parametrize("batch", [1, 16, 2048])
+def test_every_peer_is_offered_at_every_batch(fmt, batch):
+    x = torch.randn(batch, 128, dtype=torch.float16)
+    assert set(dispatch.candidates(weight(fmt), x)) == offered(fmt)
+    assert set(dispatch.candidates(weight(fmt), x.float())) == {"torch"}
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int8"])
+def test_fused_dequant_path_matches_the_reference(fmt):
+    """Under TRITON_INTERPRET (conftest) the `dequant` candidate runs on the CPU: Ŵ written by the
+    Triton kernel equals the torch fallback's bit for bit, so y does too."""
+    from kernels import available
+
+    if not available():
+        pytest.skip("needs Triton with CUDA or TRITON_INTERPRET=1")
+    w = weight(fmt)
+    x = torch.randn(5, 128, dtype=torch.float16)
+    assert torch.equal(dispatch.candidates(w, x)["dequant"](x), dispatch.reference(x, w))
+
+
 # ----------------------------------------------------------------------------- CUDA only
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: the candidates and their timing run there")
@@ -158,10 +186,9 @@ def test_cuda_dispatch_picks_a_correct_path_once(tmp_path, fmt, batch):
     got = dispatcher.linear(x, module.packed_weight(), module.bias)
     assert (got - want).abs().max() <= 1e-2 * want.abs().max()
     (key, entry), = read_cache(tmp_path / "dispatch.json").items()
-    assert torch.cuda.get_device_name() in key and entry["path"] in {"torch", "triton", "cusparselt"}
+    assert torch.cuda.get_device_name() in key and entry["path"] in offered(fmt)
     assert not entry["rejected"], entry["rejected"]
-    expected = {"torch"} | ({"triton"} if fmt in dispatch.KERNEL_FORMATS else set()) | (
-        {"cusparselt"} if fmt == "nm" and batch >= dispatch.CSLT_MIN_BATCH else set())
+    expected = offered(fmt)
     assert set(entry["ms"]) == (expected if len(expected) > 1 else set())
     count = len(timed)
     again = x[:-1] if dispatch.batch_bucket(batch - 1) == dispatch.batch_bucket(batch) else x
