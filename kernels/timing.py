@@ -78,3 +78,14 @@ def copy_gbps(nbytes: int = 1 << 30, reps: int = 10) -> float:
     dst = torch.empty_like(src)
     ms = cuda_median_ms([lambda: dst.copy_(src)], warmup=3, reps=reps)
     return 2 * nbytes / (ms * 1e6)
+
+
+def cuda_span_ms(call: Callable[[], object], times: int) -> float:
+    """GPU time in ms of `times` back-to-back calls, between two CUDA events (a decode loop)."""
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(times):
+        call()
+    end.record()
+    torch.cuda.synchronize()
+    return begin.elapsed_time(end)

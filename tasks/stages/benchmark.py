@@ -36,7 +36,7 @@ from torch import nn
 
 from kernels import benchmark as ops
 from kernels.dispatch import PackedWeight, default_dispatcher, library_version
-from kernels.timing import copy_gbps, l2_bytes
+from kernels.timing import copy_gbps, cuda_span_ms, l2_bytes
 from tasks.formats.artifact import load_metadata
 from tasks.engine.layers import find_decoder_layers, prunable_modules
 from tasks.formats.packing import BITMASK, NM as NM_LAYOUT, codec_of, pack_weight
@@ -129,13 +129,7 @@ def decode_speed(model: nn.Module, tokens: int) -> dict:
             advance, row["cuda_graph"] = graph.replay, True
         except Exception as err:  # noqa: BLE001 - fall back to eager steps, and say why
             advance, row["cuda_graph"], row["graph_error"] = step, False, ops.describe(err)
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        for _ in range(tokens):
-            advance()
-        end.record()
-        torch.cuda.synchronize()
-    ms = begin.elapsed_time(end)
+        ms = cuda_span_ms(advance, tokens)
     return {**row, "tokens_per_s": 1e3 * tokens / ms, "ms_per_token": ms / tokens,
             "workspace_GB": (torch.cuda.max_memory_allocated() - before) / 1e9,
             "finite": bool(torch.isfinite(out["logits"]).all())}
