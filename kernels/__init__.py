@@ -21,7 +21,10 @@ FORMATS: dict[str, str] = {
     "int8": "int8",
     "nm": "nm",
     "nm-int4": "nm_int4",
+    "nm-int8": "nm_int8",
     "bitmask": "bitmask",
+    "bitmask-int4": "bitmask_int4",
+    "bitmask-int8": "bitmask_int8",
 }
 
 

@@ -1,0 +1,133 @@
+"""`nm-int8` N:M sparse weights with 8-bit codes (docs/formats.md, version 1): y = x @ Ŵᵀ.
+
+Format, W (N, K), n kept of every m consecutive inputs, K % m == 0, Kc = K·n/m, groups of g
+original columns (g % m == 0 for this kernel), G = ceil(K/g):
+    values   uint8 (N, Kc)                 codes of the kept weights, group by group
+    indices  uint8 (N, ceil(Kc·b_i/8))     as in `nm` (kernels/nm.py)
+    scales   float16 (N, G), zeros uint8 (N, G)
+Math:
+    col(r, c) = (c // n)·m + idx[r, c]
+    y[b, r]   = Σ_c (values[r, c] − zeros[r, col // g]) · scales[r, col // g] · x[b, col]
+Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
+
+kernels/nm.py's two paths with a dequantization in between: since g is a multiple of m, the
+kept codes of one quantization group are g·n/m consecutive entries of `values`, so the tile of
+codes is dequantized in kept order (kernels/_common.dequant, groups of g·n/m) before x is
+gathered by the indices (B ≤ 4) or the codes are scattered to a dense tile (B > 4).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import _sparse
+from kernels._common import accumulate, check_group, check_tensor, check_x, dequant, make_out, nm_scatter, unpack
+from kernels._sparse import k_tile_range, store_split
+from kernels.nm import GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns, kept_products
+from kernels.bitmask import tuned
+
+FORMAT = "nm-int8"
+
+
+@triton.jit
+def _nm_int8_matmul_kernel(
+    x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr,
+    B, N, K, KC, IB,  # IB: index bytes per row
+    stride_xb, stride_v, stride_i, stride_g, stride_yb,
+    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_sparse.py)
+    batch_bucket,  # autotune key only
+    N_KEEP: tl.constexpr, M: tl.constexpr, INDEX_BITS: tl.constexpr,
+    GROUP: tl.constexpr,  # g, or 0 when there is one group per row
+    GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    BLOCK_G: tl.constexpr = BLOCK_K // M  # m-groups per tile
+    BLOCK_KC: tl.constexpr = BLOCK_G * N_KEEP  # kept codes per tile row
+    BLOCK_IB: tl.constexpr = BLOCK_KC * INDEX_BITS // 8  # index bytes per tile row
+    GROUP_KC: tl.constexpr = GROUP // M * N_KEEP  # kept codes per quantization group
+    num_m = tl.cdiv(B, BLOCK_M)
+    offs_m = (tl.program_id(0) % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    offs_n = (tl.program_id(0) // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    n_mask = offs_n < N
+    rows = offs_n.to(tl.int64)
+    v_rows = v_ptr + rows[:, None] * stride_v  # (BLOCK_N, 1)
+    i_rows = i_ptr + rows[:, None] * stride_i
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    first, last = k_tile_range(K, BLOCK_K)
+    for t in range(first, last):
+        offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
+        q = tl.load(v_rows + offs_c[None, :], mask=n_mask[:, None] & (offs_c[None, :] < KC), other=0)
+        offs_ib = t * BLOCK_IB + tl.arange(0, BLOCK_IB)
+        index_bytes = tl.load(i_rows + offs_ib[None, :], mask=n_mask[:, None] & (offs_ib[None, :] < IB),
+                              other=0)  # (BLOCK_N, BLOCK_IB)
+        pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
+        vals = dequant(q.to(tl.int32), s_ptr, z_ptr, rows, n_mask, offs_c, t * BLOCK_KC, KC, stride_g,
+                       GROUP_KC, BLOCK_KC)  # (BLOCK_N, BLOCK_KC) fp32, in kept order
+        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        if GEMV_ROWS > 0:
+            offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * M + tl.arange(0, M)[None, :]
+            for b in tl.static_range(GEMV_ROWS):
+                xb = tl.load(x_ptr + b * stride_xb + offs_x, mask=offs_x < K, other=0.0)  # (BLOCK_G, M)
+                part = tl.sum(kept_products(vals, pos, xb, N_KEEP, M), axis=1)  # (BLOCK_N,)
+                acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
+        else:
+            w = nm_scatter(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K) fp32, 0 where pruned
+            acc = accumulate(acc, w, x_ptr, offs_m, offs_k, B, K, stride_xb, 1, 0, DOT_F32)
+    store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
+
+
+_GEMV, _TILED = tuned(_nm_int8_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS, INTERPRET_CONFIGS,
+                      ["N", "K", "batch_bucket", "N_KEEP", "M", "GROUP"])
+
+
+def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+           *, group_size: int, n: int = 2, m: int = 4, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y (B, N) = x (B, K) @ Ŵᵀ for `nm-int8`. group_size: g (a multiple of m), or -1 for one group
+    per row. `out` (B, N) in x's dtype is written if given (else allocated)."""
+    batch, k = check_x(FORMAT, x)
+    kc = check_nm(FORMAT, n, m, k)
+    g, groups = check_group(FORMAT, group_size, k)
+    if groups > 1 and g % m:
+        raise ValueError(f"{FORMAT}: group_size={g} must be a multiple of m={m} (a quantization group must "
+                         "hold whole N:M groups) or -1")
+    if not isinstance(values, torch.Tensor) or values.dim() != 2:
+        raise ValueError(f"{FORMAT}: values must be a 2-D uint8 (N, K·n/m) tensor")
+    rows = values.shape[0]
+    index_bytes = -(-kc * INDEX_BITS[m] // 8)
+    check_tensor(FORMAT, "values", values, torch.uint8, (rows, kc), x, "(N, K·n/m)")
+    check_tensor(FORMAT, "indices", indices, torch.uint8, (rows, index_bytes), x,
+                 f"(N, ceil(Kc·{INDEX_BITS[m]}/8))")
+    check_tensor(FORMAT, "scales", scales, torch.float16, (rows, groups), x, "(N, ceil(K/g))")
+    check_tensor(FORMAT, "zeros", zeros, torch.uint8, (rows, groups), x, "(N, ceil(K/g))")
+    out = make_out(FORMAT, out, x, rows)
+    if batch == 0 or rows == 0:
+        return out
+    if k == 0:
+        return out.zero_()
+    x = x if x.stride(1) == 1 else x.contiguous()
+    _sparse.launch(_GEMV, _TILED, x, rows,
+                   (x, values, indices, scales, zeros, out, batch, rows, k, kc, index_bytes,
+                    x.stride(0), values.stride(0), indices.stride(0), scales.stride(0), out.stride(0)),
+                   N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], GROUP=0 if groups == 1 else g)
+    return out
+
+
+def dequantize(values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *,
+               group_size: int, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Ŵ (N, K) float32 with torch ops."""
+    rows, kc = values.shape
+    k = kc // n * m
+    cols = kept_columns(indices, n, m, kc)  # (N, Kc)
+    group = cols // (k if group_size == -1 else group_size)
+    kept = (values.float() - zeros.float().gather(1, group)) * scales.float().gather(1, group)
+    return torch.zeros(rows, k, dtype=torch.float32, device=values.device).scatter_(1, cols, kept)
+
+
+def reference(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor,
+              zeros: torch.Tensor, *, group_size: int, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Torch: dequantize, scatter to dense, fp32 matmul, cast to x's dtype."""
+    w = dequantize(values, indices, scales, zeros, group_size=group_size, n=n, m=m)
+    return (x.float() @ w.T).to(x.dtype)
