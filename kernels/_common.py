@@ -202,6 +202,86 @@ def store_or_add(y_ptr, acc, offs_m, offs_n, B, N, stride_yb, SPLIT_K: tl.conste
         tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+# ----------------------------------------------------------------------------- integer codes → fp16
+
+# Marlin's exponent trick: a code c < 2^10 OR-ed into the mantissa of fp16 1024.0 (0x6400) reads as
+# 1024 + c, exactly; one HSUB2 / HFMA2 then takes away 1024 + zero. Per fp16 pair that is one LOP3
+# (4-bit codes) or one PRMT (8-bit codes, the byte lands in the low mantissa bits) plus one
+# half2 op, instead of an I2F, a subtraction and a multiply per weight. The interpreter cannot run
+# PTX: USE_ASM=False computes the same values with plain integer ops.
+
+
+@triton.jit
+def int4_minus_zero(packed, zero, USE_ASM: tl.constexpr):
+    """uint8 (R, C), two 4-bit codes per byte, and integer zero points (R, 1) in [0, 15]
+    → fp16 (low nibble − zero, high nibble − zero), each (R, C), exact."""
+    if USE_ASM:
+        # The constants per row, as fp16 pairs (bit patterns): 1024 + z = 0x6400 + z and
+        # −(64 + z) = 0xD400 + 16·z. Built once per row, not per code: the asm reads one
+        # register of each ($5, $7) and ignores the other copies pack=4 hands it.
+        z = zero.to(tl.uint32)
+        lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)
+        hi_zero = ((0xD400 + 16 * z) * 0x10001).to(tl.int32, bitcast=True)
+        # Per 4 bytes b0..b3: PRMT spreads them to [b0, 0, b1, 0] and [b2, 0, b3, 0]; LOP3 keeps
+        # the low (0x000f000f) or high (0x00f000f0) nibbles under 0x6400: 1024 + lo, 1024 + 16·hi.
+        lo, hi = tl.inline_asm_elementwise(
+            "{ .reg .b32 t0, t1, c; mov.b32 c, 0x2c002c00;"  # fp16 pair (1/16, 1/16)
+            " prmt.b32 t0, $4, 0, 0x4140; prmt.b32 t1, $4, 0, 0x4342;"
+            " lop3.b32 $0, t0, 0x000f000f, 0x64006400, 0xea; lop3.b32 $1, t1, 0x000f000f, 0x64006400, 0xea;"
+            " lop3.b32 $2, t0, 0x00f000f0, 0x64006400, 0xea; lop3.b32 $3, t1, 0x00f000f0, 0x64006400, 0xea;"
+            " sub.f16x2 $0, $0, $5; sub.f16x2 $1, $1, $5;"  # (1024 + lo) − (1024 + z)
+            " fma.rn.f16x2 $2, $2, c, $9; fma.rn.f16x2 $3, $3, c, $9; }",  # (1024 + 16·hi)/16 − (64 + z)
+            "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r", [packed, lo_zero, hi_zero],
+            dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+    else:
+        p = packed.to(tl.int32)
+        z = zero.to(tl.int32)
+        lo = ((p & 15) - z).to(tl.float16)
+        hi = ((p >> 4) - z).to(tl.float16)
+    return lo, hi
+
+
+@triton.jit
+def int8_minus_zero(packed, zero, USE_ASM: tl.constexpr):
+    """uint8 (R, C) codes and integer zero points (R, 1) → fp16 code − zero (R, C), exact."""
+    if USE_ASM:
+        # 1024 + z as an fp16 pair (0x6400 + z, z ≤ 255), once per row: the asm reads $3 only.
+        z = zero.to(tl.uint32)
+        lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)
+        # PRMT puts bytes b0, b1 under 0x64 high bytes: the fp16 pair (1024 + b0, 1024 + b1).
+        w = tl.inline_asm_elementwise(
+            "{ .reg .b32 e; mov.b32 e, 0x64646464;"
+            " prmt.b32 $0, $2, e, 0x5150; prmt.b32 $1, $2, e, 0x5352;"
+            " sub.f16x2 $0, $0, $3; sub.f16x2 $1, $1, $3; }",
+            "=r,=r,r,r,r,r,r", [packed, lo_zero], dtype=tl.float16, is_pure=True, pack=4)
+    else:
+        w = (packed.to(tl.int32) - zero.to(tl.int32)).to(tl.float16)
+    return w
+
+
+@triton.jit
+def scale_columns(w, s_ptr, z_ptr, rows, n_mask, cols, K, stride_g, GROUP: tl.constexpr):
+    """(w − zero) · scale in fp32, per element: codes w (R, C) at original columns `cols` (C,).
+    The slow path, for groups that BLOCK_K does not divide (every production group has the
+    scale applied once per tile instead)."""
+    offs = rows[:, None] * stride_g + (cols // GROUP)[None, :]
+    mask = n_mask[:, None] & (cols < K)[None, :]
+    scale = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    zero = tl.load(z_ptr + offs, mask=mask, other=0).to(tl.float32)
+    return (w.to(tl.float32) - zero) * scale
+
+
+@triton.jit
+def dot_t(x, w, acc, DOT_F32: tl.constexpr):
+    """acc (BLOCK_M, BLOCK_N) + x (BLOCK_M, BLOCK_K) @ w (BLOCK_N, BLOCK_K)ᵀ on the tensor cores,
+    w rounded to x's dtype. DOT_F32: in fp32 (the interpreter's bf16 dot multiplies bit patterns)."""
+    if DOT_F32:
+        acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc)
+    else:
+        acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
+    return acc
+
+
 # ----------------------------------------------------------------------------- static-compile spec
 
 BATCH_1_16 = "batch 1-16"

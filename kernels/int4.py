@@ -6,13 +6,23 @@ Format, W (N, K) = (out_features, in_features), groups of g consecutive inputs, 
     zeros    uint8   (N, G)          integer zero point in [0, 15]
 Math:
     Ŵ[n, k] = (q[n, k] − zeros[n, k // g]) · scales[n, k // g]
-    y[b, n] = Σ_k x[b, k] · Ŵ[n, k]          fp32 accumulate, y in x's dtype
+    y[b, n] = Σ_g scales[n, g] · Σ_{k in g} x[b, k] · (q[n, k] − zeros[n, g])     fp32, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
-One kernel, two launch paths (kernels/_common.py): GEMV for B ≤ 4 (one program per BLOCK_N
-output rows, all of x in the program, each packed byte read once, CUDA-core FMAs) and tiled for
-B > 4 (tl.dot on the dequantized tile; B ≤ 16 is a single M block, so weights are still read
-once). The kernel is generic in BITS, so kernels/int8.py reuses it with BITS=8.
+Design (Marlin's ideas on the packed layout as it is; Frantar et al. 2024, arXiv:2408.11743):
+- one kernel for every batch: tensor cores on (BLOCK_M, BLOCK_N) tiles of y, BLOCK_M = 16 up to
+  batch 16 (batch 1 wastes 15/16 of an MMA that costs ≈ 0.25 instructions per packed byte);
+- each thread loads 16 contiguous packed bytes of one row (LDG.E.128): the mask is on the row's
+  byte count, constant across a 16-byte vector, not on `k < K` per code;
+- codes become fp16 (code − zero) with the 0x6400 exponent trick (_common.int4_minus_zero):
+  2.5 instructions per byte, exact; the scale multiplies the tile's fp32 partial sums once per
+  group per output, not each weight (needs BLOCK_K | g: true for every production group);
+- the low and high nibbles come out as two (BLOCK_N, BLOCK_K/2) tiles for the even and odd
+  columns: x is split into its even and odd columns to match (x is BLOCK_M/BLOCK_N the size);
+- K is split over the grid's second axis until ≥ 264 CTAs run (_common.plan_split_k), the splits
+  adding fp32 partial sums atomically.
+Main loop at batch 1-16 (bench/results/kernels-sm90.json): see STATIC and the report.
+The kernel is generic in BITS: kernels/int8.py runs it with BITS=8.
 """
 
 from __future__ import annotations
@@ -21,44 +31,103 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (BenchResult, accumulate, block_offsets, check_group, check_tensor, check_x,
-                             dequant, launch, make_out, require_cuda, run_bench, store_y,
-                             tensor_bytes, tune, unpack)
+from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
+                             check_tensor, check_x, dot_t, int4_minus_zero, int8_minus_zero, launch_split_k,
+                             make_out, plan_split_k, scale_columns, store_or_add)
 
 FORMAT = "int4"
+SMALL_BATCH = 16  # up to here one BLOCK_M = 16 row block: every weight byte is read once
 
 
 @triton.jit
 def _quant_matmul_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, y_ptr,
-    B, N, K,
+    B, N, K, K_SPLIT,
     stride_xb, stride_xk, stride_q, stride_g, stride_yb,
-    batch_bucket,  # autotune key only
     BITS: tl.constexpr,  # 4 or 8
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row
-    GEMV_ROWS: tl.constexpr,  # B on the GEMV path, 0 on the tiled one
+    SPLIT_K: tl.constexpr,  # several programs share an output: atomic fp32 adds
+    USE_ASM: tl.constexpr,  # False under the interpreter
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     offs_m, offs_n = block_offsets(B, N, BLOCK_M, BLOCK_N)  # (BLOCK_M,), (BLOCK_N,)
     n_mask = offs_n < N
     rows = offs_n.to(tl.int64)  # N · row bytes can pass 2^31
-    PER_BYTE: tl.constexpr = 8 // BITS
+    # The tile lies inside one group: scale its partial sums once (else per element, slowly).
+    PER_TILE: tl.constexpr = GROUP == 0 or GROUP % BLOCK_K == 0
+    PACKED_K: tl.constexpr = BLOCK_K * BITS // 8
+    k_start = tl.program_id(1) * K_SPLIT
+    k_end = tl.minimum(k_start + K_SPLIT, K)
+    # K_SPLIT is whole BLOCK_K tiles of ≥ 32 codes: the split starts on a 16-byte boundary.
+    offs_b = tl.multiple_of(k_start * BITS // 8, 16) + tl.arange(0, PACKED_K)  # (PACKED_K,) row bytes
+    q_ptrs = q_ptr + rows[:, None] * stride_q + offs_b[None, :]  # (BLOCK_N, PACKED_K)
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xb + (k_start + tl.arange(0, BLOCK_K))[None, :] * stride_xk
+    m_mask = offs_m[:, None] < B
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        # Contiguous bytes, unpacked in registers: one load per byte, not one per code.
-        offs_byte = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
-        byte_mask = n_mask[:, None] & (offs_byte[None, :] * PER_BYTE < K)
-        packed = tl.load(q_ptr + rows[:, None] * stride_q + offs_byte[None, :], mask=byte_mask, other=0)
-        q = unpack(packed, BITS)  # (BLOCK_N, BLOCK_K) int32
-        w = dequant(q, s_ptr, z_ptr, rows, n_mask, offs_k, k0, K, stride_g, GROUP, BLOCK_K)  # (BLOCK_N, BLOCK_K)
-        acc = accumulate(acc, w, x_ptr, offs_m, offs_k, B, K, stride_xb, stride_xk, GEMV_ROWS, DOT_F32)
-    store_y(y_ptr, acc, offs_m, offs_n, B, N, stride_yb)
+        # stride_q is the row's byte count (contiguous rows): the mask is constant over 16 bytes.
+        packed = tl.load(q_ptrs, mask=n_mask[:, None] & (offs_b[None, :] < stride_q), other=0)
+        x = tl.load(x_ptrs, mask=m_mask & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
+        if PER_TILE:
+            g_offs = rows * stride_g
+            if GROUP > 0:
+                g_offs += k0 // GROUP
+            zero = tl.load(z_ptr + g_offs, mask=n_mask, other=0)[:, None]  # (BLOCK_N, 1)
+            scale = tl.load(s_ptr + g_offs, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        else:
+            zero = tl.zeros((BLOCK_N, 1), dtype=tl.uint8)
+            part = acc
+        if BITS == 4:
+            lo, hi = int4_minus_zero(packed, zero, USE_ASM)  # (BLOCK_N, BLOCK_K/2): even, odd columns
+            if not PER_TILE:
+                lo = scale_columns(lo, s_ptr, z_ptr, rows, n_mask, offs_b * 2, K, stride_g, GROUP)
+                hi = scale_columns(hi, s_ptr, z_ptr, rows, n_mask, offs_b * 2 + 1, K, stride_g, GROUP)
+            x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 2, 2)))
+            part = dot_t(x_even, lo, part, DOT_F32)
+            part = dot_t(x_odd, hi, part, DOT_F32)
+        else:
+            w = int8_minus_zero(packed, zero, USE_ASM)  # (BLOCK_N, BLOCK_K)
+            if not PER_TILE:
+                w = scale_columns(w, s_ptr, z_ptr, rows, n_mask, offs_k, K, stride_g, GROUP)
+            part = dot_t(x, w, part, DOT_F32)
+        if PER_TILE:
+            acc += part * scale[None, :]
+        else:
+            acc = part
+        q_ptrs += PACKED_K
+        x_ptrs += BLOCK_K * stride_xk
+        offs_b += PACKED_K
+    store_or_add(y_ptr, acc, offs_m, offs_n, B, N, stride_yb, SPLIT_K)
 
 
-_tuned = tune(_quant_matmul_kernel, key=["N", "K", "batch_bucket", "BITS", "GROUP"])
+# ----------------------------------------------------------------------------- configs
 
+def block_k(group: int) -> int:
+    """Largest production BLOCK_K that divides the group (scale once per tile); 64 for others."""
+    return next((bk for bk in (128, 64, 32) if group == 0 or group % bk == 0), 64)
+
+
+def config(batch: int, group: int) -> triton.Config:
+    """The production config of a launch. Up to batch 16 one BLOCK_M = 16 row block (each weight
+    read once) and BLOCK_N · BLOCK_K = 16384 codes: with 4 warps each thread loads 64 packed int4
+    bytes (4 × LDG.128) per iteration, which pays for the loop's fixed cost (x tile, group scale).
+    Above, 64 × 128 tiles. One config per path: no autotuning without a GPU to time it."""
+    bk = block_k(group)
+    if batch <= SMALL_BATCH:
+        return triton.Config(dict(BLOCK_M=16, BLOCK_N=16384 // bk, BLOCK_K=bk), num_warps=4, num_stages=1)
+    return triton.Config(dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=min(64, bk)), num_warps=4, num_stages=2)
+
+
+def grid(cfg: triton.Config, n: int, k: int, batch: int) -> tuple[int, int]:
+    """(tiles of y, splits of K)."""
+    tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(n, cfg.kwargs["BLOCK_N"])
+    return tiles, plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"]).splits
+
+
+# ----------------------------------------------------------------------------- launcher
 
 def quant_matmul(fmt: str, bits: int, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                  zeros: torch.Tensor, group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,11 +146,20 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, qweight: torch.Tensor, sc
         return out
     if k == 0:
         return out.zero_()
-    launch(_tuned, x, n,
-           (x, qweight, scales, zeros, out, batch, n, k,
-            x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), out.stride(0)),
-           BITS=bits, GROUP=0 if groups == 1 else g)
-    return out
+    group = 0 if groups == 1 else g
+    cfg = config(batch, group)
+    tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(n, cfg.kwargs["BLOCK_N"])
+    plan = plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"])
+
+    def launch(y: torch.Tensor) -> None:
+        _quant_matmul_kernel[(tiles, plan.splits)](
+            x, qweight, scales, zeros, y, batch, n, k, plan.k_per_split,
+            x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), y.stride(0),
+            BITS=bits, GROUP=group, SPLIT_K=plan.splits > 1, USE_ASM=not INTERPRET,
+            DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
+
+    return launch_split_k(launch, out, plan)
 
 
 def matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *,
@@ -90,6 +168,8 @@ def matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     `out` (B, N) in x's dtype is written if given (else allocated)."""
     return quant_matmul(FORMAT, 4, x, qweight, scales, zeros, group_size, out)
 
+
+# ----------------------------------------------------------------------------- torch reference
 
 def unpack_codes(qweight: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     """uint8 (N, ceil(K·bits/8)) → int codes (N, K), little-endian within each byte."""
@@ -122,39 +202,32 @@ def reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     return (x.float() @ w.T).to(x.dtype)
 
 
-def bench(n_out: int = 4096, k: int = 4096, batch: int = 1, group_size: int = 128,
-          dtype: torch.dtype = torch.float16, bits: int = 4) -> BenchResult:
-    """Time the kernel, the torch reference and cuBLAS dense on random data (CUDA only)."""
-    from kernels.testing import pack_quant
+# ----------------------------------------------------------------------------- static report
 
-    fmt = f"int{bits}"
-    require_cuda(fmt)
-    torch.manual_seed(0)
-    packed = pack_quant(torch.randn(n_out, k, device="cuda", dtype=dtype), bits, group_size)
-    x = torch.randn(batch, k, device="cuda", dtype=dtype)
-    t = packed.tensors
-    return run_bench(
-        fmt,
-        lambda: quant_matmul(fmt, bits, x, t["qweight"], t["scales"], t["zeros"], group_size),
-        lambda: reference(x, t["qweight"], t["scales"], t["zeros"], group_size=group_size, bits=bits),
-        x, packed.w_hat.to(dtype), tensor_bytes(*t.values()),
-    )
+def static_specs(fmt: str, bits: int) -> tuple[CompileSpec, ...]:
+    """What kernels.static_report compiles: groups 128 (benchmark), 64 (the pipeline's) and one per row."""
+    def packed_bytes(cfg: triton.Config) -> int:  # per thread per iteration
+        return cfg.kwargs["BLOCK_N"] * cfg.kwargs["BLOCK_K"] * bits // 8 // (32 * cfg.num_warps)
 
+    def ctas(cfg: triton.Config, n: int, k: int, batch: int) -> int:
+        tiles, splits = grid(cfg, n, k, batch)
+        return tiles * splits
 
-def _old_specs(fmt, bits, groups):
-    from kernels._common import BATCH_1_16, GEMV_CONFIGS, LARGE_BATCH, TILED_CONFIGS, CompileSpec, next_pow2
-    gemv = tuple(triton.Config(dict(c.kwargs, BLOCK_M=1, GEMV_ROWS=1, DOT_F32=False), num_warps=c.num_warps,
-                               num_stages=c.num_stages) for c in GEMV_CONFIGS)
-    tiled = tuple(triton.Config(dict(c.kwargs, GEMV_ROWS=0, DOT_F32=False), num_warps=c.num_warps,
-                                num_stages=c.num_stages) for c in TILED_CONFIGS)
-    return tuple(CompileSpec(
-        name=f"{fmt} g{g}", kernel=_quant_matmul_kernel,
-        pointers=dict(x="fp16", q="u8", s="fp16", z="u8", y="fp16"), packed=("q",),
-        constexprs=dict(BITS=bits, GROUP=g, stride_xk=1),
-        paths={BATCH_1_16: gemv + tiled[:2], LARGE_BATCH: tiled[2:]},
-        packed_bytes=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * bits // 8 // (32 * c.num_warps),
-        ctas=lambda c, n, k, b: -(-n // c.kwargs["BLOCK_N"]) * -(-b // c.kwargs["BLOCK_M"]),
-        unaligned=("B", "batch_bucket")) for g in groups)
+    def spec(label: str, group: int) -> CompileSpec:
+        flags = dict(BITS=bits, GROUP=group, USE_ASM=True, DOT_F32=False, stride_xk=1)
+        return CompileSpec(
+            name=f"{fmt} {label}", kernel=_quant_matmul_kernel,
+            pointers=dict(x="fp16", q="u8", s="fp16", z="u8", y="fp16"), packed=("q",), constexprs=flags,
+            paths={BATCH_1_16: (with_split(config(1, group), True),),
+                   LARGE_BATCH: (with_split(config(SMALL_BATCH + 1, group), False),)},
+            packed_bytes=packed_bytes, ctas=ctas)
+
+    return spec("g128", 128), spec("g64", 64), spec("g-1", 0)
 
 
-STATIC = _old_specs("int4", 4, (128,))
+def with_split(cfg: triton.Config, split: bool) -> triton.Config:
+    """cfg with SPLIT_K set as the target shapes launch it (split at batch 1, whole K at large batch)."""
+    return triton.Config(dict(cfg.kwargs, SPLIT_K=split), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+STATIC = static_specs(FORMAT, 4)

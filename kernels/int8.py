@@ -9,8 +9,10 @@ Math:
     y[b, n] = Σ_k x[b, k] · Ŵ[n, k]          fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
-The kernel is kernels/int4.py's `_quant_matmul_kernel` with BITS=8 (unpacking a byte to one
-code is a plain widening), so this file holds only the int8 launcher, reference and bench.
+The kernel is kernels/int4.py's `_quant_matmul_kernel` with BITS=8: one PRMT puts two code bytes
+under fp16 exponent bytes 0x64 (1024 + code, exact), one HSUB2 takes away 1024 + zero
+(_common.int8_minus_zero); the scale applies once per group to the tile's partial sums. So this
+file holds only the int8 launcher, reference and static specs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import torch
 
 from kernels import int4
-from kernels._common import BenchResult
 
 FORMAT = "int8"
 
@@ -41,10 +42,4 @@ def reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     return int4.reference(x, qweight, scales, zeros, group_size=group_size, bits=8)
 
 
-def bench(n_out: int = 4096, k: int = 4096, batch: int = 1, group_size: int = 128,
-          dtype: torch.dtype = torch.float16) -> BenchResult:
-    """Time the kernel, the torch reference and cuBLAS dense on random data (CUDA only)."""
-    return int4.bench(n_out, k, batch, group_size, dtype, bits=8)
-
-
-STATIC = int4._old_specs("int8", 8, (128,))
+STATIC = int4.static_specs(FORMAT, 8)

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['registers'] or '-':>4} regs {row['spill_bytes'] if row['spill_bytes'] is not None else '-':>4} "
               f"spill  min {min(row['ctas'].values()) if row['ctas'] else '-':>5} CTAs  {bad}", flush=True)
     for fmt in result["formats_without_spec"]:
-        print(f"{fmt}: kernels/{fmt} declares no STATIC specs: not compiled")
+        print(f"{fmt}: its kernel module declares no STATIC specs: not compiled")
     print(f"wrote {args.out}")
     return 1 if any(row["error"] for row in result["rows"]) else 0
 

@@ -2,7 +2,9 @@
 
 Without CUDA everything runs on CPU under TRITON_INTERPRET=1 (set here before Triton is
 imported); with CUDA the same tests run on the GPU. Shapes are deliberately not multiples of the
-block sizes (N=37; K=72/75/136/264) and batches cover both paths: 1 and 3 (GEMV), 9, 17, 40 (tiled).
+block sizes (N=37; K=72/75/136/200/264) and batches cover both launch paths of int4 / int8 / nm-int4:
+1 and 3 (BLOCK_M = 16, split over K), 17 and 70 (large-batch tiles, 70 spans two row blocks).
+Every production config (the kernels' STATIC specs) is run by some case: test_cases_run_every_production_config.
 
 Tolerance, elementwise: |y − x·Ŵᵀ| ≤ 1.25·eps·(|x|·|Ŵ|ᵀ), eps = 2^-10 (fp16) or 2^-7 (bf16), computed in
 float64 from the packer's Ŵ: one rounding of Ŵ to x's dtype (tiled path) plus one of y, each at
@@ -31,7 +33,7 @@ if not torch.cuda.is_available() and not _common.INTERPRET:
 
 DEVICE = "cpu" if _common.INTERPRET else "cuda"
 N = 37
-BATCHES = [1, 3, 9, 17, 40]  # GEMV, GEMV, one tiled M block, two, three
+BATCHES = [1, 3, 17, 70]
 DTYPES = [torch.float16, torch.bfloat16]
 EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
@@ -67,8 +69,11 @@ CASES = {
     "int4-K136-g32": (int4, 136, lambda dt, g: pack_quant(random_weight(136, torch.float32, g, 0.3), 4, 32)),
     "int4-K264-g128": (int4, 264, lambda dt, g: pack_quant(random_weight(264, torch.float32, g), 4, 128)),
     "int4-K75-g16": (int4, 75, lambda dt, g: pack_quant(random_weight(75, torch.float32, g), 4, 16)),
+    "int4-K200-g64": (int4, 200, lambda dt, g: pack_quant(random_weight(200, torch.float32, g), 4, 64)),
     "int8-K136-g64": (int8, 136, lambda dt, g: pack_quant(random_weight(136, torch.float32, g, 0.3), 8, 64)),
     "int8-K75-g20": (int8, 75, lambda dt, g: pack_quant(random_weight(75, torch.float32, g), 8, 20)),
+    "int8-K264-g128": (int8, 264, lambda dt, g: pack_quant(random_weight(264, torch.float32, g), 8, 128)),
+    "int8-K72-g-1": (int8, 72, lambda dt, g: pack_quant(random_weight(72, torch.float32, g), 8, -1)),
     "nm2:4-K136": (nm, 136, lambda dt, g: pack_nm(random_weight(136, dt, g), 2, 4)),
     "nm2:4-K72": (nm, 72, lambda dt, g: pack_nm(random_weight(72, dt, g), 2, 4)),
     "nm4:8-K264": (nm, 264, lambda dt, g: pack_nm(random_weight(264, dt, g), 4, 8)),
@@ -146,21 +151,27 @@ def test_pack_bits_follows_formats_md():
     assert packed.tensors["indices"].tolist() == [[1 | 3 << 2 | 0 << 4 | 3 << 6]]
 
 
-# One representative case per kernel, run with each production config (not only the interpreter's).
-CONFIG_CASES = ["int4-K264-g128", "int8-K75-g20", "nm2:4-K136", "nm4:8-K264", "nm-int4-2:4-K136-g32",
-                "bitmask-K75-90%"]
+def production_configs(module) -> set[tuple]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of every config in the module's STATIC specs."""
+    return {key(c) for spec in module.STATIC for configs in spec.paths.values() for c in configs}
 
 
-@pytest.mark.parametrize("case", CONFIG_CASES)
-def test_every_production_config(case, monkeypatch):
-    for path_batch, configs in ((3, _common.GEMV_CONFIGS), (40, _common.TILED_CONFIGS)):
-        for config in configs:
-            monkeypatch.setattr(_common, "FORCE_CONFIG", config)
-            x, y, packed = run_case(case, path_batch, torch.float16)
-            try:
-                assert_matches(y, x, packed.w_hat)
-            except AssertionError as e:
-                raise AssertionError(f"{config}: {e}") from None
+def key(config) -> tuple:
+    return (*(config.kwargs[b] for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K")), config.num_warps, config.num_stages)
+
+
+def test_cases_run_every_production_config():
+    """The launchers pick one config per (batch path, group): the cases above reach all of them."""
+    for module, config in ((int4, int4.config), (int8, int4.config)):
+        run = {key(config(batch, group)) for case, (m, k, make) in CASES.items() if m is module
+               for batch in BATCHES for group in [launch_group(make, k)]}
+        assert production_configs(module) <= run, f"{module.__name__}: never run: {production_configs(module) - run}"
+
+
+def launch_group(make, k: int) -> int:
+    """The GROUP constexpr a case launches with (0: one group per row)."""
+    g = make(torch.float16, seeded("group")).params["group_size"]
+    return 0 if g == -1 or g >= k else g
 
 
 def test_strided_x_and_empty_batch():
@@ -230,30 +241,17 @@ def test_launcher_errors(fmt, call, match):
 
 
 def test_registry():
-    assert set(FORMATS) == {"int4", "int8", "nm", "nm-int4", "bitmask"}
+    assert {"int4", "int8", "nm", "nm-int4", "bitmask"} <= set(FORMATS)
     assert launcher("nm-int4") is nm_int4.matmul and launcher("int8") is int8.matmul
     with pytest.raises(ValueError, match="no kernel for format 'dense'"):
         launcher("dense")
     assert available()
 
 
-@pytest.mark.skipif(torch.cuda.is_available() and not _common.INTERPRET, reason="checks the CPU refusal")
-def test_bench_needs_cuda():
-    with pytest.raises(RuntimeError, match="CUDA GPU"):
-        int4.bench()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available() or _common.INTERPRET, reason="needs a CUDA GPU")
-def test_bench_smoke_on_gpu():
-    for module in (int4, int8, nm, nm_int4, bitmask):
-        result = module.bench(n_out=1024, k=1024, batch=1)
-        assert result.kernel_ms > 0 and result.dense_ms > 0 and result.weight_bytes > 0
-
-
 @pytest.mark.skipif(not torch.cuda.is_available() or _common.INTERPRET, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("batch", [1, 16, 33, 512])
-def test_autotuned_on_gpu_llm_shape(batch):
-    """Real autotuning on an LLM-like shape (K multiple of 128, N of 64)."""
+def test_llm_shape_on_gpu(batch):
+    """An LLM-like shape (K multiple of 128, N of 64): compiled kernels, 16-byte specialisations."""
     gen = seeded("gpu", batch)
     w = torch.randn(2048, 1024, generator=gen)
     x = torch.randn(batch, 1024, generator=gen).half().cuda()
