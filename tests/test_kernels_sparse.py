@@ -1,0 +1,243 @@
+"""The sparse kernels (nm, nm-int8, bitmask, bitmask-int4, bitmask-int8) against float64.
+
+Without CUDA they run on the CPU under TRITON_INTERPRET=1 (set before Triton is imported).
+Shapes are not multiples of the blocks (N = 37, K = 72 … 1000); batches 1 and 3 take the
+CUDA-core path, 17 the tensor-core one (two M blocks); every case splits K (the interpreter's
+BLOCK_K = 64 leaves ≥ 2 K tiles, and 3 row blocks ask for many splits), so the fp32 workspace,
+the tickets and the last split's store all run. Outputs start as NaN: all must be written.
+
+Tolerance, elementwise: |y − x·Ŵᵀ| ≤ 1.25·eps·(|x|·|Ŵ|ᵀ), eps = 2^-10 (fp16) or 2^-7 (bf16): one
+rounding of Ŵ to x's dtype (tensor-core path) plus one of y, 25% left for the summation order.
+The interpreter casts fp32 to bf16 by truncation (numpy), a rounding of up to eps rather than
+eps/2: there bf16 gets 2·eps.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first `import triton`
+
+pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run")
+
+from kernels import FORMATS, _sparse, bitmask, bitmask_int4, bitmask_int8, launcher, nm, nm_int8  # noqa: E402
+from kernels.testing import Packed, pack_bits, pack_nm, pack_nm_quant, quantize  # noqa: E402
+
+if not torch.cuda.is_available() and not _sparse._interpreting():
+    pytest.skip("kernels was imported before TRITON_INTERPRET=1 was set and there is no CUDA",
+                allow_module_level=True)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+N = 37
+BATCHES = [1, 3, 17]
+DTYPES = [torch.float16, torch.bfloat16]
+EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def seeded(*key) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
+
+def sparse_weight(k: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:
+    """(N, K) float32 with about `sparsity` zeros, row 5 empty, row 6 full."""
+    w = torch.randn(N, k, generator=gen)
+    w[torch.rand(N, k, generator=gen) < sparsity] = 0.0
+    w[5] = 0.0
+    w[6] = torch.randn(k, generator=gen)
+    return w
+
+
+def with_tail(t: torch.Tensor, fill) -> torch.Tensor:
+    """t viewed in a longer buffer whose extra entries are `fill`: reading past nnz shows."""
+    return torch.cat([t, torch.full((64,), fill, dtype=t.dtype)])[:t.numel()]
+
+
+def bitmask_tensors(w: torch.Tensor, stream: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    keep = w != 0
+    row_offsets = torch.zeros(N + 1, dtype=torch.int32)
+    row_offsets[1:] = keep.sum(1).cumsum(0)
+    mask = pack_bits(keep, 1)
+    if k % 8:  # padding bits past K are unspecified by the format: set them, the kernel must ignore them
+        mask[:, -1] |= (0xFF << (k % 8)) & 0xFF
+    return {"mask": mask, "values": stream, "row_offsets": row_offsets}
+
+
+def pack_bitmask_float(k: int, sparsity: float, dtype: torch.dtype, gen: torch.Generator) -> Packed:
+    w = sparse_weight(k, sparsity, gen).to(dtype)
+    tensors = bitmask_tensors(w, with_tail(w[w != 0], float("nan")), k)
+    return Packed("bitmask", tensors, {}, w.double())
+
+
+def pack_bitmask_quant(k: int, sparsity: float, bits: int, group_size: int, gen: torch.Generator) -> Packed:
+    """Codes of the kept weights, row-major across rows; int4 two per byte, low nibble first."""
+    w = sparse_weight(k, sparsity, gen)
+    q, scales, zeros, w_hat = quantize(w, bits, group_size)
+    codes = q[w != 0]
+    stream = pack_bits(codes[None], 4)[0] if bits == 4 else codes.to(torch.uint8)
+    tensors = bitmask_tensors(w, with_tail(stream, 0xFF), k) | {"scales": scales, "zeros": zeros}
+    return Packed(f"bitmask-int{bits}", tensors, {"group_size": group_size}, torch.where(w != 0, w_hat, 0.0))
+
+
+def nm_values(k: int, n: int, m: int, dtype: torch.dtype, gen: torch.Generator) -> Packed:
+    return pack_nm(torch.randn(N, k, generator=gen).to(dtype), n, m)
+
+
+# id → (module, K, packer(dtype, generator) → Packed)
+CASES = {
+    "nm-2:4-K136": (nm, 136, lambda dt, g: nm_values(136, 2, 4, dt, g)),
+    "nm-2:4-K1000": (nm, 1000, lambda dt, g: nm_values(1000, 2, 4, dt, g)),
+    "nm-4:8-K264": (nm, 264, lambda dt, g: nm_values(264, 4, 8, dt, g)),
+    "nm-1:4-K72": (nm, 72, lambda dt, g: nm_values(72, 1, 4, dt, g)),
+    "nm-2:8-K200": (nm, 200, lambda dt, g: nm_values(200, 2, 8, dt, g)),
+    "nm-int8-2:4-K136-g32": (nm_int8, 136, lambda dt, g: pack_nm_quant(torch.randn(N, 136, generator=g), 2, 4, 8, 32)),
+    "nm-int8-4:8-K264-g128": (nm_int8, 264, lambda dt, g: pack_nm_quant(torch.randn(N, 264, generator=g), 4, 8, 8, 128)),
+    "nm-int8-2:4-K72-g-1": (nm_int8, 72, lambda dt, g: pack_nm_quant(torch.randn(N, 72, generator=g), 2, 4, 8, -1)),
+    "nm-int8-4:8-K72-g24": (nm_int8, 72, lambda dt, g: pack_nm_quant(torch.randn(N, 72, generator=g), 4, 8, 8, 24)),
+    "bitmask-K136-50%": (bitmask, 136, lambda dt, g: pack_bitmask_float(136, 0.5, dt, g)),
+    "bitmask-K75-90%": (bitmask, 75, lambda dt, g: pack_bitmask_float(75, 0.9, dt, g)),
+    "bitmask-K264-10%": (bitmask, 264, lambda dt, g: pack_bitmask_float(264, 0.1, dt, g)),
+    "bitmask-K1000-70%": (bitmask, 1000, lambda dt, g: pack_bitmask_float(1000, 0.7, dt, g)),
+    "bitmask-int4-K136-50%-g32": (bitmask_int4, 136, lambda dt, g: pack_bitmask_quant(136, 0.5, 4, 32, g)),
+    "bitmask-int4-K75-90%-g-1": (bitmask_int4, 75, lambda dt, g: pack_bitmask_quant(75, 0.9, 4, -1, g)),
+    "bitmask-int4-K264-30%-g128": (bitmask_int4, 264, lambda dt, g: pack_bitmask_quant(264, 0.3, 4, 128, g)),
+    "bitmask-int4-K200-50%-g20": (bitmask_int4, 200, lambda dt, g: pack_bitmask_quant(200, 0.5, 4, 20, g)),
+    "bitmask-int8-K136-50%-g64": (bitmask_int8, 136, lambda dt, g: pack_bitmask_quant(136, 0.5, 8, 64, g)),
+    "bitmask-int8-K75-80%-g-1": (bitmask_int8, 75, lambda dt, g: pack_bitmask_quant(75, 0.8, 8, -1, g)),
+}
+
+
+def assert_matches(y: torch.Tensor, x: torch.Tensor, w_hat: torch.Tensor) -> None:
+    assert y.shape == (x.shape[0], w_hat.shape[0]) and y.dtype == x.dtype
+    assert not torch.isnan(y).any(), f"{int(torch.isnan(y).sum())} outputs never written (still NaN)"
+    x64, w64 = x.double().cpu(), w_hat.double().cpu()
+    err = (y.double().cpu() - x64 @ w64.T).abs()
+    slack = 2.0 if x.dtype == torch.bfloat16 and _sparse._interpreting() else 1.25
+    tol = slack * EPS[x.dtype] * (x64.abs() @ w64.abs().T) + 1e-6
+    bad = err > tol
+    if bad.any():
+        b, n = (int(i) for i in bad.nonzero()[0])
+        raise AssertionError(f"{int(bad.sum())}/{bad.numel()} outputs off; first at (b={b}, n={n}): "
+                             f"err {err[b, n]:.3g} > tol {tol[b, n]:.3g}")
+
+
+def run_case(case: str, batch: int, dtype: torch.dtype):
+    module, k, make = CASES[case]
+    gen = seeded(case, batch, str(dtype))
+    packed = make(dtype, gen).to(DEVICE)
+    x = torch.randn(batch, k, generator=gen).to(dtype).to(DEVICE)
+    out = torch.full((batch, N), float("nan"), dtype=dtype, device=DEVICE)
+    y = module.matmul(x, **packed.tensors, **packed.params, out=out)
+    assert y is out
+    return x, y, packed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_float64(case, batch, dtype):
+    x, y, packed = run_case(case, batch, dtype)
+    assert_matches(y, x, packed.w_hat)
+
+
+def test_split_workspace_is_left_zeroed():
+    """A second call with the same workspace gives the same y (the last split zeroes it again)."""
+    x, y, packed = run_case("bitmask-K1000-70%", 1, torch.float16)
+    again = bitmask.matmul(x, **packed.tensors)
+    assert torch.equal(again, y)
+    for sums, tickets in _sparse._workspaces.values():
+        assert not sums.any() and not tickets.any()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_dequantize_and_reference(case):
+    """The torch reference dequantizes exactly the Ŵ the packer started from."""
+    module, k, make = CASES[case]
+    gen = seeded(case)
+    packed = make(torch.float16, gen)
+    needs_k = module in (bitmask, bitmask_int4, bitmask_int8)
+    w = module.dequantize(**packed.tensors, **packed.params, **({"k": k} if needs_k else {}))
+    assert torch.equal(w.double(), packed.w_hat)
+    x = torch.randn(3, k, generator=gen).half()
+    assert_matches(module.reference(x, **packed.tensors, **packed.params), x, packed.w_hat)
+
+
+# one case per kernel for the production configs: K large enough for their widest BLOCK_K
+PRODUCTION = {"nm": "nm-2:4-K1000", "nm-int8": "nm-int8-4:8-K264-g128", "bitmask": "bitmask-K1000-70%",
+              "bitmask-int4": "bitmask-int4-K264-30%-g128"}
+
+
+@pytest.mark.parametrize("kernel", list(PRODUCTION))
+def test_every_production_config(kernel, monkeypatch):
+    module = CASES[PRODUCTION[kernel]][0]
+    owner = {nm_int8: nm, bitmask_int4: bitmask}.get(module, module)
+    for batch, configs in ((1, owner.GEMV_CONFIGS), (3, owner.GEMV_CONFIGS), (17, owner.TILED_CONFIGS)):
+        for config in configs:
+            monkeypatch.setattr(_sparse, "FORCE_CONFIG", config)
+            x, y, packed = run_case(PRODUCTION[kernel], batch, torch.float16)
+            assert_matches(y, x, packed.w_hat)
+
+
+def test_split_count_reaches_two_ctas_per_sm():
+    for n_blocks, k_tiles in ((128, 16), (344, 8), (128, 43), (256, 28), (1, 1), (3, 2)):
+        split = _sparse.split_count(n_blocks, k_tiles)
+        per = -(-k_tiles // split)
+        assert split <= k_tiles and (split - 1) * per < k_tiles  # every split has a tile
+        assert n_blocks * split >= min(_sparse.TARGET_CTAS, n_blocks * k_tiles)
+
+
+def _x(k=64, dtype=torch.float16):
+    return torch.zeros(2, k, dtype=dtype, device=DEVICE)
+
+
+def _u8(*shape):
+    return torch.zeros(*shape, dtype=torch.uint8, device=DEVICE)
+
+
+def _f16(*shape):
+    return torch.zeros(*shape, dtype=torch.float16, device=DEVICE)
+
+
+def _ro(n):
+    return torch.zeros(n + 1, dtype=torch.int32, device=DEVICE)
+
+
+ERRORS = {
+    "nm-K-not-multiple": (lambda: nm.matmul(_x(66), _f16(4, 33), _u8(4, 9)), r"K=66 must be a multiple of m=4"),
+    "nm-values-shape": (lambda: nm.matmul(_x(), _f16(4, 31), _u8(4, 8)), r"values must be float16 .*\(4, 32\)"),
+    "nm-indices-shape": (lambda: nm.matmul(_x(), _f16(4, 32), _u8(4, 9)), r"indices must be uint8 .*\(4, 8\)"),
+    "nm-bad-n": (lambda: nm.matmul(_x(), _f16(4, 48), _u8(4, 12), n=3, m=4), r"n must be a power of two"),
+    "nm-int8-group": (lambda: nm_int8.matmul(_x(), _u8(4, 32), _u8(4, 8), _f16(4, 7), _u8(4, 7), group_size=10),
+                      r"group_size=10 must be a multiple of m=4"),
+    "nm-int8-scales": (lambda: nm_int8.matmul(_x(), _u8(4, 32), _u8(4, 8), _f16(4, 3), _u8(4, 2), group_size=32),
+                       r"scales must be float16 .*\(4, 2\)"),
+    "bitmask-mask": (lambda: bitmask.matmul(_x(), _u8(4, 7), _f16(10), _ro(4)), r"mask must be uint8 .*\(4, 8\)"),
+    "bitmask-values-dtype": (lambda: bitmask.matmul(_x(), _u8(4, 8), _u8(10), _ro(4)), r"values must be float16"),
+    "bitmask-row-offsets": (lambda: bitmask.matmul(_x(), _u8(4, 8), _f16(10), _ro(3)),
+                            r"row_offsets must be int32 .*\(5,\)"),
+    "bitmask-int4-values": (lambda: bitmask_int4.matmul(_x(), _u8(4, 8), _f16(10), _ro(4), _f16(4, 1), _u8(4, 1),
+                                                        group_size=-1), r"values must be uint8"),
+    "bitmask-int4-zeros": (lambda: bitmask_int4.matmul(_x(), _u8(4, 8), _u8(10), _ro(4), _f16(4, 2), _u8(4, 1),
+                                                       group_size=32), r"zeros must be uint8 .*\(4, 2\)"),
+    "bitmask-int8-group": (lambda: bitmask_int8.matmul(_x(), _u8(4, 8), _u8(10), _ro(4), _f16(4, 1), _u8(4, 1),
+                                                       group_size=0), r"group_size must be -1"),
+    "bitmask-x-dtype": (lambda: bitmask.matmul(_x(dtype=torch.float32), _u8(2, 8), _f16(1), _ro(2)),
+                        r"x must be float16 or bfloat16"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_launcher_errors(case):
+    call, match = ERRORS[case]
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_registry_names_every_sparse_format():
+    for fmt, module in (("nm", nm), ("nm-int8", nm_int8), ("bitmask", bitmask), ("bitmask-int4", bitmask_int4),
+                        ("bitmask-int8", bitmask_int8)):
+        assert fmt in FORMATS and launcher(fmt) is module.matmul
