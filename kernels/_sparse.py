@@ -26,12 +26,10 @@ _workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def split_count(n_blocks: int, k_tiles: int, target: int = TARGET_CTAS) -> int:
-    """SPLIT for a grid of n_blocks row blocks over k_tiles K tiles: the smallest that reaches
-    `target` programs, never more splits than tiles, and no split left without a tile."""
-    if n_blocks >= target or k_tiles <= 1:
-        return 1
-    split = min(k_tiles, -(-target // n_blocks))
-    per = -(-k_tiles // split)
+    """SPLIT for a grid of n_blocks row blocks over k_tiles K tiles: the fewest splits of whole
+    tiles (per = K tiles per split) that reach `target` programs, or one split per tile."""
+    want = -(-target // max(n_blocks, 1))
+    per = max(1, k_tiles // want)
     return -(-k_tiles // per)
 
 
@@ -127,3 +125,34 @@ def _interpreting() -> bool:
     import os
 
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# ----------------------------------------------------------------------------- static report
+
+def static_spec(name: str, kernel, pointers: dict, packed: tuple, constexprs: dict, gemv_configs, tiled_configs,
+                bytes_per_weight: float):
+    """The kernels._common.CompileSpec of a sparse kernel: its GEMV configs at batch 1 and its
+    BLOCK_M = 16 tiled configs make the batch 1-16 path, the wider tiled ones the large batch.
+    bytes_per_weight: packed bytes per (row, column) of W that the main loop streams."""
+    from kernels._common import BATCH_1_16, LARGE_BATCH, CompileSpec
+
+    def gemv(c):
+        return triton.Config(dict(c.kwargs, BLOCK_M=1, GEMV_ROWS=1, DOT_F32=False), num_warps=c.num_warps,
+                             num_stages=c.num_stages)
+
+    def tiled(c):
+        return triton.Config(dict(c.kwargs, GEMV_ROWS=0, DOT_F32=False), num_warps=c.num_warps,
+                             num_stages=c.num_stages)
+
+    def packed_bytes(c) -> int:  # per thread per main-loop iteration
+        return round(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * bytes_per_weight / (32 * c.num_warps))
+
+    def ctas(c, n: int, k: int, batch: int) -> int:
+        blocks = triton.cdiv(batch, c.kwargs["BLOCK_M"]) * triton.cdiv(n, c.kwargs["BLOCK_N"])
+        return blocks * split_count(blocks, triton.cdiv(k, c.kwargs["BLOCK_K"]))
+
+    small = tuple(gemv(c) for c in gemv_configs) + tuple(tiled(c) for c in tiled_configs if c.kwargs["BLOCK_M"] <= 16)
+    large = tuple(tiled(c) for c in tiled_configs if c.kwargs["BLOCK_M"] > 16)
+    return CompileSpec(name=name, kernel=kernel, pointers=dict(pointers, ws="fp32", ticket="i32"), packed=packed,
+                       constexprs=constexprs, paths={BATCH_1_16: small, LARGE_BATCH: large},
+                       packed_bytes=packed_bytes, ctas=ctas, unaligned=("B", "batch_bucket"))

@@ -188,3 +188,9 @@ def dequantize(mask: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tens
 def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tensor) -> torch.Tensor:
     """Torch: expand to dense, fp32 matmul, cast to x's dtype."""
     return (x.float() @ dequantize(mask, values, row_offsets, k=x.shape[1]).T).to(x.dtype)
+
+
+# 50% sparsity: the mask (1/8 B per weight) and half the weights' values
+STATIC = (_sparse.static_spec(
+    "bitmask 50%", _bitmask_matmul_kernel, dict(x="fp16", mask="u8", v="fp16", ro="i32", y="fp16"), ("mask", "v"),
+    {}, GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * 2),)

@@ -142,3 +142,14 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_off
     """Torch: dequantize, fp32 matmul, cast to x's dtype."""
     w = dequantize(mask, values, row_offsets, scales, zeros, group_size=group_size, k=x.shape[1])
     return (x.float() @ w.T).to(x.dtype)
+
+
+def static_spec(bits: int):
+    """bitmask-int<bits> at 50% sparsity, groups of 128: the mask and half the weights' codes."""
+    return _sparse.static_spec(
+        f"bitmask-int{bits} 50% g128", _bitmask_quant_matmul_kernel,
+        dict(x="fp16", mask="u8", v="u8", ro="i32", s="fp16", z="u8", y="fp16"), ("mask", "v"),
+        dict(BITS=bits, GROUP=128), GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * bits / 8)
+
+
+STATIC = (static_spec(4),)

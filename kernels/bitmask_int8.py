@@ -42,3 +42,6 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_off
     """Torch: dequantize, fp32 matmul, cast to x's dtype."""
     w = dequantize(mask, values, row_offsets, scales, zeros, group_size=group_size, k=x.shape[1])
     return (x.float() @ w.T).to(x.dtype)
+
+
+STATIC = (bitmask_int4.static_spec(8),)

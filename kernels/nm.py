@@ -227,3 +227,13 @@ def reference(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *, n
               m: int = 4) -> torch.Tensor:
     """Torch: scatter to dense, fp32 matmul, cast to x's dtype."""
     return (x.float() @ dequantize(values, indices, n=n, m=m).T).to(x.dtype)
+
+
+def _static(n: int, m: int):
+    return _sparse.static_spec(
+        f"nm {n}:{m}", _nm_matmul_kernel, dict(x="fp16", v="fp16", i="u8", y="fp16"), ("v", "i"),
+        dict(N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m]), GEMV_CONFIGS, TILED_CONFIGS,
+        n / m * (2 + INDEX_BITS[m] / 8))
+
+
+STATIC = (_static(2, 4), _static(4, 8))

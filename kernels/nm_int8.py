@@ -131,3 +131,8 @@ def reference(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scal
     """Torch: dequantize, scatter to dense, fp32 matmul, cast to x's dtype."""
     w = dequantize(values, indices, scales, zeros, group_size=group_size, n=n, m=m)
     return (x.float() @ w.T).to(x.dtype)
+
+
+STATIC = (_sparse.static_spec(
+    "nm-int8 2:4 g128", _nm_int8_matmul_kernel, dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16"),
+    ("v", "i"), dict(N_KEEP=2, M=4, INDEX_BITS=2, GROUP=128), GEMV_CONFIGS, TILED_CONFIGS, 0.5 * (1 + 2 / 8)),)
