@@ -76,6 +76,41 @@ def store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
             tl.store(ticket_ptr + tl.program_id(0), 0)
 
 
+
+@triton.jit
+def accumulate_tile(acc, acc2, w, x_ptr, offs_m, offs_k, B, K, stride_xb,
+                    GEMV_ROWS: tl.constexpr, DOT_F32: tl.constexpr):
+    """Add x (BLOCK_M, BLOCK_K) @ w (BLOCK_N, BLOCK_K)ᵀ. B = 1: one FFMA per weight into acc2
+    (BLOCK_N, BLOCK_K), reduced once after the loop (rows_total); 1 < B ≤ 4: per x row, a sum over
+    the tile into acc (BLOCK_M, BLOCK_N); tensor-core path (GEMV_ROWS = 0): tl.dot in x's dtype."""
+    k_mask = offs_k < K
+    if GEMV_ROWS == 1:
+        xb = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0)  # (BLOCK_K,)
+        acc2 += w.to(tl.float32) * xb.to(tl.float32)[None, :]
+    elif GEMV_ROWS > 1:
+        for b in tl.static_range(GEMV_ROWS):
+            xb = tl.load(x_ptr + b * stride_xb + offs_k, mask=k_mask, other=0.0)  # (BLOCK_K,)
+            part = tl.sum(w.to(tl.float32) * xb.to(tl.float32)[None, :], axis=1)  # (BLOCK_N,)
+            acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
+    else:
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xb + offs_k[None, :],
+                    mask=(offs_m[:, None] < B) & k_mask[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
+        wt = tl.trans(w.to(x.dtype))  # (BLOCK_K, BLOCK_N), rounded as a dense weight would be
+        if DOT_F32:  # the interpreter's tl.dot multiplies bf16 bit patterns as integers
+            acc = tl.dot(x.to(tl.float32), wt.to(tl.float32), acc)
+        else:
+            acc = tl.dot(x, wt, acc)
+    return acc, acc2
+
+
+@triton.jit
+def rows_total(acc, acc2, GEMV_ROWS: tl.constexpr):
+    """acc (BLOCK_M, BLOCK_N) after the loop: B = 1 reduces acc2 over K here."""
+    if GEMV_ROWS == 1:
+        acc = tl.sum(acc2, axis=1)[None, :]
+    return acc
+
+
 # ----------------------------------------------------------------------------- launch
 
 # FMA path (x gathered per kept value, CUDA cores) up to this batch; tensor cores above, where

@@ -32,8 +32,8 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import accumulate, check_tensor, check_x, make_out, unpack
-from kernels._sparse import k_tile_range, store_split
+from kernels._common import check_tensor, check_x, make_out, unpack
+from kernels._sparse import accumulate_tile, k_tile_range, rows_total, store_split
 
 FORMAT = "bitmask"
 
@@ -95,12 +95,14 @@ def _bitmask_matmul_kernel(
     # int32 value indices suffice: row_offsets are int32, so nnz < 2^31.
     start = values_before(ro_ptr, mask_rows, offs_n, n_mask, first, MB, BLOCK_K)  # (BLOCK_N,)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
     for t in range(first, last):
         kept, slot, count = tile_slots(mask_rows, n_mask, t, K, MB, BLOCK_K)
         w = tl.load(v_ptr + (start[:, None] + slot), mask=kept != 0, other=0.0)  # (BLOCK_N, BLOCK_K)
         start += count
         offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-        acc = accumulate(acc, w.to(tl.float32), x_ptr, offs_m, offs_k, B, K, stride_xb, 1, GEMV_ROWS, DOT_F32)
+        acc, acc2 = accumulate_tile(acc, acc2, w, x_ptr, offs_m, offs_k, B, K, stride_xb, GEMV_ROWS, DOT_F32)
+    acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 

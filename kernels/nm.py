@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import _slots, check_tensor, check_x, make_out, nm_scatter, unpack
+from kernels._common import _slots, check_tensor, check_x, make_out, unpack
 from kernels._sparse import k_tile_range, store_split
 
 FORMAT = "nm"
@@ -61,19 +61,60 @@ def _columns(x, M: tl.constexpr):
 
 
 @triton.jit
-def kept_products(vals, pos, x, N_KEEP: tl.constexpr, M: tl.constexpr):
-    """Σ over slots of values · x[b, col] per (row, group): vals, pos (R, G·N_KEEP), x (G, M) one
-    row of x by groups → (R, G) fp32. Positions in a group increase, so slot t sits in
-    t … t + M − N_KEEP: M − N_KEEP selects pick its x, one FFMA multiplies."""
+def scatter_dense(vals, pos, N_KEEP: tl.constexpr, M: tl.constexpr):
+    """Kept values (R, G·N_KEEP) and their positions → dense (R, G·M), 0 where pruned, in vals'
+    dtype. Column c can only hold slots t with t ≤ c ≤ t + M − N_KEEP (positions increase), so
+    each column looks at those slots alone: 12 compare-selects per 2:4 group instead of 16."""
     v = _slots(vals, N_KEEP)
     p = _slots(pos, N_KEEP)
-    cols = _columns(x, M)
+    cols = ()
+    for c in tl.static_range(M):
+        col = tl.zeros_like(v[0])
+        for t in tl.static_range(max(0, c - (M - N_KEEP)), min(c, N_KEEP - 1) + 1):
+            col = tl.where(p[t] == c, v[t], col)
+        cols = cols + (col,)
+    return _interleave_columns(cols, M)
+
+
+@triton.jit
+def _interleave_columns(cols, M: tl.constexpr):
+    """Inverse of _columns: M tensors (R, G) → (R, G·M) with column c of each group from cols[c]."""
+    if M == 4:
+        dense = tl.interleave(tl.interleave(cols[0], cols[2]), tl.interleave(cols[1], cols[3]))
+    else:  # M == 8
+        even = tl.interleave(tl.interleave(cols[0], cols[4]), tl.interleave(cols[2], cols[6]))
+        odd = tl.interleave(tl.interleave(cols[1], cols[5]), tl.interleave(cols[3], cols[7]))
+        dense = tl.interleave(even, odd)
+    return dense
+
+
+@triton.jit
+def _pick(cols, d, lo: tl.constexpr, count: tl.constexpr, bit: tl.constexpr):
+    """cols[lo + d] for d in [0, count), by a select tree on the bits of d (bit = 2^level above):
+    ⌈log2 count⌉ tests and count − 1 selects, instead of count − 1 compares and selects."""
+    if count == 1:
+        picked = cols[lo][None, :]
+    else:
+        low = _pick(cols, d, lo, bit, bit // 2)
+        high = _pick(cols, d, lo + bit, count - bit, bit // 2)
+        picked = tl.where((d & bit) != 0, high, low)
+    return picked
+
+
+@triton.jit
+def kept_products(vals, pos, x, N_KEEP: tl.constexpr, M: tl.constexpr):
+    """Σ over slots of values · x[b, col] per (row, group): vals, pos (R, G·N_KEEP), x (G, M) one
+    row of x by groups → (R, G) fp32. Positions in a group increase, so slot t sits at t + d,
+    0 ≤ d ≤ M − N_KEEP: a select tree on d picks its x, one FFMA multiplies."""
+    v = _slots(vals, N_KEEP)
+    p = _slots(pos, N_KEEP)
+    cols = _columns(x.to(tl.float32), M)  # fp32 before the selects: 32-bit SELs, no half extraction
+    OPTIONS: tl.constexpr = M - N_KEEP + 1
+    TOP: tl.constexpr = 1 if OPTIONS <= 2 else (2 if OPTIONS <= 4 else 4)  # highest bit of OPTIONS − 1
     acc = tl.zeros(v[0].shape, dtype=tl.float32)
     for t in tl.static_range(N_KEEP):
-        picked = cols[t][None, :]
-        for d in tl.static_range(1, M - N_KEEP + 1):
-            picked = tl.where(p[t] == t + d, cols[t + d][None, :], picked)
-        acc += v[t].to(tl.float32) * picked.to(tl.float32)
+        picked = _pick(cols, p[t] - t, t, OPTIONS, TOP)
+        acc += v[t].to(tl.float32) * picked
     return acc
 
 
@@ -121,7 +162,7 @@ def _nm_matmul_kernel(
                     part = tl.sum(prod, axis=1)  # (BLOCK_N,)
                     acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
         else:
-            w = nm_scatter(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K), x's dtype, 0 where pruned
+            w = scatter_dense(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K), x's dtype, 0 where pruned
             offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
             x = tl.load(x_ptr + offs_m[:, None] * stride_xb + offs_k[None, :],
                         mask=(offs_m[:, None] < B) & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
@@ -138,12 +179,12 @@ def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
     return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
 
 
-# B ≤ 4 (BLOCK_M comes from the launcher). BLOCK_K·n/m·b_i/8 ≥ 16 index bytes per row.
+# B ≤ 4 (BLOCK_M comes from the launcher). Each thread loads 64 kept values (8 × 128 bits) and their
+# indices (128 bits for 2:4, 2 × 128 for 4:8) per iteration; narrower tiles push 4:8 past 6
+# instructions per byte (the x columns cost the same per thread whatever its share of values).
 GEMV_CONFIGS = [
-    _cfg(4, 1, BLOCK_N=16, BLOCK_K=1024),
     _cfg(4, 1, BLOCK_N=32, BLOCK_K=512),
     _cfg(8, 1, BLOCK_N=32, BLOCK_K=1024),
-    _cfg(2, 1, BLOCK_N=8, BLOCK_K=1024),
 ]
 TILED_CONFIGS = [
     _cfg(4, 3, BLOCK_M=16, BLOCK_N=32, BLOCK_K=256),
