@@ -261,11 +261,11 @@ def int8_minus_zero(packed, zero, USE_ASM: tl.constexpr):
 
 @triton.jit
 def scale_columns(w, s_ptr, z_ptr, rows, n_mask, cols, K, stride_g, GROUP: tl.constexpr):
-    """(w − zero) · scale in fp32, per element: codes w (R, C) at original columns `cols` (C,).
-    The slow path, for groups that BLOCK_K does not divide (every production group has the
-    scale applied once per tile instead)."""
-    offs = rows[:, None] * stride_g + (cols // GROUP)[None, :]
-    mask = n_mask[:, None] & (cols < K)[None, :]
+    """(w − zero) · scale in fp32, per element: codes w (R, C) at original columns `cols`
+    ((1, C) or (R, C)). The slow path, for groups that BLOCK_K does not divide (every
+    production group has the scale applied once per tile instead)."""
+    offs = rows[:, None] * stride_g + cols // GROUP
+    mask = n_mask[:, None] & (cols < K)
     scale = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     zero = tl.load(z_ptr + offs, mask=mask, other=0).to(tl.float32)
     return (w.to(tl.float32) - zero) * scale

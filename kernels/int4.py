@@ -83,15 +83,15 @@ def _quant_matmul_kernel(
         if BITS == 4:
             lo, hi = int4_minus_zero(packed, zero, USE_ASM)  # (BLOCK_N, BLOCK_K/2): even, odd columns
             if not PER_TILE:
-                lo = scale_columns(lo, s_ptr, z_ptr, rows, n_mask, offs_b * 2, K, stride_g, GROUP)
-                hi = scale_columns(hi, s_ptr, z_ptr, rows, n_mask, offs_b * 2 + 1, K, stride_g, GROUP)
+                lo = scale_columns(lo, s_ptr, z_ptr, rows, n_mask, offs_b[None, :] * 2, K, stride_g, GROUP)
+                hi = scale_columns(hi, s_ptr, z_ptr, rows, n_mask, offs_b[None, :] * 2 + 1, K, stride_g, GROUP)
             x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 2, 2)))
             part = dot_t(x_even, lo, part, DOT_F32)
             part = dot_t(x_odd, hi, part, DOT_F32)
         else:
             w = int8_minus_zero(packed, zero, USE_ASM)  # (BLOCK_N, BLOCK_K)
             if not PER_TILE:
-                w = scale_columns(w, s_ptr, z_ptr, rows, n_mask, offs_k, K, stride_g, GROUP)
+                w = scale_columns(w, s_ptr, z_ptr, rows, n_mask, offs_k[None, :], K, stride_g, GROUP)
             part = dot_t(x, w, part, DOT_F32)
         if PER_TILE:
             acc += part * scale[None, :]

@@ -12,10 +12,16 @@ Math:
     y[b, r]      = Σ_k x[b, k] · Ŵ[r, k]      fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
-Per (BLOCK_N, BLOCK_K) tile: load BLOCK_K·n/m codes + index bytes, scatter code+1 to dense in
-registers (0 then marks a pruned slot), dequantize in the dense domain — where each column's
-scale group is known — and multiply: GEMV for B ≤ 4, tl.dot for B > 4 (kernels/_common.py).
-Same n:m limits as kernels/nm.py.
+2:4 (the production case) reads one code byte per 4-column group (its two kept values) and one
+index nibble (p0 < p1). Per (BLOCK_N, BLOCK_K) tile, as kernels/int4.py: 128-bit loads of the
+code and index bytes, codes → fp16 (code − zero) by the 0x6400 trick (_common.int4_minus_zero:
+low nibble = slot 0, high = slot 1), the scale once per group on the fp32 partial sums, tensor
+cores from batch 1 (BLOCK_M = 16), split over K to ≥ 264 CTAs. The kept values are not scattered
+into one interleaved dense tile: column c of every group is its own (BLOCK_N, BLOCK_K/4) tile,
+slot 0 where p0 = c, slot 1 where p1 = c, else 0 (slot 0 sits in 0..2, slot 1 in 1..3), and it
+meets x[:, c::4]: four dots of K = BLOCK_K/4, x split by column instead of the weights moved.
+Other n:m (1:4, 4:8, …) and groups BLOCK_K does not divide take a generic path: scatter to a
+dense tile in registers, per-element dequantization. Same n:m limits as kernels/nm.py.
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ import triton
 import triton.language as tl
 
 from kernels import int4, nm
-from kernels._common import (BenchResult, accumulate, block_offsets, check_group, check_tensor, check_x,
-                             dequant, launch, make_out, nm_scatter, require_cuda, run_bench,
-                             store_y, tensor_bytes, tune, unpack)
+from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
+                             check_tensor, check_x, dot_t, int4_minus_zero, launch_split_k, make_out, nm_scatter,
+                             plan_split_k, scale_columns, store_or_add, unpack)
 
 FORMAT = "nm-int4"
 
@@ -35,41 +41,84 @@ FORMAT = "nm-int4"
 @triton.jit
 def _nm_int4_matmul_kernel(
     x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr,
-    B, N, K, KC,
+    B, N, K, K_SPLIT,
     stride_xb, stride_xk, stride_v, stride_i, stride_g, stride_yb,
-    batch_bucket,  # autotune key only
     N_KEEP: tl.constexpr, M: tl.constexpr, INDEX_BITS: tl.constexpr,
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row
-    GEMV_ROWS: tl.constexpr,  # B on the GEMV path, 0 on the tiled one
+    SPLIT_K: tl.constexpr,  # several programs share an output: atomic fp32 adds
+    USE_ASM: tl.constexpr,  # False under the interpreter
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     offs_m, offs_n = block_offsets(B, N, BLOCK_M, BLOCK_N)  # (BLOCK_M,), (BLOCK_N,)
     n_mask = offs_n < N
     rows = offs_n.to(tl.int64)
-    BLOCK_KC: tl.constexpr = BLOCK_K // M * N_KEEP  # kept values per tile
-    PER_BYTE: tl.constexpr = 8 // INDEX_BITS
+    BLOCK_KC: tl.constexpr = BLOCK_K // M * N_KEEP  # kept values per tile row
+    CODE_BYTES: tl.constexpr = BLOCK_KC // 2
+    INDEX_BYTES: tl.constexpr = BLOCK_KC * INDEX_BITS // 8
+    # 2:4 with the tile inside one scale group: the fast path (see the header).
+    FAST: tl.constexpr = N_KEEP == 2 and M == 4 and (GROUP == 0 or GROUP % BLOCK_K == 0)
+    k_start = tl.program_id(1) * K_SPLIT
+    k_end = tl.minimum(k_start + K_SPLIT, K)
+    c_start = k_start // M * N_KEEP  # K_SPLIT is whole tiles: code and index bytes start 16-aligned
+    offs_vb = tl.multiple_of(c_start // 2, 16) + tl.arange(0, CODE_BYTES)  # (CODE_BYTES,)
+    offs_ib = tl.multiple_of(c_start * INDEX_BITS // 8, 16) + tl.arange(0, INDEX_BYTES)  # (INDEX_BYTES,)
+    v_ptrs = v_ptr + rows[:, None] * stride_v + offs_vb[None, :]  # (BLOCK_N, CODE_BYTES)
+    i_ptrs = i_ptr + rows[:, None] * stride_i + offs_ib[None, :]  # (BLOCK_N, INDEX_BYTES)
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xb + (k_start + tl.arange(0, BLOCK_K))[None, :] * stride_xk
+    m_mask = offs_m[:, None] < B
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        c0 = k0 // M * N_KEEP
-        offs_vb = c0 // 2 + tl.arange(0, BLOCK_KC // 2)
-        code_bytes = tl.load(v_ptr + rows[:, None] * stride_v + offs_vb[None, :],
-                             mask=n_mask[:, None] & (offs_vb[None, :] * 2 < KC), other=0)
-        codes = unpack(code_bytes, 4)  # (BLOCK_N, BLOCK_KC)
-        offs_ib = c0 // PER_BYTE + tl.arange(0, BLOCK_KC // PER_BYTE)
-        index_bytes = tl.load(i_ptr + rows[:, None] * stride_i + offs_ib[None, :],
-                              mask=n_mask[:, None] & (offs_ib[None, :] * PER_BYTE < KC), other=0)
-        pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC)
-        # Past Kc the masked loads give code 0 at position 0: finite, and x is 0 there.
-        dense = nm_scatter(codes + 1, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K), 0 = pruned
-        w = dequant(dense - 1, s_ptr, z_ptr, rows, n_mask, offs_k, k0, K, stride_g, GROUP, BLOCK_K)
-        w = tl.where(dense > 0, w, 0.0)  # (BLOCK_N, BLOCK_K)
-        acc = accumulate(acc, w, x_ptr, offs_m, offs_k, B, K, stride_xb, stride_xk, GEMV_ROWS, DOT_F32)
-    store_y(y_ptr, acc, offs_m, offs_n, B, N, stride_yb)
+        # Masks on the rows' byte counts (strides of contiguous rows): constant over 16 bytes.
+        # Bytes past Kc read 0: code 0 at position 0, finite, and x is 0 there.
+        code_bytes = tl.load(v_ptrs, mask=n_mask[:, None] & (offs_vb[None, :] < stride_v), other=0)
+        index_bytes = tl.load(i_ptrs, mask=n_mask[:, None] & (offs_ib[None, :] < stride_i), other=0)
+        x = tl.load(x_ptrs, mask=m_mask & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
+        if FAST:
+            g_offs = rows * stride_g
+            if GROUP > 0:
+                g_offs += k0 // GROUP
+            zero = tl.load(z_ptr + g_offs, mask=n_mask, other=0)[:, None]  # (BLOCK_N, 1)
+            scale = tl.load(s_ptr + g_offs, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
+            slot0, slot1 = int4_minus_zero(code_bytes, zero, USE_ASM)  # (BLOCK_N, BLOCK_K/4) per group
+            pos = tl.interleave(index_bytes & 15, index_bytes >> 4)  # (BLOCK_N, BLOCK_K/4): p0 | p1 << 2
+            p0 = pos & 3
+            p1 = pos >> 2
+            none = tl.zeros_like(slot0)
+            col0 = tl.where(p0 == 0, slot0, none)
+            col1 = tl.where(p0 == 1, slot0, tl.where(p1 == 1, slot1, none))
+            col2 = tl.where(p1 == 2, slot1, tl.where(p0 == 2, slot0, none))
+            col3 = tl.where(p1 == 3, slot1, none)
+            x02, x13 = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 4, 2, 2)))  # column 2a + b of a group
+            x0, x2 = tl.split(x02)
+            x1, x3 = tl.split(x13)
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            part = dot_t(x0, col0, part, DOT_F32)
+            part = dot_t(x1, col1, part, DOT_F32)
+            part = dot_t(x2, col2, part, DOT_F32)
+            part = dot_t(x3, col3, part, DOT_F32)
+            acc += part * scale[None, :]
+        else:
+            codes = unpack(code_bytes, 4)  # (BLOCK_N, BLOCK_KC)
+            pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC)
+            dense = nm_scatter(codes + 1, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K), 0 = pruned
+            w = scale_columns(dense - 1, s_ptr, z_ptr, rows, n_mask, offs_k[None, :], K, stride_g, GROUP)
+            acc = dot_t(x, tl.where(dense > 0, w, 0.0), acc, DOT_F32)
+        v_ptrs += CODE_BYTES
+        i_ptrs += INDEX_BYTES
+        x_ptrs += BLOCK_K * stride_xk
+        offs_vb += CODE_BYTES
+        offs_ib += INDEX_BYTES
+    store_or_add(y_ptr, acc, offs_m, offs_n, B, N, stride_yb, SPLIT_K)
 
 
-_tuned = tune(_nm_int4_matmul_kernel, key=["N", "K", "batch_bucket", "N_KEEP", "M", "GROUP"])
+def config(batch: int, group: int) -> triton.Config:
+    """int4's configs (kernels/int4.py), BLOCK_K ≥ 64 so that the four column dots have K ≥ 16."""
+    cfg = int4.config(batch, group)
+    if cfg.kwargs["BLOCK_K"] >= 64:
+        return cfg
+    return triton.Config(dict(cfg.kwargs, BLOCK_K=64), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor,
@@ -93,11 +142,20 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
         return out
     if k == 0:
         return out.zero_()
-    launch(_tuned, x, rows,
-           (x, values, indices, scales, zeros, out, batch, rows, k, kc,
-            x.stride(0), x.stride(1), values.stride(0), indices.stride(0), scales.stride(0), out.stride(0)),
-           N_KEEP=n, M=m, INDEX_BITS=nm.INDEX_BITS[m], GROUP=0 if groups == 1 else g)
-    return out
+    group = 0 if groups == 1 else g
+    cfg = config(batch, group)
+    tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(rows, cfg.kwargs["BLOCK_N"])
+    plan = plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"])
+
+    def launch(y: torch.Tensor) -> None:
+        _nm_int4_matmul_kernel[(tiles, plan.splits)](
+            x, values, indices, scales, zeros, y, batch, rows, k, plan.k_per_split,
+            x.stride(0), x.stride(1), values.stride(0), indices.stride(0), scales.stride(0), y.stride(0),
+            N_KEEP=n, M=m, INDEX_BITS=nm.INDEX_BITS[m], GROUP=group, SPLIT_K=plan.splits > 1,
+            USE_ASM=not INTERPRET, DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
+
+    return launch_split_k(launch, out, plan)
 
 
 def dequantize(values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *,
@@ -117,38 +175,27 @@ def reference(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scal
     return (x.float() @ w.T).to(x.dtype)
 
 
-def bench(n_out: int = 4096, k: int = 4096, batch: int = 1, group_size: int = 128, n: int = 2, m: int = 4,
-          dtype: torch.dtype = torch.float16) -> BenchResult:
-    """Time the kernel, the torch reference and cuBLAS dense on random data (CUDA only)."""
-    from kernels.testing import pack_nm_quant
+def _static_specs() -> tuple[CompileSpec, ...]:
+    """What kernels.static_report compiles: 2:4 with groups 128 (benchmark), 64 (the pipeline's)
+    and one per row."""
+    def packed_bytes(cfg: triton.Config) -> int:  # code + index bytes per thread per iteration
+        return cfg.kwargs["BLOCK_N"] * cfg.kwargs["BLOCK_K"] * 3 // 8 // (32 * cfg.num_warps)
 
-    require_cuda(FORMAT)
-    torch.manual_seed(0)
-    packed = pack_nm_quant(torch.randn(n_out, k, device="cuda", dtype=dtype), n, m, 4, group_size)
-    x = torch.randn(batch, k, device="cuda", dtype=dtype)
-    t = packed.tensors
-    return run_bench(
-        f"{FORMAT} {n}:{m}",
-        lambda: matmul(x, **t, group_size=group_size, n=n, m=m),
-        lambda: reference(x, **t, group_size=group_size, n=n, m=m),
-        x, packed.w_hat.to(dtype), tensor_bytes(*t.values()),
-    )
+    def ctas(cfg: triton.Config, n: int, k: int, batch: int) -> int:
+        tiles, splits = int4.grid(cfg, n, k, batch)
+        return tiles * splits
 
+    def spec(label: str, group: int) -> CompileSpec:
+        flags = dict(N_KEEP=2, M=4, INDEX_BITS=2, GROUP=group, USE_ASM=True, DOT_F32=False, stride_xk=1)
+        return CompileSpec(
+            name=f"{FORMAT} 2:4 {label}", kernel=_nm_int4_matmul_kernel,
+            pointers=dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16"), packed=("v", "i"),
+            constexprs=flags,
+            paths={BATCH_1_16: (int4.with_split(config(1, group), True),),
+                   LARGE_BATCH: (int4.with_split(config(int4.SMALL_BATCH + 1, group), False),)},
+            packed_bytes=packed_bytes, ctas=ctas)
 
-def _old_specs():
-    from kernels._common import BATCH_1_16, GEMV_CONFIGS, LARGE_BATCH, TILED_CONFIGS, CompileSpec
-    gemv = tuple(triton.Config(dict(c.kwargs, BLOCK_M=1, GEMV_ROWS=1, DOT_F32=False), num_warps=c.num_warps,
-                               num_stages=c.num_stages) for c in GEMV_CONFIGS)
-    tiled = tuple(triton.Config(dict(c.kwargs, GEMV_ROWS=0, DOT_F32=False), num_warps=c.num_warps,
-                                num_stages=c.num_stages) for c in TILED_CONFIGS)
-    return (CompileSpec(
-        name="nm-int4 2:4 g128", kernel=_nm_int4_matmul_kernel,
-        pointers=dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16"), packed=("v", "i"),
-        constexprs=dict(N_KEEP=2, M=4, INDEX_BITS=2, GROUP=128, stride_xk=1),
-        paths={BATCH_1_16: gemv + tiled[:2], LARGE_BATCH: tiled[2:]},
-        packed_bytes=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * 3 // 8 // (32 * c.num_warps),
-        ctas=lambda c, n, k, b: -(-n // c.kwargs["BLOCK_N"]) * -(-b // c.kwargs["BLOCK_M"]),
-        unaligned=("B", "batch_bucket")),)
+    return spec("g128", 128), spec("g64", 64), spec("g-1", 0)
 
 
-STATIC = _old_specs()
+STATIC = _static_specs()

@@ -82,6 +82,10 @@ CASES = {
                                                                         2, 4, 4, 32)),
     "nm-int4-2:4-K264-g128": (nm_int4, 264, lambda dt, g: pack_nm_quant(random_weight(264, torch.float32, g),
                                                                          2, 4, 4, 128)),
+    "nm-int4-2:4-K200-g64": (nm_int4, 200, lambda dt, g: pack_nm_quant(random_weight(200, torch.float32, g),
+                                                                        2, 4, 4, 64)),
+    "nm-int4-2:4-K72-g-1": (nm_int4, 72, lambda dt, g: pack_nm_quant(random_weight(72, torch.float32, g),
+                                                                      2, 4, 4, -1)),
     "nm-int4-4:8-K72-g24": (nm_int4, 72, lambda dt, g: pack_nm_quant(random_weight(72, torch.float32, g),
                                                                       4, 8, 4, 24)),
     "bitmask-K136-50%": (bitmask, 136, lambda dt, g: bitmask_case(136, 0.5, dt, g)),
@@ -162,7 +166,7 @@ def key(config) -> tuple:
 
 def test_cases_run_every_production_config():
     """The launchers pick one config per (batch path, group): the cases above reach all of them."""
-    for module, config in ((int4, int4.config), (int8, int4.config)):
+    for module, config in ((int4, int4.config), (int8, int4.config), (nm_int4, nm_int4.config)):
         run = {key(config(batch, group)) for case, (m, k, make) in CASES.items() if m is module
                for batch in BATCHES for group in [launch_group(make, k)]}
         assert production_configs(module) <= run, f"{module.__name__}: never run: {production_configs(module) - run}"
