@@ -211,6 +211,25 @@ def store_or_add(y_ptr, acc, offs_m, offs_n, B, N, stride_yb, SPLIT_K: tl.conste
 # PTX: USE_ASM=False computes the same values with plain integer ops.
 
 
+# Per 4 bytes b0..b3 of 4-bit codes ($4): PRMT spreads them to [b0, 0, b1, 0] and [b2, 0, b3, 0];
+# LOP3 keeps the low (0x000f000f) or high (0x00f000f0) nibbles under 0x6400: 1024 + lo and
+# 1024 + 16·hi; HSUB2 takes 1024 + z ($5) from the first, HFMA2 scales the second by 1/16 and
+# adds −(64 + z) ($9). Outputs: low nibbles ($0, $1), high nibbles ($2, $3).
+INT4_PTX = tl.constexpr(
+    "{ .reg .b32 t0, t1, c; mov.b32 c, 0x2c002c00;"  # fp16 pair (1/16, 1/16)
+    " prmt.b32 t0, $4, 0, 0x4140; prmt.b32 t1, $4, 0, 0x4342;"
+    " lop3.b32 $0, t0, 0x000f000f, 0x64006400, 0xea; lop3.b32 $1, t1, 0x000f000f, 0x64006400, 0xea;"
+    " lop3.b32 $2, t0, 0x00f000f0, 0x64006400, 0xea; lop3.b32 $3, t1, 0x00f000f0, 0x64006400, 0xea;"
+    " sub.f16x2 $0, $0, $5; sub.f16x2 $1, $1, $5;"
+    " fma.rn.f16x2 $2, $2, c, $9; fma.rn.f16x2 $3, $3, c, $9; }")
+# Per 4 bytes of 8-bit codes ($2): PRMT puts b0, b1 (b2, b3) under 0x64 high bytes, the fp16 pair
+# (1024 + b0, 1024 + b1); HSUB2 takes 1024 + z ($3).
+INT8_PTX = tl.constexpr(
+    "{ .reg .b32 e; mov.b32 e, 0x64646464;"
+    " prmt.b32 $0, $2, e, 0x5150; prmt.b32 $1, $2, e, 0x5352;"
+    " sub.f16x2 $0, $0, $3; sub.f16x2 $1, $1, $3; }")
+
+
 @triton.jit
 def int4_minus_zero(packed, zero, USE_ASM: tl.constexpr):
     """uint8 (R, C), two 4-bit codes per byte, and integer zero points (R, 1) in [0, 15]
@@ -218,21 +237,12 @@ def int4_minus_zero(packed, zero, USE_ASM: tl.constexpr):
     if USE_ASM:
         # The constants per row, as fp16 pairs (bit patterns): 1024 + z = 0x6400 + z and
         # −(64 + z) = 0xD400 + 16·z. Built once per row, not per code: the asm reads one
-        # register of each ($5, $7) and ignores the other copies pack=4 hands it.
+        # register of each ($5, $9) and ignores the other copies pack=4 hands it.
         z = zero.to(tl.uint32)
         lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)
         hi_zero = ((0xD400 + 16 * z) * 0x10001).to(tl.int32, bitcast=True)
-        # Per 4 bytes b0..b3: PRMT spreads them to [b0, 0, b1, 0] and [b2, 0, b3, 0]; LOP3 keeps
-        # the low (0x000f000f) or high (0x00f000f0) nibbles under 0x6400: 1024 + lo, 1024 + 16·hi.
-        lo, hi = tl.inline_asm_elementwise(
-            "{ .reg .b32 t0, t1, c; mov.b32 c, 0x2c002c00;"  # fp16 pair (1/16, 1/16)
-            " prmt.b32 t0, $4, 0, 0x4140; prmt.b32 t1, $4, 0, 0x4342;"
-            " lop3.b32 $0, t0, 0x000f000f, 0x64006400, 0xea; lop3.b32 $1, t1, 0x000f000f, 0x64006400, 0xea;"
-            " lop3.b32 $2, t0, 0x00f000f0, 0x64006400, 0xea; lop3.b32 $3, t1, 0x00f000f0, 0x64006400, 0xea;"
-            " sub.f16x2 $0, $0, $5; sub.f16x2 $1, $1, $5;"  # (1024 + lo) − (1024 + z)
-            " fma.rn.f16x2 $2, $2, c, $9; fma.rn.f16x2 $3, $3, c, $9; }",  # (1024 + 16·hi)/16 − (64 + z)
-            "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r", [packed, lo_zero, hi_zero],
-            dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+        lo, hi = tl.inline_asm_elementwise(INT4_PTX, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r", [packed, lo_zero, hi_zero],
+                                           dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
     else:
         p = packed.to(tl.int32)
         z = zero.to(tl.int32)
@@ -248,12 +258,8 @@ def int8_minus_zero(packed, zero, USE_ASM: tl.constexpr):
         # 1024 + z as an fp16 pair (0x6400 + z, z ≤ 255), once per row: the asm reads $3 only.
         z = zero.to(tl.uint32)
         lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)
-        # PRMT puts bytes b0, b1 under 0x64 high bytes: the fp16 pair (1024 + b0, 1024 + b1).
-        w = tl.inline_asm_elementwise(
-            "{ .reg .b32 e; mov.b32 e, 0x64646464;"
-            " prmt.b32 $0, $2, e, 0x5150; prmt.b32 $1, $2, e, 0x5352;"
-            " sub.f16x2 $0, $0, $3; sub.f16x2 $1, $1, $3; }",
-            "=r,=r,r,r,r,r,r", [packed, lo_zero], dtype=tl.float16, is_pure=True, pack=4)
+        w = tl.inline_asm_elementwise(INT8_PTX, "=r,=r,r,r,r,r,r", [packed, lo_zero], dtype=tl.float16,
+                                      is_pure=True, pack=4)
     else:
         w = (packed.to(tl.int32) - zero.to(tl.int32)).to(tl.float16)
     return w

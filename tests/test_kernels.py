@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,6 +177,90 @@ def launch_group(make, k: int) -> int:
     """The GROUP constexpr a case launches with (0: one group per row)."""
     g = make(torch.float16, seeded("group")).params["group_size"]
     return 0 if g == -1 or g >= k else g
+
+
+# ----------------------------------------------------------------------------- inline PTX
+# The interpreter cannot run PTX, so the kernels' inline asm is checked here against a small model
+# of the PTX ISA's instructions it uses (prmt default mode, lop3, f16x2 sub / fma with
+# round-to-nearest), fed as Triton packs it (pack=4: 4 uint8 codes in one register, element 0 in
+# the low byte; fp16 outputs two per register, element 0 in the low half; 32-bit inputs one
+# register per element). It checks the asm's logic, not ptxas.
+
+def _f16(bits: int) -> np.float16:
+    return np.array([bits], dtype=np.uint16).view(np.float16)[0]
+
+
+def _bits(value) -> int:
+    return int(np.array([value], dtype=np.float16).view(np.uint16)[0])
+
+
+def _halves(reg: int) -> tuple:
+    return np.float64(_f16(reg & 0xFFFF)), np.float64(_f16(reg >> 16))
+
+
+def _pair(lo, hi) -> int:
+    return _bits(lo) | _bits(hi) << 16
+
+
+def _prmt(a: int, b: int, sel: int) -> int:
+    pool = (b << 32 | a).to_bytes(8, "little")
+    out = 0
+    for i in range(4):
+        s = (sel >> 4 * i) & 0xF
+        byte = pool[s & 7]
+        out |= ((0xFF if byte & 0x80 else 0) if s & 8 else byte) << 8 * i
+    return out
+
+
+def _lop3(a: int, b: int, c: int, lut: int) -> int:
+    return sum(((lut >> ((a >> i & 1) << 2 | (b >> i & 1) << 1 | (c >> i & 1))) & 1) << i for i in range(32))
+
+
+def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
+    """Execute the straight-line PTX of an inline_asm_elementwise string on 32-bit registers."""
+    regs = dict(regs)
+    value = lambda op: regs[op] if op in regs else int(op, 0)  # noqa: E731
+    for line in asm.replace("{", ";").replace("}", ";").split(";"):
+        parts = line.replace(",", " ").split()
+        if not parts or parts[0] == ".reg":
+            continue
+        op, dest, args = parts[0], parts[1], [value(a) for a in parts[2:]]
+        if op == "mov.b32":
+            regs[dest] = args[0]
+        elif op == "prmt.b32":
+            regs[dest] = _prmt(*args)
+        elif op == "lop3.b32":
+            regs[dest] = _lop3(*args)
+        elif op == "sub.f16x2":
+            regs[dest] = _pair(*(x - y for x, y in zip(_halves(args[0]), _halves(args[1]))))
+        elif op == "fma.rn.f16x2":
+            regs[dest] = _pair(*(x * y + z for x, y, z in zip(*map(_halves, args))))
+        else:
+            raise AssertionError(f"no model for PTX instruction {op}")
+    return regs
+
+
+def test_int4_ptx_gives_codes_minus_zero():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        codes, z = rng.integers(0, 256, 4), int(rng.integers(0, 16))
+        lo_zero, hi_zero = (0x6400 + z) * 0x10001, (0xD400 + 16 * z) * 0x10001
+        inputs = {"$4": int.from_bytes(bytes(codes.tolist()), "little"),
+                  **{f"${i}": lo_zero for i in range(5, 9)}, **{f"${i}": hi_zero for i in range(9, 13)}}
+        out = run_ptx(_common.INT4_PTX.value, inputs)
+        lo = [h for r in ("$0", "$1") for h in _halves(out[r])]
+        hi = [h for r in ("$2", "$3") for h in _halves(out[r])]
+        assert lo == [(c & 15) - z for c in codes] and hi == [(c >> 4) - z for c in codes], (codes, z)
+
+
+def test_int8_ptx_gives_codes_minus_zero():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        codes, z = rng.integers(0, 256, 4), int(rng.integers(0, 256))
+        inputs = {"$2": int.from_bytes(bytes(codes.tolist()), "little"),
+                  **{f"${i}": (0x6400 + z) * 0x10001 for i in range(3, 7)}}
+        out = run_ptx(_common.INT8_PTX.value, inputs)
+        assert [h for r in ("$0", "$1") for h in _halves(out[r])] == [c - z for c in codes], (codes, z)
 
 
 def test_strided_x_and_empty_batch():
