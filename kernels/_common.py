@@ -1,21 +1,16 @@
 """Pieces shared by the packed-weight matmul kernels (one kernel per format file).
 
 Every kernel computes y = x @ Ŵᵀ, with x (B, K) fp16/bf16, Ŵ (N, K) the dequantized packed
-weight, y (B, N) in x's dtype and fp32 accumulation. Each format file supplies only the code
-that turns its packed bytes into a dense fp32 (BLOCK_N, BLOCK_K) tile of Ŵ; the rest is here:
-
-- two launch paths for the same kernel, picked by batch size B:
-    GEMV  (B ≤ GEMV_MAX_BATCH = 4): grid over blocks of BLOCK_N output rows; each program holds
-          all B rows of x and reduces over K, so every packed weight byte is read exactly once;
-          products on CUDA cores, one x row at a time, in Ŵ's own register layout.
-    tiled (B > 4): grid over (BLOCK_M, BLOCK_N) tiles of y, M fastest so programs sharing a
-          weight tile run together (L2 hits); tl.dot on the tile rounded to x's dtype. For
-          B ≤ 16 the autotuner only offers BLOCK_M = 16: one M block, weights read once.
-- the autotune config lists (small, keyed on N, K, batch bucket); under TRITON_INTERPRET one
-  fixed config each, no benchmarking.
-- @triton.jit helpers: bit unpacking, N:M scatter to dense, group dequantization, the two
-  inner products, the store.
-- launcher checks (clear ValueErrors) and the CUDA-only bench plumbing.
+weight, y (B, N) in x's dtype and fp32 accumulation. Here:
+- the split over K that gives batch 1 at least 264 CTAs (2 per H200 SM): plan_split_k,
+  launch_split_k (a zeroed fp32 buffer the splits add into atomically), store_or_add;
+- the 0x6400 exponent trick that turns 4- and 8-bit codes into fp16 (code − zero) in about one
+  instruction per fp16 pair (inline PTX; plain integer ops under the interpreter), the
+  per-element scale of the slow path, the tensor-core product dot_t;
+- CompileSpec: what each kernel module declares for kernels/static_report.py;
+- helpers of the sparse kernels (kernels/_sparse.py, nm*, bitmask*): bit unpacking, N:M scatter
+  to dense, group dequantization, the CUDA-core / tl.dot inner products;
+- launcher checks with clear ValueErrors.
 
 Shape comments are (rows, cols).
 """
@@ -31,14 +26,6 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-# PRUNEPIPE_AUTOTUNE=quick: a few configs per path, each timed briefly (bench/gpu_check.sh, whose
-# tests and benchmark must finish in minutes on a fresh machine); unset or "full": all of them.
-QUICK = os.environ.get("PRUNEPIPE_AUTOTUNE", "full") == "quick"
-
-# FMA path up to this batch. Beyond it the FMAs (B per weight) outgrow the weight stream on
-# H200 (≈34 fp32 TFMA/s vs 4.8 TB/s), so 4 < B ≤ 16 goes to the tensor-core tile with BLOCK_M = 16:
-# still one M block, each program reduces over K for BLOCK_N rows and reads its weights once.
-GEMV_MAX_BATCH = 4
 MAX_BATCH_BUCKET = 2048
 X_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -48,107 +35,8 @@ def next_pow2(n: int) -> int:
 
 
 def batch_bucket(batch: int) -> int:
-    """Autotune key for the batch: powers of two up to 2048 (larger batches share 2048's config)."""
+    """Batch bucket (kernels/dispatch.py caches one decision per bucket): powers of two up to 2048."""
     return min(next_pow2(batch), MAX_BATCH_BUCKET)
-
-
-# ----------------------------------------------------------------------------- autotune configs
-
-def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
-    return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
-
-
-# B ≤ GEMV_MAX_BATCH. BLOCK_M comes from the launcher (next_pow2(B)), so these set only
-# BLOCK_N / BLOCK_K. BLOCK_K ≥ 128 keeps ≥ 64 contiguous packed bytes per row even for int4.
-# num_stages is moot here: Triton 3.9 software-pipelines only loads that feed tl.dot.
-GEMV_CONFIGS = [
-    _cfg(4, 1, BLOCK_N=8, BLOCK_K=128),
-    _cfg(4, 1, BLOCK_N=16, BLOCK_K=128),
-    _cfg(4, 1, BLOCK_N=32, BLOCK_K=128),
-    _cfg(4, 1, BLOCK_N=16, BLOCK_K=256),
-    _cfg(8, 1, BLOCK_N=32, BLOCK_K=256),
-]
-
-# B > GEMV_MAX_BATCH. tl.dot needs every block dimension ≥ 16. BLOCK_M=16 serves B ≤ 16 in one
-# M block (each weight read once) with narrow BLOCK_N so that N/BLOCK_N programs fill the GPU.
-TILED_CONFIGS = [
-    _cfg(4, 3, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128),
-    _cfg(4, 3, BLOCK_M=16, BLOCK_N=64, BLOCK_K=64),
-    _cfg(4, 4, BLOCK_M=32, BLOCK_N=64, BLOCK_K=64),
-    _cfg(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
-    _cfg(4, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64),
-    _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
-    _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
-]
-
-# PRUNEPIPE_AUTOTUNE=quick: narrow and wide GEMV tiles; one tiled config per batch range.
-QUICK_GEMV_CONFIGS = [GEMV_CONFIGS[0], GEMV_CONFIGS[1], GEMV_CONFIGS[4]]
-QUICK_TILED_CONFIGS = [TILED_CONFIGS[1], TILED_CONFIGS[3], TILED_CONFIGS[5]]
-QUICK_BENCH_MS = dict(warmup=5, rep=20)  # triton.testing.do_bench's defaults are 25 and 100
-
-# The interpreter runs programs one by one in numpy: one config each, no benchmarking.
-INTERPRET_GEMV_CONFIG = _cfg(4, 1, BLOCK_N=16, BLOCK_K=64)
-INTERPRET_TILED_CONFIG = _cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)
-
-KEY = ["N", "K", "batch_bucket"]
-
-
-def _prune_tiled(configs, named_args, **kwargs):
-    bucket = kwargs["batch_bucket"]
-    fits = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, bucket)]
-    return fits or configs[:1]
-
-
-@dataclass(frozen=True)
-class Tuned:
-    """The two autotuned entry points (GEMV and tiled) of one kernel."""
-
-    gemv: object
-    tiled: object
-
-
-def tune(kernel, key: list[str] = KEY) -> Tuned:
-    """Wrap `kernel` twice: once with the GEMV configs, once with the tiled ones."""
-    if INTERPRET:
-        return Tuned(triton.autotune([INTERPRET_GEMV_CONFIG], key=key)(kernel),
-                     triton.autotune([INTERPRET_TILED_CONFIG], key=key)(kernel))
-    if QUICK:
-        from triton.testing import do_bench
-
-        bench = lambda fn, quantiles: do_bench(fn, quantiles=quantiles, **QUICK_BENCH_MS)  # noqa: E731
-        return Tuned(
-            triton.autotune(QUICK_GEMV_CONFIGS, key=key, do_bench=bench)(kernel),
-            triton.autotune(QUICK_TILED_CONFIGS, key=key, do_bench=bench,
-                            prune_configs_by={"early_config_prune": _prune_tiled})(kernel),
-        )
-    return Tuned(
-        triton.autotune(GEMV_CONFIGS, key=key)(kernel),
-        triton.autotune(TILED_CONFIGS, key=key, prune_configs_by={"early_config_prune": _prune_tiled})(kernel),
-    )
-
-
-# Tests set this to run one exact config instead of autotuning (e.g. every production config).
-FORCE_CONFIG: triton.Config | None = None
-
-
-def launch(tuned: Tuned, x: torch.Tensor, n_out: int, args: tuple, **meta) -> None:
-    """Pick the path by batch size and launch. `args` are the kernel's runtime arguments up to
-    (not including) `batch_bucket`; `meta` are the format's constexprs."""
-    batch = x.shape[0]
-    meta["batch_bucket"] = batch_bucket(batch)
-    if batch <= GEMV_MAX_BATCH:
-        kernel = tuned.gemv
-        meta.update(BLOCK_M=next_pow2(batch), GEMV_ROWS=batch, DOT_F32=False)
-        grid = lambda META: (triton.cdiv(n_out, META["BLOCK_N"]),)  # noqa: E731
-    else:
-        kernel = tuned.tiled
-        # The interpreter's tl.dot multiplies bf16 bit patterns as integers: give it fp32 there.
-        meta.update(GEMV_ROWS=0, DOT_F32=INTERPRET and x.dtype == torch.bfloat16)
-        grid = lambda META: (triton.cdiv(batch, META["BLOCK_M"]) * triton.cdiv(n_out, META["BLOCK_N"]),)  # noqa: E731
-    if FORCE_CONFIG is not None:
-        kernel = kernel.fn
-        meta.update(FORCE_CONFIG.all_kwargs())
-    kernel[grid](*args, **meta)
 
 
 # ----------------------------------------------------------------------------- split over K
@@ -459,12 +347,6 @@ def accumulate(acc, w, x_ptr, offs_m, offs_k, B, K, stride_xb, stride_xk,
     return acc
 
 
-@triton.jit
-def store_y(y_ptr, acc, offs_m, offs_n, B, N, stride_yb):
-    mask = (offs_m[:, None] < B) & (offs_n[None, :] < N)
-    tl.store(y_ptr + offs_m[:, None] * stride_yb + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
-
-
 # ----------------------------------------------------------------------------- launcher checks
 
 def describe(t: torch.Tensor) -> str:
@@ -512,56 +394,3 @@ def make_out(fmt: str, out: torch.Tensor | None, x: torch.Tensor, n_out: int) ->
         return torch.empty((x.shape[0], n_out), dtype=x.dtype, device=x.device)
     check_tensor(fmt, "out", out, x.dtype, (x.shape[0], n_out), x, "(B, N)")
     return out
-
-
-# ----------------------------------------------------------------------------- bench
-
-@dataclass(frozen=True)
-class BenchResult:
-    """Median times in ms on one CUDA GPU; bytes are what the kernel must read/write once."""
-
-    format: str
-    batch: int
-    n: int
-    k: int
-    dtype: str
-    kernel_ms: float
-    reference_ms: float  # torch: dequantize + matmul
-    dense_ms: float  # cuBLAS on the dense fp16/bf16 weight
-    weight_bytes: int  # packed weight tensors
-
-    @property
-    def kernel_gbps(self) -> float:
-        act_bytes = 2 * self.batch * (self.k + self.n)
-        return (self.weight_bytes + act_bytes) / (self.kernel_ms * 1e6)
-
-    @property
-    def speedup_vs_dense(self) -> float:
-        return self.dense_ms / self.kernel_ms
-
-
-def require_cuda(fmt: str) -> None:
-    if INTERPRET or not torch.cuda.is_available():
-        raise RuntimeError(f"{fmt}.bench() times kernels on a CUDA GPU; none is available here "
-                           "(or TRITON_INTERPRET is set)")
-
-
-def run_bench(fmt: str, kernel: Callable[[], torch.Tensor], reference: Callable[[], torch.Tensor],
-              x: torch.Tensor, w_dense: torch.Tensor, weight_bytes: int,
-              warmup: int = 25, rep: int = 100) -> BenchResult:
-    from triton.testing import do_bench
-
-    dense = lambda: torch.nn.functional.linear(x, w_dense)  # noqa: E731
-    kernel()  # autotune outside the timed region
-    return BenchResult(
-        format=fmt, batch=x.shape[0], n=w_dense.shape[0], k=w_dense.shape[1],
-        dtype=str(x.dtype).removeprefix("torch."),
-        kernel_ms=do_bench(kernel, warmup=warmup, rep=rep),
-        reference_ms=do_bench(reference, warmup=warmup, rep=rep),
-        dense_ms=do_bench(dense, warmup=warmup, rep=rep),
-        weight_bytes=weight_bytes,
-    )
-
-
-def tensor_bytes(*tensors: torch.Tensor) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
