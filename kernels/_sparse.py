@@ -105,9 +105,10 @@ def accumulate_tile(acc, acc2, w, x_ptr, offs_m, offs_k, B, K, stride_xb,
 
 @triton.jit
 def rows_total(acc, acc2, GEMV_ROWS: tl.constexpr):
-    """acc (BLOCK_M, BLOCK_N) after the loop: B = 1 reduces acc2 over K here."""
+    """acc (BLOCK_M, BLOCK_N) after the loop: B = 1 reduces acc2 (BLOCK_N, …) over the rest here."""
     if GEMV_ROWS == 1:
-        acc = tl.sum(acc2, axis=1)[None, :]
+        PER_ROW: tl.constexpr = acc2.numel // acc2.shape[0]
+        acc = tl.sum(tl.reshape(acc2, (acc2.shape[0], PER_ROW)), axis=1)[None, :]
     return acc
 
 

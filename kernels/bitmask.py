@@ -10,19 +10,26 @@ Math:
     y[b, n]    = Σ_k x[b, k] · Ŵ[n, k]         fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16 (values' dtype), y (B, N).
 
-Split over K (kernels/_sparse.py): a program starts at its split's first K tile, so it first
-counts the kept weights of its rows before that tile (a byte popcount over the mask prefix,
-outside the main loop). In the loop, per (BLOCK_N, BLOCK_K) tile: the mask bytes are unpacked
-in-thread (each thread owns a contiguous run of columns), an exclusive tl.cumsum gives each
-kept column its slot, and the value is read by a predicated gather load (L1 serves the
-neighbouring slots). GEMV on CUDA cores for B ≤ 4, tl.dot with BLOCK_M = 16 above.
-The helpers here (values_before, tile_slots) serve the quantized bitmask kernels too.
+Design, per (BLOCK_N, BLOCK_K) tile viewed as (BLOCK_N, W = BLOCK_K/32 words, 32 bits):
+- the mask bytes load as a vector per thread and become 32-bit words (padding bits past K
+  cleared); a popcount per word and an exclusive cumsum across the row's words give each word
+  the slot of its first kept weight (the issue's "popcount per word, prefix across the warp");
+- inside a word, bit j's slot is one popcount away: shifting the word left by 31 − j leaves the
+  bits ≤ j, whose count is the inclusive rank and whose sign bit says whether j is kept. So a
+  column costs a shift, a popcount, one address (IMAD.WIDE), a predicated gather load and the
+  multiply: no element-wise cumsum, no shuffles (kernels before: 41–51 instructions per byte).
+- The gather is inline PTX (ld.global.nc under a predicate): a tl.load of those addresses makes
+  Triton re-layout the pointers through shared memory. The interpreter runs the same math
+  with tl ops (USE_ASM = False).
+- split over K (kernels/_sparse.py): a program first counts the kept weights of its rows before
+  its split (a byte popcount over the mask prefix, outside the main loop).
+GEMV on CUDA cores for B ≤ 4 (B = 1: one FFMA per weight, reduced after the loop), tl.dot with
+BLOCK_M = 16 above. The quantized bitmask kernel (kernels/bitmask_int4.py) shares these helpers.
 row_offsets and values are trusted (checking them would cost a device sync per call).
 
-Measured on sm_90 (Triton 3.9, `python -m kernels.static_report --kernel bitmask`), batch 1:
-about 14 instructions per packed byte at 50% sparsity (was 41–51), 16-bit value loads: a
-value's address depends on the mask, so the loads cannot be 128 bits wide without a layout
-that aligns each row's values (docs/formats.md, "Kernel limits").
+What it cannot do in this layout: load values 128 bits wide (a value's address depends on the
+mask), or get near 6 instructions per packed byte at 50% sparsity (per column ≈ 8 instructions
+against 0.56 packed bytes). See the static report and docs/formats.md, "Kernel limits".
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import check_tensor, check_x, make_out, unpack
+from kernels._common import check_tensor, check_x, make_out
 from kernels._sparse import accumulate_tile, k_tile_range, rows_total, store_split
 
 FORMAT = "bitmask"
+# What the gather reads: float values (the pointer's dtype says fp16/bf16), 8-bit or 4-bit codes.
+VALUES, CODES8, CODES4 = tl.constexpr(0), tl.constexpr(8), tl.constexpr(4)
 
 
 @triton.jit
@@ -44,6 +53,15 @@ def popcount8(b):
     b = b - ((b >> 1) & 0x55)
     b = (b & 0x33) + ((b >> 2) & 0x33)
     return (b + (b >> 4)) & 0x0F
+
+
+@triton.jit
+def popcount32(w):
+    """Set bits of each uint32, SWAR (LLVM turns the idiom into one POPC)."""
+    w = w - ((w >> 1) & 0x55555555)
+    w = (w & 0x33333333) + ((w >> 2) & 0x33333333)
+    w = (w + (w >> 4)) & 0x0F0F0F0F
+    return (w * 0x01010101) >> 24
 
 
 @triton.jit
@@ -65,14 +83,79 @@ def values_before(ro_ptr, mask_rows, offs_n, n_mask, first, MB, BLOCK_K: tl.cons
 
 
 @triton.jit
-def tile_slots(mask_rows, n_mask, t, K, MB, BLOCK_K: tl.constexpr):
-    """Kept flags (BLOCK_N, BLOCK_K) int32 0/1 of K tile t, each kept column's exclusive slot
-    among the tile's kept columns, and the kept count per row (BLOCK_N,)."""
-    kept = unpack(mask_tile(mask_rows, n_mask, t, MB, BLOCK_K), 1)
-    offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-    kept = tl.where(offs_k[None, :] < K, kept, 0)  # padding bits of the last byte are unspecified
-    slot = tl.cumsum(kept, axis=1) - kept
-    return kept, slot, tl.sum(kept, axis=1)
+def mask_words(mask_rows, n_mask, t, K, MB, BLOCK_K: tl.constexpr):
+    """(BLOCK_N, BLOCK_K/32) uint32 words of K tile t, bit j of word w = column t·BLOCK_K + 32w + j;
+    bits at or past K cleared (the last byte's padding bits are unspecified)."""
+    BLOCK_N: tl.constexpr = mask_rows.shape[0]
+    W: tl.constexpr = BLOCK_K // 32
+    b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.uint32)  # (BLOCK_N, BLOCK_K/8)
+    even, odd = tl.split(tl.reshape(b, (BLOCK_N, W, 2, 2)))  # bytes 0 2 / 1 3 of each word
+    b0, b2 = tl.split(even)
+    b1, b3 = tl.split(odd)
+    words = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
+    valid = K - (t * BLOCK_K + tl.arange(0, W) * 32)  # (W,) columns of each word inside K
+    keep = tl.where(valid >= 32, 0xFFFFFFFF, (1 << tl.maximum(valid, 0).to(tl.uint32)) - 1)
+    return words & keep[None, :].to(tl.uint32)
+
+
+@triton.jit
+def _gather_asm(v_ptr, first, words, shift, fill, KIND: tl.constexpr):
+    """Inline-PTX gather, one column per call (see gather_kept): first = stream index of the word's
+    first kept entry − 1 (int32), v_ptr the stream's base."""
+    if KIND == VALUES:
+        cvt: tl.constexpr = "cvt.f32.bf16 $0, h;" if v_ptr.dtype.element_ty == tl.bfloat16 else "cvt.f32.f16 $0, h;"
+        out = tl.inline_asm_elementwise(
+            "{ .reg .pred p; .reg .b32 s, c; .reg .b64 a; .reg .b16 h;"
+            " shl.b32 s, $2, $3; setp.lt.s32 p, s, 0; popc.b32 c, s; add.s32 c, c, $1; mad.wide.s32 a, c, 2, $4;"
+            " mov.b16 h, 0; @p ld.global.nc.b16 h, [a]; " + cvt + " }",
+            "=r,r,r,r,l", [first, words, shift, v_ptr], dtype=tl.float32, is_pure=True, pack=1)
+    elif KIND == CODES8:
+        out = tl.inline_asm_elementwise(
+            "{ .reg .pred p; .reg .b32 s, c; .reg .b64 a;"
+            " shl.b32 s, $2, $3; setp.lt.s32 p, s, 0; popc.b32 c, s; add.s32 c, c, $1; mad.wide.s32 a, c, 1, $5;"
+            " mov.b32 $0, $4; @p ld.global.nc.u8 $0, [a]; }",
+            "=r,r,r,r,r,l", [first, words, shift, fill, v_ptr], dtype=tl.int32, is_pure=True, pack=1)
+    else:  # CODES4: code i is nibble i & 1 of byte i >> 1
+        out = tl.inline_asm_elementwise(
+            "{ .reg .pred p; .reg .b32 s, c, n, b; .reg .b64 a;"
+            " shl.b32 s, $2, $3; setp.lt.s32 p, s, 0; popc.b32 c, s; add.s32 c, c, $1;"
+            " shr.s32 n, c, 1; mad.wide.s32 a, n, 1, $5; and.b32 n, c, 1; shl.b32 n, n, 2;"
+            " mov.b32 $0, $4; @p ld.global.nc.u8 b, [a]; @p shr.u32 b, b, n; @p and.b32 $0, b, 15; }",
+            "=r,r,r,r,r,l", [first, words, shift, fill, v_ptr], dtype=tl.int32, is_pure=True, pack=1)
+    return out
+
+
+@triton.jit
+def gather_kept(v_ptr, base, words, fill, KIND: tl.constexpr, USE_ASM: tl.constexpr):
+    """The kept entries of a tile, (BLOCK_N, W, 32): column j of word w of row n reads the value
+    stream at base[n, w] + (kept bits of the word up to j) − 1 if bit j is kept; else `fill`
+    (0 for values, the zero code for codes: it dequantizes to exactly 0). base (BLOCK_N, W) int32
+    is the stream index of the word's first kept entry; fill (BLOCK_N, W) int32.
+    VALUES → fp32; CODES8 / CODES4 → int32 codes."""
+    shift = 31 - tl.arange(0, 32)[None, None, :]  # bits ≤ j to the top: sign = bit j, count = rank
+    w3 = words[:, :, None]
+    if USE_ASM:
+        out = _gather_asm(v_ptr, (base - 1)[:, :, None], w3, shift, fill[:, :, None], KIND)
+    else:
+        top = w3 << shift.to(tl.uint32)
+        kept = (top >> 31) != 0
+        index = base[:, :, None] + popcount32(top).to(tl.int32) - 1
+        if KIND == VALUES:
+            out = tl.load(v_ptr + index, mask=kept, other=0.0).to(tl.float32)
+        elif KIND == CODES8:
+            out = tl.where(kept, tl.load(v_ptr + index, mask=kept, other=0).to(tl.int32), fill[:, :, None])
+        else:
+            byte = tl.load(v_ptr + (index >> 1), mask=kept, other=0).to(tl.int32)
+            out = tl.where(kept, (byte >> ((index & 1) * 4)) & 0xF, fill[:, :, None])
+    return out
+
+
+@triton.jit
+def tile_bases(words, start):
+    """Stream index (BLOCK_N, W) int32 of each word's first kept entry, and the tile's kept count
+    per row (BLOCK_N,); start (BLOCK_N,) is the row's index at the tile's first column."""
+    count = popcount32(words).to(tl.int32)  # (BLOCK_N, W)
+    return start[:, None] + tl.cumsum(count, axis=1) - count, tl.sum(count, axis=1)
 
 
 @triton.jit
@@ -82,10 +165,12 @@ def _bitmask_matmul_kernel(
     stride_xb, stride_mask, stride_yb,
     ws_ptr, ticket_ptr,  # split-K workspace (kernels/_sparse.py)
     batch_bucket,  # autotune key only
+    USE_ASM: tl.constexpr,  # False under the interpreter
     GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    W: tl.constexpr = BLOCK_K // 32
     num_m = tl.cdiv(B, BLOCK_M)
     offs_m = (tl.program_id(0) % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_n = (tl.program_id(0) // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
@@ -95,15 +180,32 @@ def _bitmask_matmul_kernel(
     # int32 value indices suffice: row_offsets are int32, so nnz < 2^31.
     start = values_before(ro_ptr, mask_rows, offs_n, n_mask, first, MB, BLOCK_K)  # (BLOCK_N,)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
+    acc2 = tl.zeros((BLOCK_N, W, 32), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
     for t in range(first, last):
-        kept, slot, count = tile_slots(mask_rows, n_mask, t, K, MB, BLOCK_K)
-        w = tl.load(v_ptr + (start[:, None] + slot), mask=kept != 0, other=0.0)  # (BLOCK_N, BLOCK_K)
+        words = mask_words(mask_rows, n_mask, t, K, MB, BLOCK_K)  # (BLOCK_N, W)
+        base, count = tile_bases(words, start)
+        w = gather_kept(v_ptr, base, words, tl.zeros_like(base), VALUES, USE_ASM)  # (BLOCK_N, W, 32) fp32
         start += count
-        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-        acc, acc2 = accumulate_tile(acc, acc2, w, x_ptr, offs_m, offs_k, B, K, stride_xb, GEMV_ROWS, DOT_F32)
+        acc, acc2 = accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS, DOT_F32)
     acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
+
+
+@triton.jit
+def accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS: tl.constexpr,
+                     DOT_F32: tl.constexpr):
+    """accumulate_tile for a (BLOCK_N, W, 32) tile of K tile t (x viewed as (W, 32))."""
+    BLOCK_N: tl.constexpr = w.shape[0]
+    W: tl.constexpr = w.shape[1]
+    if GEMV_ROWS == 1:
+        offs_x = t * W * 32 + tl.arange(0, W)[:, None] * 32 + tl.arange(0, 32)[None, :]  # (W, 32)
+        xb = tl.load(x_ptr + offs_x, mask=offs_x < K, other=0.0)
+        acc2 += w * xb.to(tl.float32)[None, :, :]
+    else:
+        offs_k = t * W * 32 + tl.arange(0, W * 32)
+        acc, acc2 = accumulate_tile(acc, acc2, tl.reshape(w, (BLOCK_N, W * 32)), x_ptr, offs_m, offs_k, B, K,
+                                    stride_xb, GEMV_ROWS, DOT_F32)
+    return acc, acc2
 
 
 def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
@@ -169,7 +271,7 @@ def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_offset
     x = x if x.stride(1) == 1 else x.contiguous()
     _sparse.launch(_GEMV, _TILED, x, rows,
                    (x, mask, values, row_offsets, out, batch, rows, k, mask.shape[1],
-                    x.stride(0), mask.stride(0), out.stride(0)))
+                    x.stride(0), mask.stride(0), out.stride(0)), USE_ASM=not _sparse._interpreting())
     return out
 
 
@@ -195,4 +297,4 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_off
 # 50% sparsity: the mask (1/8 B per weight) and half the weights' values
 STATIC = (_sparse.static_spec(
     "bitmask 50%", _bitmask_matmul_kernel, dict(x="fp16", mask="u8", v="fp16", ro="i32", y="fp16"), ("mask", "v"),
-    {}, GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * 2),)
+    dict(USE_ASM=True), GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * 2),)

@@ -13,16 +13,20 @@ Math:
     y[b, n]    = Σ_k x[b, k] · Ŵ[n, k]        fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
-The bitmask kernel (kernels/bitmask.py: split over K, slots by an in-thread cumsum of the
-unpacked mask) with a code gather instead of a value gather, then (q − z) · s per group
-(kernels/_common.dequant). A row's codes start at any nibble, so the gather reads the byte
-of each slot and shifts by its parity. BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
+The bitmask kernel (kernels/bitmask.py: words, a popcount per word and a prefix across the
+row, a popcount per column inside the word, split over K) gathering codes instead of values:
+the gather returns the zero code for pruned columns, so (code − zero) · scale is exactly 0
+there with no select. Codes become fp32 by the 2^23 trick (OR into 0x4B000000, subtract
+2^23 + zero: exact for codes < 2^23). When g is a multiple of 32 (every production group) the
+scale and zero are loaded once per 32-bit mask word; otherwise per column. A row's int4 codes
+start at any nibble: the gather reads the byte of each code and shifts by its parity.
+BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
 Measured on sm_90 (Triton 3.9, `python -m kernels.static_report --kernel bitmask-int4`), batch 1:
-far above the 6 instructions per packed byte (see bench/results/kernels-sm90.json): per column
-the kernel pays the mask unpack, the slot prefix, a predicated 8-bit gather and the
-dequantization, against 0.19 packed bytes per column at 50% sparsity. What it takes to reach
-the limit is in docs/formats.md, "Kernel limits".
+see bench/results/kernels-sm90.json. Per column the kernel pays ≈ 12 instructions (mask
+popcount, predicated 8-bit gather, nibble shift, dequantization, FFMA) against 0.375 packed
+bytes at 50% sparsity, so it stays far above 6 per byte; docs/formats.md, "Kernel limits",
+says what it would take.
 """
 
 from __future__ import annotations
@@ -32,12 +36,30 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import accumulate, check_group, check_tensor, dequant, make_out
-from kernels._sparse import k_tile_range, store_split
-from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, check_bitmask, kept_and_slots,
-                             tile_slots, tuned, values_before)
+from kernels._common import check_group, check_tensor, make_out
+from kernels._sparse import k_tile_range, rows_total, store_split
+from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, accumulate_words, check_bitmask,
+                             gather_kept, kept_and_slots, mask_words, tile_bases, tuned, values_before)
 
 FORMAT = "bitmask-int4"
+
+
+@triton.jit
+def word_params(s_ptr, z_ptr, rows, n_mask, t, K, stride_g, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Scale (fp32) and zero (int32) of each 32-column word of K tile t, (BLOCK_N, BLOCK_K/32):
+    GROUP is 0 (one group per row) or a multiple of 32."""
+    cols = t * BLOCK_K + tl.arange(0, BLOCK_K // 32) * 32  # first column of each word
+    offs = rows[:, None] * stride_g + (cols[None, :] // GROUP if GROUP > 0 else 0)
+    mask = n_mask[:, None] & (cols[None, :] < K)
+    scale = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    zero = tl.load(z_ptr + offs, mask=mask, other=0).to(tl.int32)
+    return scale, zero
+
+
+@triton.jit
+def code_value(q, zero):
+    """Code q − zero in fp32, int32 inputs below 2^23: OR q into 2^23's mantissa, subtract."""
+    return (q | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + zero.to(tl.float32))
 
 
 @triton.jit
@@ -49,10 +71,13 @@ def _bitmask_quant_matmul_kernel(
     batch_bucket,  # autotune key only
     BITS: tl.constexpr,  # 4 or 8
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row
+    USE_ASM: tl.constexpr,  # False under the interpreter
     GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    W: tl.constexpr = BLOCK_K // 32
+    PER_WORD: tl.constexpr = GROUP % 32 == 0  # scale and zero constant across a word (GROUP = 0 too)
     num_m = tl.cdiv(B, BLOCK_M)
     offs_m = (tl.program_id(0) % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_n = (tl.program_id(0) // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
@@ -62,18 +87,26 @@ def _bitmask_quant_matmul_kernel(
     first, last = k_tile_range(K, BLOCK_K)
     start = values_before(ro_ptr, mask_rows, offs_n, n_mask, first, MB, BLOCK_K)  # (BLOCK_N,) code index
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, W, 32), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
     for t in range(first, last):
-        kept, slot, count = tile_slots(mask_rows, n_mask, t, K, MB, BLOCK_K)
-        code = start[:, None] + slot  # (BLOCK_N, BLOCK_K)
-        if BITS == 4:
-            q = (tl.load(v_ptr + (code >> 1), mask=kept != 0, other=0).to(tl.int32) >> ((code & 1) * 4)) & 0xF
+        words = mask_words(mask_rows, n_mask, t, K, MB, BLOCK_K)  # (BLOCK_N, W)
+        base, count = tile_bases(words, start)
+        if PER_WORD:
+            scale, zero = word_params(s_ptr, z_ptr, rows, n_mask, t, K, stride_g, GROUP, BLOCK_K)  # (BLOCK_N, W)
+            q = gather_kept(v_ptr, base, words, zero, BITS, USE_ASM)  # (BLOCK_N, W, 32), zero where pruned
+            w = code_value(q, zero[:, :, None]) * scale[:, :, None]
         else:
-            q = tl.load(v_ptr + code, mask=kept != 0, other=0).to(tl.int32)
+            q = gather_kept(v_ptr, base, words, tl.zeros_like(base), BITS, USE_ASM)
+            cols = (t * BLOCK_K + tl.arange(0, BLOCK_K)).reshape(1, W, 32)
+            offs = rows[:, None, None] * stride_g + cols // GROUP
+            s_mask = n_mask[:, None, None] & (cols < K)
+            scale = tl.load(s_ptr + offs, mask=s_mask, other=0.0).to(tl.float32)  # (BLOCK_N, W, 32)
+            zero = tl.load(z_ptr + offs, mask=s_mask, other=0).to(tl.int32)
+            kept = ((words[:, :, None] >> tl.arange(0, 32)[None, None, :].to(tl.uint32)) & 1) != 0
+            w = tl.where(kept, code_value(q, zero) * scale, 0.0)
         start += count
-        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-        w = dequant(q, s_ptr, z_ptr, rows, n_mask, offs_k, t * BLOCK_K, K, stride_g, GROUP, BLOCK_K)
-        w = tl.where(kept != 0, w, 0.0)
-        acc = accumulate(acc, w, x_ptr, offs_m, offs_k, B, K, stride_xb, 1, GEMV_ROWS, DOT_F32)
+        acc, acc2 = accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS, DOT_F32)
+    acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
@@ -102,7 +135,7 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
     _sparse.launch(_GEMV, _TILED, x, rows,
                    (x, mask, values, row_offsets, scales, zeros, out, batch, rows, k, mask.shape[1],
                     x.stride(0), mask.stride(0), scales.stride(0), out.stride(0)),
-                   BITS=bits, GROUP=0 if groups == 1 else g)
+                   BITS=bits, GROUP=0 if groups == 1 else g, USE_ASM=not _sparse._interpreting())
     return out
 
 
@@ -149,7 +182,7 @@ def static_spec(bits: int):
     return _sparse.static_spec(
         f"bitmask-int{bits} 50% g128", _bitmask_quant_matmul_kernel,
         dict(x="fp16", mask="u8", v="u8", ro="i32", s="fp16", z="u8", y="fp16"), ("mask", "v"),
-        dict(BITS=bits, GROUP=128), GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * bits / 8)
+        dict(BITS=bits, GROUP=128, USE_ASM=True), GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * bits / 8)
 
 
 STATIC = (static_spec(4),)
