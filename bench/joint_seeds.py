@@ -17,8 +17,13 @@ import platform
 import tempfile
 from pathlib import Path
 
-from tasks import pipeline
-from tasks.config import CalibrationConfig, EvaluateConfig, PruneConfig, QuantizeConfig
+from tasks.config import CalibrationConfig, EvaluateConfig, PruneConfig, QuantizeConfig, SequentialConfig
+from tasks.evaluation.perplexity import read_perplexity
+from tasks.stages.calibrate import calibrate
+from tasks.stages.common import StageContext
+from tasks.stages.evaluate import evaluate_artifact
+from tasks.stages.prune import prune
+from tasks.stages.quantize import quantize
 
 OUT = Path("bench/results/smollm2-joint-seeds.json")
 MODEL = Path("data/model")
@@ -35,29 +40,32 @@ def main() -> None:
     args = parser.parse_args()
     evaluate = EvaluateConfig(max_windows=args.windows)
     prune_cfg = PruneConfig(method="sparsegpt", sparsity=0.5)
+    ctx, seq = StageContext(print), SequentialConfig()
     done = json.loads(OUT.read_text()) if OUT.is_file() else {"machine": platform.processor() or platform.machine(),
                                                              "eval_windows": args.windows, "rows": []}
 
     def record(seed: int, setting: str, model_dir: Path, work: Path) -> None:
-        out = pipeline.evaluate_model(evaluate, model_dir, work / f"eval-{setting}", print)
-        done["rows"].append({"seed": seed, "setting": setting, "ppl": round(pipeline.read_perplexity(out), 4)})
+        out = evaluate_artifact(evaluate, model=model_dir, out=work / f"eval-{setting}", ctx=ctx)
+        done["rows"].append({"seed": seed, "setting": setting, "ppl": round(read_perplexity(out), 4)})
         print(json.dumps(done["rows"][-1]))
         OUT.write_text(json.dumps(done, indent=1) + "\n")
 
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(dir="data") as tmp:
             work = Path(tmp)
-            calibration = pipeline.calibrate(CalibrationConfig(nsamples=32, seqlen=512, seed=seed), MODEL,
-                                             work / "calibration", print)
-            pruned = pipeline.prune(prune_cfg, MODEL, calibration, work / "pruned", print)
+            calibration = calibrate(CalibrationConfig(nsamples=32, seqlen=512, seed=seed), model=MODEL,
+                                    out=work / "calibration", ctx=ctx)
+            pruned = prune(prune_cfg, seq, model=MODEL, calibration=calibration, out=work / "pruned",
+                           run_stats=work / "prune_run.json", ctx=ctx)
             finished = {row["setting"] for row in done["rows"] if row["seed"] == seed}
             if "sparsegpt-50" not in finished:
                 record(seed, "sparsegpt-50", pruned, work)
             for name, section in QUANTIZERS.items():
                 if f"sparsegpt-50+{name}" in finished:
                     continue
-                quantized = pipeline.quantize(QuantizeConfig(**section), prune_cfg, MODEL, pruned, calibration,
-                                              work / f"quantized-{name}", print)
+                quantized = quantize(QuantizeConfig(**section), seq, prune_cfg, model=MODEL, pruned=pruned,
+                                     calibration=calibration, out=work / f"quantized-{name}",
+                                     run_stats=work / "quantize_run.json", ctx=ctx)
                 record(seed, f"sparsegpt-50+{name}", quantized, work)
 
 

@@ -3,7 +3,7 @@
 The model is built from LLaMA-7B's config with `--layers` decoder layers (every layer is the
 same shape, so per-layer figures need only a few) and stays on the host; `prune_model` moves one
 layer at a time to `--device`. Each mode is one fresh model: activations kept on the device, and
-offloaded to the host (`prune.offload_activations`). Writes bench/results/<tag>-llama7b-prune.json.
+offloaded to the host (`sequential.offload_activations`). Writes bench/results/<tag>-llama7b-prune.json.
 
     python3 bench/llama7b_prune.py --device cuda            # the GPU figure of the pruning issue
     python3 bench/llama7b_prune.py --device cpu --layers 1 --nsamples 4 --seqlen 128   # a smoke run
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tasks.config import PruneConfig
-from tasks.pipeline import peak_host_bytes, seconds_per_layer
+from tasks.config import PruneConfig, SequentialConfig
 from tasks.pruning.pruners import prune_model
+from tasks.stages.common import peak_host_bytes, seconds_per_layer
 
 GIB = 2**30
 LLAMA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,
@@ -47,10 +47,10 @@ def run(args, offload: bool) -> dict:
     model = build(args.layers)
     tokens = torch.randint(0, LLAMA_7B["vocab_size"], (args.nsamples, args.seqlen),
                            generator=torch.Generator().manual_seed(0))
-    cfg = PruneConfig(method=args.method, sparsity=0.5, device=args.device, offload_activations=offload,
-                      batch_size=args.batch_size)
+    cfg = PruneConfig(method=args.method, sparsity=0.5, device=args.device)
+    seq = SequentialConfig(batch_size=args.batch_size, offload_activations=offload)
     began = time.perf_counter()
-    report = prune_model(model, tokens, cfg, log=print)
+    report = prune_model(model, tokens, cfg, seq, log=print)
     seconds = time.perf_counter() - began
     finite = all(torch.isfinite(p).all() for p in model.parameters())
     activations = args.nsamples * args.seqlen * LLAMA_7B["hidden_size"] * 4

@@ -1,6 +1,6 @@
 """Our SparseGPT and Wanda against llm-compressor's, on the packaged SmolLM2-135M.
 
-For each setting: prune with prunepipe (`pipeline.prune`) and with llm-compressor
+For each setting: prune with prunepipe (the prune stage) and with llm-compressor
 (bench/reference/prune.py, run by the reference environment's Python) from the same
 data/model and data/calibration of `make run`, evaluate both on the same held-out windows
 with our evaluation, and compare masks Linear by Linear. One row per setting is appended to
@@ -22,9 +22,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tasks import pipeline
-from tasks.config import EvaluateConfig, PruneConfig
-from tasks.reports.perplexity import perplexity
+from tasks.config import EvaluateConfig, PruneConfig, SequentialConfig
+from tasks.evaluation.perplexity import evaluation_windows
+from tasks.io.model import load_model_dir
+from tasks.stages.common import StageContext
+from tasks.stages.prune import prune
+from tasks.evaluation.perplexity import perplexity
 
 OUT = Path("bench/results/smollm2-reference.json")
 MODEL, CALIBRATION = Path("data/model"), Path("data/calibration")
@@ -54,9 +57,10 @@ def prune_reference(python: Path, method: str, sparsity: str, batch: int, out: P
 
 
 def prune_ours(method: str, sparsity: str, batch: int, work: Path) -> tuple[Path, dict]:
-    section = {"method": method, "sparsity": sparsity if ":" in sparsity else float(sparsity), "batch_size": batch}
+    cfg = PruneConfig(method=method, sparsity=sparsity if ":" in sparsity else float(sparsity))
     stats = work / "prune_run.json"
-    pruned = pipeline.prune(PruneConfig(**section), MODEL, CALIBRATION, work / "pruned", print, run_stats=stats)
+    pruned = prune(cfg, SequentialConfig(batch_size=batch), model=MODEL, calibration=CALIBRATION, out=work / "pruned",
+                   run_stats=stats, ctx=StageContext(print))
     timing = json.loads(stats.read_text())
     return pruned, {k: timing[k] for k in ("prune_seconds", "solve_seconds_per_layer")}
 
@@ -92,8 +96,8 @@ def measure(name: str, python: Path, cfg: EvaluateConfig, work: Path) -> dict:
     reference_timing = prune_reference(python, method, sparsity, batch, work / "reference")
     pruned, our_timing = prune_ours(method, sparsity, batch, work)
 
-    model, tokenizer = pipeline.load_any_model(pruned)
-    windows = pipeline.evaluation_windows(cfg, tokenizer)
+    model, tokenizer, _ = load_model_dir(pruned)
+    windows = evaluation_windows(cfg, tokenizer)
     ours = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("proj.weight")}
     ppl_ours = evaluate(model, windows, cfg)
     reference = load_file(work / "reference" / "weights.safetensors")

@@ -17,8 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from tasks import pipeline
-from tasks.config import EvaluateConfig, PackConfig, PruneConfig, QuantizeConfig
+from tasks.config import EvaluateConfig, PackConfig, PruneConfig, QuantizeConfig, SequentialConfig
+from tasks.evaluation.perplexity import read_perplexity
+from tasks.stages.common import StageContext
+from tasks.stages.evaluate import evaluate_artifact
+from tasks.stages.pack import pack
+from tasks.stages.prune import prune as prune_stage
+from tasks.stages.quantize import quantize as quantize_stage
 
 OUT = Path("bench/results/smollm2-figures.json")
 MODEL, CALIBRATION = Path("data/model"), Path("data/calibration")
@@ -32,7 +37,6 @@ SETTINGS = {
     "sparsegpt-50": ({"method": "sparsegpt", "sparsity": 0.5}, None, None),
     "sparsegpt-50+gptq4": ({"method": "sparsegpt", "sparsity": 0.5}, GPTQ4, "bitmask-int4"),
     "sparsegpt-50+gptq4-actorder": ({"method": "sparsegpt", "sparsity": 0.5}, {**GPTQ4, "act_order": True}, "bitmask-int4"),
-    "sparsegpt-50+gptq4-mse": ({"method": "sparsegpt", "sparsity": 0.5}, {**GPTQ4, "observer": "mse"}, "bitmask-int4"),
     "admm-50+gptq4-actorder": ({"method": "admm", "sparsity": 0.5}, {**GPTQ4, "act_order": True}, "bitmask-int4"),
     "sparsegpt-50+gptq4-joint": ({"method": "sparsegpt", "sparsity": 0.5}, {**GPTQ4, "joint": True}, "bitmask-int4"),
     "sparsegpt-50+gptq4-joint-actorder": ({"method": "sparsegpt", "sparsity": 0.5}, {**GPTQ4, "joint": True, "act_order": True},
@@ -74,7 +78,7 @@ SETTINGS = {
 
 
 def measure(name: str, prune, quantize, fmt, evaluate: EvaluateConfig, work: Path) -> dict:
-    log = print
+    ctx, seq = StageContext(print), SequentialConfig()
     row: dict = {"name": name}
     if prune is None:
         model = MODEL
@@ -82,19 +86,21 @@ def measure(name: str, prune, quantize, fmt, evaluate: EvaluateConfig, work: Pat
         cfg = PruneConfig(**prune)
         stats = work / "prune_run.json"
         began = time.perf_counter()
-        model = pipeline.prune(cfg, MODEL, CALIBRATION, work / "pruned", log, run_stats=stats)
+        model = prune_stage(cfg, seq, model=MODEL, calibration=CALIBRATION, out=work / "pruned", run_stats=stats,
+                            ctx=ctx)
         row["prune_seconds"] = round(time.perf_counter() - began, 1)
         row["solve_seconds_per_layer"] = json.loads(stats.read_text())["solve_seconds_per_layer"]
         if quantize is not None:
             qcfg = QuantizeConfig(**quantize)
             began = time.perf_counter()
-            quantized = pipeline.quantize(qcfg, cfg, MODEL, model, CALIBRATION, work / "quantized", log)
+            quantized = quantize_stage(qcfg, seq, cfg, model=MODEL, pruned=model, calibration=CALIBRATION,
+                                       out=work / "quantized", run_stats=work / "quantize_run.json", ctx=ctx)
             row["quantize_seconds"] = round(time.perf_counter() - began, 1)
-            packed = pipeline.pack(PackConfig(format=fmt), qcfg, cfg, quantized, work / "packed", log)
+            packed = pack(PackConfig(format=fmt), quantized=quantized, out=work / "packed", ctx=ctx)
             row["bytes_per_weight"] = json.loads((packed / "metadata.json").read_text())["bytes_per_weight"]
             model = quantized
-    out = pipeline.evaluate_model(evaluate, model, work / "eval", log)
-    row["ppl"] = round(pipeline.read_perplexity(out), 4)
+    out = evaluate_artifact(evaluate, model=model, out=work / "eval", ctx=ctx)
+    row["ppl"] = round(read_perplexity(out), 4)
     return row
 
 

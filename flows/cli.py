@@ -1,4 +1,4 @@
-"""`prunepipe` command line: run the whole flow, one stage, a sweep, or report.
+"""`prunepipe` command line: run the whole flow, one stage, a sweep, report or export.
 
     prunepipe run                   the `compress` flow (every stage, cached)
     prunepipe stage NAME            one stage's flow (what each `dvc repro` stage runs)
@@ -7,6 +7,11 @@
     prunepipe sweep --summary       the sweep table and plots from results/sweep/
     prunepipe show                  the metrics table from metrics.json
     prunepipe report [--against REF]  reports/report.md: metrics, diff against REF, sweep, plots
+    prunepipe export --out DIR [--from packed|quantized]  a compressed-tensors checkpoint (vLLM)
+    prunepipe dvc-yaml              write dvc.yaml and sweep/dvc.yaml from the stage graph
+
+An input error (a parameter, a missing or altered file) prints one line naming the key or
+the file and exits with status 2.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import signal
 import sys
 from pathlib import Path
 
-STAGE_NAMES = ("model", "calibrate", "prune", "quantize", "pack", "evaluate_dense", "evaluate", "benchmark")
+from tasks.errors import UserError
+from tasks.stages.graph import METRICS, PACKED, QUANTIZED, STAGES
 
 
 def _prefect_env() -> None:
@@ -31,11 +37,11 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
-def show(path: Path = Path("metrics.json")) -> str:
+def show(path: Path = METRICS) -> str:
     from tasks.reports.summary import flatten
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics yet (run `dvc repro` or `prunepipe run`)")
+        raise UserError(f"{path}: no metrics yet (run `dvc repro` or `prunepipe run`)")
     flat = flatten(json.loads(path.read_text()))
     width = max(map(len, flat))
     return "\n".join(f"{key:<{width}}  {value}" for key, value in flat.items())
@@ -68,14 +74,29 @@ def _stop_on_ctrl_c() -> None:
     signal.signal(signal.SIGINT, stop)
 
 
-def main(argv: list[str] | None = None) -> int:
+def export(args: argparse.Namespace) -> int:
+    from tasks.serving.compressed_tensors import export_artifact
+
+    print(export_artifact({"packed": PACKED, "quantized": QUANTIZED}[args.source], args.out))
+    return 0
+
+
+def write_dvc_yaml() -> int:
+    from flows.dvc_yaml import write
+
+    for path in write():
+        print(path)
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="prunepipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run every stage as one Prefect flow")
     stage = sub.add_parser("stage", help="run one stage's flow")
-    stage.add_argument("name", choices=STAGE_NAMES)
+    stage.add_argument("name", choices=list(STAGES))
     sweep = sub.add_parser("sweep", help="run params.yaml's sweep (or one point of it, or its summary)")
     how = sweep.add_mutually_exclusive_group()
     how.add_argument("--workers", type=int, default=1, help="points at once, on a local Dask cluster if > 1")
@@ -86,44 +107,55 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="write reports/report.md")
     rep.add_argument("--against", metavar="REF", default="HEAD", help="git ref to diff metrics and params against")
     rep.add_argument("--image-base", default="", help="prefix for plot links (default: relative to reports/)")
-    args = parser.parse_args(argv)
+    exp = sub.add_parser("export", help="write a compressed-tensors checkpoint (the form vLLM loads)")
+    exp.add_argument("--out", type=Path, required=True, help="the checkpoint folder to write")
+    exp.add_argument("--from", dest="source", choices=("packed", "quantized"), default="packed",
+                     help="the artifact to export: data/packed (default) or data/quantized")
+    sub.add_parser("dvc-yaml", help="write dvc.yaml and sweep/dvc.yaml from the stage graph")
+    return parser.parse_args(argv)
 
-    if args.command in ("show", "report"):
-        try:
-            if args.command == "show":
-                print(show())
-            else:
-                from flows.report import report
 
-                print(report(args.against, args.image_base))
-        except FileNotFoundError as err:
-            print(f"prunepipe: {err}", file=sys.stderr)
-            return 1
+def run(args: argparse.Namespace) -> int:
+    if args.command == "show":
+        print(show())
         return 0
+    if args.command == "report":
+        from flows.report import report
+
+        print(report(args.against, args.image_base))
+        return 0
+    if args.command == "export":
+        return export(args)
+    if args.command == "dvc-yaml":
+        return write_dvc_yaml()
 
     _prefect_env()
     _stop_on_ctrl_c()
     from flows.params import load_params
-    from tasks.errors import UserError
 
-    try:
-        params = load_params(args.params)
-        if args.command == "run":
-            from flows.compress import compress
+    params = load_params(args.params)
+    if args.command == "run":
+        from flows.compress import compress
 
-            compress(params)
-        elif args.command == "sweep":
-            return run_sweep(params, args)
-        else:
-            from flows.stages import STAGES
+        compress(params)
+    elif args.command == "sweep":
+        return run_sweep(params, args)
+    else:
+        from flows.stages import STAGE_FLOWS
 
-            STAGES[args.name](params)
-    except UserError as err:
-        print(f"prunepipe: error: {err}", file=sys.stderr)
-        return 2
+        STAGE_FLOWS[args.name](params)
     if args.command == "run" or args.name == "evaluate":
         print(show())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UserError as err:
+        print(f"prunepipe: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

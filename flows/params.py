@@ -43,7 +43,8 @@ def parse_params(data: object, origin: str = "params.yaml") -> Params:
 
 
 def check_devices(params: Params, origin: str) -> None:
-    for key, device in (("prune.device", params.prune.device), ("evaluate.device", params.evaluate.device)):
+    for key, device in (("prune.device", params.prune.device), ("quantize.device", params.quantize.device),
+                        ("evaluate.device", params.evaluate.device)):
         if device == "cuda" and not torch.cuda.is_available():
             raise ParamsError(f"{origin}: {key} = 'cuda' but no CUDA GPU is available here (allowed: cpu, cuda)")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.stages import METRICS, REPORTS, SPARSITY_PNG
-from flows.sweep import SWEEP_CSV, SWEEP_PARETO_PNG, SWEEP_SPARSITY_PNG
+from tasks.errors import UserError
 from tasks.reports.summary import markdown_report, plot_speedup, speedup_table
+from tasks.stages.graph import METRICS, REPORTS, SPARSITY_PNG, SWEEP_CSV, SWEEP_PARETO_PNG, SWEEP_SPARSITY_PNG
 
 REPORT = REPORTS / "report.md"
 BENCH_RESULTS, SPEEDUP_PNG = Path("bench") / "results", REPORTS / "bench_speedup.png"
@@ -49,7 +49,7 @@ def bench_rows(directory: Path = BENCH_RESULTS) -> list[dict]:
 
 def report(against: str = "HEAD", image_base: str = "") -> Path:
     if not METRICS.is_file():
-        raise FileNotFoundError(f"{METRICS}: no metrics yet (run `dvc repro` or `prunepipe run`)")
+        raise UserError(f"{METRICS}: no metrics yet (run `dvc repro` or `prunepipe run`)")
     REPORTS.mkdir(exist_ok=True)
     diffs = {f"Metrics against `{against}`": dvc_diff("metrics", against),
              f"Parameters against `{against}`": dvc_diff("params", against)}

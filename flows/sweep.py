@@ -26,17 +26,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.params import ParamsError, load_params
-from flows.stages import (CALIBRATION, DATA, EVAL_DENSE, MODEL, REPORTS, cached_call, calibrate_task, evaluate_task,
-                          model_task, pack_task, prune_task, quantize_task)
-from tasks import pipeline
-from tasks.io.artifacts import ArtifactError
+from flows.stages import run_stage
 from tasks.config import Params
+from tasks.io.artifacts import ArtifactError, write_json
+from tasks.evaluation.perplexity import read_perplexity
 from tasks.reports.summary import plot_pareto, plot_ppl_vs_sparsity, sweep_table
-from tasks.stages.sweep import SweepPoint, point_result, sweep_points, write_json
-
-SWEEP_DATA, RESULTS = DATA / "sweep", Path("results") / "sweep"
-SWEEP_CSV = REPORTS / "sweep.csv"
-SWEEP_SPARSITY_PNG, SWEEP_PARETO_PNG = REPORTS / "sweep_sparsity.png", REPORTS / "sweep_pareto.png"
+from tasks.stages.graph import (EVAL_DENSE, PERPLEXITY, RESULTS, STAGES, SWEEP_CSV, SWEEP_DATA, SWEEP_PARETO_PNG,
+                                SWEEP_SHARED, SWEEP_SPARSITY_PNG)
+from tasks.stages.sweep import SweepPoint, point_result, sweep_points
 
 
 def expand(params: Params) -> dict[str, SweepPoint]:
@@ -72,30 +69,29 @@ def _pin_gpu() -> None:
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
-def point_task(point: SweepPoint, cache: bool, model_dir: str = str(MODEL), calibration_dir: str = str(CALIBRATION),
-               dense_dir: str = str(EVAL_DENSE)) -> dict:
+def point_task(point: SweepPoint, cache: bool) -> dict:
     """One point's stages into data/sweep/<name>/, then results/sweep/<name>.json.
     cache: each stage under its task cache (the `sweep` flow) or uncached (under DVC)."""
     _pin_gpu()
     start = time.perf_counter()
-    call = cached_call if cache else (lambda stage, **parameters: stage(**parameters))
     p, out = point.params, SWEEP_DATA / point.name
-    pruned = call(prune_task, cfg=p.prune, model_dir=model_dir, calibration_dir=calibration_dir,
-                  out=str(out / "pruned"), run_stats=str(out / "prune_run.json"))
-    evals = {"dense": dense_dir, "pruned": call(evaluate_task, cfg=p.evaluate, model_dir=pruned,
-                                                out=str(out / "eval_pruned"))}
-    final = pruned
+    pruned = run_stage(STAGES["prune"], p, outputs={"out": str(out / "pruned"), "run_stats": str(out / "prune_run.json")},
+                       cache=cache)["out"]
+    evals = {"dense": EVAL_DENSE,
+             "pruned": run_stage(PERPLEXITY, p, inputs={"model": pruned}, outputs={"out": str(out / "eval_pruned")},
+                                 cache=cache)["out"]}
+    # Unquantized points run quantize as `none` and pack their float weights: bytes per weight
+    # for the Pareto front.
+    quantized = run_stage(STAGES["quantize"], p, inputs={"pruned": pruned},
+                          outputs={"out": str(out / "quantized"), "run_stats": str(out / "quantize_run.json")},
+                          cache=cache)["out"]
+    packed = run_stage(STAGES["pack"], p, inputs={"quantized": quantized}, outputs={"out": str(out / "packed")},
+                       cache=cache)["out"]
     if point.quantized:
-        final = call(quantize_task, cfg=p.quantize, prune_cfg=p.prune, model_dir=model_dir, pruned_dir=pruned,
-                     calibration_dir=calibration_dir, out=str(out / "quantized"),
-                     run_stats=str(out / "quantize_run.json"))
-    # Unquantized points pack their float weights too: bytes per weight for the Pareto front.
-    packed = call(pack_task, cfg=p.pack, quantize_cfg=p.quantize, prune_cfg=p.prune, quantized_dir=final,
-                  out=str(out / "packed"))
-    if point.quantized:
-        evals["packed"] = call(evaluate_task, cfg=p.evaluate, model_dir=packed, out=str(out / "eval_packed"))
-    ppl = {name: pipeline.read_perplexity(Path(path)) for name, path in evals.items()}
-    result = point_result(point, ppl, _read(out, "prune_run.json"), _read(packed), _read(final, "layers.json"),
+        evals["packed"] = run_stage(PERPLEXITY, p, inputs={"model": packed}, outputs={"out": str(out / "eval_packed")},
+                                    cache=cache)["out"]
+    ppl = {name: read_perplexity(Path(path)) for name, path in evals.items()}
+    result = point_result(point, ppl, _read(out, "prune_run.json"), _read(packed), _read(quantized, "layers.json"),
                           time.perf_counter() - start)
     write_json(RESULTS / f"{point.name}.json", result)
     return result
@@ -109,7 +105,7 @@ def summary_task(params: Params) -> list[dict]:
         raise ArtifactError(f"no result yet for {', '.join(missing)} "
                             "(run `dvc repro sweep/dvc.yaml` or `prunepipe sweep`)")
     table = sweep_table([json.loads(path.read_text()) for path in paths])
-    REPORTS.mkdir(exist_ok=True)
+    SWEEP_CSV.parent.mkdir(exist_ok=True)
     table.to_csv(SWEEP_CSV, index=False)
     plot_ppl_vs_sparsity(table, SWEEP_SPARSITY_PNG)
     plot_pareto(table, SWEEP_PARETO_PNG)
@@ -134,10 +130,9 @@ def sweep_runner(workers: int = 1, address: str | None = None) -> TaskRunner:
 @flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def sweep(params: Params) -> list[dict]:
     points = expand(params)
-    model = cached_call(model_task, cfg=params.model, out=str(MODEL))
-    calibration = cached_call(calibrate_task, cfg=params.calibration, model_dir=model, out=str(CALIBRATION))
-    dense = cached_call(evaluate_task, cfg=params.evaluate, model_dir=model, out=str(EVAL_DENSE))
-    futures = [point_task.submit(point, True, model, calibration, dense) for point in points.values()]
+    for name in SWEEP_SHARED:
+        run_stage(STAGES[name], params, cache=True)
+    futures = [point_task.submit(point, True) for point in points.values()]
     results = [future.result() for future in futures]
     summary_task(params)
     return results

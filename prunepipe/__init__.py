@@ -6,7 +6,7 @@ The library lives in `tasks/` (pure functions) and `kernels/` (Triton); `flows/`
 Prefect flows and the `prunepipe` command line.
 """
 
-from tasks.formats.packed_model import load_packed
+from tasks.serving.packed_model import load_packed
 
 __all__ = ["load_packed"]
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@
     pruning/               sparsity patterns and masks, the pruning methods, OWL
     quantization/          the integer grid (RTN), GPTQ
     formats/               packed formats, packed artifacts, the packed model, the serving export
-    reports/               perplexity, metrics, tables and plots
+    evaluation/            perplexity on the held-out split
+    reports/               metrics, tables and plots
     stages/                one function per pipeline stage: read artifacts, call the above, write one
 """

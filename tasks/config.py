@@ -65,17 +65,22 @@ class OWLOptions(Section):
     lam: float = Field(0.08, ge=0.0)    # per-layer sparsity stays within target ± lam
 
 
+class SequentialConfig(Section):
+    """The layer-by-layer pass that prune and quantize (gptq) both run (tasks/engine/sequential.py)."""
+
+    # Calibration samples per decoder-layer call (memory ∝ batch_size · seqlen · hidden).
+    batch_size: PositiveInt = 8
+    # Keep calibration activations in host memory and stream them to the device one batch
+    # at a time, for models whose activations would not fit next to a layer on the GPU.
+    offload_activations: bool = False
+
+
 class PruneConfig(Section):
     method: PruneMethod = "wanda"
     sparsity: float | str = 0.5
     # fnmatch patterns over module names, e.g. "*.mlp.down_proj"; decoder-layer Linears only.
     ignore: tuple[str, ...] = ()
     device: Device = "cpu"
-    # Keep calibration activations in host memory and stream them to the device one sample
-    # at a time, for models whose activations would not fit next to a layer on the GPU.
-    offload_activations: bool = False
-    # Calibration samples per decoder-layer call (memory ∝ batch_size · seqlen · hidden).
-    batch_size: PositiveInt = 8
     sparsegpt: SparseGPTOptions = SparseGPTOptions()
     admm: ADMMOptions = ADMMOptions()
     owl: OWLOptions = OWLOptions()
@@ -105,8 +110,6 @@ class QuantizeConfig(Section):
     bits: Literal[2, 3, 4, 8] = 4
     group_size: Literal[-1, 32, 64, 128] = 128       # -1: one group per output row
     symmetric: bool = False
-    # minmax: each group's range is its min and max; mse: the range shrunk to the least rounding error.
-    observer: Literal["minmax", "mse"] = "minmax"
     # gptq: quantize the inputs in descending order of their Hessian diagonal, groups fixed up front.
     act_order: bool = False
     # joint: prune (SparseGPT) and quantize (GPTQ) in one pass, from the dense model.
@@ -141,9 +144,16 @@ class EvaluateConfig(Section):
     batch_size: PositiveInt = 4
     # Cap on the number of windows (None = the whole held-out split).
     max_windows: PositiveInt | None = None
-    # Prepend the tokenizer's BOS token to every window: "auto" asks the tokenizer.
-    add_bos: Literal["auto", "true", "false"] = "auto"
+    # Prepend the tokenizer's BOS token to every window: true, false, or "auto" (ask the tokenizer).
+    add_bos: bool | Literal["auto"] = "auto"
     device: Device = "cpu"
+
+    @field_validator("add_bos", mode="before")
+    @classmethod
+    def _bos_choice(cls, value: object) -> object:
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ValueError("allowed: true, false, auto")
 
 
 def sweep_sparsity(entry: float | str) -> float | str:
@@ -253,6 +263,7 @@ class BenchmarkConfig(Section):
 class Params(Section):
     model: ModelConfig = ModelConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    sequential: SequentialConfig = SequentialConfig()
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     pack: PackConfig = PackConfig()

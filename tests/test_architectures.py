@@ -9,7 +9,7 @@ import torch
 import transformers
 from torch import nn
 
-from tasks.config import PruneConfig
+from tasks.config import PruneConfig, SequentialConfig
 from tasks.engine.layers import (capture_inputs, find_decoder_layers, is_prunable, layer_output, move_kwargs,
                           weight_view)
 from tasks.pruning.pruners import prune_model
@@ -132,7 +132,7 @@ def test_engine_at_zero_sparsity_reproduces_the_model(family):
     handles = [layer.register_forward_hook(lambda m, a, out, i=i: seen[i].append(layer_output(out).clone()))
                for i, layer in enumerate(layers)]
     try:
-        prune_model(model, tokens, PruneConfig(method="wanda", sparsity=0.0, batch_size=3), LOG)
+        prune_model(model, tokens, PruneConfig(method="wanda", sparsity=0.0), SequentialConfig(batch_size=3), LOG)
     finally:
         for handle in handles:
             handle.remove()
@@ -157,7 +157,7 @@ def test_wanda_unstructured(family):
     tokens = calibration_tokens()
     prefix, _ = find_decoder_layers(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = prune_model(model, tokens, PruneConfig(method="wanda", sparsity=0.5), LOG)
+    report = prune_model(model, tokens, PruneConfig(method="wanda", sparsity=0.5), SequentialConfig(), LOG)
     modules = decoder_modules(model)
     assert {r.name for r in report.records} == set(modules)
     for name, module in modules.items():
@@ -175,7 +175,7 @@ def test_wanda_unstructured(family):
 def test_sparsegpt_2_4(family):
     model = tiny_model(family)
     tokens = calibration_tokens()
-    prune_model(model, tokens, PruneConfig(method="sparsegpt", sparsity="2:4"), LOG)
+    prune_model(model, tokens, PruneConfig(method="sparsegpt", sparsity="2:4"), SequentialConfig(), LOG)
     for name, module in decoder_modules(model).items():
         W = weight_view(module)
         kept = (W != 0).reshape(W.shape[0], -1, 4).sum(-1)
@@ -186,7 +186,7 @@ def test_sparsegpt_2_4(family):
 def test_admm_unstructured(family):
     model = tiny_model(family)
     tokens = calibration_tokens()
-    prune_model(model, tokens, PruneConfig(method="admm", sparsity=0.5), LOG)
+    prune_model(model, tokens, PruneConfig(method="admm", sparsity=0.5), SequentialConfig(), LOG)
     for name, module in decoder_modules(model).items():
         W = weight_view(module)
         zeros = (W == 0).sum(dim=1)

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from kernels import dispatch
 from kernels.dispatch import Dispatcher, PackedWeight, dispatch_key, read_cache, write_cache
 from tasks.formats.packing import pack_weight, unpack_weight
-from tasks.formats.packed_model import PackedLinear, kernel_params
+from tasks.serving.packed_model import PackedLinear, kernel_params
 from tasks.pruning.patterns import NM, mask_from_scores
 from tasks.quantization.grid import QuantSpec, rtn
 

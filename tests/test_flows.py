@@ -18,6 +18,7 @@ from flows.params import ParamsError, parse_params
 def tiny_params(llama_folder: Path, corpus_file: Path, **prune) -> dict:
     return {"model": {"source": str(llama_folder)},
             "calibration": {"dataset": str(corpus_file), "nsamples": 4, "seqlen": 32},
+            "sequential": {"batch_size": 8, "offload_activations": False},
             "prune": {"method": "wanda", "sparsity": 0.5, **prune},
             "quantize": {"method": "gptq", "bits": 4, "group_size": 32},
             "pack": {"format": "bitmask-int4"},
@@ -53,7 +54,12 @@ def test_compress_flow_runs_and_caches(tmp_path, monkeypatch, llama_folder, corp
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.compress import compress
+    from tasks.stages import graph
 
+    # The code keys read a copy of the library, so that the test can change a module.
+    shutil.copytree(graph.ROOT / "tasks", tmp_path / "code" / "tasks")
+    shutil.copytree(graph.ROOT / "kernels", tmp_path / "code" / "kernels")
+    monkeypatch.setattr(graph, "ROOT", tmp_path / "code")
     monkeypatch.chdir(tmp_path)
     params = parse_params(tiny_params(llama_folder, corpus_file))
     with prefect_test_harness(server_startup_timeout=180):   # a busy 2-core CI machine
@@ -69,6 +75,13 @@ def test_compress_flow_runs_and_caches(tmp_path, monkeypatch, llama_folder, corp
         again = compress(params)
         assert (again["ppl_pruned"], again["sparsity"]) == (metrics["ppl_pruned"], metrics["sparsity"])
         assert Path("data/pruned/metadata.json").is_file()
+        # a change to OWL reruns what dvc repro reruns: prune and what follows, not the model
+        stamps = {d: Path(f"data/{d}/metadata.json").stat().st_mtime_ns for d in ("model", "pruned", "packed")}
+        with open(tmp_path / "code/tasks/pruning/owl.py", "a") as module:
+            module.write("\n# changed\n")
+        compress(params)
+        changed = {d for d, stamp in stamps.items() if Path(f"data/{d}/metadata.json").stat().st_mtime_ns != stamp}
+        assert changed == {"pruned", "packed"}
 
 
 @pytest.mark.slow
@@ -85,3 +98,8 @@ def test_dvc_repro_twice_runs_nothing_the_second_time(tmp_path, llama_folder, co
     assert ran == {"prune", "quantize", "pack", "evaluate", "benchmark"}  # not model, calibrate, evaluate_dense
     assert json.loads((tmp_path / "bench/results/benchmark.json").read_text())["rows"]
     assert json.loads((tmp_path / "metrics.json").read_text())["sparsity"] == pytest.approx(0.6, abs=0.01)
+    # a module one stage imports through another (prune → pruners → owl): that stage and what follows
+    with open(tmp_path / "tasks/pruning/owl.py", "a") as module:
+        module.write("\n# changed\n")
+    stale = {name.split(":")[-1] for name in json.loads(run("dvc", "status", "--json"))}
+    assert stale == {"prune", "quantize", "pack", "evaluate", "benchmark"}

@@ -7,21 +7,40 @@ import json
 import pytest
 import torch
 
-from tasks import pipeline
+from tasks.config import (CalibrationConfig, EvaluateConfig, ModelConfig, PackConfig, PruneConfig, QuantizeConfig,
+                          SequentialConfig)
+from tasks.errors import UserError
+from tasks.evaluation.perplexity import read_perplexity
 from tasks.io.artifacts import ArtifactError, read_metadata
-from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PruneConfig
 from tasks.io.model import load_model_dir
-from tasks.reports.metrics import build_metrics, layer_table
+from tasks.stages.calibrate import calibrate, load_calibration
+from tasks.stages.common import StageContext
+from tasks.stages.evaluate import build_metrics, evaluate_artifact, layer_table
+from tasks.stages.model import model as build_model
+from tasks.stages.pack import pack
+from tasks.stages.prune import prune
+from tasks.stages.quantize import quantize
 
 LOG = lambda message: None  # noqa: E731
+CTX, SEQ = StageContext(LOG), SequentialConfig()
+
+
+def run_prune(cfg, model, calib, out):
+    return prune(cfg, SEQ, model=model, calibration=calib, out=out, run_stats=out.parent / f"{out.name}_run.json",
+                 ctx=CTX)
+
+
+def run_quantize(cfg, prune_cfg, model, pruned, calib, out):
+    return quantize(cfg, SEQ, prune_cfg, model=model, pruned=pruned, calibration=calib, out=out,
+                    run_stats=out.parent / f"{out.name}_run.json", ctx=CTX)
 
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory, llama_folder, corpus_file):
     root = tmp_path_factory.mktemp("data")
-    model = pipeline.build_model(ModelConfig(source=str(llama_folder)), root / "model", LOG)
-    calib = pipeline.calibrate(CalibrationConfig(dataset=str(corpus_file), nsamples=8, seqlen=32),
-                               model, root / "calibration", LOG)
+    model = build_model(ModelConfig(source=str(llama_folder)), out=root / "model", ctx=CTX)
+    calib = calibrate(CalibrationConfig(dataset=str(corpus_file), nsamples=8, seqlen=32), model=model,
+                      out=root / "calibration", ctx=CTX)
     return root, model, calib
 
 
@@ -29,14 +48,14 @@ def test_model_and_calibration_artifacts(stages, llama_folder):
     root, model, calib = stages
     meta = read_metadata(model, "model", 1)
     assert meta["source"]["kind"] == "folder" and meta["architecture"] == "LlamaForCausalLM"
-    tokens = pipeline.load_calibration(calib)
+    tokens = load_calibration(calib)
     assert tokens.shape == (8, 32) and tokens.dtype == torch.long
     assert tokens[:, 0].eq(1).all(), "a tokenizer that adds BOS gets BOS-led windows"  # <s> is id 1
 
 
 def test_prune_changes_only_decoder_linears(stages):
     root, model, calib = stages
-    out = pipeline.prune(PruneConfig(method="wanda", sparsity=0.5), model, calib, root / "pruned", LOG)
+    out = run_prune(PruneConfig(method="wanda", sparsity=0.5), model, calib, root / "pruned")
     dense, _, _ = load_model_dir(model)
     pruned, _, meta = load_model_dir(out)
     changed = {name for name, w in pruned.state_dict().items() if not torch.equal(w, dense.state_dict()[name])}
@@ -53,19 +72,17 @@ def test_prune_changes_only_decoder_linears(stages):
 
 
 def test_evaluate_and_metrics(stages):
-    from tasks.config import PackConfig, QuantizeConfig
-
     root, model, calib = stages
     prune_cfg, qcfg = PruneConfig(method="magnitude", sparsity="2:4"), QuantizeConfig(group_size=32)
-    pruned = pipeline.prune(prune_cfg, model, calib, root / "p24", LOG, run_stats=root / "prune_run.json")
-    quantized = pipeline.quantize(qcfg, prune_cfg, model, pruned, calib, root / "q24", LOG)
-    packed = pipeline.pack(PackConfig(format="nm-int4"), qcfg, prune_cfg, quantized, root / "pk24", LOG)
+    pruned = run_prune(prune_cfg, model, calib, root / "p24")
+    quantized = run_quantize(qcfg, prune_cfg, model, pruned, calib, root / "q24")
+    packed = pack(PackConfig(format="nm-int4"), quantized=quantized, out=root / "pk24", ctx=CTX)
     cfg = EvaluateConfig(dataset=read_metadata(calib, "calibration", 1)["config"]["dataset"], seqlen=32)
-    ppl = {name: pipeline.read_perplexity(pipeline.evaluate_model(cfg, path, root / f"eval_{name}", LOG))
+    ppl = {name: read_perplexity(evaluate_artifact(cfg, model=path, out=root / f"eval_{name}", ctx=CTX))
            for name, path in (("dense", model), ("pruned", pruned), ("quantized", quantized), ("packed", packed))}
     assert 1.0 < ppl["dense"] < 1e4 and ppl["pruned"] != ppl["dense"]
     assert ppl["packed"] == pytest.approx(ppl["quantized"], rel=1e-5)
-    metrics = build_metrics(ppl, json.loads((root / "prune_run.json").read_text()),
+    metrics = build_metrics(ppl, json.loads((root / "p24_run.json").read_text()),
                             json.loads((packed / "metadata.json").read_text()),
                             json.loads((quantized / "layers.json").read_text()))
     assert metrics["sparsity"] == 0.5 and set(metrics["sparsity_per_type"]) == {
@@ -77,24 +94,23 @@ def test_evaluate_and_metrics(stages):
 
 @pytest.mark.parametrize("method,sparsity,quantize_cfg,fmt", [
     ("wanda", "2:4", {"method": "gptq", "bits": 4, "group_size": 32}, "nm-int4"),
-    ("wanda", "2:4", {"method": "gptq", "bits": 4, "group_size": 32, "act_order": True, "observer": "mse"}, "nm-int4"),
+    ("wanda", "2:4", {"method": "gptq", "bits": 4, "group_size": 32, "act_order": True}, "nm-int4"),
     ("sparsegpt", "2:4", {"method": "gptq", "bits": 4, "group_size": 32, "joint": True}, "nm-int4"),
     ("sparsegpt", 0.5, {"method": "gptq", "bits": 4, "group_size": 32, "joint": True, "act_order": True},
      "bitmask-int4"),
     ("wanda", "2:4", {"method": "rtn", "bits": 8, "group_size": -1, "symmetric": True}, "nm-int8"),
     ("wanda", "2:4", {"method": "none"}, "nm"),
-], ids=["gptq", "gptq-actorder-mse", "joint", "joint-actorder", "rtn8", "none"])
+], ids=["gptq", "gptq-actorder", "joint", "joint-actorder", "rtn8", "none"])
 def test_quantize_pack_and_load_back(stages, method, sparsity, quantize_cfg, fmt, request):
     from prunepipe import load_packed
-    from tasks.config import PackConfig, QuantizeConfig
 
     root, model, calib = stages
     tag = request.node.callspec.id
     prune_cfg = PruneConfig(method=method, sparsity=sparsity)
-    pruned = pipeline.prune(prune_cfg, model, calib, root / f"p-{tag}", LOG)
+    pruned = run_prune(prune_cfg, model, calib, root / f"p-{tag}")
     qcfg = QuantizeConfig(**quantize_cfg)
-    quantized = pipeline.quantize(qcfg, prune_cfg, model, pruned, calib, root / f"q-{tag}", LOG)
-    packed = pipeline.pack(PackConfig(format=fmt), qcfg, prune_cfg, quantized, root / f"pk-{tag}", LOG)
+    quantized = run_quantize(qcfg, prune_cfg, model, pruned, calib, root / f"q-{tag}")
+    packed = pack(PackConfig(format=fmt), quantized=quantized, out=root / f"pk-{tag}", ctx=CTX)
 
     fake, _, _ = load_model_dir(quantized)
     before, _, _ = load_model_dir(pruned)
@@ -102,7 +118,7 @@ def test_quantize_pack_and_load_back(stages, method, sparsity, quantize_cfg, fmt
         for name, w in fake.state_dict().items():   # every pruned zero is still exactly zero
             assert torch.equal(w[before.state_dict()[name] == 0], torch.zeros_like(w[before.state_dict()[name] == 0]))
     reloaded = load_packed(packed)
-    ids = pipeline.load_calibration(calib)[:2]
+    ids = load_calibration(calib)[:2]
     with torch.no_grad():
         want, got = fake(ids).logits.double(), reloaded(ids).logits.double()
     assert torch.isfinite(got).all()
@@ -123,13 +139,12 @@ def test_packed_artifact_tampering_is_named(stages, tmp_path):
     import shutil
 
     from prunepipe import load_packed
-    from tasks.config import PackConfig, QuantizeConfig
 
     root, model, calib = stages
     prune_cfg, qcfg = PruneConfig(sparsity=0.5), QuantizeConfig(method="rtn", group_size=32)
-    pruned = pipeline.prune(prune_cfg, model, calib, root / "p50", LOG)
-    quantized = pipeline.quantize(qcfg, prune_cfg, model, pruned, calib, root / "q50", LOG)
-    packed = pipeline.pack(PackConfig(format="bitmask-int4"), qcfg, prune_cfg, quantized, root / "pk50", LOG)
+    pruned = run_prune(prune_cfg, model, calib, root / "p50")
+    quantized = run_quantize(qcfg, prune_cfg, model, pruned, calib, root / "q50")
+    packed = pack(PackConfig(format="bitmask-int4"), quantized=quantized, out=root / "pk50", ctx=CTX)
     copy = tmp_path / "packed"
     shutil.copytree(packed, copy)
     data = (copy / "rest.safetensors").read_bytes()
@@ -147,7 +162,7 @@ def test_altered_artifact_is_rejected(stages, tmp_path):
     data[-1] ^= 0xFF
     (copy / "tokens.safetensors").write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="tokens.safetensors: sha256 does not match"):
-        pipeline.load_calibration(copy)
+        load_calibration(copy)
 
 
 def test_owl_sets_per_layer_sparsity_around_the_target(corpus_file, tokenizer):
@@ -158,7 +173,7 @@ def test_owl_sets_per_layer_sparsity_around_the_target(corpus_file, tokenizer):
     model = tiny_llama(len(tokenizer), layers=4)
     tokens = torch.randint(3, len(tokenizer), (4, 32), generator=torch.Generator().manual_seed(0))
     cfg = PruneConfig(method="wanda", sparsity=0.6, owl={"enabled": True, "lam": 0.08})
-    report = prune_model(model, tokens, cfg, LOG)
+    report = prune_model(model, tokens, cfg, SEQ, LOG)
     targets = {r.layer: r.target for r in report.records}
     assert len(set(targets.values())) > 1, "random layers differ in outliers, so in sparsity"
     assert sum(targets.values()) / 4 == pytest.approx(0.6, abs=1e-9)
@@ -175,13 +190,30 @@ def test_owl_refuses_nm():
 def test_same_params_and_seed_give_byte_identical_artifacts(stages, tmp_path, corpus_file):
     root, model, calib = stages
     cfg = CalibrationConfig(dataset=str(corpus_file), nsamples=8, seqlen=32)
-    again = pipeline.calibrate(cfg, model, tmp_path / "calibration", LOG)
+    again = calibrate(cfg, model=model, out=tmp_path / "calibration", ctx=CTX)
     assert (again / "metadata.json").read_bytes() == (calib / "metadata.json").read_bytes()
     prune_cfg = PruneConfig(method="sparsegpt", sparsity=0.5)
-    first = pipeline.prune(prune_cfg, model, calib, tmp_path / "a", LOG)
-    second = pipeline.prune(prune_cfg, model, again, tmp_path / "b", LOG)
+    first = run_prune(prune_cfg, model, calib, tmp_path / "a")
+    second = run_prune(prune_cfg, model, again, tmp_path / "b")
     # metadata.json lists every file's sha256, so equal bytes mean equal artifacts
     a, b = (json.loads((d / "metadata.json").read_text()) for d in (first, second))
     assert {k for k in a if a[k] != b[k]} == set()
     assert {f for f in a["files"] if a["files"][f] != b["files"][f]} == set()
     assert (first / "metadata.json").read_bytes() == (second / "metadata.json").read_bytes()
+
+
+def test_pack_takes_spec_and_pattern_from_the_quantized_artifact(stages):
+    root, model, calib = stages
+    prune_cfg = PruneConfig(method="magnitude", sparsity="2:4")
+    pruned = run_prune(prune_cfg, model, calib, root / "p-meta")
+    quantized = run_quantize(QuantizeConfig(method="rtn", bits=8, group_size=-1), prune_cfg, model, pruned, calib,
+                             root / "q-meta")
+    meta = read_metadata(quantized, "model", 1)
+    assert (meta["spec"], meta["nm"]) == ({"bits": 8, "group_size": -1, "symmetric": False}, [2, 4])
+    packed = pack(PackConfig(format="nm-int8"), quantized=quantized, out=root / "pk-meta", ctx=CTX)
+    layer = next(iter(read_metadata(packed, "prunepipe-packed", 1)["layers"].values()))
+    assert (layer["bits"], layer["group_size"], layer["n"], layer["m"]) == (8, -1, 2, 4)
+    unquantized = run_quantize(QuantizeConfig(method="none"), prune_cfg, model, pruned, calib, root / "q-none")
+    with pytest.raises(UserError, match=r"^pack.format = 'bitmask-int4' stores quantized codes but "
+                                        r".*q-none/metadata.json holds none \(quantize.method none\)"):
+        pack(PackConfig(format="bitmask-int4"), quantized=unquantized, out=root / "pk-none", ctx=CTX)

@@ -17,26 +17,37 @@ import torch
 import yaml
 
 from flows.cli import main
-from tasks import pipeline
-from tasks.io.artifacts import ArtifactError, write_artifact
-from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PruneConfig, QuantizeConfig
-from tasks.io.corpus import CorpusError
-from tasks.errors import UserError
+from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PruneConfig, QuantizeConfig, SequentialConfig
 from tasks.engine.memory import Estimate, InsufficientMemory, check_memory
+from tasks.errors import UserError
+from tasks.io.artifacts import ArtifactError, write_artifact
+from tasks.stages.calibrate import load_calibration
+from tasks.text.corpus import CorpusError
 from tasks.io.model import ModelSourceError, resolve_source
+from tasks.stages.calibrate import calibrate
+from tasks.stages.common import StageContext
+from tasks.stages.evaluate import evaluate_artifact
+from tasks.stages.model import model as build_model
+from tasks.stages.prune import prune
 
 LOG = lambda message: None  # noqa: E731
+CTX = StageContext(LOG)
+
+
+def run_prune(cfg, model_dir, calib_dir, out, log=LOG):
+    return prune(cfg, SequentialConfig(), model=model_dir, calibration=calib_dir, out=out,
+                 run_stats=out.parent / "prune_run.json", ctx=StageContext(log))
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, llama_folder):
-    return pipeline.build_model(ModelConfig(source=str(llama_folder)), tmp_path_factory.mktemp("m") / "model", LOG)
+    return build_model(ModelConfig(source=str(llama_folder)), out=tmp_path_factory.mktemp("m") / "model", ctx=CTX)
 
 
 @pytest.fixture(scope="module")
 def calib_dir(model_dir, corpus_file, tmp_path_factory):
     cfg = CalibrationConfig(dataset=str(corpus_file), nsamples=4, seqlen=32)
-    return pipeline.calibrate(cfg, model_dir, tmp_path_factory.mktemp("c") / "calibration", LOG)
+    return calibrate(cfg, model=model_dir, out=tmp_path_factory.mktemp("c") / "calibration", ctx=CTX)
 
 
 def run_cli(tmp_path, monkeypatch, capsys, params: dict, *argv) -> tuple[int, str]:
@@ -56,7 +67,9 @@ def run_cli(tmp_path, monkeypatch, capsys, params: dict, *argv) -> tuple[int, st
     ({"prune": {"device": "npu"}}, "prune.device = 'npu': Input should be 'cpu' or 'cuda'"),
     ({"quantize": {"bits": 5}}, "quantize.bits = 5: Input should be 2, 3, 4 or 8"),
     ({"quantize": {"group_size": 100}}, "quantize.group_size = 100: Input should be -1, 32, 64 or 128"),
-    ({"quantize": {"observer": "p99"}}, "quantize.observer = 'p99': Input should be 'minmax' or 'mse'"),
+    ({"quantize": {"observer": "mse"}}, "quantize.observer: unknown key (remove it or check its spelling)"),
+    ({"prune": {"batch_size": 4}}, "prune.batch_size: unknown key (remove it or check its spelling)"),
+    ({"evaluate": {"add_bos": "maybe"}}, "evaluate.add_bos = 'maybe': allowed: true, false, auto\n"),
     ({"prune": {"method": "sparsegpt", "sparsity": "2:4"}, "quantize": {"act_order": True, "joint": True},
       "pack": {"format": "nm-int4"}},
      "quantize.joint = true with quantize.act_order = true needs an unstructured prune.sparsity, got '2:4'"),
@@ -85,7 +98,7 @@ def test_yaml_that_is_not_yaml(tmp_path, monkeypatch, capsys):
 def test_nm_that_does_not_divide_the_width(model_dir, calib_dir, tmp_path):
     # the tiny Llama's widths are 64 and 128: M = 48 divides neither... but must also be a pattern
     with pytest.raises(UserError, match=r"M = 48 does not divide the input width 64 of model\.layers\.0\.self_attn"):
-        pipeline.prune(PruneConfig(sparsity="24:48"), model_dir, calib_dir, tmp_path / "p", LOG)
+        run_prune(PruneConfig(sparsity="24:48"), model_dir, calib_dir, tmp_path / "p")
     assert not (tmp_path / "p").exists()
 
 
@@ -103,7 +116,7 @@ def test_group_size_that_does_not_divide_the_width(tmp_path, corpus_file, tokeni
 
 def test_ignore_pattern_that_matches_nothing_warns(model_dir, calib_dir, tmp_path):
     lines = []
-    pipeline.prune(PruneConfig(ignore=("*.mlp.c_proj",)), model_dir, calib_dir, tmp_path / "p", lines.append)
+    run_prune(PruneConfig(ignore=("*.mlp.c_proj",)), model_dir, calib_dir, tmp_path / "p", lines.append)
     assert any("warning: prune.ignore pattern '*.mlp.c_proj' matches no decoder-layer Linear" in l for l in lines)
 
 
@@ -111,16 +124,18 @@ def test_ignore_pattern_that_matches_nothing_warns(model_dir, calib_dir, tmp_pat
 def test_seqlen_above_the_context(model_dir, calib_dir, corpus_file, tmp_path, key, seqlen):
     with pytest.raises(UserError, match=rf"{key} = 4096 exceeds the model's context of 256 tokens"):
         if key.startswith("calibration"):
-            pipeline.calibrate(CalibrationConfig(dataset=str(corpus_file), seqlen=seqlen), model_dir, tmp_path / "c", LOG)
+            calibrate(CalibrationConfig(dataset=str(corpus_file), seqlen=seqlen), model=model_dir, out=tmp_path / "c",
+                      ctx=CTX)
         else:
-            pipeline.evaluate_model(EvaluateConfig(dataset=str(corpus_file), seqlen=seqlen), model_dir, tmp_path / "e", LOG)
+            evaluate_artifact(EvaluateConfig(dataset=str(corpus_file), seqlen=seqlen), model=model_dir,
+                              out=tmp_path / "e", ctx=CTX)
 
 
 def test_more_windows_than_the_corpus_holds(model_dir, corpus_file, tmp_path):
     with pytest.raises(CorpusError, match=r"calibration.nsamples = 100000: the calibration split holds \d+ "
                                           r"tokens, only \d+ windows of seqlen = 64"):
-        pipeline.calibrate(CalibrationConfig(dataset=str(corpus_file), nsamples=100000, seqlen=64),
-                           model_dir, tmp_path / "c", LOG)
+        calibrate(CalibrationConfig(dataset=str(corpus_file), nsamples=100000, seqlen=64), model=model_dir,
+                  out=tmp_path / "c", ctx=CTX)
 
 
 def test_model_path_that_does_not_exist():
@@ -135,14 +150,14 @@ def test_hub_id_while_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))   # an empty cache
     with pytest.raises(ModelSourceError, match=r"cannot fetch it from the hub and it is not in the local cache "
                                                r"\(is the network reachable\? HF_HUB_OFFLINE=1\)"):
-        pipeline.build_model(ModelConfig(source="nobody/no-model@0123abc"), tmp_path / "model", LOG)
+        build_model(ModelConfig(source="nobody/no-model@0123abc"), out=tmp_path / "model", ctx=CTX)
 
 
 def test_gguf_that_cannot_be_read(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + bytes(64))
     with pytest.raises(ModelSourceError, match=rf"model.source: cannot load {bad}"):
-        pipeline.build_model(ModelConfig(source=str(bad)), tmp_path / "model", LOG)
+        build_model(ModelConfig(source=str(bad)), out=tmp_path / "model", ctx=CTX)
 
 
 # ----------------------------------------------------------------- bad files
@@ -155,14 +170,14 @@ def test_weights_with_nan(tmp_path, llama_folder):
     model.save_pretrained(tmp_path / "nan")
     (tmp_path / "nan" / "tokenizer.json").write_bytes((llama_folder / "tokenizer.json").read_bytes())
     with pytest.raises(ModelSourceError, match=r"weight model\.layers\.0\.mlp\.up_proj\.weight holds NaN or Inf"):
-        pipeline.build_model(ModelConfig(source=str(tmp_path / "nan")), tmp_path / "model", LOG)
+        build_model(ModelConfig(source=str(tmp_path / "nan")), out=tmp_path / "model", ctx=CTX)
 
 
 def test_empty_calibration_text(model_dir, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n  \n")
     with pytest.raises(CorpusError, match=rf"{empty}: the corpus holds no text"):
-        pipeline.calibrate(CalibrationConfig(dataset=str(empty), seqlen=32), model_dir, tmp_path / "c", LOG)
+        calibrate(CalibrationConfig(dataset=str(empty), seqlen=32), model=model_dir, out=tmp_path / "c", ctx=CTX)
 
 
 def test_truncated_model_file_is_named(model_dir, tmp_path):
@@ -173,7 +188,7 @@ def test_truncated_model_file_is_named(model_dir, tmp_path):
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ArtifactError, match=r"model\.safetensors: sha256 does not match metadata\.json"):
-        pipeline.evaluate_model(EvaluateConfig(seqlen=32), copy, tmp_path / "e", LOG)
+        evaluate_artifact(EvaluateConfig(seqlen=32), model=copy, out=tmp_path / "e", ctx=CTX)
 
 
 def test_unknown_artifact_version(calib_dir, tmp_path):
@@ -184,7 +199,7 @@ def test_unknown_artifact_version(calib_dir, tmp_path):
     meta = json.loads((copy / "metadata.json").read_text())
     (copy / "metadata.json").write_text(json.dumps({**meta, "version": 7}))
     with pytest.raises(ArtifactError, match=r"calibration version 7 is not supported; this prunepipe reads version 1"):
-        pipeline.load_calibration(copy)
+        load_calibration(copy)
 
 
 # ----------------------------------------------------------------- memory guard
@@ -246,3 +261,55 @@ def test_ctrl_c_stops_cleanly_with_a_message(tmp_path, llama_folder, corpus_file
     assert proc.returncode == 130 and time.monotonic() - began < 30, err[-3000:]
     assert "prunepipe: interrupted; finished artifacts are intact" in err and "Traceback" not in err
     assert not (tmp_path / "data" / "model").exists()
+
+
+# ----------------------------------------------------------------- one error contract
+
+def test_a_model_without_decoder_layers_is_an_input_error():
+    from tasks.engine.layers import find_decoder_layers
+
+    with pytest.raises(UserError, match=r"^model.source: Sequential has no decoder-layer list \(a ModuleList of "
+                                        r"identical blocks holding Linear layers\)$"):
+        find_decoder_layers(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_held_out_text_shorter_than_a_window_is_an_input_error():
+    from tasks.evaluation.perplexity import perplexity
+
+    with pytest.raises(UserError, match="no evaluation windows: the held-out text is shorter than one "
+                                        "evaluate.seqlen window"):
+        perplexity(torch.nn.Identity(), torch.zeros(0, 32, dtype=torch.long), 4, torch.device("cpu"))
+
+
+def test_packed_metadata_naming_unlisted_files_is_an_artifact_error(tmp_path):
+    from tasks.formats.artifact import load_packed_tensors, save_packed
+    from tasks.formats.packing import pack_weight
+
+    packed = save_packed(tmp_path / "packed", {"layer": pack_weight(torch.ones(2, 8), "dense")})
+    meta = json.loads((packed / "metadata.json").read_text())
+    meta["layers"]["layer"]["tensors"]["weight"] = "other.safetensors"
+    (packed / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=r"metadata.json: layers name unlisted files \['other.safetensors'\]"):
+        load_packed_tensors(packed)
+
+
+@pytest.mark.parametrize("command", [["show"], ["report"]])
+def test_show_and_report_without_metrics_exit_2_in_one_line(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    assert main(command) == 2
+    assert capsys.readouterr().err == ("prunepipe: error: metrics.json: no metrics yet "
+                                       "(run `dvc repro` or `prunepipe run`)\n")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_quantize_device_is_checked_up_front(tmp_path, monkeypatch, capsys):
+    code, err = run_cli(tmp_path, monkeypatch, capsys, {"quantize": {"device": "cuda"}}, "stage", "model")
+    assert code == 2 and "quantize.device = 'cuda' but no CUDA GPU is available here (allowed: cpu, cuda)" in err
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("value,expected", [(True, True), (False, False), ("auto", "auto")])
+def test_add_bos_takes_yaml_booleans(value, expected):
+    from flows.params import parse_params
+
+    assert parse_params(yaml.safe_load(yaml.safe_dump({"evaluate": {"add_bos": value}}))).evaluate.add_bos == expected

@@ -164,7 +164,7 @@ def test_sweep_flow_on_a_dask_cluster_matches_the_sequential_run(tmp_path, monke
 def test_dvc_repro_sweep_shares_the_root_stages(tmp_path, llama_folder, corpus_file):
     params = full_params(llama_folder, corpus_file, methods=["wanda"], sparsities=[0.5],
                          quantize=["none", "gptq4"], quantizers={"none": {}, "gptq4": GPTQ4})
-    run = dvc_workspace(tmp_path, ("dvc.yaml", "tasks", "sweep/dvc.yaml"), params)
+    run = dvc_workspace(tmp_path, ("dvc.yaml", "tasks", "kernels", "sweep/dvc.yaml"), params)
     first = run("dvc", "repro", "sweep/dvc.yaml")
     ran = {line.split("'")[1] for line in first.splitlines() if line.startswith("Running stage")}
     assert ran == {"model", "calibrate", "evaluate_dense", "sweep/dvc.yaml:point@wanda-0.5-none",

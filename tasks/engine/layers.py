@@ -21,6 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tasks.errors import UserError
+
+
+class UnsupportedModel(UserError):
+    """The model's structure is not one the sequential pass can walk (model.source)."""
+
 
 def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """(dotted name, list) of the decoder layers. Lists nested inside another candidate's
@@ -39,8 +45,8 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
              if not any(other and name.startswith(other + ".") for other, _ in candidates)]
     best = max(outer, key=lambda item: len(item[1]), default=None)
     if best is None:
-        raise ValueError(f"{type(model).__name__}: no decoder-layer list found (a ModuleList of "
-                         "identical blocks holding Linear layers)")
+        raise UnsupportedModel(f"model.source: {type(model).__name__} has no decoder-layer list (a ModuleList of "
+                               "identical blocks holding Linear layers)")
     return best
 
 
@@ -123,14 +129,16 @@ def split_call(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tens
     elif params and params[0].name in named:
         hidden, rest = named.pop(params[0].name), ()
     else:
-        raise ValueError(f"{type(module).__name__} was called without hidden states as its first argument")
+        raise UnsupportedModel(f"model.source: {type(module).__name__} was called without hidden states as its "
+                               "first argument")
     if rest:
         if len(args) > len(params) or any(p.kind is p.POSITIONAL_ONLY for p in params[1:len(args)]):
-            raise ValueError(f"{type(module).__name__} is called with {len(args)} positional arguments that "
-                             f"cannot all be passed by name (forward{inspect.signature(module.forward)})")
+            raise UnsupportedModel(f"model.source: {type(module).__name__} is called with {len(args)} positional "
+                                   f"arguments that cannot all be passed by name "
+                                   f"(forward{inspect.signature(module.forward)})")
         for param, value in zip(params[1:], rest):
             if param.name in named:
-                raise ValueError(f"{type(module).__name__}: argument {param.name!r} given twice")
+                raise UnsupportedModel(f"model.source: {type(module).__name__}: argument {param.name!r} given twice")
             named[param.name] = value
     return hidden, {key: _detach(value) for key, value in named.items() if key not in _DROPPED}
 

@@ -70,4 +70,4 @@ def check_memory(need: Estimate, device: str, what: str) -> None:
         if need.device_bytes > free:
             raise InsufficientMemory(
                 f"{what} needs about {need.device_bytes / GIB:.1f} GiB on {device}, only {free / GIB:.1f} GiB "
-                "is free; set prune.offload_activations: true or lower calibration.nsamples")
+                "is free; set sequential.offload_activations: true or lower calibration.nsamples")

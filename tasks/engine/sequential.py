@@ -15,12 +15,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from tasks.config import PruneConfig
-from tasks.engine.layers import capture_inputs, find_decoder_layers, layer_output, move_kwargs, prunable_modules, set_weight, weight_view
+from tasks.engine.layers import (capture_inputs, find_decoder_layers, layer_output, move_kwargs, prunable_modules,
+                                 set_weight, weight_view)
+
+if TYPE_CHECKING:
+    from tasks.config import SequentialConfig
 
 
 class InputStats:
@@ -140,7 +144,7 @@ def run_sequential(model: nn.Module, tokens: torch.Tensor, how: Sequential, op: 
     return records
 
 
-def sequential_setup(cfg: PruneConfig, device: str, ignore: tuple[str, ...], hessian: bool) -> Sequential:
+def sequential_setup(cfg: SequentialConfig, device: str, ignore: tuple[str, ...], hessian: bool) -> Sequential:
     compute = torch.device(device)
     if compute.type == "cuda":
         torch.cuda.reset_peak_memory_stats(compute)

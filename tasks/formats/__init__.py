@@ -1,1 +1,1 @@
-"""Packed weight formats, packed artifacts, the packed model and the compressed-tensors export."""
+"""Packed weight formats and packed artifacts on disk."""

@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tasks.io.artifacts import read_metadata, write_artifact
+from tasks.io.artifacts import METADATA, ArtifactError, read_metadata, write_artifact
 from tasks.formats.packing import FORMAT_VERSION, LayerFormat
 
 PACKED_FORMAT = "prunepipe-packed"
 MAX_SHARD_BYTES = 4 << 30
+REST_FILE = "rest.safetensors"   # every tensor of the model that is not a packed Linear
 
 Layers = dict[str, tuple[LayerFormat, dict[str, torch.Tensor]]]
 
@@ -91,7 +92,8 @@ def load_packed_tensors(directory: str | os.PathLike) -> Layers:
     metadata = load_metadata(directory, verify=True)
     files = {file for entry in metadata["layers"].values() for file in entry["tensors"].values()}
     if unlisted := files - metadata["files"].keys():
-        raise ValueError(f"{Path(directory) / 'metadata.json'}: layers name unlisted files {sorted(unlisted)}")
+        raise ArtifactError(f"{Path(directory) / METADATA}: layers name unlisted files {sorted(unlisted)}; "
+                            "the artifact is altered (re-run the pack stage)")
     loaded = {name: load_file(Path(directory) / name) for name in files}
     return {name: (LayerFormat.from_dict(entry),
                    {tensor: loaded[file][f"{name}.{tensor}"] for tensor, file in entry["tensors"].items()})

@@ -28,6 +28,7 @@ from tasks.quantization.grid import Quantized, QuantSpec, expand_groups
 
 FORMAT_VERSION = 1
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+DENSE_BYTES_PER_WEIGHT = 2.0   # an fp16 weight: what bytes per weight are compared against
 
 
 @dataclass(frozen=True)
@@ -300,19 +301,31 @@ def unpack_weight(
 ) -> torch.Tensor:
     """The dense (N, K) weight in dtype (default layer.dtype), dequantized for int formats."""
     codec = codec_of(layer.format)
-    quantized = codec.code_bits is not None
-    needed = {codec.stream, *codec.layout.structure, *(("scales", "zeros") if quantized else ())}
+    if codec.code_bits is not None:
+        return unpack_quantized(tensors, layer).dequantize(dtype or layer.torch_dtype)
+    stream = _decode(tensors[_check_tensors(tensors, layer)], codec.code_bits)
+    fill = torch.zeros(layer.shape, dtype=stream.dtype, device=stream.device)
+    return codec.layout.unpack(stream, tensors, layer, fill).to(dtype or layer.torch_dtype)
+
+
+def unpack_quantized(tensors: dict[str, torch.Tensor], layer: LayerFormat) -> Quantized:
+    """The codes, scales and zeros of an int format's layer, codes unpacked to (N, K)."""
+    codec = codec_of(layer.format)
+    if codec.code_bits is None:
+        raise ValueError(f"format {layer.format!r} holds float values, not quantized codes")
+    stream = _decode(tensors[_check_tensors(tensors, layer)], codec.code_bits)
+    fill = expand_groups(tensors["zeros"], layer.spec.group_size, layer.shape[1])
+    codes = codec.layout.unpack(stream, tensors, layer, fill)
+    return Quantized(codes.contiguous(), tensors["scales"], tensors["zeros"], layer.spec)
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], layer: LayerFormat) -> str:
+    """The name of the layer's stream tensor, after checking every tensor its format needs is there."""
+    codec = codec_of(layer.format)
+    needed = {codec.stream, *codec.layout.structure, *(("scales", "zeros") if codec.code_bits else ())}
     if missing := needed - tensors.keys():
         raise ValueError(f"format {layer.format!r} is missing tensors {sorted(missing)}")
-    stream = _decode(tensors[codec.stream], codec.code_bits)
-    dtype = dtype or layer.torch_dtype
-    if not quantized:
-        fill = torch.zeros(layer.shape, dtype=stream.dtype, device=stream.device)
-        return codec.layout.unpack(stream, tensors, layer, fill).to(dtype)
-    spec = layer.spec
-    fill = expand_groups(tensors["zeros"], spec.group_size, layer.shape[1])
-    codes = codec.layout.unpack(stream, tensors, layer, fill)
-    return Quantized(codes.contiguous(), tensors["scales"], tensors["zeros"], spec).dequantize(dtype)
+    return codec.stream
 
 
 def bytes_per_weight(tensors: dict[str, torch.Tensor], shape: tuple[int, int]) -> float:

@@ -1,1 +1,1 @@
-"""Artifacts on disk (atomic writes, metadata, digests), model sources and the text corpus."""
+"""Artifacts on disk (atomic writes, metadata, digests) and model sources."""

@@ -111,3 +111,11 @@ def artifact_digest(directory: Path) -> str:
     return file_sha256(Path(directory) / METADATA)
 
 
+def write_json(path: Path, data: dict) -> Path:
+    """Write through a temporary sibling and rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

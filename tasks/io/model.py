@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 from tasks.io.artifacts import ArtifactError, read_metadata, write_artifact
 from tasks.errors import UserError
@@ -109,11 +111,14 @@ def check_finite(model: torch.nn.Module, where: str) -> None:
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
-               metadata: dict) -> Path:
-    """Write model + tokenizer as a Hugging Face folder (safetensors) with metadata.json."""
+               metadata: dict, extra: Callable[[Path], None] | None = None) -> Path:
+    """Write model + tokenizer as a Hugging Face folder (safetensors) with metadata.json;
+    `extra(tmp_dir)` may add files of its own (the per-Linear report, quantized codes)."""
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if extra:
+            extra(tmp)
 
     return write_artifact(Path(out_dir), MODEL_KIND, MODEL_VERSION, metadata, write)
 
@@ -147,3 +152,10 @@ def context_length(config) -> int | None:
         if isinstance(value, int):
             return value
     return None
+
+
+def check_seqlen(seqlen: int, model_dir: Path, key: str) -> None:
+    """Before any work: `key` = seqlen fits the model's context."""
+    limit = context_length(AutoConfig.from_pretrained(model_dir))
+    if limit is not None and seqlen > limit:
+        raise ModelSourceError(f"{key} = {seqlen} exceeds the model's context of {limit} tokens")

@@ -16,11 +16,11 @@ import fnmatch
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from tasks.config import PruneConfig
 from tasks.engine.layers import find_decoder_layers, prunable_modules, weight_view
 from tasks.engine.sequential import InputStats, LinearRecord, Sequential, peak_device_bytes, run_sequential, sequential_setup
 from tasks.errors import UserError
@@ -28,6 +28,9 @@ from tasks.pruning.admm import admm_prune
 from tasks.pruning.owl import outlier_ratio, owl_sparsities
 from tasks.pruning.patterns import NM, Pattern, Unstructured, mask_from_scores
 from tasks.pruning.sparsegpt import sparsegpt
+
+if TYPE_CHECKING:
+    from tasks.config import PruneConfig, SequentialConfig
 
 Log = Callable[[str], None]
 
@@ -116,14 +119,14 @@ def check_prunable(model: nn.Module, cfg: PruneConfig, log: Log) -> None:
                 f"(names look like {next(iter(modules))!r})")
 
 
-def prune_model(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfig, log: Log = print,
+def prune_model(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfig, seq: SequentialConfig, log: Log = print,
                 progress: Callable[[int, str], Callable[[], None]] | None = None) -> PruneReport:
     """Prune `model` in place, layer by layer. tokens: (nsamples, seqlen) calibration ids.
 
     `progress(total, label)` returns a callable to advance a progress bar by one step.
     """
     start = time.perf_counter()
-    how = sequential_setup(cfg, cfg.device, cfg.ignore, cfg.method in NEEDS_HESSIAN)
+    how = sequential_setup(seq, cfg.device, cfg.ignore, cfg.method in NEEDS_HESSIAN)
     targets = None
     if cfg.owl.enabled:
         targets = owl_layer_sparsities(model, tokens, cfg, replace(how, hessian=False), log, progress)

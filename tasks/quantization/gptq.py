@@ -6,13 +6,16 @@ OBS engine of tasks/pruning/sparsegpt.py does the work on the permuted W and H.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from tasks.config import QuantizeConfig
 from tasks.pruning.patterns import Pattern
 from tasks.pruning.sparsegpt import sparsegpt
 from tasks.quantization.grid import Quantized, QuantSpec, StaticGroupQuantizer, rtn
+
+if TYPE_CHECKING:
+    from tasks.config import QuantizeConfig
 
 Log = Callable[[str], None]
 
@@ -42,7 +45,7 @@ def gptq_act_order(W: torch.Tensor, H: torch.Tensor, cfg: QuantizeConfig, patter
         return _unpermute(result.weight, order), _unpermute(result.mask, order)
 
     sized, zero = (W, mask) if pattern is None else run(None)  # a pruned W: nothing left to prune
-    hook = StaticGroupQuantizer(rtn(sized, spec_of(cfg), mask=zero, mse=cfg.observer == "mse"), order)
+    hook = StaticGroupQuantizer(rtn(sized, spec_of(cfg), mask=zero), order)
     weight, pruned = run(hook)
     return hook.result(pruned), weight
 

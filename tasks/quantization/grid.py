@@ -98,48 +98,21 @@ class Quantized:
         return ((self.codes.float() - zero) * scale).to(dtype)
 
 
-# The mse observer: GPTQ's Quantizer(mse=True) search — shrink the min/max range by
-# p = 1, 0.99, …, 0.21 and keep, per group, the p whose codes give the least Σ|w − w_hat|^2.4.
-MSE_GRID, MSE_MAX_SHRINK, MSE_NORM = 100, 0.8, 2.4
-
-
-def find_params(W_group: torch.Tensor, spec: QuantSpec, mse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., g) weights → (scale float16 (...,), zero uint8 (...,)), one pair per group (last dim).
-
-    minmax (mse False): the range formulas of the module docstring. mse: the same formulas on the
-    range shrunk by the factor that minimises each group's rounding error (clipping outliers);
-    the first such factor on ties, so 1 (min/max) unless shrinking helps.
-    """
+def find_params(W_group: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., g) weights → (scale float16 (...,), zero uint8 (...,)), one pair per group (last dim),
+    from the range formulas of the module docstring."""
     x = W_group.float()
-    scale, zero = _range_params(x, spec, 1.0)
-    if not mse:
-        return scale, zero
-    best = _rounding_error(x, scale, zero, spec)
-    for i in range(1, int(MSE_MAX_SHRINK * MSE_GRID)):
-        s, z = _range_params(x, spec, 1 - i / MSE_GRID)
-        error = _rounding_error(x, s, z, spec)
-        better = error < best
-        scale, zero, best = torch.where(better, s, scale), torch.where(better, z, zero), torch.where(better, error, best)
-    return scale, zero
-
-
-def _range_params(x: torch.Tensor, spec: QuantSpec, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
     if spec.symmetric:
-        scale = x.abs().amax(-1) * shrink * 2 / spec.maxq
+        scale = x.abs().amax(-1) * 2 / spec.maxq
     else:
-        lo = x.amin(-1).clamp(max=0) * shrink
-        scale = (x.amax(-1).clamp(min=0) * shrink - lo) / spec.maxq
+        lo = x.amin(-1).clamp(max=0)
+        scale = (x.amax(-1).clamp(min=0) - lo) / spec.maxq
     scale = torch.where(scale == 0, 1.0, scale).clamp(FP16_TINY, FP16_MAX).to(torch.float16)
     if spec.symmetric:
         zero = torch.full_like(scale, 1 << (spec.bits - 1), dtype=torch.uint8)
     else:
         zero = torch.round(-lo / scale.float()).clamp(0, spec.maxq).to(torch.uint8)
     return scale, zero
-
-
-def _rounding_error(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    w_hat = dequantize_codes(quantize_codes(x, scale, zero, spec), scale, zero)
-    return (x - w_hat).abs().pow(MSE_NORM).sum(-1)
 
 
 def quantize_codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -153,7 +126,7 @@ def dequantize_codes(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -
     return (q.float() - zero.float().unsqueeze(-1)) * scale.float().unsqueeze(-1)
 
 
-def rtn(W: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None = None, mse: bool = False) -> Quantized:
+def rtn(W: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None = None) -> Quantized:
     """Round-to-nearest quantization of W (N, K); entries where mask is True get q = z (0.0)."""
     W = W.float()
     if mask is not None:
@@ -163,13 +136,13 @@ def rtn(W: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None = None, mse:
     width, groups = spec.width(cols), spec.groups(cols)
     # zero padding of the last group changes no parameter: lo ≤ 0 ≤ hi and max|w| ≥ 0 already
     grouped = torch.nn.functional.pad(W, (0, groups * width - cols)).reshape(rows, groups, width)
-    scale, zero = find_params(grouped, spec, mse)
+    scale, zero = find_params(grouped, spec)
     codes = quantize_codes(grouped, scale, zero, spec).reshape(rows, groups * width)[:, :cols]
     return Quantized(codes.contiguous(), scale, zero, spec)
 
 
 class GroupQuantizer:
-    """Column hook of the SparseGPT/GPTQ engine (tasks/sparsegpt.ColumnQuantizer):
+    """Column hook of the SparseGPT/GPTQ engine (tasks/pruning/sparsegpt.ColumnQuantizer):
     `q_j = hook(W, j, pruned)` for j = 0, 1, …, K − 1.
 
     W is the engine's float32 working weight (N, K); W[:, j] must hold column j as updated so
@@ -185,8 +158,8 @@ class GroupQuantizer:
     with q = z where mask is True (the engine sets those weights to 0, whatever it returned).
     """
 
-    def __init__(self, spec: QuantSpec, mse: bool = False):
-        self.spec, self.mse = spec, mse
+    def __init__(self, spec: QuantSpec):
+        self.spec = spec
         self._codes: torch.Tensor | None = None  # (N, K), allocated at j == 0
         self._scales: torch.Tensor | None = None  # (N, G)
         self._zeros: torch.Tensor | None = None  # (N, G)
@@ -207,7 +180,7 @@ class GroupQuantizer:
             span = W[:, j : j + width]
             if pruned is not None:
                 span = span.masked_fill(pruned[:, j : j + width], 0.0)
-            self._scales[:, group], self._zeros[:, group] = find_params(span, self.spec, self.mse)
+            self._scales[:, group], self._zeros[:, group] = find_params(span, self.spec)
         scale, zero = self._scales[:, group], self._zeros[:, group]
         q = quantize_codes(W[:, j : j + 1], scale, zero, self.spec)  # (N, 1)
         self._codes[:, j : j + 1] = q

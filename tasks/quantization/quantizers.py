@@ -20,11 +20,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from tasks.config import PruneConfig, QuantizeConfig
 from tasks.engine.layers import find_decoder_layers, prunable_modules, set_weight, weight_view
 from tasks.engine.sequential import InputStats, LinearRecord, peak_device_bytes, run_sequential, sequential_setup
 from tasks.errors import UserError
@@ -33,6 +33,9 @@ from tasks.pruning.pruners import owl_layer_sparsities, wanda_scores
 from tasks.pruning.sparsegpt import sparsegpt
 from tasks.quantization.gptq import gptq_act_order, spec_of
 from tasks.quantization.grid import GroupQuantizer, Quantized, rtn
+
+if TYPE_CHECKING:
+    from tasks.config import PruneConfig, QuantizeConfig, SequentialConfig
 
 Log = Callable[[str], None]
 
@@ -52,7 +55,7 @@ def quantize_rtn(model: nn.Module, cfg: QuantizeConfig) -> dict[str, Quantized]:
     for index, layer in enumerate(layers):
         for name, module in prunable_modules(layer, f"{prefix}.{index}", ()).items():
             W = weight_view(module).float()
-            quantized[name] = rtn(W, spec_of(cfg), mask=W == 0, mse=cfg.observer == "mse")
+            quantized[name] = rtn(W, spec_of(cfg), mask=W == 0)
             set_weight(module, quantized[name].dequantize())
     return quantized
 
@@ -73,7 +76,7 @@ def check_group_size(model: nn.Module, cfg: QuantizeConfig) -> None:
 
 
 def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, prune_cfg: PruneConfig,
-                   log: Log = print, progress=None) -> QuantizeReport:
+                   seq: SequentialConfig, log: Log = print, progress=None) -> QuantizeReport:
     """Quantize `model` in place (fake-quantized float weights) and return the codes.
 
     Without `cfg.joint` the model is the pruned one; with it, the dense one, pruned here
@@ -82,7 +85,7 @@ def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, 
     start = time.perf_counter()
     if cfg.method == "rtn":
         return QuantizeReport(quantize_rtn(model, cfg), [], time.perf_counter() - start, 0)
-    how = sequential_setup(prune_cfg, cfg.device, (), hessian=True)
+    how = sequential_setup(seq, cfg.device, (), hessian=True)
     targets = None
     if cfg.joint and prune_cfg.owl.enabled:
         targets = owl_layer_sparsities(model, tokens, prune_cfg, how, log, progress)
@@ -98,7 +101,7 @@ def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, 
         if cfg.act_order:
             quantized[name], weight = gptq_act_order(W, stats.hessian, cfg, pattern, mask, row_masks, log)
             return weight
-        hook = GroupQuantizer(spec_of(cfg), mse=cfg.observer == "mse")
+        hook = GroupQuantizer(spec_of(cfg))
         result = sparsegpt(W, stats.hessian, pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
                            quantizer=hook, mask=mask, row_masks=row_masks, log=log)
         quantized[name] = hook.result(result.mask)

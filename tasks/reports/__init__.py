@@ -1,1 +1,1 @@
-"""Perplexity, the metrics of a run, and the tables and plots made from them."""
+"""The metrics of a run, and the tables and plots made from them."""

@@ -1,8 +1,8 @@
 """Tables, plots and the Markdown report across runs: the sweep (results/sweep/*.json),
 the kernel benchmarks (bench/results/*.json) and reports/report.md.
 
-Separate from tasks/reports/metrics.py (a dependency of the `evaluate` stage) so that a change to a
-sweep plot reruns the sweep's summary only.
+Apart from metrics.json's own code (tasks/stages/evaluate.py) so that a change to a sweep plot
+reruns the sweep's summary only.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.reports.metrics import DENSE_BYTES_PER_WEIGHT
+from tasks.formats.packing import DENSE_BYTES_PER_WEIGHT
 
 
 def _pyplot():

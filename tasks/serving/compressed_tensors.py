@@ -34,13 +34,19 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from tasks.formats.artifact import MAX_SHARD_BYTES, plan_shards, write_shards
-from tasks.io.artifacts import write_artifact
+from tasks.errors import UserError
+from tasks.formats.artifact import (MAX_SHARD_BYTES, PACKED_FORMAT, REST_FILE, load_packed_tensors, plan_shards,
+                                    write_shards)
+from tasks.formats.packing import DTYPES, codec_of, unpack_quantized
+from tasks.io.artifacts import METADATA, ArtifactError, write_artifact
+from tasks.io.model import load_model_dir
+from tasks.quantization.artifact import load_codes
 from tasks.quantization.grid import Quantized, QuantSpec
 
 COMPRESSED_TENSORS_VERSION = "0.20.0"  # the compressed-tensors release whose layout this writes
@@ -132,6 +138,7 @@ def export_pack_quantized(
     dense: Mapping[str, torch.Tensor],
     *,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    also: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a Hugging Face checkpoint directory, atomically.
 
@@ -139,6 +146,7 @@ def export_pack_quantized(
     quantized: Linear module name (e.g. "model.layers.0.mlp.up_proj") → Quantized weight.
     dense: every other state-dict tensor under its full name (embeddings, norms, biases,
     lm_head.weight, …), written as given. Shards over max_shard_bytes get an index file.
+    also(tmp_dir) may add files of its own (the tokenizer).
     """
     clash = sorted(f"{name}.weight" for name in quantized if f"{name}.weight" in dense)
     if clash:
@@ -160,6 +168,48 @@ def export_pack_quantized(
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(where.items()))}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        if also:
+            also(tmp)
 
     return write_artifact(Path(out_dir), "compressed-tensors-export", 1,
                           {"compressed_tensors": COMPRESSED_TENSORS_VERSION}, write)
+
+
+def _float(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def _from_quantized(source: Path) -> tuple[dict, dict[str, Quantized], dict[str, torch.Tensor]]:
+    model, _, meta = load_model_dir(source)
+    quantized = load_codes(source, meta.get("spec"))
+    if not quantized:
+        raise UserError(f"{source}: holds no quantized codes (quantize.method none); nothing to export")
+    dense = {k: v for k, v in model.state_dict().items() if k.removesuffix(".weight") not in quantized}
+    if getattr(model.config, "tie_word_embeddings", False):
+        dense.pop("lm_head.weight", None)   # tied to the embeddings: stored once
+    return model.config.to_dict(), quantized, _float(dense, torch.float16)
+
+
+def _from_packed(source: Path) -> tuple[dict, dict[str, Quantized], dict[str, torch.Tensor]]:
+    layers = load_packed_tensors(source)
+    if floats := sorted({layer.format for layer, _ in layers.values() if codec_of(layer.format).code_bits is None}):
+        raise UserError(f"{source}: packed as {', '.join(floats)} (float values, no quantized codes); export "
+                        "needs an int format (pack.format int4, nm-int4, bitmask-int4, …) or --from quantized")
+    quantized = {name: unpack_quantized(tensors, layer) for name, (layer, tensors) in layers.items()}
+    dtype = DTYPES[next(iter(layers.values()))[0].dtype]
+    config = json.loads((source / "config.json").read_text())
+    return config, quantized, _float(load_file(source / REST_FILE), dtype)
+
+
+def export_artifact(source: Path, out: Path) -> Path:
+    """`prunepipe export`: the quantize stage's artifact (a Hugging Face folder with codes) or the
+    pack stage's (int formats) as a compressed-tensors checkpoint in `out`, with the tokenizer."""
+    from transformers import AutoTokenizer
+
+    source = Path(source)
+    if not (source / METADATA).is_file():
+        raise ArtifactError(f"{source}: no artifact there (run `dvc repro` or `prunepipe run` first)")
+    packed = json.loads((source / METADATA).read_text()).get("kind") == PACKED_FORMAT
+    config, quantized, dense = (_from_packed if packed else _from_quantized)(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return export_pack_quantized(out, config, quantized, dense, also=tokenizer.save_pretrained)

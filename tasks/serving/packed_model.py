@@ -17,11 +17,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from kernels import dispatch
-from tasks.formats.artifact import load_packed_tensors
+from tasks.formats.artifact import REST_FILE, load_packed_tensors
 from tasks.io.artifacts import ArtifactError
 from tasks.formats.packing import LayerFormat, unpack_weight
-
-REST_FILE = "rest.safetensors"
 
 
 def kernel_params(layer: LayerFormat) -> dict[str, int]:

@@ -30,6 +30,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -40,9 +41,13 @@ from kernels.timing import copy_gbps, cuda_span_ms, l2_bytes
 from tasks.formats.artifact import load_metadata
 from tasks.engine.layers import find_decoder_layers, prunable_modules
 from tasks.formats.packing import BITMASK, NM as NM_LAYOUT, codec_of, pack_weight
-from tasks.formats.packed_model import PackedLinear
+from tasks.serving.packed_model import PackedLinear
 from tasks.pruning.patterns import NM, Unstructured, mask_from_scores
 from tasks.quantization.grid import QuantSpec, rtn
+from tasks.stages.common import StageContext
+
+if TYPE_CHECKING:
+    from tasks.config import BenchmarkConfig
 
 NO_CUDA_NOTE = "no CUDA device: timed the CPU reference path"
 LLAMA = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
@@ -222,3 +227,11 @@ def write_results(result: dict, json_path: Path, png_path: Path) -> None:
     png_tmp = png_path.with_name(f".{png_path.stem}.tmp{png_path.suffix}")
     plot_speedup(speedup_table(timed), png_tmp)
     os.replace(png_tmp, png_path)
+
+
+def benchmark(cfg: BenchmarkConfig, *, packed: Path, results: Path, plot: Path, ctx: StageContext) -> Path:
+    """The stage: rows for the packed model's shapes and `cfg`'s → results (JSON) and plot (PNG)."""
+    result = run(**cfg.model_dump(), model_shapes=model_shapes(packed), log=ctx.log)
+    write_results(result, results, plot)
+    ctx.log(f"{results}: {len(result['rows'])} rows on {result['gpu'] or 'the CPU'}")
+    return results

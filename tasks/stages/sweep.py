@@ -13,16 +13,14 @@ perplexity.
 
 from __future__ import annotations
 
-import json
-import os
 from itertools import product
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tasks.config import Params, QuantizeConfig, SweepQuantizer, sweep_sparsity
 from tasks.pruning.patterns import NM, Pattern, parse_pattern
-from tasks.reports.metrics import DENSE_BYTES_PER_WEIGHT, sparsity_summary
+from tasks.formats.packing import DENSE_BYTES_PER_WEIGHT
+from tasks.stages.evaluate import sparsity_summary
 
 
 class SweepPoint(BaseModel):
@@ -91,13 +89,3 @@ def point_result(point: SweepPoint, ppl: dict[str, float], prune_run: dict, pack
             "bytes_per_weight": round(bytes_per_weight, 4),
             "size_ratio": round(bytes_per_weight / DENSE_BYTES_PER_WEIGHT, 4),
             "prune_seconds": round(prune_run["prune_seconds"], 2), "seconds": round(seconds, 2)}
-
-
-def write_json(path: Path, data: dict) -> Path:
-    """Write through a temporary sibling and rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path

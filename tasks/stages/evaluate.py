@@ -1,0 +1,109 @@
+"""Stage `evaluate`: perplexity of the pruned, quantized and packed models on the held-out
+split, then the small, diffable results: metrics.json (atomically) and the per-layer
+sparsity table and plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from transformers import AutoTokenizer
+
+from tasks.evaluation.perplexity import measure, read_perplexity
+from tasks.formats.artifact import PACKED_FORMAT, load_metadata
+from tasks.formats.packing import DENSE_BYTES_PER_WEIGHT
+from tasks.io.artifacts import METADATA, read_metadata, write_json
+from tasks.io.model import MODEL_KIND, MODEL_VERSION, check_seqlen, load_model_dir
+from tasks.serving.packed_model import decode_packed, load_packed
+from tasks.stages.common import StageContext
+
+if TYPE_CHECKING:
+    from tasks.config import EvaluateConfig
+
+
+def layer_table(records: list[dict]) -> pd.DataFrame:
+    """Wide table, one row per decoder layer: weighted overall sparsity, then one column per
+    projection type (q_proj, …), in the order the model defines them."""
+    frame = pd.DataFrame(records)
+    frame["zeros"] = frame["sparsity"] * frame["rows"] * frame["cols"]
+    frame["weights"] = frame["rows"] * frame["cols"]
+    per_layer = frame.groupby("layer")[["zeros", "weights"]].sum()
+    table = pd.DataFrame({"all": per_layer["zeros"] / per_layer["weights"]})
+    kinds = frame.pivot_table(index="layer", columns="kind", values="sparsity", aggfunc="mean")
+    table = table.join(kinds[list(dict.fromkeys(frame["kind"]))])
+    return table.reset_index().round(6)
+
+
+def plot_layer_sparsity(table: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for column in table.columns.drop("layer"):
+        style = {"linewidth": 2.5, "color": "black"} if column == "all" else {"linewidth": 1, "alpha": 0.8}
+        ax.plot(table["layer"], table[column], marker=".", label=column, **style)
+    ax.set(xlabel="decoder layer", ylabel="sparsity (fraction of zeros)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sparsity_summary(records: list[dict]) -> dict:
+    """Overall sparsity of the decoder-layer Linears and the sparsity of each projection type."""
+    frame = pd.DataFrame(records)
+    weights = frame["rows"] * frame["cols"]
+    zeros = frame["sparsity"] * weights
+    per_kind = (zeros.groupby(frame["kind"]).sum() / weights.groupby(frame["kind"]).sum())
+    return {"sparsity": round(float(zeros.sum() / weights.sum()), 6),
+            "sparsity_per_type": {k: round(float(v), 6) for k, v in per_kind.items()}}
+
+
+def build_metrics(ppl: dict[str, float], prune_run: dict, packed_meta: dict, records: list[dict]) -> dict:
+    """ppl: perplexity of the "dense", "pruned", "quantized" and "packed" models.
+    Sparsity comes from the final (quantized) weights; time and peaks are the prune stage's."""
+    mib = 1 << 20
+    bytes_per_weight = packed_meta["bytes_per_weight"]
+    return {**{f"ppl_{name}": round(value, 4) for name, value in ppl.items()},
+            **sparsity_summary(records),
+            "format": packed_meta["config"]["pack"]["format"],
+            "bytes_per_weight": round(bytes_per_weight, 4),
+            "size_ratio": round(bytes_per_weight / DENSE_BYTES_PER_WEIGHT, 4),
+            "prune_seconds": round(prune_run["prune_seconds"], 2),
+            "peak_host_mib": round(prune_run["peak_host_bytes"] / mib, 1),
+            "peak_device_mib": round(prune_run["peak_device_bytes"] / mib, 1)}
+
+
+def evaluate_artifact(cfg: EvaluateConfig, *, model: Path, out: Path, ctx: StageContext) -> Path:
+    """Perplexity of a model artifact, a Hugging Face folder or a packed one → out/."""
+    check_seqlen(cfg.seqlen, model, "evaluate.seqlen")
+    if json.loads((model / METADATA).read_text()).get("kind") == PACKED_FORMAT:
+        loaded, tokenizer = decode_packed(load_packed(model)), AutoTokenizer.from_pretrained(model)
+    else:
+        loaded, tokenizer, _ = load_model_dir(model)
+    return measure(cfg, loaded, tokenizer, model, out, ctx)
+
+
+def evaluate(cfg: EvaluateConfig, *, pruned: Path, quantized: Path, packed: Path, eval_dense: Path,
+             prune_run: Path, eval_pruned: Path, eval_quantized: Path, eval_packed: Path, metrics: Path,
+             sparsity_csv: Path, sparsity_png: Path, ctx: StageContext) -> Path:
+    evals = {"dense": eval_dense}
+    for name, model_dir, out in (("pruned", pruned, eval_pruned), ("quantized", quantized, eval_quantized),
+                                 ("packed", packed, eval_packed)):
+        evals[name] = evaluate_artifact(cfg, model=model_dir, out=out, ctx=ctx)
+    ppl = {name: read_perplexity(path) for name, path in evals.items()}
+    records = json.loads((quantized / "layers.json").read_text())
+    result = build_metrics(ppl, json.loads(prune_run.read_text()), load_metadata(packed), records)
+    table = layer_table(records)
+    sparsity_csv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(sparsity_csv, index=False)
+    prune_cfg = read_metadata(pruned, MODEL_KIND, MODEL_VERSION, verify=False)["config"]
+    plot_layer_sparsity(table, sparsity_png, f"{prune_cfg['method']} at {prune_cfg['sparsity']}")
+    write_json(metrics, result)
+    ctx.log(json.dumps(result))
+    return metrics
