@@ -38,6 +38,77 @@ from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, bl
 FORMAT = "nm-int4"
 
 
+# Per 4 groups (pack=4): code bytes $8 (slot 0 in the low nibble, slot 1 in the high), their
+# index bytes $9 (each group's own copy) and nibble parity $10, zc = bytes [0x64, z, 0x64, z]
+# ($11) and the fp16 pair 1024 + z ($15). Per group: key = 2·p0 + p1 − 1 (mod 8) names its
+# pattern (6 valid; 7 = the zero padding p0 = p1 = 0); per pair of groups and column c, one PRMT
+# looks up in table c the byte selector of the value (0 / 1: slot 0 / 1, 5: z) under 0x64, one OR
+# moves the second group's selector onto its own bytes (+2), one PRMT builds the fp16 pair
+# (1024 + value) for both groups and one HSUB2 takes away 1024 + z: a pruned column reads z and
+# becomes exactly 0. The eight table words come in as registers ($19 + 4i: loop-invariant, so
+# they are set once, not per call). Outputs: column c of groups (e0, e1) in ${2c}, (e2, e3) in ${2c+1}.
+NM24_PTX = tl.constexpr(
+    "{ .reg .b32 pm, t, n, k, lo, hi, lh, ks, s;"
+    " mul.lo.u32 pm, $10, 255; shr.b32 t, $9, 4; lop3.b32 n, t, $9, pm, 0xe4; and.b32 n, n, 0x0f0f0f0f;"
+    " and.b32 k, n, 0x03030303; shr.b32 t, n, 2; and.b32 t, t, 0x03030303; mad.lo.u32 k, k, 2, t;"
+    " add.u32 k, k, 0x07070707; and.b32 k, k, 0x07070707;"
+    " and.b32 lo, $8, 0x0f0f0f0f; shr.b32 hi, $8, 4; and.b32 hi, hi, 0x0f0f0f0f;"
+    " shr.b32 t, k, 4; or.b32 ks, k, t;"
+    " prmt.b32 lh, lo, hi, 0x5140;"
+    " prmt.b32 s, $19, $23, ks; or.b32 s, s, 0x2200; prmt.b32 $0, lh, $11, s; sub.f16x2 $0, $0, $15;"
+    " prmt.b32 s, $27, $31, ks; or.b32 s, s, 0x2200; prmt.b32 $2, lh, $11, s; sub.f16x2 $2, $2, $15;"
+    " prmt.b32 s, $35, $39, ks; or.b32 s, s, 0x2200; prmt.b32 $4, lh, $11, s; sub.f16x2 $4, $4, $15;"
+    " prmt.b32 s, $43, $47, ks; or.b32 s, s, 0x2200; prmt.b32 $6, lh, $11, s; sub.f16x2 $6, $6, $15;"
+    " prmt.b32 lh, lo, hi, 0x7362; shr.b32 ks, ks, 16;"
+    " prmt.b32 s, $19, $23, ks; or.b32 s, s, 0x2200; prmt.b32 $1, lh, $11, s; sub.f16x2 $1, $1, $15;"
+    " prmt.b32 s, $27, $31, ks; or.b32 s, s, 0x2200; prmt.b32 $3, lh, $11, s; sub.f16x2 $3, $3, $15;"
+    " prmt.b32 s, $35, $39, ks; or.b32 s, s, 0x2200; prmt.b32 $5, lh, $11, s; sub.f16x2 $5, $5, $15;"
+    " prmt.b32 s, $43, $47, ks; or.b32 s, s, 0x2200; prmt.b32 $7, lh, $11, s; sub.f16x2 $7, $7, $15; }")
+
+
+@triton.jit
+def nm24_columns(code_bytes, index_bytes, zero, USE_ASM: tl.constexpr):
+    """2:4 int4 tile → its four dense columns, fp16 code − zero (kept) or exactly 0 (pruned).
+
+    code_bytes (R, G) uint8: one group's two codes per byte; index_bytes (R, G/2): group g's
+    positions p0 | p1 << 2 in nibble g % 2 of byte g // 2; zero (R, 1). Returns col0..col3, each
+    (R, G): column c of every group.
+    """
+    R: tl.constexpr = code_bytes.shape[0]
+    G: tl.constexpr = code_bytes.shape[1]
+    if USE_ASM:
+        own = tl.reshape(tl.broadcast_to(index_bytes[:, :, None], (R, G // 2, 2)), (R, G))  # byte g // 2
+        parity = (tl.arange(0, G) & 1).to(tl.uint8)[None, :]  # (1, G)
+        z = zero.to(tl.uint32)
+        zc = (0x00640064 + z * 0x01000100).to(tl.int32, bitcast=True)  # bytes [0x64, z, 0x64, z]
+        lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)  # fp16 pair 1024 + z
+        # Table c, key k → byte 0x40 | s: s = 0 (slot 0 sits in column c), 1 (slot 1 does), 5 (neither:
+        # z). Keys 0..6 = (p0, p1) = (0,1) (0,2) (0,3) (1,2) (1,3) -, (2,3); 7: padding. Low word: keys 0-3.
+        t0 = tl.full((1, 1), 0x45404040, tl.int32)
+        t1 = tl.full((1, 1), 0x45454545, tl.int32)
+        t2 = tl.full((1, 1), 0x40454541, tl.int32)
+        t3 = tl.full((1, 1), 0x45454540, tl.int32)
+        t4 = tl.full((1, 1), 0x41454145, tl.int32)
+        t5 = tl.full((1, 1), 0x45404545, tl.int32)
+        t6 = tl.full((1, 1), 0x45414545, tl.int32)
+        t7 = tl.full((1, 1), 0x45414541, tl.int32)
+        col0, col1, col2, col3 = tl.inline_asm_elementwise(
+            NM24_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
+            [code_bytes, own, parity, zc, lo_zero, t0, t1, t2, t3, t4, t5, t6, t7],
+            dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=4)
+    else:
+        slot0, slot1 = int4_minus_zero(code_bytes, zero, USE_ASM)
+        pos = tl.interleave(index_bytes & 15, index_bytes >> 4)  # (R, G): p0 | p1 << 2
+        p0 = pos & 3
+        p1 = pos >> 2
+        none = tl.zeros_like(slot0)
+        col0 = tl.where(p0 == 0, slot0, none)
+        col1 = tl.where(p0 == 1, slot0, tl.where(p1 == 1, slot1, none))
+        col2 = tl.where(p1 == 2, slot1, tl.where(p0 == 2, slot0, none))
+        col3 = tl.where(p1 == 3, slot1, none)
+    return col0, col1, col2, col3
+
+
 @triton.jit
 def _nm_int4_matmul_kernel(
     x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr,
@@ -81,15 +152,7 @@ def _nm_int4_matmul_kernel(
                 g_offs += k0 // GROUP
             zero = tl.load(z_ptr + g_offs, mask=n_mask, other=0)[:, None]  # (BLOCK_N, 1)
             scale = tl.load(s_ptr + g_offs, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
-            slot0, slot1 = int4_minus_zero(code_bytes, zero, USE_ASM)  # (BLOCK_N, BLOCK_K/4) per group
-            pos = tl.interleave(index_bytes & 15, index_bytes >> 4)  # (BLOCK_N, BLOCK_K/4): p0 | p1 << 2
-            p0 = pos & 3
-            p1 = pos >> 2
-            none = tl.zeros_like(slot0)
-            col0 = tl.where(p0 == 0, slot0, none)
-            col1 = tl.where(p0 == 1, slot0, tl.where(p1 == 1, slot1, none))
-            col2 = tl.where(p1 == 2, slot1, tl.where(p0 == 2, slot0, none))
-            col3 = tl.where(p1 == 3, slot1, none)
+            col0, col1, col2, col3 = nm24_columns(code_bytes, index_bytes, zero, USE_ASM)  # (BLOCK_N, BLOCK_K/4)
             x02, x13 = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 4, 2, 2)))  # column 2a + b of a group
             x0, x2 = tl.split(x02)
             x1, x3 = tl.split(x13)

@@ -216,6 +216,11 @@ def _lop3(a: int, b: int, c: int, lut: int) -> int:
     return sum(((lut >> ((a >> i & 1) << 2 | (b >> i & 1) << 1 | (c >> i & 1))) & 1) << i for i in range(32))
 
 
+INTEGER_OPS = {"and.b32": lambda a, b: a & b, "or.b32": lambda a, b: a | b, "shr.b32": lambda a, b: a >> min(b, 32),
+               "add.u32": lambda a, b: a + b, "mul.lo.u32": lambda a, b: a * b,
+               "mad.lo.u32": lambda a, b, c: a * b + c}
+
+
 def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
     """Execute the straight-line PTX of an inline_asm_elementwise string on 32-bit registers."""
     regs = dict(regs)
@@ -231,6 +236,8 @@ def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
             regs[dest] = _prmt(*args)
         elif op == "lop3.b32":
             regs[dest] = _lop3(*args)
+        elif op in INTEGER_OPS:
+            regs[dest] = INTEGER_OPS[op](*args) & 0xFFFFFFFF
         elif op == "sub.f16x2":
             regs[dest] = _pair(*(x - y for x, y in zip(_halves(args[0]), _halves(args[1]))))
         elif op == "fma.rn.f16x2":
@@ -261,6 +268,30 @@ def test_int8_ptx_gives_codes_minus_zero():
                   **{f"${i}": (0x6400 + z) * 0x10001 for i in range(3, 7)}}
         out = run_ptx(_common.INT8_PTX.value, inputs)
         assert [h for r in ("$0", "$1") for h in _halves(out[r])] == [c - z for c in codes], (codes, z)
+
+
+def test_nm24_ptx_gives_dense_columns():
+    """Every 2:4 pattern and the all-zero padding byte, random codes and zero points: column c of
+    each group is code − zero where a kept value sits in c, else exactly 0."""
+    rng = np.random.default_rng(2)
+    patterns = [(p0, p1) for p0 in range(4) for p1 in range(p0 + 1, 4)]
+    tables = [0x45404040, 0x45454545, 0x40454541, 0x45454540, 0x41454145, 0x45404545, 0x45414545, 0x45414541]
+    for _ in range(300):
+        codes, z = rng.integers(0, 256, 4), int(rng.integers(0, 16))
+        nibbles = [(p0 | p1 << 2) if rng.random() < 0.9 else 0 for p0, p1 in
+                   (patterns[i] for i in rng.integers(0, len(patterns), 4))]
+        own = [nibbles[g] << 4 * (g % 2) | nibbles[g ^ 1] << 4 * (1 - g % 2) for g in range(4)]  # byte g // 2
+        word = lambda b: int.from_bytes(bytes(int(v) for v in b), "little")  # noqa: E731
+        inputs = {"$8": word(codes), "$9": word(own), "$10": word([0, 1, 0, 1]),
+                  **{f"${i}": 0x00640064 + z * 0x01000100 for i in range(11, 15)},
+                  **{f"${i}": (0x6400 + z) * 0x10001 for i in range(15, 19)},
+                  **{f"${19 + 4 * t + j}": tables[t] for t in range(8) for j in range(4)}}
+        out = run_ptx(nm_int4.NM24_PTX.value, inputs)
+        for c in range(4):
+            got = [h for r in (f"${2 * c}", f"${2 * c + 1}") for h in _halves(out[r])]
+            want = [((codes[g] & 15) - z if nibbles[g] and nibbles[g] & 3 == c else
+                     (codes[g] >> 4) - z if nibbles[g] and nibbles[g] >> 2 == c else 0) for g in range(4)]
+            assert got == want, (c, codes, nibbles, z)
 
 
 def test_strided_x_and_empty_batch():
