@@ -75,8 +75,8 @@ def point_task(point: SweepPoint, cache: bool) -> dict:
     _pin_gpu()
     start = time.perf_counter()
     p, out = point.params, SWEEP_DATA / point.name
-    pruned = run_stage(STAGES["prune"], p, outputs={"out": str(out / "pruned"), "run_stats": str(out / "prune_run.json")},
-                       cache=cache)["out"]
+    pruned = run_stage(STAGES["prune"], p, cache=cache,
+                       outputs={"out": str(out / "pruned"), "run_stats": str(out / "prune_run.json")})["out"]
     evals = {"dense": EVAL_DENSE,
              "pruned": run_stage(PERPLEXITY, p, inputs={"model": pruned}, outputs={"out": str(out / "eval_pruned")},
                                  cache=cache)["out"]}

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from tasks.engine.layers import find_decoder_layers, prunable_modules, weight_view
-from tasks.engine.sequential import InputStats, LinearRecord, Sequential, peak_device_bytes, run_sequential, sequential_setup
+from tasks.engine.sequential import (InputStats, LinearRecord, Sequential, peak_device_bytes, run_sequential,
+                                    sequential_setup)
 from tasks.errors import UserError
 from tasks.pruning.admm import admm_prune
 from tasks.pruning.owl import outlier_ratio, owl_sparsities

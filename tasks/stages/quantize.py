@@ -25,10 +25,11 @@ if TYPE_CHECKING:
 
 def quantize(cfg: QuantizeConfig, seq: SequentialConfig, prune_cfg: PruneConfig, *, model: Path, pruned: Path,
              calibration: Path, out: Path, run_stats: Path, ctx: StageContext) -> Path:
-    """prune_cfg: the `prune` section, which only joint mode uses; otherwise the pattern is the
-    pruned artifact's own."""
+    """prune_cfg: the `prune` section, which only joint mode uses (it prunes here); otherwise the
+    weights' pattern is the pruned artifact's own."""
     source = model if cfg.joint else pruned
-    sparsity = prune_cfg.sparsity if cfg.joint else read_metadata(pruned, MODEL_KIND, MODEL_VERSION)["config"]["sparsity"]
+    pattern = (prune_cfg.pattern if cfg.joint
+               else parse_pattern(read_metadata(pruned, MODEL_KIND, MODEL_VERSION)["config"]["sparsity"]))
     tokens = load_calibration(calibration)
     if cfg.method == "gptq":
         check_memory(sequential_estimate(source, *tokens.shape, seq.batch_size, cfg.device, seq.offload_activations,
@@ -41,7 +42,6 @@ def quantize(cfg: QuantizeConfig, seq: SequentialConfig, prune_cfg: PruneConfig,
         report = quantize_model(loaded, tokens, cfg, prune_cfg, seq, ctx.log, ctx.progress)
         quantized, seconds, peak = report.quantized, report.seconds, report.peak_device_bytes
         records = layer_records(report.records) if cfg.joint else records
-    pattern = parse_pattern(sparsity)
     section = {"quantize": cfg.model_dump(mode="json"), "sequential": seq.model_dump(mode="json")}
     if cfg.joint:
         section["prune"] = prune_cfg.model_dump(mode="json")
