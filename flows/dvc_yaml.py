@@ -72,6 +72,7 @@ def sweep_yaml() -> str:
 def write(root: Path = Path(".")) -> list[Path]:
     written = []
     for path, text in ((ROOT_FILE, root_yaml()), (SWEEP_FILE, sweep_yaml())):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
         written.append(root / path)
     return written

@@ -26,9 +26,19 @@ print(json.dumps(sorted(m.__file__ for n, m in list(sys.modules.items())
 """
 
 
-@pytest.mark.parametrize("path, generate", [(ROOT_FILE, root_yaml), (SWEEP_FILE, sweep_yaml)], ids=str)
+@pytest.mark.parametrize("path, generate", [(ROOT_FILE, root_yaml), (SWEEP_FILE, sweep_yaml)],
+                         ids=["dvc.yaml", "sweep-dvc.yaml"])
 def test_committed_dvc_yaml_is_the_generated_one(path, generate):
     assert (ROOT / path).read_text() == generate(), f"{path} is stale: run `prunepipe dvc-yaml` and commit it"
+
+
+def test_prunepipe_dvc_yaml_writes_both_files(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["dvc-yaml"]) == 0
+    assert capsys.readouterr().out == "dvc.yaml\nsweep/dvc.yaml\n"
+    assert (tmp_path / ROOT_FILE).read_text() == root_yaml() and (tmp_path / SWEEP_FILE).read_text() == sweep_yaml()
 
 
 def test_every_input_is_an_earlier_stage_output():
