@@ -112,6 +112,11 @@ def rows_total(acc, acc2, GEMV_ROWS: tl.constexpr):
     return acc
 
 
+@triton.jit
+def code_value(q, zero):
+    """Code q − zero in fp32, int32 inputs below 2^23: OR q into 2^23's mantissa, subtract."""
+    return (q | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + zero.to(tl.float32))
+
 # ----------------------------------------------------------------------------- launch
 
 # FMA path (x gathered per kept value, CUDA cores) up to this batch; tensor cores above, where

@@ -37,7 +37,7 @@ import triton.language as tl
 
 from kernels import _sparse
 from kernels._common import check_group, check_tensor, make_out
-from kernels._sparse import k_tile_range, rows_total, store_split
+from kernels._sparse import code_value, k_tile_range, rows_total, store_split
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, accumulate_words, check_bitmask,
                              gather_kept, kept_and_slots, mask_words, tile_bases, tuned, values_before)
 
@@ -54,12 +54,6 @@ def word_params(s_ptr, z_ptr, rows, n_mask, t, K, stride_g, GROUP: tl.constexpr,
     scale = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     zero = tl.load(z_ptr + offs, mask=mask, other=0).to(tl.int32)
     return scale, zero
-
-
-@triton.jit
-def code_value(q, zero):
-    """Code q − zero in fp32, int32 inputs below 2^23: OR q into 2^23's mantissa, subtract."""
-    return (q | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + zero.to(tl.float32))
 
 
 @triton.jit

@@ -186,9 +186,11 @@ GEMV_CONFIGS = [
     _cfg(4, 1, BLOCK_N=32, BLOCK_K=512),
     _cfg(8, 1, BLOCK_N=32, BLOCK_K=1024),
 ]
+# B > 4. BLOCK_M = 16 serves B ≤ 16 in one M block; 128 × 128 and 64 × 256 tiles give every
+# thread 16 index bytes (one 128-bit load) and 8 × 128 bits of values per iteration.
 TILED_CONFIGS = [
-    _cfg(4, 3, BLOCK_M=16, BLOCK_N=32, BLOCK_K=256),
-    _cfg(4, 3, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128),
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256),
     _cfg(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
     _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
 ]

@@ -12,8 +12,9 @@ Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
 kernels/nm.py's two paths with a dequantization in between: since g is a multiple of m, the
 kept codes of one quantization group are g·n/m consecutive entries of `values`, so the tile of
-codes is dequantized in kept order (kernels/_common.dequant, groups of g·n/m) before x is
-gathered by the indices (B ≤ 4) or the codes are scattered to a dense tile (B > 4).
+codes is dequantized in kept order (one scale and zero per row and group, codes to fp32 by the
+2^23 trick) before x is gathered by the indices (B ≤ 4) or the codes are scattered to a dense
+tile (B > 4).
 """
 
 from __future__ import annotations
@@ -23,12 +24,44 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import accumulate, check_group, check_tensor, check_x, dequant, make_out, nm_scatter, unpack
-from kernels._sparse import k_tile_range, store_split
-from kernels.nm import GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns, kept_products
+from kernels._common import check_group, check_tensor, check_x, make_out, unpack
+from kernels._sparse import accumulate_tile, code_value, k_tile_range, rows_total, store_split
+from kernels.nm import (GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns,
+                        kept_products, scatter_dense)
 from kernels.bitmask import tuned
 
 FORMAT = "nm-int8"
+
+
+@triton.jit
+def kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC: tl.constexpr):
+    """(code − zero) · scale in fp32 for a (BLOCK_N, BLOCK_KC) tile of codes in kept order, tile t;
+    GROUP_KC = kept codes per quantization group (0: one group per row)."""
+    BLOCK_N: tl.constexpr = q.shape[0]
+    BLOCK_KC: tl.constexpr = q.shape[1]
+    q = q.to(tl.int32)
+    if GROUP_KC == 0 or GROUP_KC % BLOCK_KC == 0:  # the tile lies in one group
+        offs = rows * stride_g + (t * BLOCK_KC // GROUP_KC if GROUP_KC > 0 else 0)
+        scale = tl.load(s_ptr + offs, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
+        zero = tl.load(z_ptr + offs, mask=n_mask, other=0).to(tl.int32)
+        w = code_value(q, zero[:, None]) * scale[:, None]
+    elif BLOCK_KC % GROUP_KC == 0:  # whole groups: one load per (row, group), broadcast in-thread
+        GROUPS: tl.constexpr = BLOCK_KC // GROUP_KC
+        offs_g = t * GROUPS + tl.arange(0, GROUPS)
+        offs = rows[:, None] * stride_g + offs_g[None, :]
+        mask = n_mask[:, None] & (offs_g[None, :] * GROUP_KC < KC)
+        scale = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_N, GROUPS)
+        zero = tl.load(z_ptr + offs, mask=mask, other=0).to(tl.int32)
+        w = code_value(tl.reshape(q, (BLOCK_N, GROUPS, GROUP_KC)), zero[:, :, None]) * scale[:, :, None]
+        w = tl.reshape(w, (BLOCK_N, BLOCK_KC))
+    else:  # groups straddle tiles: per code
+        offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
+        offs = rows[:, None] * stride_g + offs_c[None, :] // GROUP_KC
+        mask = n_mask[:, None] & (offs_c[None, :] < KC)
+        scale = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        zero = tl.load(z_ptr + offs, mask=mask, other=0).to(tl.int32)
+        w = code_value(q, zero) * scale
+    return w
 
 
 @triton.jit
@@ -56,6 +89,7 @@ def _nm_int8_matmul_kernel(
     v_rows = v_ptr + rows[:, None] * stride_v  # (BLOCK_N, 1)
     i_rows = i_ptr + rows[:, None] * stride_i
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)  # B = 1: per row and group
     first, last = k_tile_range(K, BLOCK_K)
     for t in range(first, last):
         offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
@@ -64,18 +98,22 @@ def _nm_int8_matmul_kernel(
         index_bytes = tl.load(i_rows + offs_ib[None, :], mask=n_mask[:, None] & (offs_ib[None, :] < IB),
                               other=0)  # (BLOCK_N, BLOCK_IB)
         pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
-        vals = dequant(q.to(tl.int32), s_ptr, z_ptr, rows, n_mask, offs_c, t * BLOCK_KC, KC, stride_g,
-                       GROUP_KC, BLOCK_KC)  # (BLOCK_N, BLOCK_KC) fp32, in kept order
-        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        vals = kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC)  # (BLOCK_N, BLOCK_KC) fp32
         if GEMV_ROWS > 0:
             offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * M + tl.arange(0, M)[None, :]
             for b in tl.static_range(GEMV_ROWS):
                 xb = tl.load(x_ptr + b * stride_xb + offs_x, mask=offs_x < K, other=0.0)  # (BLOCK_G, M)
-                part = tl.sum(kept_products(vals, pos, xb, N_KEEP, M), axis=1)  # (BLOCK_N,)
-                acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
+                prod = kept_products(vals, pos, xb, N_KEEP, M)  # (BLOCK_N, BLOCK_G)
+                if GEMV_ROWS == 1:  # reduce once after the loop
+                    acc2 += prod
+                else:
+                    part = tl.sum(prod, axis=1)  # (BLOCK_N,)
+                    acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
         else:
-            w = nm_scatter(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K) fp32, 0 where pruned
-            acc = accumulate(acc, w, x_ptr, offs_m, offs_k, B, K, stride_xb, 1, 0, DOT_F32)
+            w = scatter_dense(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K) fp32, 0 where pruned
+            offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+            acc, acc2 = accumulate_tile(acc, acc2, w, x_ptr, offs_m, offs_k, B, K, stride_xb, 0, DOT_F32)
+    acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
