@@ -34,11 +34,10 @@ FORMAT = "nm-int8"
 
 
 @triton.jit
-def kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC: tl.constexpr):
+def kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC: tl.constexpr, BLOCK_KC: tl.constexpr):
     """(code − zero) · scale in fp32 for a (BLOCK_N, BLOCK_KC) tile of codes in kept order, tile t;
     GROUP_KC = kept codes per quantization group (0: one group per row)."""
     BLOCK_N: tl.constexpr = q.shape[0]
-    BLOCK_KC: tl.constexpr = q.shape[1]
     q = q.to(tl.int32)
     if GROUP_KC == 0 or GROUP_KC % BLOCK_KC == 0:  # the tile lies in one group
         offs = rows * stride_g + (t * BLOCK_KC // GROUP_KC if GROUP_KC > 0 else 0)
@@ -98,7 +97,7 @@ def _nm_int8_matmul_kernel(
         index_bytes = tl.load(i_rows + offs_ib[None, :], mask=n_mask[:, None] & (offs_ib[None, :] < IB),
                               other=0)  # (BLOCK_N, BLOCK_IB)
         pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
-        vals = kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC)  # (BLOCK_N, BLOCK_KC) fp32
+        vals = kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC, BLOCK_KC)  # (BLOCK_N, BLOCK_KC) fp32
         if GEMV_ROWS > 0:
             offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * M + tl.arange(0, M)[None, :]
             for b in tl.static_range(GEMV_ROWS):
