@@ -47,6 +47,7 @@ def _quant_matmul_kernel(
     BITS: tl.constexpr,  # 4 or 8
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row
     SPLIT_K: tl.constexpr,  # several programs share an output: atomic fp32 adds
+    EVEN: tl.constexpr,  # BLOCK_N | N and BLOCK_K | K: no masks on the weights (LLM shapes)
     USE_ASM: tl.constexpr,  # False under the interpreter
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -68,8 +69,12 @@ def _quant_matmul_kernel(
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         # stride_q is the row's byte count (contiguous rows): the mask is constant over 16 bytes.
-        packed = tl.load(q_ptrs, mask=n_mask[:, None] & (offs_b[None, :] < stride_q), other=0)
-        x = tl.load(x_ptrs, mask=m_mask & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
+        if EVEN:
+            packed = tl.load(q_ptrs)
+            x = tl.load(x_ptrs, mask=m_mask, other=0.0)
+        else:
+            packed = tl.load(q_ptrs, mask=n_mask[:, None] & (offs_b[None, :] < stride_q), other=0)
+            x = tl.load(x_ptrs, mask=m_mask & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
         if PER_TILE:
             g_offs = rows * stride_g
             if GROUP > 0:
@@ -155,7 +160,8 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, qweight: torch.Tensor, sc
         _quant_matmul_kernel[(tiles, plan.splits)](
             x, qweight, scales, zeros, y, batch, n, k, plan.k_per_split,
             x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), y.stride(0),
-            BITS=bits, GROUP=group, SPLIT_K=plan.splits > 1, USE_ASM=not INTERPRET,
+            BITS=bits, GROUP=group, SPLIT_K=plan.splits > 1,
+            EVEN=n % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0, USE_ASM=not INTERPRET,
             DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
 
@@ -214,7 +220,7 @@ def static_specs(fmt: str, bits: int) -> tuple[CompileSpec, ...]:
         return tiles * splits
 
     def spec(label: str, group: int) -> CompileSpec:
-        flags = dict(BITS=bits, GROUP=group, USE_ASM=True, DOT_F32=False, stride_xk=1)
+        flags = dict(BITS=bits, GROUP=group, EVEN=True, USE_ASM=True, DOT_F32=False, stride_xk=1)
         return CompileSpec(
             name=f"{fmt} {label}", kernel=_quant_matmul_kernel,
             pointers=dict(x="fp16", q="u8", s="fp16", z="u8", y="fp16"), packed=("q",), constexprs=flags,

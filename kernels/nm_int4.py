@@ -117,6 +117,7 @@ def _nm_int4_matmul_kernel(
     N_KEEP: tl.constexpr, M: tl.constexpr, INDEX_BITS: tl.constexpr,
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row
     SPLIT_K: tl.constexpr,  # several programs share an output: atomic fp32 adds
+    EVEN: tl.constexpr,  # BLOCK_N | N and BLOCK_K | K: no masks on the weights (LLM shapes)
     USE_ASM: tl.constexpr,  # False under the interpreter
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -143,9 +144,14 @@ def _nm_int4_matmul_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         # Masks on the rows' byte counts (strides of contiguous rows): constant over 16 bytes.
         # Bytes past Kc read 0: code 0 at position 0, finite, and x is 0 there.
-        code_bytes = tl.load(v_ptrs, mask=n_mask[:, None] & (offs_vb[None, :] < stride_v), other=0)
-        index_bytes = tl.load(i_ptrs, mask=n_mask[:, None] & (offs_ib[None, :] < stride_i), other=0)
-        x = tl.load(x_ptrs, mask=m_mask & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
+        if EVEN:
+            code_bytes = tl.load(v_ptrs)
+            index_bytes = tl.load(i_ptrs)
+            x = tl.load(x_ptrs, mask=m_mask, other=0.0)
+        else:
+            code_bytes = tl.load(v_ptrs, mask=n_mask[:, None] & (offs_vb[None, :] < stride_v), other=0)
+            index_bytes = tl.load(i_ptrs, mask=n_mask[:, None] & (offs_ib[None, :] < stride_i), other=0)
+            x = tl.load(x_ptrs, mask=m_mask & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
         if FAST:
             g_offs = rows * stride_g
             if GROUP > 0:
@@ -215,6 +221,7 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
             x, values, indices, scales, zeros, y, batch, rows, k, plan.k_per_split,
             x.stride(0), x.stride(1), values.stride(0), indices.stride(0), scales.stride(0), y.stride(0),
             N_KEEP=n, M=m, INDEX_BITS=nm.INDEX_BITS[m], GROUP=group, SPLIT_K=plan.splits > 1,
+            EVEN=rows % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0,
             USE_ASM=not INTERPRET, DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
 
@@ -249,7 +256,8 @@ def _static_specs() -> tuple[CompileSpec, ...]:
         return tiles * splits
 
     def spec(label: str, group: int) -> CompileSpec:
-        flags = dict(N_KEEP=2, M=4, INDEX_BITS=2, GROUP=group, USE_ASM=True, DOT_F32=False, stride_xk=1)
+        flags = dict(N_KEEP=2, M=4, INDEX_BITS=2, GROUP=group, EVEN=True, USE_ASM=True, DOT_F32=False,
+                     stride_xk=1)
         return CompileSpec(
             name=f"{FORMAT} 2:4 {label}", kernel=_nm_int4_matmul_kernel,
             pointers=dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16"), packed=("v", "i"),

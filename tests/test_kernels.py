@@ -294,6 +294,19 @@ def test_nm24_ptx_gives_dense_columns():
             assert got == want, (c, codes, nibbles, z)
 
 
+@pytest.mark.parametrize("batch", [1, 17])
+@pytest.mark.parametrize("fmt,group", [("int4", 128), ("int8", 64), ("nm-int4", 128), ("nm-int4", 64), ("int4", -1)])
+def test_unmasked_path_on_llm_like_shapes(fmt, group, batch):
+    """N and K multiples of the tiles (as on LLM shapes): the kernels drop the weight masks (EVEN)."""
+    gen = seeded("even", fmt, group, batch)
+    w = torch.randn(256, 512, generator=gen)
+    packed = {"int4": lambda: pack_quant(w, 4, group), "int8": lambda: pack_quant(w, 8, group),
+              "nm-int4": lambda: pack_nm_quant(w, 2, 4, 4, group)}[fmt]().to(DEVICE)
+    x = torch.randn(batch, 512, generator=gen).half().to(DEVICE)
+    out = torch.full((batch, 256), float("nan"), dtype=torch.float16, device=DEVICE)
+    assert_matches(launcher(fmt)(x, **packed.tensors, **packed.params, out=out), x, packed.w_hat)
+
+
 def test_strided_x_and_empty_batch():
     gen = seeded("strided")
     packed = pack_quant(random_weight(136, torch.float32, gen), 4, 32).to(DEVICE)
