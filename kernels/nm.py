@@ -13,17 +13,27 @@ Shapes (rows, cols): x (B, K) fp16/bf16 (values' dtype), y (B, N).
 
 Two paths in one kernel, both split over K (kernels/_sparse.py) so batch 1 fills the GPU:
 - B ≤ 4, CUDA cores: gather x by the kept indices. A tile is (BLOCK_N rows, BLOCK_K/m groups,
-  n slots); slot t of a group can only sit at positions t … t + m − n, so x[b, col] is picked
-  from m − n + 1 shifted windows of the group's x with m − n selects, and only the n kept
-  values are multiplied (half the multiply-adds of a dense 2:4 tile).
+  n slots); slot t of a group can only sit at t + d, 0 ≤ d ≤ m − n, so its x is picked from the
+  group's x (converted to fp32 once) by a select tree on the bits of d, and only the n kept
+  values are multiplied: half the multiply-adds of a dense 2:4 tile, one FFMA per kept value
+  into a per-(row, group) accumulator reduced once after the loop (B = 1).
 - B > 4, tensor cores: scatter the kept values into a dense (BLOCK_N, BLOCK_K) tile in x's
-  dtype, then tl.dot with BLOCK_M = 16 rows of x (one M block up to B = 16).
+  dtype (a column looks only at the slots that can land on it), then tl.dot with BLOCK_M = 16
+  rows of x (one M block up to B = 16).
 Loads of values and index bytes are masked per row and on a length that is a multiple of 16
-(Kc, the index bytes per row), so the compiler sees 16 contiguous bytes per thread.
+(Kc, the index bytes per row), so the compiler sees 16 contiguous bytes per thread; the configs
+give every thread ≥ 16 index bytes per iteration, so those loads are 128 bits wide too.
 Supported: m ∈ {4, 8} and n a power of two below m (2:4, 1:4, 4:8, 2:8, 1:8).
 
-Measured on sm_90 (Triton 3.9, kernels.static_report), main loop at B = 1:
-see the STATIC table below.
+Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report --kernel nm`), SASS
+instructions per packed byte, all packed loads 128-bit, ≥ 320 CTAs at batch 1:
+    batch 1 (GEMV)            2:4  3.97    4:8  5.34     (before: 9.0-11.2 / 11.6-13.5)
+    batch 5-16 (BLOCK_M = 16) 2:4  6.18    4:8  8.35     (before: 11.0-11.4 / 22.0-22.5)
+The tensor-core tile is the part above 6: its selects cost ≈ 19 instructions per 2:4 group.
+Two byte permutes (PRMT) per group with a selector word built from the index nibble
+(0x54545454 ^ 0x44 << 8·p0 ^ 0x66 << 8·p1, checked on all six 2:4 patterns) would take ≈ 11,
+but tl.inline_asm_elementwise packs registers by the layout Triton picks, so which four
+elements one asm call sees is not under the kernel's control; not done.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import triton.language as tl
 
 from kernels import _sparse
 from kernels._common import _slots, check_tensor, check_x, make_out, unpack
-from kernels._sparse import k_tile_range, store_split
+from kernels._sparse import k_tile_range, rows_total, store_split
 
 FORMAT = "nm"
 INDEX_BITS = {4: 2, 8: 4}
@@ -144,12 +154,12 @@ def _nm_matmul_kernel(
     acc2 = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)  # B = 1: per row and group
     first, last = k_tile_range(K, BLOCK_K)
     for t in range(first, last):
-        offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
-        vals = tl.load(v_rows + offs_c[None, :], mask=n_mask[:, None] & (offs_c[None, :] < KC),
-                       other=0.0)  # (BLOCK_N, BLOCK_KC)
         offs_ib = t * BLOCK_IB + tl.arange(0, BLOCK_IB)
         index_bytes = tl.load(i_rows + offs_ib[None, :], mask=n_mask[:, None] & (offs_ib[None, :] < IB),
                               other=0)  # (BLOCK_N, BLOCK_IB)
+        offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
+        vals = tl.load(v_rows + offs_c[None, :], mask=n_mask[:, None] & (offs_c[None, :] < KC),
+                       other=0.0)  # (BLOCK_N, BLOCK_KC)
         pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
         if GEMV_ROWS > 0:
             offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * M + tl.arange(0, M)[None, :]
@@ -170,8 +180,7 @@ def _nm_matmul_kernel(
                 acc = tl.dot(x.to(tl.float32), tl.trans(w).to(tl.float32), acc)
             else:
                 acc = tl.dot(x, tl.trans(w), acc)
-    if GEMV_ROWS == 1:
-        acc = tl.sum(acc2, axis=1)[None, :]
+    acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
