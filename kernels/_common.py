@@ -201,6 +201,7 @@ class CompileSpec:
     packed_bytes: Callable  # (config) → packed bytes one thread loads per main-loop iteration
     ctas: Callable  # (config, N, K, batch) → CTAs the launcher starts for y (batch, N)
     unaligned: tuple = ("B",)
+    path_pointers: dict = None  # path → pointer types that differ there (y: fp32 under split-K)
 
 
 # ----------------------------------------------------------------------------- jit helpers

@@ -23,8 +23,8 @@ meets x[:, c::4]: four dots of K = BLOCK_K/4, x split by column instead of the w
 Other n:m (1:4, 4:8, …) and groups BLOCK_K does not divide take a generic path: scatter to a
 dense tile in registers, per-element dequantization. Same n:m limits as kernels/nm.py.
 
-Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path: 15.0 main-loop
-instructions per packed byte at g=128, 13.8 at g=64, 14.0 with one group per row: over the
+Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path: 14.8 main-loop
+instructions per packed byte at g=128, 13.6 at g=64, 14.1 with one group per row: over the
 limit of 6. Each group turns 1.5 packed bytes into 4 fp16 columns; the PTX block costs ≈ 12.5
 instructions per group (8.3 per byte: pattern key, table-lookup selectors, PRMT, HSUB2), ptxas
 copies its eight table words from uniform registers at every use (≈ 2.9 per byte), and the four
@@ -273,7 +273,7 @@ def _static_specs() -> tuple[CompileSpec, ...]:
             constexprs=flags,
             paths={BATCH_1_16: (int4.with_split(config(1, group), True),),
                    LARGE_BATCH: (int4.with_split(config(int4.SMALL_BATCH + 1, group), False),)},
-            packed_bytes=packed_bytes, ctas=ctas)
+            packed_bytes=packed_bytes, ctas=ctas, path_pointers={BATCH_1_16: dict(y="fp32")})
 
     return spec("g128", 128), spec("g64", 64), spec("g-1", 0)
 

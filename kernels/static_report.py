@@ -115,19 +115,20 @@ def find_spec(fmt: str, name: str):
     return next(spec for f, spec in specs(fmt) if spec is not None and spec.name == name)
 
 
-def compile_config(spec, config):
+def compile_config(spec, config, path: str | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = spec.kernel
     constexprs = dict(spec.constexprs, **config.kwargs)
+    pointers = dict(spec.pointers, **((spec.path_pointers or {}).get(path, {})))
     signature, attrs = {}, {}
     for i, arg in enumerate(fn.arg_names):
         if arg in constexprs:
             signature[arg] = "constexpr"
         elif arg.endswith("_ptr"):
-            signature[arg] = "*" + spec.pointers[arg.removesuffix("_ptr")]
+            signature[arg] = "*" + pointers[arg.removesuffix("_ptr")]
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "i32"
@@ -275,7 +276,7 @@ def analyse(job: tuple) -> Row:
               ctas={f"{n}x{k}": spec.ctas(config, n, k, 1) for n, k in TARGET_SHAPES},
               packed_bytes=spec.packed_bytes(config))
     try:
-        compiled = compile_config(spec, config)
+        compiled = compile_config(spec, config, path)
     except Exception as e:  # report and go on: one bad config should not hide the others
         row.error = f"compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
         return row
