@@ -17,9 +17,12 @@ Two paths in one kernel, both split over K (kernels/_sparse.py) so batch 1 fills
   group's x (converted to fp32 once) by a select tree on the bits of d, and only the n kept
   values are multiplied: half the multiply-adds of a dense 2:4 tile, one FFMA per kept value
   into a per-(row, group) accumulator reduced once after the loop (B = 1).
-- B > 4, tensor cores: scatter the kept values into a dense (BLOCK_N, BLOCK_K) tile in x's
-  dtype (a column looks only at the slots that can land on it), then tl.dot with BLOCK_M = 16
-  rows of x (one M block up to B = 16).
+- B > 4, tensor cores, BLOCK_M = 16 rows of x (one M block up to B = 16): 2:4 loads each
+  group's two values as one uint32 and builds its four dense columns with byte permutes
+  (columns24: one selector word per group from the index nibble, inline PTX; tl ops under the
+  interpreter), then one tl.dot per column against x's columns c, c + 4, … (a dot's K order is
+  free, so the columns need no interleaving). Other n:m scatter the kept values into a dense
+  tile (a column looks only at the slots that can land on it) and run one tl.dot.
 Loads of values and index bytes are masked per row and on a length that is a multiple of 16
 (Kc, the index bytes per row), so the compiler sees 16 contiguous bytes per thread; the configs
 give every thread ≥ 16 index bytes per iteration, so those loads are 128 bits wide too.
@@ -28,12 +31,9 @@ Supported: m ∈ {4, 8} and n a power of two below m (2:4, 1:4, 4:8, 2:8, 1:8).
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report --kernel nm`), SASS
 instructions per packed byte, all packed loads 128-bit, ≥ 320 CTAs at batch 1:
     batch 1 (GEMV)            2:4  3.97    4:8  5.34     (before: 9.0-11.2 / 11.6-13.5)
-    batch 5-16 (BLOCK_M = 16) 2:4  6.18    4:8  8.35     (before: 11.0-11.4 / 22.0-22.5)
-The tensor-core tile is the part above 6: its selects cost ≈ 19 instructions per 2:4 group.
-Two byte permutes (PRMT) per group with a selector word built from the index nibble
-(0x54545454 ^ 0x44 << 8·p0 ^ 0x66 << 8·p1, checked on all six 2:4 patterns) would take ≈ 11,
-but tl.inline_asm_elementwise packs registers by the layout Triton picks, so which four
-elements one asm call sees is not under the kernel's control; not done.
+    batch 5-16 (BLOCK_M = 16) 2:4  4.51    4:8  8.35     (before: 11.0-11.4 / 22.0-22.5)
+4:8 on the tensor cores stays above 6: its selects cost ≈ 40 instructions per group; the 2:4
+byte-permute scheme would extend to it with 8-column selector words.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import _slots, check_tensor, check_x, make_out, unpack
+from kernels._common import _slots, check_tensor, check_x, dot_t, make_out, unpack
 from kernels._sparse import k_tile_range, rows_total, store_split
 
 FORMAT = "nm"
@@ -84,6 +84,51 @@ def scatter_dense(vals, pos, N_KEEP: tl.constexpr, M: tl.constexpr):
             col = tl.where(p[t] == c, v[t], col)
         cols = cols + (col,)
     return _interleave_columns(cols, M)
+
+
+# 2:4 dense columns by byte permutes, two groups per call (pack=2; 32-bit inputs one register per
+# element: $4 $5 value pairs, $6 $7 index nibbles p0 | p1 << 2; fp16 outputs two per register,
+# element 0 in the low half: $0 … $3 = columns 0 … 3). Per group a selector word s holds, in byte
+# c, the PRMT selector of column c among {pair, 0}: 0x10 first value, 0x32 second, 0x54 zero;
+# it starts as 0x54545454 and two shifted XORs place the kept ones (0x54 ^ 0x10 = 0x44 at byte
+# p0, 0x54 ^ 0x32 = 0x66 at byte p1). PRMT reads selector bits 15:0, so s >> 16 serves columns
+# 2, 3. Four more PRMTs pair the two groups' halves per column. tests/test_kernels_sparse.py
+# runs this on a model of the instructions.
+NM24_VALUES_PTX = tl.constexpr(
+    "{ .reg .b32 t0, t1, s, z, la, ha, lb, hb; mov.b32 z, 0;"
+    " shl.b32 t0, $6, 3; and.b32 t0, t0, 0x18; shl.b32 t1, $6, 1; and.b32 t1, t1, 0x18;"
+    " shl.b32 t0, 0x44, t0; shl.b32 t1, 0x66, t1; xor.b32 s, t0, t1; xor.b32 s, s, 0x54545454;"
+    " prmt.b32 la, $4, z, s; shr.b32 s, s, 16; prmt.b32 ha, $4, z, s;"
+    " shl.b32 t0, $7, 3; and.b32 t0, t0, 0x18; shl.b32 t1, $7, 1; and.b32 t1, t1, 0x18;"
+    " shl.b32 t0, 0x44, t0; shl.b32 t1, 0x66, t1; xor.b32 s, t0, t1; xor.b32 s, s, 0x54545454;"
+    " prmt.b32 lb, $5, z, s; shr.b32 s, s, 16; prmt.b32 hb, $5, z, s;"
+    " prmt.b32 $0, la, lb, 0x5410; prmt.b32 $1, la, lb, 0x7632;"
+    " prmt.b32 $2, ha, hb, 0x5410; prmt.b32 $3, ha, hb, 0x7632; }")
+
+
+@triton.jit
+def columns24(pairs, index_bytes, v_ptr, USE_ASM: tl.constexpr):
+    """2:4 groups → their 4 dense columns: pairs (R, G) uint32 (a group's two kept 16-bit values,
+    first in the low half), index_bytes (R, G/2) → 4 tensors (R, G) in the values' dtype, 0 where
+    pruned. Elementwise in (R, G), so it holds whatever registers Triton packs together."""
+    b = index_bytes.to(tl.int32)
+    nibble = tl.interleave(b & 0xF, b >> 4)  # (R, G): p0 | p1 << 2
+    if USE_ASM:
+        c0, c1, c2, c3 = tl.inline_asm_elementwise(
+            NM24_VALUES_PTX, "=r,=r,=r,=r,r,r,r,r", [pairs, nibble],
+            dtype=(v_ptr.dtype.element_ty, v_ptr.dtype.element_ty, v_ptr.dtype.element_ty, v_ptr.dtype.element_ty),
+            is_pure=True, pack=2)
+    else:
+        v0 = (pairs & 0xFFFF).to(tl.uint16).to(v_ptr.dtype.element_ty, bitcast=True)
+        v1 = (pairs >> 16).to(tl.uint16).to(v_ptr.dtype.element_ty, bitcast=True)
+        p0 = nibble & 3
+        p1 = nibble >> 2
+        zero = tl.zeros_like(v0)
+        c0 = tl.where(p0 == 0, v0, zero)
+        c1 = tl.where(p0 == 1, v0, tl.where(p1 == 1, v1, zero))
+        c2 = tl.where(p0 == 2, v0, tl.where(p1 == 2, v1, zero))
+        c3 = tl.where(p1 == 3, v1, zero)
+    return c0, c1, c2, c3
 
 
 @triton.jit
@@ -136,10 +181,13 @@ def _nm_matmul_kernel(
     ws_ptr, ticket_ptr,  # split-K workspace (kernels/_sparse.py)
     batch_bucket,  # autotune key only
     N_KEEP: tl.constexpr, M: tl.constexpr, INDEX_BITS: tl.constexpr,
+    USE_ASM: tl.constexpr,  # False under the interpreter
     GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # 2:4 on the tensor cores: value pairs → 4 column tiles (columns24), one dot per column
+    PAIRS: tl.constexpr = GEMV_ROWS == 0 and N_KEEP == 2 and M == 4
     BLOCK_G: tl.constexpr = BLOCK_K // M  # groups per tile
     BLOCK_KC: tl.constexpr = BLOCK_G * N_KEEP  # kept values per tile row
     BLOCK_IB: tl.constexpr = BLOCK_KC * INDEX_BITS // 8  # index bytes per tile row
@@ -157,29 +205,42 @@ def _nm_matmul_kernel(
         offs_ib = t * BLOCK_IB + tl.arange(0, BLOCK_IB)
         index_bytes = tl.load(i_rows + offs_ib[None, :], mask=n_mask[:, None] & (offs_ib[None, :] < IB),
                               other=0)  # (BLOCK_N, BLOCK_IB)
-        offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
-        vals = tl.load(v_rows + offs_c[None, :], mask=n_mask[:, None] & (offs_c[None, :] < KC),
-                       other=0.0)  # (BLOCK_N, BLOCK_KC)
-        pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
-        if GEMV_ROWS > 0:
-            offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * M + tl.arange(0, M)[None, :]
-            for b in tl.static_range(GEMV_ROWS):
-                xb = tl.load(x_ptr + b * stride_xb + offs_x, mask=offs_x < K, other=0.0)  # (BLOCK_G, M)
-                prod = kept_products(vals, pos, xb, N_KEEP, M)  # (BLOCK_N, BLOCK_G)
-                if GEMV_ROWS == 1:  # reduce once after the loop
-                    acc2 += prod
-                else:
-                    part = tl.sum(prod, axis=1)  # (BLOCK_N,)
-                    acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
+        if PAIRS:
+            offs_g = t * BLOCK_G + tl.arange(0, BLOCK_G)
+            pairs = tl.load(v_rows.to(tl.pointer_type(tl.uint32)) + offs_g[None, :],
+                            mask=n_mask[:, None] & (offs_g[None, :] < KC // 2), other=0)  # (BLOCK_N, BLOCK_G)
+            cols = columns24(pairs, index_bytes, v_ptr, USE_ASM)  # 4 × (BLOCK_N, BLOCK_G)
+            offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * 4 + tl.arange(0, 4)[None, :]  # (BLOCK_G, 4)
+            x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :],
+                        mask=(offs_m[:, None, None] < B) & (offs_x[None, :, :] < K), other=0.0)  # (BLOCK_M, BLOCK_G, 4)
+            xe, xo = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_G, 2, 2)))  # columns 0 2 / 1 3
+            x0, x2 = tl.split(xe)
+            x1, x3 = tl.split(xo)
+            acc = dot_t(x0, cols[0], acc, DOT_F32)
+            acc = dot_t(x1, cols[1], acc, DOT_F32)
+            acc = dot_t(x2, cols[2], acc, DOT_F32)
+            acc = dot_t(x3, cols[3], acc, DOT_F32)
         else:
-            w = scatter_dense(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K), x's dtype, 0 where pruned
-            offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xb + offs_k[None, :],
-                        mask=(offs_m[:, None] < B) & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
-            if DOT_F32:
-                acc = tl.dot(x.to(tl.float32), tl.trans(w).to(tl.float32), acc)
+            offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
+            vals = tl.load(v_rows + offs_c[None, :], mask=n_mask[:, None] & (offs_c[None, :] < KC),
+                           other=0.0)  # (BLOCK_N, BLOCK_KC)
+            pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
+            if GEMV_ROWS > 0:
+                offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * M + tl.arange(0, M)[None, :]
+                for b in tl.static_range(GEMV_ROWS):
+                    xb = tl.load(x_ptr + b * stride_xb + offs_x, mask=offs_x < K, other=0.0)  # (BLOCK_G, M)
+                    prod = kept_products(vals, pos, xb, N_KEEP, M)  # (BLOCK_N, BLOCK_G)
+                    if GEMV_ROWS == 1:  # reduce once after the loop
+                        acc2 += prod
+                    else:
+                        part = tl.sum(prod, axis=1)  # (BLOCK_N,)
+                        acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
             else:
-                acc = tl.dot(x, tl.trans(w), acc)
+                w = scatter_dense(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K), x's dtype, 0 where pruned
+                offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+                x = tl.load(x_ptr + offs_m[:, None] * stride_xb + offs_k[None, :],
+                            mask=(offs_m[:, None] < B) & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
+                acc = dot_t(x, w, acc, DOT_F32)
     acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
@@ -252,10 +313,12 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *, n: i
     if k == 0:
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
+    if values.data_ptr() % 4:  # the 2:4 tensor-core path reads value pairs as uint32
+        values = values.clone()
     _sparse.launch(_GEMV, _TILED, x, rows,
                    (x, values, indices, out, batch, rows, k, kc, index_bytes,
                     x.stride(0), values.stride(0), indices.stride(0), out.stride(0)),
-                   N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m])
+                   N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], USE_ASM=not _sparse._interpreting())
     return out
 
 
@@ -284,7 +347,7 @@ def reference(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *, n
 def _static(n: int, m: int):
     return _sparse.static_spec(
         f"nm {n}:{m}", _nm_matmul_kernel, dict(x="fp16", v="fp16", i="u8", y="fp16"), ("v", "i"),
-        dict(N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m]), GEMV_CONFIGS, TILED_CONFIGS,
+        dict(N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], USE_ASM=True), GEMV_CONFIGS, TILED_CONFIGS,
         n / m * (2 + INDEX_BITS[m] / 8))
 
 

@@ -190,6 +190,51 @@ def test_split_count_reaches_two_ctas_per_sm():
         assert n_blocks * split >= min(_sparse.TARGET_CTAS, n_blocks * k_tiles)
 
 
+
+# The interpreter cannot run PTX: the 2:4 byte-permute asm (kernels/nm.py, NM24_VALUES_PTX) runs
+# here on a model of the few instructions it uses, fed as Triton packs it with pack=2 (32-bit
+# inputs one register per element; 16-bit outputs two per register, element 0 in the low half).
+
+def _prmt(a: int, b: int, sel: int) -> int:
+    pool = (b << 32 | a).to_bytes(8, "little")
+    out = 0
+    for i in range(4):
+        s = (sel >> 4 * i) & 0xF
+        byte = pool[s & 7]
+        out |= ((0xFF if byte & 0x80 else 0) if s & 8 else byte) << 8 * i
+    return out
+
+
+PTX_OPS = {"mov.b32": lambda a: a, "shl.b32": lambda a, b: a << b, "shr.b32": lambda a, b: a >> b,
+           "and.b32": lambda a, b: a & b, "xor.b32": lambda a, b: a ^ b, "prmt.b32": _prmt}
+
+
+def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
+    """Straight-line PTX of an inline_asm_elementwise string on 32-bit registers."""
+    regs = dict(regs)
+    for line in asm.replace("{", ";").replace("}", ";").split(";"):
+        parts = line.replace(",", " ").split()
+        if not parts or parts[0] == ".reg":
+            continue
+        assert parts[0] in PTX_OPS, f"no model for PTX instruction {parts[0]}"
+        args = [regs[a] if a in regs else int(a, 0) for a in parts[2:]]
+        regs[parts[1]] = PTX_OPS[parts[0]](*args) & 0xFFFFFFFF
+    return regs
+
+
+def test_nm24_ptx_places_kept_values_in_their_columns():
+    patterns = [(p0, p1) for p0 in range(4) for p1 in range(p0 + 1, 4)]
+    rng = torch.Generator().manual_seed(3)
+    for a, b in [(i, j) for i in range(6) for j in range(6)]:
+        values = torch.randint(1, 0xFFFF, (4,), generator=rng).tolist()  # two groups' pairs, never 0
+        (pa0, pa1), (pb0, pb1) = patterns[a], patterns[b]
+        out = run_ptx(nm.NM24_VALUES_PTX.value, {"$4": values[0] | values[1] << 16, "$5": values[2] | values[3] << 16,
+                                                  "$6": pa0 | pa1 << 2, "$7": pb0 | pb1 << 2})
+        for c in range(4):
+            want_a = values[0] if c == pa0 else values[1] if c == pa1 else 0
+            want_b = values[2] if c == pb0 else values[3] if c == pb1 else 0
+            assert out[f"${c}"] == want_a | want_b << 16, (patterns[a], patterns[b], c)
+
 def _x(k=64, dtype=torch.float16):
     return torch.zeros(2, k, dtype=dtype, device=DEVICE)
 
