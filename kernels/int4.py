@@ -66,19 +66,18 @@ def _quant_matmul_kernel(
     PACKED_K: tl.constexpr = BLOCK_K * BITS // 8
     k_start = tl.program_id(1) * K_SPLIT
     k_end = tl.minimum(k_start + K_SPLIT, K)
-    # K_SPLIT is whole BLOCK_K tiles of ≥ 32 codes: the split starts on a 16-byte boundary.
-    offs_b = tl.multiple_of(k_start * BITS // 8, 16) + tl.arange(0, PACKED_K)  # (PACKED_K,) row bytes
+    # K_SPLIT is whole BLOCK_K tiles: the split starts on a multiple of PACKED_K (≥ 16) bytes.
+    offs_b = tl.multiple_of(k_start * BITS // 8, PACKED_K) + tl.arange(0, PACKED_K)  # (PACKED_K,) row bytes
     q_ptrs = q_ptr + rows[:, None] * stride_q + offs_b[None, :]  # (BLOCK_N, PACKED_K)
     x_ptrs = x_ptr + offs_m[:, None] * stride_xb + (k_start + tl.arange(0, BLOCK_K))[None, :] * stride_xk
     m_mask = offs_m[:, None] < B
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        # stride_q is the row's byte count (contiguous rows): the mask is constant over 16 bytes.
         if EVEN:
             packed = tl.load(q_ptrs)
             x = tl.load(x_ptrs, mask=m_mask, other=0.0)
-        else:
+        else:  # stride_q is the row's byte count (contiguous rows): constant over 16 bytes
             packed = tl.load(q_ptrs, mask=n_mask[:, None] & (offs_b[None, :] < stride_q), other=0)
             x = tl.load(x_ptrs, mask=m_mask & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
         if PER_TILE:

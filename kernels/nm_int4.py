@@ -141,9 +141,9 @@ def _nm_int4_matmul_kernel(
     FAST: tl.constexpr = N_KEEP == 2 and M == 4 and (GROUP == 0 or GROUP % BLOCK_K == 0)
     k_start = tl.program_id(1) * K_SPLIT
     k_end = tl.minimum(k_start + K_SPLIT, K)
-    c_start = k_start // M * N_KEEP  # K_SPLIT is whole tiles: code and index bytes start 16-aligned
-    offs_vb = tl.multiple_of(c_start // 2, 16) + tl.arange(0, CODE_BYTES)  # (CODE_BYTES,)
-    offs_ib = tl.multiple_of(c_start * INDEX_BITS // 8, 16) + tl.arange(0, INDEX_BYTES)  # (INDEX_BYTES,)
+    c_start = k_start // M * N_KEEP  # K_SPLIT is whole tiles: the byte offsets are whole tiles too
+    offs_vb = tl.multiple_of(c_start // 2, CODE_BYTES) + tl.arange(0, CODE_BYTES)  # (CODE_BYTES,)
+    offs_ib = tl.multiple_of(c_start * INDEX_BITS // 8, INDEX_BYTES) + tl.arange(0, INDEX_BYTES)  # (INDEX_BYTES,)
     v_ptrs = v_ptr + rows[:, None] * stride_v + offs_vb[None, :]  # (BLOCK_N, CODE_BYTES)
     i_ptrs = i_ptr + rows[:, None] * stride_i + offs_ib[None, :]  # (BLOCK_N, INDEX_BYTES)
     x_ptrs = x_ptr + offs_m[:, None] * stride_xb + (k_start + tl.arange(0, BLOCK_K))[None, :] * stride_xk
