@@ -22,11 +22,12 @@ scale and zero are loaded once per 32-bit mask word; otherwise per column. A row
 start at any nibble: the gather reads the byte of each code and shifts by its parity.
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
-Measured on sm_90 (Triton 3.9, `python -m kernels.static_report --kernel bitmask-int4`), batch 1:
-see bench/results/kernels-sm90.json. Per column the kernel pays ≈ 12 instructions (mask
-popcount, predicated 8-bit gather, nibble shift, dequantization, FFMA) against 0.375 packed
-bytes at 50% sparsity, so it stays far above 6 per byte; docs/formats.md, "Kernel limits",
-says what it would take.
+Measured on sm_90 (Triton 3.9, `python -m kernels.static_report --kernel bitmask-int4`), 50%
+sparsity, g = 128: 55-67 SASS instructions per packed byte at batch 1 (was 128-180), 75 on the
+BLOCK_M = 16 tiles; bitmask-int8 23-25 and 38. Per column the kernel pays ≈ 20 instructions
+(mask shift and popcount, a predicated 8-bit gather and its address, the nibble shift, the
+dequantization, the FFMA, the re-layout of per-word data) against 0.375 packed bytes, so it
+stays far above 6 per byte; docs/formats.md, "Kernel limits", says what it would take.
 """
 
 from __future__ import annotations
