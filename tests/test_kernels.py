@@ -282,7 +282,7 @@ def test_nm24_ptx_gives_dense_columns():
                    (patterns[i] for i in rng.integers(0, len(patterns), 4))]
         own = [nibbles[g] << 4 * (g % 2) | nibbles[g ^ 1] << 4 * (1 - g % 2) for g in range(4)]  # byte g // 2
         word = lambda b: int.from_bytes(bytes(int(v) for v in b), "little")  # noqa: E731
-        inputs = {"$8": word(codes), "$9": word(own), "$10": word([0, 1, 0, 1]),
+        inputs = {"$8": word(codes), "$9": word(own), "$10": word([0, 255, 0, 255]),
                   **{f"${i}": 0x00640064 + z * 0x01000100 for i in range(11, 15)},
                   **{f"${i}": (0x6400 + z) * 0x10001 for i in range(15, 19)},
                   **{f"${19 + 4 * t + j}": tables[t] for t in range(8) for j in range(4)}}
