@@ -20,7 +20,10 @@ per shape); the report finds them through kernels.FORMATS. For every production 
 4. writes one row per config: instr_per_byte = loop instructions / packed bytes that thread loads
    per iteration (the spec's count; `ptx_packed_bytes` is what the PTX loop loads, as a check),
    load_bits = the narrowest packed load in the loop, registers / spill_bytes (local memory per
-   thread) / shared_bytes, and ctas = CTAs launched at batch 1 on each target shape.
+   thread) / shared_bytes, ctas = CTAs launched at batch 1 on each target shape, resident_ctas
+   per SM (registers, shared memory, threads) and inflight_kb: the packed KB one iteration of the
+   CTAs on an SM has in flight at batch 1 (DESIGN.md asks ≈ 25-30 KB to cover DRAM latency;
+   reported, not tested).
 
 The limits the batch 1-16 path must meet (tests/test_static_report.py): 128-bit packed loads,
 ≤ MAX_INSTR_PER_BYTE instructions per packed byte, ≥ MIN_CTAS CTAs at batch 1 on every shape.
@@ -49,6 +52,7 @@ LOAD_BITS = 128
 # H200: 3.3e13 thread-instructions/s over 4.27 TB/s is 7.8 per byte at perfect issue, ≈ 5 in practice.
 MAX_INSTR_PER_BYTE = 6.0
 MIN_CTAS = 264  # 2 CTAs on each of the H200's 132 SMs
+SMS, REGISTERS_PER_SM, SHARED_PER_SM, THREADS_PER_SM, CTAS_PER_SM = 132, 65536, 228 * 1024, 2048, 32
 OUT = Path(__file__).resolve().parent.parent / "bench" / "results" / "kernels-sm90.json"
 PATHS = ("batch 1-16", "large batch")  # kernels._common.BATCH_1_16, LARGE_BATCH
 
@@ -64,6 +68,8 @@ class Row:
     spill_bytes: int | None = None
     shared_bytes: int | None = None
     ctas: dict = field(default_factory=dict)  # "NxK" → CTAs at batch 1
+    resident_ctas: int | None = None  # per SM, as registers, shared memory and threads allow
+    inflight_kb: dict = field(default_factory=dict)  # "NxK" → packed KB one iteration keeps in flight per SM
     loop_instructions: int | None = None
     packed_bytes: int | None = None  # declared by the spec, per thread per iteration
     ptx_packed_bytes: int | None = None  # summed over the packed loads of the PTX main loop
@@ -268,6 +274,14 @@ def resources(cubin: bytes) -> tuple[int, int]:
     return int(re.search(r"REG:(\d+)", text).group(1)), int(re.search(r"LOCAL:(\d+)", text).group(1))
 
 
+def resident_ctas(registers: int, shared: int, threads: int) -> int:
+    """CTAs one Hopper SM holds at once: registers are allocated per warp in blocks of 256."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = REGISTERS_PER_SM // (per_warp * threads // 32)
+    by_shared = SHARED_PER_SM // shared if shared else CTAS_PER_SM
+    return min(by_registers, by_shared, THREADS_PER_SM // threads, CTAS_PER_SM)
+
+
 def analyse(job: tuple) -> Row:
     fmt, name, path, index = job
     spec = find_spec(fmt, name)
@@ -283,6 +297,10 @@ def analyse(job: tuple) -> Row:
     cubin = compiled.asm["cubin"]
     row.registers, row.spill_bytes = resources(cubin)
     row.shared_bytes = compiled.metadata.shared
+    threads = 32 * config.num_warps
+    row.resident_ctas = resident_ctas(row.registers, row.shared_bytes, threads)
+    row.inflight_kb = {shape: round(min(row.resident_ctas, n / SMS) * threads * row.packed_bytes / 1024, 1)
+                       for shape, n in row.ctas.items()}
     loads = ptx_loop_loads(compiled.asm["ptx"],
                            packed_params(spec.kernel, dict(spec.constexprs, **config.kwargs), spec.packed))
     body = sass_main_loop(*disassemble(cubin))
