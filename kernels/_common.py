@@ -313,7 +313,7 @@ def dequant(q, s_ptr, z_ptr, rows, n_mask, offs_k, k0, K, stride_g,
 @triton.jit
 def block_offsets(B, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Row offsets into x/y (BLOCK_M,) and into the weight (BLOCK_N,) for this program.
-    M varies fastest; on the GEMV path cdiv(B, BLOCK_M) == 1."""
+    M varies fastest; up to batch BLOCK_M there is one row block."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(B, BLOCK_M)
     offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
