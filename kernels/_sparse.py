@@ -136,13 +136,13 @@ def batch_bucket(batch: int) -> int:
     return min(next_pow2(batch), 2048)
 
 
-def launch(gemv, tiled, x: torch.Tensor, n_out: int, args: tuple, **meta) -> None:
-    """Launch `gemv` (B ≤ GEMV_MAX_BATCH) or `tiled` over a (row blocks, SPLIT) grid.
+def launch(gemv, tiled, x: torch.Tensor, n_out: int, args: tuple, gemv_max: int = GEMV_MAX_BATCH, **meta) -> None:
+    """Launch `gemv` (B ≤ gemv_max) or `tiled` over a (row blocks, SPLIT) grid.
 
     `args` are the kernel's runtime arguments from x_ptr to stride_yb; the workspace pointers
     and batch_bucket follow them. `meta` are the format's constexprs."""
     batch = x.shape[0]
-    is_gemv = batch <= GEMV_MAX_BATCH
+    is_gemv = batch <= gemv_max
     kernel = gemv if is_gemv else tiled
     if is_gemv:
         meta.update(BLOCK_M=next_pow2(batch), GEMV_ROWS=batch, DOT_F32=False)

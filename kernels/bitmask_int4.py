@@ -13,21 +13,30 @@ Math:
     y[b, n]    = Σ_k x[b, k] · Ŵ[n, k]        fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
-The bitmask kernel (kernels/bitmask.py: words, a popcount per word and a prefix across the
-row, a popcount per column inside the word, split over K) gathering codes instead of values:
-the gather returns the zero code for pruned columns, so (code − zero) · scale is exactly 0
-there with no select. Codes become fp32 by the 2^23 trick (OR into 0x4B000000, subtract
-2^23 + zero: exact for codes < 2^23). When g is a multiple of 32 (every production group) the
-scale and zero are loaded once per 32-bit mask word; otherwise per column. A row's int4 codes
-start at any nibble: the gather reads the byte of each code and shifts by its parity.
+Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_sparse.py):
+- BYTE_LUT (int4 codes, tiles inside one quantization group: g = −1 or a multiple of 128, the
+  pipeline's 128 among them), tensor cores at every batch (BLOCK_M = 16 up to 16 rows): per
+  mask byte (8 columns) a popcount and a prefix across the row give the nibble index of its
+  first code; two 32-bit words of the code stream around it are loaded, a funnel shift lines up
+  its codes, and two byte permutes (PRMT) whose selectors come from a 256-entry table indexed by
+  the mask byte place each code in its column, the zero code in the pruned ones; the fp16/bf16
+  exponent trick and one pair subtraction give code − zero (exactly 0 where pruned). Inline PTX
+  (CODES4_COLUMNS_PTX, checked on an instruction model in tests/test_kernels_sparse.py); the
+  interpreter runs the same steps on integers. One dot per column of the mask bytes against
+  x's columns c, c + 8, … (a dot's K order is free), the scale once per tile.
+- otherwise (int8 codes, other groups): column by column as kernels/bitmask.py (a popcount per
+  32-bit mask word, the rank of a column by one shift and popcount, a predicated gather in
+  inline PTX) returning the zero code for pruned columns, so (code − zero) · scale is exactly 0
+  there; codes become fp32 by the 2^23 trick, scale and zero once per word when g is a multiple
+  of 32, else per column. GEMV for B ≤ 4, tl.dot above.
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
-Measured on sm_90 (Triton 3.9, `python -m kernels.static_report --kernel bitmask-int4`), 50%
-sparsity, g = 128: 55-67 SASS instructions per packed byte at batch 1 (was 128-180), 75 on the
-BLOCK_M = 16 tiles; bitmask-int8 23-25 and 38. Per column the kernel pays ≈ 20 instructions
-(mask shift and popcount, a predicated 8-bit gather and its address, the nibble shift, the
-dequantization, the FFMA, the re-layout of per-word data) against 0.375 packed bytes, so it
-stays far above 6 per byte; docs/formats.md, "Kernel limits", says what it would take.
+Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, g = 128,
+SASS instructions per packed byte: bitmask-int4 27 at batch 1-16 (BYTE_LUT; was 128-180),
+bitmask-int8 23-25 at batch 1, 38 on the tiles. Still far above 6: the mask byte's prefix,
+three 32-bit gathers (two code words, the selector) and their addresses, ≈ 16 permutes and
+masks per 8 columns, and the shared-memory staging of 8 column tiles for the dots. Packed loads
+are 32-bit: a byte's codes start at any nibble. docs/formats.md, "Kernel limits".
 """
 
 from __future__ import annotations
@@ -37,10 +46,11 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import check_group, check_tensor, make_out
+from kernels._common import check_group, check_tensor, dot_t, make_out
 from kernels._sparse import code_value, k_tile_range, rows_total, store_split
-from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, accumulate_words, check_bitmask,
-                             gather_kept, kept_and_slots, mask_words, tile_bases, tuned, values_before)
+from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
+                             check_bitmask, gather_kept, kept_and_slots, mask_tile, mask_words, popcount8,
+                             tile_bases, tuned, values_before)
 
 FORMAT = "bitmask-int4"
 
@@ -57,22 +67,153 @@ def word_params(s_ptr, z_ptr, rows, n_mask, t, K, stride_g, GROUP: tl.constexpr,
     return scale, zero
 
 
+# 4-bit codes of one mask byte → its 8 dense columns, code − zero, as fp16/bf16 (pack=2: inputs one
+# register per element, two elements per call; outputs two per register, element 0 low):
+#   $8 $9 lo, $10 $11 hi: the two uint32 words of the code stream holding the byte's codes,
+#   $12 $13 shift: 4 · (nibble index of its first code mod 8), $14 $15 sel: BYTE_SELECTORS[byte],
+#   $16 $17 cnt: its kept count, $18 $19 zb: zero << 24, $20 $21 zz: (bias + zero) as a 16-bit pair.
+# The funnel shift leaves the byte's codes as the nibbles of w, rank r in nibble r; the even and
+# odd ranks spread to the bytes of l4 and h4, and when fewer than 8 are kept, h4's top byte (rank
+# 7, unused then) becomes the zero code. Two PRMTs pick each column's byte (its rank, or the zero
+# code for a pruned column); two more per 4 bytes put them under the exponent of `bias` (1024.0
+# fp16 / 128.0 bf16: bias + code exactly), and the pair subtraction leaves code − zero, 0.0 where
+# pruned. Four PRMTs per call pair up the two elements' halves per column: $0 … $7 = columns 0 … 7.
+CODES4_COLUMNS_PTX = (
+    "{ .reg .pred p; .reg .b32 w, l4, h4, d0, d1, s2, e, f0a, f1a, f2a, f3a, f0b, f1b, f2b, f3b;"
+    " mov.b32 e, EXP;"
+    + "".join(
+        f" shf.r.wrap.b32 w, ${8 + i}, ${10 + i}, ${12 + i};"
+        " and.b32 l4, w, 0x0F0F0F0F; shr.b32 h4, w, 4; and.b32 h4, h4, 0x0F0F0F0F;"
+        f" setp.lt.u32 p, ${16 + i}, 8; @p and.b32 h4, h4, 0x00FFFFFF; @p or.b32 h4, h4, ${18 + i};"
+        f" prmt.b32 d0, l4, h4, ${14 + i}; shr.b32 s2, ${14 + i}, 16; prmt.b32 d1, l4, h4, s2;"
+        f" prmt.b32 f0{ab}, d0, e, 0x5150; prmt.b32 f1{ab}, d0, e, 0x5352;"
+        f" prmt.b32 f2{ab}, d1, e, 0x5150; prmt.b32 f3{ab}, d1, e, 0x5352;"
+        + "".join(f" SUB f{j}{ab}, f{j}{ab}, ${20 + i};" for j in range(4))
+        for i, ab in ((0, "a"), (1, "b")))
+    + "".join(f" prmt.b32 ${2 * j}, f{j}a, f{j}b, 0x5410; prmt.b32 ${2 * j + 1}, f{j}a, f{j}b, 0x7632;"
+              for j in range(4))
+    + " }")
+CODES4_FP16_PTX = tl.constexpr(CODES4_COLUMNS_PTX.replace("EXP", "0x64646464").replace("SUB", "sub.f16x2"))
+CODES4_BF16_PTX = tl.constexpr(CODES4_COLUMNS_PTX.replace("EXP", "0x43434343").replace("SUB", "sub.rn.bf16x2"))
+
+
+def byte_selectors() -> list[int]:
+    """PRMT selectors per mask byte m: column c (bit c) reads rank popcount(m & (2^c − 1)) of the
+    byte's codes, at byte r // 2 of l4 (even r) or 4 + r // 2 of h4 (odd r); a pruned column reads
+    byte 7 (the zero code). Columns 0-3 in bits 15:0, 4-7 in bits 31:16."""
+    table = []
+    for m in range(256):
+        sel = 0
+        for c in range(8):
+            r = bin(m & ((1 << c) - 1)).count("1")
+            byte = (r // 2 + 4 * (r % 2)) if m >> c & 1 else 7
+            sel |= byte << (4 * (c % 4) + 16 * (c // 4))
+        table.append(sel)
+    return table
+
+
+_selectors: dict = {}
+
+
+def selectors(device) -> torch.Tensor:
+    """byte_selectors() as int32 on `device`, built once."""
+    if device not in _selectors:
+        _selectors[device] = torch.tensor(byte_selectors(), dtype=torch.int64).to(torch.int32).to(device)
+    return _selectors[device]
+
+
+@triton.jit
+def _split8(x):
+    """x (R, C, 8) → its 8 columns (R, C), in-thread splits (bit-reversed pairing undone)."""
+    R: tl.constexpr = x.shape[0]
+    C: tl.constexpr = x.shape[1]
+    e, o = tl.split(tl.reshape(x, (R, C, 4, 2)))  # columns 0 2 4 6 / 1 3 5 7
+    ee, eo = tl.split(tl.reshape(e, (R, C, 2, 2)))  # 0 4 / 2 6
+    oe, oo = tl.split(tl.reshape(o, (R, C, 2, 2)))  # 1 5 / 3 7
+    x0, x4 = tl.split(ee)
+    x2, x6 = tl.split(eo)
+    x1, x5 = tl.split(oe)
+    x3, x7 = tl.split(oo)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def byte_columns(lo, hi, shift, sel, cnt, zero, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
+    """The 8 dense columns (code − zero) of each mask byte, 8 × (R, NB) in v_dtype; see
+    CODES4_COLUMNS_PTX. zero (R, NB) int32."""
+    if USE_ASM:
+        if v_dtype == tl.bfloat16:
+            bias = ((0x4300 + zero) * 0x10001).to(tl.uint32)
+            cols = tl.inline_asm_elementwise(
+                CODES4_BF16_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 14,
+                [lo, hi, shift, sel, cnt, (zero << 24).to(tl.uint32), bias],
+                dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
+        else:
+            bias = ((0x6400 + zero) * 0x10001).to(tl.uint32)
+            cols = tl.inline_asm_elementwise(
+                CODES4_FP16_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 14,
+                [lo, hi, shift, sel, cnt, (zero << 24).to(tl.uint32), bias],
+                dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+    else:  # the same steps on 64-bit integers
+        w = ((hi.to(tl.uint64) << 32 | lo.to(tl.uint64)) >> shift.to(tl.uint64)) & 0xFFFFFFFF
+        l4 = w & 0x0F0F0F0F
+        h4 = (w >> 4) & 0x0F0F0F0F
+        h4 = tl.where(cnt < 8, (h4 & 0x00FFFFFF) | (zero.to(tl.uint64) << 24), h4)
+        pool = l4 | (h4 << 32)
+        s = sel.to(tl.uint64)
+        cols = ()
+        for c in tl.static_range(8):
+            byte = (pool >> (8 * ((s >> (4 * (c % 4) + 16 * (c // 4))) & 7))) & 0xFF
+            # via fp32: the interpreter's int → bf16 is not a conversion
+            cols = cols + ((byte.to(tl.int32) - zero).to(tl.float32).to(v_dtype),)
+    return cols
+
+
+@triton.jit
+def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB, NW,
+             stride_xb, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One K tile of bitmask-int4 on the tensor cores (the tile lies in one quantization group:
+    scale, zero (BLOCK_N,)). Returns acc + x · Ŵᵀ and the tile's kept count per row."""
+    BLOCK_M: tl.constexpr = acc.shape[0]
+    NB: tl.constexpr = BLOCK_K // 8
+    b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)  # (BLOCK_N, NB)
+    valid = K - (t * BLOCK_K + tl.arange(0, NB) * 8)  # columns of each byte inside K
+    b = b & tl.where(valid >= 8, 0xFF, (1 << tl.maximum(valid, 0)) - 1)[None, :]
+    cnt = popcount8(b)
+    idx = start[:, None] + tl.cumsum(cnt, axis=1) - cnt  # nibble index of each byte's first code
+    word = idx >> 3
+    some = cnt > 0
+    lo = tl.load(v32_ptr + word, mask=some & (word < NW), other=0)
+    hi = tl.load(v32_ptr + word + 1, mask=some & (word + 1 < NW), other=0)
+    sel = tl.load(lut_ptr + b)
+    z = tl.broadcast_to(zero[:, None], b.shape)
+    cols = byte_columns(lo, hi, (idx & 7) * 4, sel, cnt, z, x_ptr.dtype.element_ty, USE_ASM)
+    offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
+    x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :],
+                mask=(offs_m[:, None, None] < B) & (offs_x[None, :, :] < K), other=0.0)  # (BLOCK_M, NB, 8)
+    xs = _split8(x)
+    part = tl.zeros(acc.shape, dtype=tl.float32)
+    for c in tl.static_range(8):  # a dot's K order is free: one per column of the mask bytes
+        part = dot_t(xs[c], cols[c], part, DOT_F32)
+    return acc + part * scale[None, :], tl.sum(cnt, axis=1)
+
+
 @triton.jit
 def _bitmask_quant_matmul_kernel(
-    x_ptr, mask_ptr, v_ptr, ro_ptr, s_ptr, z_ptr, y_ptr,
-    B, N, K, MB,  # MB: mask bytes per row
+    x_ptr, mask_ptr, v_ptr, ro_ptr, s_ptr, z_ptr, y_ptr, lut_ptr,
+    B, N, K, MB, NW,  # MB: mask bytes per row; NW: 32-bit words holding the code stream
     stride_xb, stride_mask, stride_g, stride_yb,
     ws_ptr, ticket_ptr,  # split-K workspace (kernels/_sparse.py)
     batch_bucket,  # autotune key only
     BITS: tl.constexpr,  # 4 or 8
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row
+    BYTE_LUT: tl.constexpr,  # int4, tiles inside one group: mask bytes → columns on the tensor cores
     USE_ASM: tl.constexpr,  # False under the interpreter
     GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     W: tl.constexpr = BLOCK_K // 32
-    PER_WORD: tl.constexpr = GROUP % 32 == 0  # scale and zero constant across a word (GROUP = 0 too)
     num_m = tl.cdiv(B, BLOCK_M)
     offs_m = (tl.program_id(0) % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_n = (tl.program_id(0) // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
@@ -84,29 +225,60 @@ def _bitmask_quant_matmul_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, W, 32), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
     for t in range(first, last):
-        words = mask_words(mask_rows, n_mask, t, K, MB, BLOCK_K)  # (BLOCK_N, W)
-        base, count = tile_bases(words, start)
-        if PER_WORD:
-            scale, zero = word_params(s_ptr, z_ptr, rows, n_mask, t, K, stride_g, GROUP, BLOCK_K)  # (BLOCK_N, W)
-            q = gather_kept(v_ptr, base, words, zero, BITS, USE_ASM)  # (BLOCK_N, W, 32), zero where pruned
-            w = code_value(q, zero[:, :, None]) * scale[:, :, None]
+        if BYTE_LUT:
+            offs_g = rows * stride_g + (t * BLOCK_K // GROUP if GROUP > 0 else 0)
+            scale = tl.load(s_ptr + offs_g, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
+            zero = tl.load(z_ptr + offs_g, mask=n_mask, other=0).to(tl.int32)
+            acc, count = lut_tile(acc, x_ptr, v_ptr.to(tl.pointer_type(tl.uint32)), lut_ptr, mask_rows, n_mask,
+                                  offs_m, t, start, scale, zero, B, K, MB, NW, stride_xb, USE_ASM, DOT_F32, BLOCK_K)
+            start += count
         else:
-            q = gather_kept(v_ptr, base, words, tl.zeros_like(base), BITS, USE_ASM)
-            cols = (t * BLOCK_K + tl.arange(0, BLOCK_K)).reshape(1, W, 32)
-            offs = rows[:, None, None] * stride_g + cols // GROUP
-            s_mask = n_mask[:, None, None] & (cols < K)
-            scale = tl.load(s_ptr + offs, mask=s_mask, other=0.0).to(tl.float32)  # (BLOCK_N, W, 32)
-            zero = tl.load(z_ptr + offs, mask=s_mask, other=0).to(tl.int32)
-            kept = ((words[:, :, None] >> tl.arange(0, 32)[None, None, :].to(tl.uint32)) & 1) != 0
-            w = tl.where(kept, code_value(q, zero) * scale, 0.0)
-        start += count
-        acc, acc2 = accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS, DOT_F32)
+            acc, acc2, start = _word_tile(acc, acc2, x_ptr, mask_rows, v_ptr, s_ptr, z_ptr, rows, n_mask, offs_m, t,
+                                          start, B, K, MB, stride_xb, stride_g, BITS, GROUP, USE_ASM, GEMV_ROWS,
+                                          DOT_F32, BLOCK_K)
     acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
-_GEMV, _TILED = tuned(_bitmask_quant_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS, INTERPRET_CONFIGS,
-                      ["N", "K", "batch_bucket", "BITS", "GROUP"])
+@triton.jit
+def _word_tile(acc, acc2, x_ptr, mask_rows, v_ptr, s_ptr, z_ptr, rows, n_mask, offs_m, t, start, B, K, MB,
+               stride_xb, stride_g, BITS: tl.constexpr, GROUP: tl.constexpr, USE_ASM: tl.constexpr,
+               GEMV_ROWS: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One K tile column by column (kernels/bitmask.py's scheme): any code width and group."""
+    W: tl.constexpr = BLOCK_K // 32
+    PER_WORD: tl.constexpr = GROUP % 32 == 0  # scale and zero constant across a word (GROUP = 0 too)
+    words = mask_words(mask_rows, n_mask, t, K, MB, BLOCK_K)  # (BLOCK_N, W)
+    base, count = tile_bases(words, start)
+    if PER_WORD:
+        scale, zero = word_params(s_ptr, z_ptr, rows, n_mask, t, K, stride_g, GROUP, BLOCK_K)  # (BLOCK_N, W)
+        q = gather_kept(v_ptr, base, words, zero, BITS, USE_ASM)  # (BLOCK_N, W, 32), zero where pruned
+        w = code_value(q, zero[:, :, None]) * scale[:, :, None]
+    else:
+        q = gather_kept(v_ptr, base, words, tl.zeros_like(base), BITS, USE_ASM)
+        cols = (t * BLOCK_K + tl.arange(0, BLOCK_K)).reshape(1, W, 32)
+        offs = rows[:, None, None] * stride_g + cols // GROUP
+        s_mask = n_mask[:, None, None] & (cols < K)
+        scale = tl.load(s_ptr + offs, mask=s_mask, other=0.0).to(tl.float32)  # (BLOCK_N, W, 32)
+        zero = tl.load(z_ptr + offs, mask=s_mask, other=0).to(tl.int32)
+        kept = ((words[:, :, None] >> tl.arange(0, 32)[None, None, :].to(tl.uint32)) & 1) != 0
+        w = tl.where(kept, code_value(q, zero) * scale, 0.0)
+    acc, acc2 = accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS, DOT_F32)
+    return acc, acc2, start + count
+
+
+KEY = ["N", "K", "batch_bucket", "BITS", "GROUP", "BYTE_LUT"]
+_GEMV, _TILED = tuned(_bitmask_quant_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS, INTERPRET_CONFIGS, KEY)
+# BYTE_LUT: tensor cores at every batch (BLOCK_M = 16 up to 16 rows), BLOCK_K = 128 (8 dots of
+# K = 16, one per column of a mask byte; a tile inside one group of 128).
+LUT_CONFIGS = [
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128),
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
+    _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
+    _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
+]
+_LUT = tuned(_bitmask_quant_matmul_kernel, LUT_CONFIGS, LUT_CONFIGS,
+             ([_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128)],) * 2, KEY)[1]
+LUT_BLOCK_K = 128
 
 
 def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor,
@@ -127,10 +299,16 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
     if k == 0:
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
-    _sparse.launch(_GEMV, _TILED, x, rows,
-                   (x, mask, values, row_offsets, scales, zeros, out, batch, rows, k, mask.shape[1],
-                    x.stride(0), mask.stride(0), scales.stride(0), out.stride(0)),
-                   BITS=bits, GROUP=0 if groups == 1 else g, USE_ASM=not _sparse._interpreting())
+    byte_lut = bits == 4 and (groups == 1 or g % LUT_BLOCK_K == 0)
+    if byte_lut and values.data_ptr() % 4:  # the code stream is read as 32-bit words
+        values = values.clone()
+    gemv, tiled = (_LUT, _LUT) if byte_lut else (_GEMV, _TILED)
+    _sparse.launch(gemv, tiled, x, rows,
+                   (x, mask, values, row_offsets, scales, zeros, out, selectors(x.device), batch, rows, k,
+                    mask.shape[1], -(-values.numel() // 4), x.stride(0), mask.stride(0), scales.stride(0),
+                    out.stride(0)),
+                   gemv_max=0 if byte_lut else _sparse.GEMV_MAX_BATCH,
+                   BITS=bits, GROUP=0 if groups == 1 else g, BYTE_LUT=byte_lut, USE_ASM=not _sparse._interpreting())
     return out
 
 
@@ -173,11 +351,14 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_off
 
 
 def static_spec(bits: int):
-    """bitmask-int<bits> at 50% sparsity, groups of 128: the mask and half the weights' codes."""
+    """bitmask-int<bits> at 50% sparsity, groups of 128: the mask and half the weights' codes.
+    int4 runs the BYTE_LUT tensor-core path at every batch, int8 the column-by-column one."""
+    lut = bits == 4
     return _sparse.static_spec(
         f"bitmask-int{bits} 50% g128", _bitmask_quant_matmul_kernel,
-        dict(x="fp16", mask="u8", v="u8", ro="i32", s="fp16", z="u8", y="fp16"), ("mask", "v"),
-        dict(BITS=bits, GROUP=128, USE_ASM=True), GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * bits / 8)
+        dict(x="fp16", mask="u8", v="u8", ro="i32", s="fp16", z="u8", y="fp16", lut="i32"), ("mask", "v"),
+        dict(BITS=bits, GROUP=128, BYTE_LUT=lut, USE_ASM=True), [] if lut else GEMV_CONFIGS,
+        LUT_CONFIGS if lut else TILED_CONFIGS, 1 / 8 + 0.5 * bits / 8)
 
 
 STATIC = (static_spec(4),)

@@ -166,19 +166,24 @@ def test_dequantize_and_reference(case):
     assert_matches(module.reference(x, **packed.tensors, **packed.params), x, packed.w_hat)
 
 
-# one case per kernel for the production configs: K large enough for their widest BLOCK_K
-PRODUCTION = {"nm": "nm-2:4-K1000", "nm-int8": "nm-int8-4:8-K264-g128", "bitmask": "bitmask-K1000-70%",
-              "bitmask-int4": "bitmask-int4-K264-30%-g128"}
+# one case per kernel and path for the production configs: K large enough for their widest BLOCK_K
+PRODUCTION = {
+    "nm": ("nm-2:4-K1000", nm.GEMV_CONFIGS, nm.TILED_CONFIGS),
+    "nm-4:8": ("nm-4:8-K264", nm.GEMV_CONFIGS, nm.TILED_CONFIGS),
+    "nm-int8": ("nm-int8-4:8-K264-g128", nm.GEMV_CONFIGS, nm.TILED_CONFIGS),
+    "bitmask": ("bitmask-K1000-70%", bitmask.GEMV_CONFIGS, bitmask.TILED_CONFIGS),
+    "bitmask-int4-lut": ("bitmask-int4-K264-30%-g128", bitmask_int4.LUT_CONFIGS, bitmask_int4.LUT_CONFIGS),
+    "bitmask-int8": ("bitmask-int8-K136-50%-g64", bitmask.GEMV_CONFIGS, bitmask.TILED_CONFIGS),
+}
 
 
 @pytest.mark.parametrize("kernel", list(PRODUCTION))
 def test_every_production_config(kernel, monkeypatch):
-    module = CASES[PRODUCTION[kernel]][0]
-    owner = {nm_int8: nm, bitmask_int4: bitmask}.get(module, module)
-    for batch, configs in ((1, owner.GEMV_CONFIGS), (3, owner.GEMV_CONFIGS), (17, owner.TILED_CONFIGS)):
+    case, gemv, tiled = PRODUCTION[kernel]
+    for batch, configs in ((1, gemv), (3, gemv), (17, tiled)):
         for config in configs:
             monkeypatch.setattr(_sparse, "FORCE_CONFIG", config)
-            x, y, packed = run_case(PRODUCTION[kernel], batch, torch.float16)
+            x, y, packed = run_case(case, batch, torch.float16)
             assert_matches(y, x, packed.w_hat)
 
 
@@ -205,21 +210,65 @@ def _prmt(a: int, b: int, sel: int) -> int:
     return out
 
 
+def _f16x2(a: int, b: int, dtype: torch.dtype, op) -> int:
+    """A 16-bit pair operation, element-wise in `dtype`, rounded to nearest."""
+    x = torch.tensor([a & 0xFFFF, a >> 16, b & 0xFFFF, b >> 16], dtype=torch.int32).to(torch.int16).view(dtype)
+    r = op(x[:2].float(), x[2:].float()).to(dtype).view(torch.int16).to(torch.int32) & 0xFFFF
+    return int(r[0]) | int(r[1]) << 16
+
+
 PTX_OPS = {"mov.b32": lambda a: a, "shl.b32": lambda a, b: a << b, "shr.b32": lambda a, b: a >> b,
-           "and.b32": lambda a, b: a & b, "xor.b32": lambda a, b: a ^ b, "prmt.b32": _prmt}
+           "and.b32": lambda a, b: a & b, "or.b32": lambda a, b: a | b, "xor.b32": lambda a, b: a ^ b,
+           "prmt.b32": _prmt, "shf.r.wrap.b32": lambda lo, hi, n: (hi << 32 | lo) >> (n & 31),
+           "setp.lt.u32": lambda a, b: int(a < b),
+           "sub.f16x2": lambda a, b: _f16x2(a, b, torch.float16, torch.sub),
+           "sub.rn.bf16x2": lambda a, b: _f16x2(a, b, torch.bfloat16, torch.sub)}
 
 
 def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
-    """Straight-line PTX of an inline_asm_elementwise string on 32-bit registers."""
+    """Straight-line PTX of an inline_asm_elementwise string on 32-bit registers (@p predicates)."""
     regs = dict(regs)
     for line in asm.replace("{", ";").replace("}", ";").split(";"):
         parts = line.replace(",", " ").split()
         if not parts or parts[0] == ".reg":
             continue
+        if parts[0].startswith("@"):
+            if not regs[parts[0][1:]]:
+                continue
+            parts = parts[1:]
         assert parts[0] in PTX_OPS, f"no model for PTX instruction {parts[0]}"
         args = [regs[a] if a in regs else int(a, 0) for a in parts[2:]]
         regs[parts[1]] = PTX_OPS[parts[0]](*args) & 0xFFFFFFFF
     return regs
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_codes4_ptx_expands_mask_bytes(dtype):
+    """Random mask bytes (all 256 among them), codes at any nibble offset, zero points: column c of
+    each byte is code − zero where bit c is kept (its rank among the byte's kept codes), else 0."""
+    gen = torch.Generator().manual_seed(4)
+    table = bitmask_int4.byte_selectors()
+    asm = (bitmask_int4.CODES4_BF16_PTX if dtype == torch.bfloat16 else bitmask_int4.CODES4_FP16_PTX).value
+    bias = 0x4300 if dtype == torch.bfloat16 else 0x6400
+    masks = list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist()
+    for a, b in zip(masks[0::2], masks[1::2]):
+        inputs, want = {}, []
+        for i, m in enumerate((a, b)):
+            idx = int(torch.randint(0, 64, (), generator=gen))  # nibble index of the byte's first code
+            stream = torch.randint(0, 16, (80,), generator=gen).tolist()
+            z = int(torch.randint(0, 16, (), generator=gen))
+            word = lambda w: sum(stream[8 * w + j] << 4 * j for j in range(8))  # noqa: E731
+            cnt = bin(m).count("1")
+            inputs |= {f"${8 + i}": word(idx >> 3), f"${10 + i}": word((idx >> 3) + 1), f"${12 + i}": (idx & 7) * 4,
+                       f"${14 + i}": table[m], f"${16 + i}": cnt, f"${18 + i}": z << 24,
+                       f"${20 + i}": (bias + z) * 0x10001}
+            ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
+            want.append([stream[idx + ranks[c]] - z if m >> c & 1 else 0 for c in range(8)])
+        out = run_ptx(asm, inputs)
+        for c in range(8):
+            reg = out[f"${c}"]
+            got = torch.tensor([reg & 0xFFFF, reg >> 16], dtype=torch.int32).to(torch.int16).view(dtype).float()
+            assert got.tolist() == [float(want[0][c]), float(want[1][c])], (a, b, c)
 
 
 def test_nm24_ptx_places_kept_values_in_their_columns():
