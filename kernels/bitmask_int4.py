@@ -32,7 +32,7 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_sparse.p
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, g = 128,
-SASS instructions per packed byte: bitmask-int4 27 at batch 1-16 (BYTE_LUT; was 128-180),
+SASS instructions per packed byte: bitmask-int4 21 at batch 1-16 (BYTE_LUT; was 128-180),
 bitmask-int8 23-25 at batch 1, 38 on the tiles. Still far above 6: the mask byte's prefix,
 three 32-bit gathers (two code words, the selector) and their addresses, ≈ 16 permutes and
 masks per 8 columns, and the shared-memory staging of 8 column tiles for the dots. Packed loads
@@ -172,16 +172,28 @@ def byte_columns(lo, hi, shift, sel, cnt, zero, v_dtype: tl.constexpr, USE_ASM: 
 
 
 @triton.jit
+def popcount(b, USE_ASM: tl.constexpr):
+    """Set bits of each int32 (one POPC; the interpreter counts with SWAR on bytes)."""
+    if USE_ASM:
+        n = tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [b], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        n = popcount8(b)
+    return n
+
+
+@triton.jit
 def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB, NW,
-             stride_xb, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
+             stride_xb, TAIL: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
     """One K tile of bitmask-int4 on the tensor cores (the tile lies in one quantization group:
-    scale, zero (BLOCK_N,)). Returns acc + x · Ŵᵀ and the tile's kept count per row."""
+    scale, zero (BLOCK_N,)). Returns acc + x · Ŵᵀ and the tile's kept count per row. TAIL: the
+    tile reaches past K (its mask bits there are cleared, its x masked)."""
     BLOCK_M: tl.constexpr = acc.shape[0]
     NB: tl.constexpr = BLOCK_K // 8
     b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)  # (BLOCK_N, NB)
-    valid = K - (t * BLOCK_K + tl.arange(0, NB) * 8)  # columns of each byte inside K
-    b = b & tl.where(valid >= 8, 0xFF, (1 << tl.maximum(valid, 0)) - 1)[None, :]
-    cnt = popcount8(b)
+    if TAIL:  # the tile across K's end: clear the padding bits past K (unspecified)
+        valid = K - (t * BLOCK_K + tl.arange(0, NB) * 8)  # columns of each byte inside K
+        b = b & tl.where(valid >= 8, 0xFF, (1 << tl.maximum(valid, 0)) - 1)[None, :]
+    cnt = popcount(b, USE_ASM)
     idx = start[:, None] + tl.cumsum(cnt, axis=1) - cnt  # nibble index of each byte's first code
     word = idx >> 3
     some = cnt > 0
@@ -191,8 +203,10 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     z = tl.broadcast_to(zero[:, None], b.shape)
     cols = byte_columns(lo, hi, (idx & 7) * 4, sel, cnt, z, x_ptr.dtype.element_ty, USE_ASM)
     offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
-    x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :],
-                mask=(offs_m[:, None, None] < B) & (offs_x[None, :, :] < K), other=0.0)  # (BLOCK_M, NB, 8)
+    x_mask = offs_m[:, None, None] < B
+    if TAIL:
+        x_mask = x_mask & (offs_x[None, :, :] < K)
+    x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :], mask=x_mask, other=0.0)  # (BLOCK_M, NB, 8)
     xs = _split8(x)
     part = tl.zeros(acc.shape, dtype=tl.float32)
     for c in tl.static_range(8):  # a dot's K order is free: one per column of the mask bytes
@@ -226,20 +240,35 @@ def _bitmask_quant_matmul_kernel(
     start = values_before(ro_ptr, mask_rows, offs_n, n_mask, first, MB, BLOCK_K)  # (BLOCK_N,) code index
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, W, 32), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
-    for t in range(first, last):
-        if BYTE_LUT:
-            offs_g = rows * stride_g + (t * BLOCK_K // GROUP if GROUP > 0 else 0)
-            scale = tl.load(s_ptr + offs_g, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
-            zero = tl.load(z_ptr + offs_g, mask=n_mask, other=0).to(tl.int32)
-            acc, count = lut_tile(acc, x_ptr, v_ptr.to(tl.pointer_type(tl.uint32)), lut_ptr, mask_rows, n_mask,
-                                  offs_m, t, start, scale, zero, B, K, MB, NW, stride_xb, USE_ASM, DOT_F32, BLOCK_K)
-            start += count
-        else:
+    if BYTE_LUT:
+        v32_ptr = v_ptr.to(tl.pointer_type(tl.uint32))
+        whole = tl.minimum(last, K // BLOCK_K)  # tiles inside K; the one across K's end comes after
+        for t in range(first, whole):
+            acc, start = _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t,
+                                   start, B, K, MB, NW, stride_xb, stride_g, GROUP, False, USE_ASM, DOT_F32, BLOCK_K)
+        for t in range(whole, last):
+            acc, start = _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t,
+                                   start, B, K, MB, NW, stride_xb, stride_g, GROUP, True, USE_ASM, DOT_F32, BLOCK_K)
+    else:
+        for t in range(first, last):
             acc, acc2, start = _word_tile(acc, acc2, x_ptr, mask_rows, v_ptr, s_ptr, z_ptr, rows, n_mask, offs_m, t,
                                           start, B, K, MB, stride_xb, stride_g, BITS, GROUP, USE_ASM, GEMV_ROWS,
                                           DOT_F32, BLOCK_K)
     acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
+
+
+@triton.jit
+def _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t, start, B, K, MB, NW,
+              stride_xb, stride_g, GROUP: tl.constexpr, TAIL: tl.constexpr, USE_ASM: tl.constexpr,
+              DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
+    """lut_tile with the tile's scale and zero (one group holds it); returns acc and the next start."""
+    offs_g = rows * stride_g + (t * BLOCK_K // GROUP if GROUP > 0 else 0)
+    scale = tl.load(s_ptr + offs_g, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
+    zero = tl.load(z_ptr + offs_g, mask=n_mask, other=0).to(tl.int32)
+    acc, count = lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB,
+                          NW, stride_xb, TAIL, USE_ASM, DOT_F32, BLOCK_K)
+    return acc, start + count
 
 
 @triton.jit
