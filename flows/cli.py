@@ -8,6 +8,7 @@
     prunepipe show                  the metrics table from metrics.json
     prunepipe report [--against REF]  reports/report.md: metrics, diff against REF, sweep, plots
     prunepipe export --out DIR [--from packed|quantized]  a compressed-tensors checkpoint (vLLM)
+    prunepipe generate "PROMPT" [--packed DIR] [--max-new-tokens N]  stream text from the packed model
     prunepipe dvc-yaml              write dvc.yaml and sweep/dvc.yaml from the stage graph
 
 An input error (a parameter, a missing or altered file) prints one line naming the key or
@@ -81,6 +82,29 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def generate(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoTokenizer
+
+    from tasks.serving.generate import generate as run_generate
+    from tasks.serving.packed_model import load_packed
+
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens = {args.max_new_tokens}: must be at least 1")
+    if not args.packed.is_dir():
+        raise UserError(f"{args.packed}: no packed model there (run `dvc repro` or `prunepipe run` first, "
+                        "or pass --packed DIR)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    model = load_packed(args.packed, dtype=dtype, decode=args.decode, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(args.packed)
+    stats = run_generate(model, tokenizer, args.prompt, args.max_new_tokens,
+                         emit=lambda text: print(text, end="", flush=True), chat=not args.raw)
+    print(f"{stats.new_tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_s:.2f} tokens/s, {device}, "
+          f"prompt {stats.prompt_tokens} tokens)", file=sys.stderr)
+    return 0
+
+
 def write_dvc_yaml() -> int:
     from flows.dvc_yaml import write
 
@@ -111,6 +135,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     exp.add_argument("--out", type=Path, required=True, help="the checkpoint folder to write")
     exp.add_argument("--from", dest="source", choices=("packed", "quantized"), default="packed",
                      help="the artifact to export: data/packed (default) or data/quantized")
+    gen = sub.add_parser("generate", help="stream greedy text from the packed model")
+    gen.add_argument("prompt")
+    gen.add_argument("--packed", type=Path, default=PACKED, help="the packed artifact (default: data/packed)")
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default 64)")
+    gen.add_argument("--decode", choices=("auto", "load", "call"), default="auto",
+                     help="CPU: dequantize the weights once at load (dense speed), at every call (packed "
+                          "memory), or auto: at load when they fit in half the free memory")
+    gen.add_argument("--raw", action="store_true", help="the prompt as plain text, not a chat-template user turn")
     sub.add_parser("dvc-yaml", help="write dvc.yaml and sweep/dvc.yaml from the stage graph")
     return parser.parse_args(argv)
 
@@ -126,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "export":
         return export(args)
+    if args.command == "generate":
+        return generate(args)
     if args.command == "dvc-yaml":
         return write_dvc_yaml()
 

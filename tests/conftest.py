@@ -102,3 +102,28 @@ def dvc_workspace(root: Path, items: tuple[str, ...], params: dict):
     run("git", "init", "-q")
     run("dvc", "init", "-q")
     return run
+
+
+@pytest.fixture(scope="session")
+def packed_workspace(tmp_path_factory, llama_folder, corpus_file) -> Path:
+    """A tiny Llama through the stages: data/quantized (Wanda 50%, GPTQ 4-bit asymmetric, groups
+    of 32) and data/packed (bitmask-int4), under the returned root."""
+    from tasks.config import CalibrationConfig, ModelConfig, PackConfig, PruneConfig, QuantizeConfig, SequentialConfig
+    from tasks.stages.calibrate import calibrate
+    from tasks.stages.common import StageContext
+    from tasks.stages.model import model
+    from tasks.stages.pack import pack
+    from tasks.stages.prune import prune
+    from tasks.stages.quantize import quantize
+
+    root, ctx, seq = tmp_path_factory.mktemp("workspace"), StageContext(lambda line: None), SequentialConfig()
+    data, prune_cfg = root / "data", PruneConfig(sparsity=0.5)
+    model(ModelConfig(source=str(llama_folder)), out=data / "model", ctx=ctx)
+    calibrate(CalibrationConfig(dataset=str(corpus_file), nsamples=4, seqlen=32), model=data / "model",
+              out=data / "calibration", ctx=ctx)
+    prune(prune_cfg, seq, model=data / "model", calibration=data / "calibration", out=data / "pruned",
+          run_stats=root / "prune_run.json", ctx=ctx)
+    quantize(QuantizeConfig(group_size=32), seq, prune_cfg, model=data / "model", pruned=data / "pruned",
+             calibration=data / "calibration", out=data / "quantized", run_stats=root / "quantize_run.json", ctx=ctx)
+    pack(PackConfig(format="bitmask-int4"), quantized=data / "quantized", out=data / "packed", ctx=ctx)
+    return root

@@ -105,35 +105,12 @@ def test_transformers_loads_the_export_with_our_weights(tmp_path, spec):
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, llama_folder, corpus_file):
-    """data/quantized (GPTQ 4-bit, groups of 32) and data/packed (bitmask-int4) of a tiny Llama."""
-    from tasks.config import CalibrationConfig, ModelConfig, PackConfig, PruneConfig, QuantizeConfig, SequentialConfig
-    from tasks.stages.calibrate import calibrate
-    from tasks.stages.common import StageContext
-    from tasks.stages.model import model
-    from tasks.stages.pack import pack
-    from tasks.stages.prune import prune
-    from tasks.stages.quantize import quantize
-
-    root, ctx, seq = tmp_path_factory.mktemp("workspace"), StageContext(lambda line: None), SequentialConfig()
-    data, prune_cfg = root / "data", PruneConfig(sparsity=0.5)
-    model(ModelConfig(source=str(llama_folder)), out=data / "model", ctx=ctx)
-    calibrate(CalibrationConfig(dataset=str(corpus_file), nsamples=4, seqlen=32), model=data / "model",
-              out=data / "calibration", ctx=ctx)
-    prune(prune_cfg, seq, model=data / "model", calibration=data / "calibration", out=data / "pruned",
-          run_stats=root / "prune_run.json", ctx=ctx)
-    quantize(QuantizeConfig(group_size=32), seq, prune_cfg, model=data / "model", pruned=data / "pruned",
-             calibration=data / "calibration", out=data / "quantized", run_stats=root / "quantize_run.json", ctx=ctx)
-    pack(PackConfig(format="bitmask-int4"), quantized=data / "quantized", out=data / "packed", ctx=ctx)
-    return root
-
-
 @pytest.mark.parametrize("source", ["packed", "quantized"])
-def test_prunepipe_export_writes_the_quantized_weights(workspace, tmp_path, monkeypatch, capsys, source):
+def test_prunepipe_export_writes_the_quantized_weights(packed_workspace, tmp_path, monkeypatch, capsys, source):
     from flows.cli import main
     from tasks.io.model import load_model_dir
 
+    workspace = packed_workspace
     monkeypatch.chdir(workspace)
     assert main(["export", "--out", str(tmp_path / "serve"), "--from", source]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "serve")

@@ -1,25 +1,31 @@
 """Load a packed artifact (the `pack` stage's output) back into a working nn.Module.
 
-Each packed decoder Linear becomes a PackedLinear that keeps its packed tensors as buffers
-and computes through kernels/dispatch.py: on the CPU the reference path (unpack/dequantize to a
-dense weight, then matmul); on CUDA the fastest correct of that path, the format's Triton kernel
-and cuSPARSELt (2:4, large batches), measured once per shape and batch bucket.
-Every other tensor (embeddings, norms, lm_head, biases) comes from rest.safetensors.
+Each packed decoder Linear becomes a PackedLinear that keeps its packed tensors as buffers.
+On CUDA it computes through kernels/dispatch.py (the fastest correct of the dequantize-then-matmul
+reference, the format's Triton kernel and cuSPARSELt, measured once per shape and batch bucket).
+The CPU has no kernels, so there the weight is dequantized either once at load (`decode="load"`:
+dense speed, the dense weight's memory) or at every call (`decode="call"`: packed memory, about 20x
+slower decoding); `decode="auto"` decodes at load on the CPU when the dense weights fit in half the
+available memory. Every other tensor (embeddings, norms, lm_head, biases) comes from rest.safetensors.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from kernels import dispatch
 from tasks.formats.artifact import REST_FILE, load_packed_tensors
 from tasks.io.artifacts import ArtifactError
 from tasks.formats.packing import LayerFormat, unpack_weight
+
+DECODE_MODES = ("auto", "load", "call")
 
 
 def kernel_params(layer: LayerFormat) -> dict[str, int]:
@@ -29,7 +35,7 @@ def kernel_params(layer: LayerFormat) -> dict[str, int]:
 
 
 class PackedLinear(nn.Module):
-    """y = x · Ŵᵀ + b with Ŵ (out, in) the packed weight, never kept dense between calls."""
+    """y = x · Ŵᵀ + b with Ŵ (out, in) the packed weight; kept dense only after decode_once()."""
 
     def __init__(self, layer: LayerFormat, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None):
         super().__init__()
@@ -40,6 +46,11 @@ class PackedLinear(nn.Module):
             self.register_buffer(name, tensor)
         self.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias is not None else None
         self.derived: dict = {}  # what a dispatch path builds once (kernels/dispatch.PackedWeight)
+        self.register_buffer("decoded", None, persistent=False)  # Ŵ (out, in) for CPU inputs, or None
+
+    def decode_once(self, dtype: torch.dtype) -> None:
+        """Keep Ŵ dense from now on: CPU calls become one matmul (the packed tensors stay, for CUDA)."""
+        self.decoded = self.dense_weight(dtype)
 
     def packed(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.tensor_names}
@@ -55,16 +66,43 @@ class PackedLinear(nn.Module):
         return unpack_weight(tensors, self.layer, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decoded is not None and x.device.type != "cuda":
+            return F.linear(x, self.decoded, self.bias)
         return dispatch.linear(x, self.packed_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.layer.format}"
+        decoded = ", decoded" if self.decoded is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.layer.format}{decoded}"
 
 
-def load_packed(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> nn.Module:
-    """A packed artifact as a causal LM whose decoder Linears are PackedLinear modules."""
+def dense_bytes(layers: dict[str, tuple[LayerFormat, dict]], dtype: torch.dtype) -> int:
+    """Bytes of every packed weight decoded to `dtype`."""
+    return sum(layer.shape[0] * layer.shape[1] for layer, _ in layers.values()) * dtype.itemsize
+
+
+def decode_at_load(decode: str, device: torch.device, decoded_bytes: int, available_bytes: int) -> bool:
+    """Whether load_packed decodes every weight once. "auto": on the CPU (no kernels there) when
+    the dense weights take at most half the available memory; on CUDA never (the kernels read
+    the packed bytes)."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+    if decode != "auto":
+        return decode == "load"
+    return device.type == "cpu" and 2 * decoded_bytes <= available_bytes
+
+
+def load_packed(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                decode: str = "auto", device: str | torch.device = "cpu") -> nn.Module:
+    """A packed artifact as a causal LM on `device` whose decoder Linears are PackedLinear modules.
+
+    decode: "load" dequantizes every weight once now (CPU speed = dense speed), "call" at every
+    CPU call (packed memory), "auto" picks by device and memory (decode_at_load). CUDA inputs
+    always go through the dispatcher's kernels.
+    """
     path = Path(path)
+    device = torch.device(device)
     layers = load_packed_tensors(path)           # checks kind, version and every file's sha256
+    once = decode_at_load(decode, device, dense_bytes(layers, dtype), psutil.virtual_memory().available)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     result = model.load_state_dict(load_file(path / REST_FILE), strict=False)
@@ -78,9 +116,12 @@ def load_packed(path: str | Path, dtype: torch.dtype = torch.float32, trust_remo
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         old = getattr(parent, child)
-        setattr(parent, child, PackedLinear(layer, tensors, getattr(old, "bias", None)))
+        packed = PackedLinear(layer, tensors, getattr(old, "bias", None))
+        if once:
+            packed.decode_once(dtype)
+        setattr(parent, child, packed)
     model.tie_weights()
-    return model.eval()
+    return model.to(device).eval()
 
 
 def decode_packed(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
