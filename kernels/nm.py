@@ -17,12 +17,14 @@ Two paths in one kernel, both split over K (kernels/_sparse.py) so batch 1 fills
   group's x (converted to fp32 once) by a select tree on the bits of d, and only the n kept
   values are multiplied: half the multiply-adds of a dense 2:4 tile, one FFMA per kept value
   into a per-(row, group) accumulator reduced once after the loop (B = 1).
-- B > 4, tensor cores, BLOCK_M = 16 rows of x (one M block up to B = 16): 2:4 loads each
-  group's two values as one uint32 and builds its four dense columns with byte permutes
-  (columns24: one selector word per group from the index nibble, inline PTX; tl ops under the
-  interpreter), then one tl.dot per column against x's columns c, c + 4, … (a dot's K order is
-  free, so the columns need no interleaving). Other n:m scatter the kept values into a dense
-  tile (a column looks only at the slots that can land on it) and run one tl.dot.
+- B > 4, tensor cores, BLOCK_M = 16 rows of x (one M block up to B = 16). 2:4 and 4:8 load each
+  group's values as 32-bit pairs and build its m dense columns with byte permutes in inline PTX
+  (2:4: one selector word per group from the index nibble, columns24; 4:8: two PRMTs per
+  column pair with selectors from a 256-entry table indexed by the group's kept-column mask,
+  columns48); tl ops do the same under the interpreter. Then one tl.dot per column against x's
+  columns c, c + m, … (a dot's K order is free, so the columns need no interleaving). Other n:m
+  scatter the kept values into a dense tile (a column looks only at the slots that can land on
+  it) and run one tl.dot.
 Loads of values and index bytes are masked per row and on a length that is a multiple of 16
 (Kc, the index bytes per row), so the compiler sees 16 contiguous bytes per thread; the configs
 give every thread ≥ 16 index bytes per iteration, so those loads are 128 bits wide too.
@@ -31,9 +33,7 @@ Supported: m ∈ {4, 8} and n a power of two below m (2:4, 1:4, 4:8, 2:8, 1:8).
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report --kernel nm`), SASS
 instructions per packed byte, all packed loads 128-bit, ≥ 320 CTAs at batch 1:
     batch 1 (GEMV)            2:4  3.97    4:8  5.34     (before: 9.0-11.2 / 11.6-13.5)
-    batch 5-16 (BLOCK_M = 16) 2:4  4.51    4:8  8.35     (before: 11.0-11.4 / 22.0-22.5)
-4:8 on the tensor cores stays above 6: its selects cost ≈ 40 instructions per group; the 2:4
-byte-permute scheme would extend to it with 8-column selector words.
+    batch 5-16 (BLOCK_M = 16) 2:4  4.40-4.51  4:8  5.33-5.41  (before: 11.0-11.4 / 22.0-22.5)
 """
 
 from __future__ import annotations
@@ -131,6 +131,110 @@ def columns24(pairs, index_bytes, v_ptr, USE_ASM: tl.constexpr):
     return c0, c1, c2, c3
 
 
+# 4:8 dense columns by byte permutes, two groups per call (pack=2): $8 $9 / $10 $11 the groups'
+# value pairs (v0 | v1 << 16, v2 | v3 << 16), $12 … $19 their table entries (S_lo, S_hi, Z_lo,
+# Z_hi: selectors for columns 0-3 and 4-7, see selectors48). A first PRMT per output register
+# picks each column's value from {pair0, pair1} (anything for a pruned column), a second keeps
+# it or takes a zero from {it, 0}. Four PRMTs per call pair up the two groups' halves per column:
+# $0 … $7 = columns 0 … 7. tests/test_kernels_sparse.py runs this on a model of the instructions.
+NM48_VALUES_PTX = tl.constexpr(
+    "{ .reg .b32 z, s, t, r0a, r1a, r2a, r3a, r0b, r1b, r2b, r3b; mov.b32 z, 0;"
+    + "".join(
+        f" prmt.b32 t, ${8 + i}, ${10 + i}, ${12 + i}; prmt.b32 r0{ab}, t, z, ${16 + i};"
+        f" shr.b32 s, ${12 + i}, 16; prmt.b32 t, ${8 + i}, ${10 + i}, s; shr.b32 s, ${16 + i}, 16;"
+        f" prmt.b32 r1{ab}, t, z, s;"
+        f" prmt.b32 t, ${8 + i}, ${10 + i}, ${14 + i}; prmt.b32 r2{ab}, t, z, ${18 + i};"
+        f" shr.b32 s, ${14 + i}, 16; prmt.b32 t, ${8 + i}, ${10 + i}, s; shr.b32 s, ${18 + i}, 16;"
+        f" prmt.b32 r3{ab}, t, z, s;"
+        for i, ab in ((0, "a"), (1, "b")))
+    + "".join(f" prmt.b32 ${2 * k}, r{k}a, r{k}b, 0x5410; prmt.b32 ${2 * k + 1}, r{k}a, r{k}b, 0x7632;"
+              for k in range(4))
+    + " }")
+
+
+def selectors48() -> list[list[int]]:
+    """Per kept-column mask k (8 bits, 4 set: a 4:8 group), the PRMT selectors of NM48_VALUES_PTX:
+    S: column c reads the 16 bits of slot t (bytes 2t, 2t+1 of {pair0, pair1}) where c is the t-th
+    kept column; Z: column c keeps its own 16 bits (0x10 / 0x32 within its register) or reads the
+    zero register (0x54 / 0x76). Byte c of the 64-bit word is column c; returns [S_lo, S_hi,
+    Z_lo, Z_hi] as int32 bit patterns (masks with other counts never occur and get zeros)."""
+    table = []
+    for k in range(256):
+        cols = [c for c in range(8) if k >> c & 1]
+        if len(cols) != 4:
+            table.append([0, 0, 0, 0])
+            continue
+        sel, keep = 0, 0
+        for c in range(8):
+            own = 0x32 if c % 2 else 0x10
+            sel |= (0x10 + 0x22 * cols.index(c) if c in cols else 0x10) << 8 * c
+            keep |= (own if c in cols else own + 0x44) << 8 * c
+        table.append([w - (1 << 32) if w >> 31 else w
+                      for w in (sel & 0xFFFFFFFF, sel >> 32, keep & 0xFFFFFFFF, keep >> 32)])
+    return table
+
+
+_tables: dict = {}
+
+
+def table48(device) -> torch.Tensor:
+    """selectors48() as int32 (256, 4) on `device`, built once."""
+    if device not in _tables:
+        _tables[device] = torch.tensor(selectors48(), dtype=torch.int32, device=device)
+    return _tables[device]
+
+
+@triton.jit
+def _prmt_half(lo, hi, sel, c: tl.constexpr):
+    """The 16 bits PRMT selector byte c of `sel` (uint64) picks from the uint64 pool hi:lo."""
+    return (((hi << 32) | lo) >> (8 * ((sel >> (8 * c)) & 7))) & 0xFFFF
+
+
+@triton.jit
+def _split8(x):
+    """x (R, C, 8) → its 8 columns (R, C), in-thread splits (bit-reversed pairing undone)."""
+    R: tl.constexpr = x.shape[0]
+    C: tl.constexpr = x.shape[1]
+    e, o = tl.split(tl.reshape(x, (R, C, 4, 2)))  # columns 0 2 4 6 / 1 3 5 7
+    ee, eo = tl.split(tl.reshape(e, (R, C, 2, 2)))  # 0 4 / 2 6
+    oe, oo = tl.split(tl.reshape(o, (R, C, 2, 2)))  # 1 5 / 3 7
+    x0, x4 = tl.split(ee)
+    x2, x6 = tl.split(eo)
+    x1, x5 = tl.split(oe)
+    x3, x7 = tl.split(oo)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def columns48(pair0, pair1, index_bytes, lut_ptr, v_ptr, USE_ASM: tl.constexpr):
+    """4:8 groups → their 8 dense columns: pair0, pair1 (R, G) uint32 (values 0, 1 and 2, 3),
+    index_bytes (R, 2·G) → 8 tensors (R, G) in the values' dtype, 0 where pruned. The kept-column
+    mask of each group indexes selectors48's table (one 16-byte gather per group)."""
+    R: tl.constexpr = pair0.shape[0]
+    G: tl.constexpr = pair0.shape[1]
+    b0, b1 = tl.split(tl.reshape(index_bytes.to(tl.int32), (R, G, 2)))
+    idx = b0 | (b1 << 8)  # four 4-bit positions
+    kept = (1 << (idx & 7)) | (1 << ((idx >> 4) & 7)) | (1 << ((idx >> 8) & 7)) | (1 << ((idx >> 12) & 7))
+    entry = tl.load(lut_ptr + kept[:, :, None] * 4 + tl.arange(0, 4)[None, None, :])  # (R, G, 4)
+    s_part, z_part = tl.split(tl.reshape(entry, (R, G, 2, 2)))  # (S_lo, Z_lo) / (S_hi, Z_hi)
+    s_lo, z_lo = tl.split(s_part)
+    s_hi, z_hi = tl.split(z_part)
+    if USE_ASM:
+        cols = tl.inline_asm_elementwise(
+            NM48_VALUES_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 12, [pair0, pair1, s_lo, s_hi, z_lo, z_hi],
+            dtype=(v_ptr.dtype.element_ty,) * 8, is_pure=True, pack=2)
+    else:  # the same permutes on 64-bit integers
+        lo = pair0.to(tl.uint64)
+        hi = pair1.to(tl.uint64)
+        sel = s_lo.to(tl.uint32).to(tl.uint64) | (s_hi.to(tl.uint32).to(tl.uint64) << 32)
+        keep = z_lo.to(tl.uint32).to(tl.uint64) | (z_hi.to(tl.uint32).to(tl.uint64) << 32)
+        cols = ()
+        for c in tl.static_range(8):
+            half = tl.where(((keep >> (8 * c)) & 7) < 4, _prmt_half(lo, hi, sel, c), 0)
+            cols = cols + (half.to(tl.uint16).to(v_ptr.dtype.element_ty, bitcast=True),)
+    return cols
+
+
 @triton.jit
 def _interleave_columns(cols, M: tl.constexpr):
     """Inverse of _columns: M tensors (R, G) → (R, G·M) with column c of each group from cols[c]."""
@@ -175,7 +279,7 @@ def kept_products(vals, pos, x, N_KEEP: tl.constexpr, M: tl.constexpr):
 
 @triton.jit
 def _nm_matmul_kernel(
-    x_ptr, v_ptr, i_ptr, y_ptr,
+    x_ptr, v_ptr, i_ptr, y_ptr, lut_ptr,  # lut: selectors48's table (4:8 on the tensor cores)
     B, N, K, KC, IB,  # IB: index bytes per row
     stride_xb, stride_v, stride_i, stride_yb,
     ws_ptr, ticket_ptr,  # split-K workspace (kernels/_sparse.py)
@@ -186,8 +290,9 @@ def _nm_matmul_kernel(
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # 2:4 on the tensor cores: value pairs → 4 column tiles (columns24), one dot per column
+    # 2:4 and 4:8 on the tensor cores: value pairs → M column tiles by byte permutes, one dot each
     PAIRS: tl.constexpr = GEMV_ROWS == 0 and N_KEEP == 2 and M == 4
+    QUADS: tl.constexpr = GEMV_ROWS == 0 and N_KEEP == 4 and M == 8 and BLOCK_K >= 128  # dots of K ≥ 16
     BLOCK_G: tl.constexpr = BLOCK_K // M  # groups per tile
     BLOCK_KC: tl.constexpr = BLOCK_G * N_KEEP  # kept values per tile row
     BLOCK_IB: tl.constexpr = BLOCK_KC * INDEX_BITS // 8  # index bytes per tile row
@@ -220,6 +325,18 @@ def _nm_matmul_kernel(
             acc = dot_t(x1, cols[1], acc, DOT_F32)
             acc = dot_t(x2, cols[2], acc, DOT_F32)
             acc = dot_t(x3, cols[3], acc, DOT_F32)
+        elif QUADS:
+            offs_w = t * BLOCK_G * 2 + tl.arange(0, BLOCK_G * 2)
+            words = tl.load(v_rows.to(tl.pointer_type(tl.uint32)) + offs_w[None, :],
+                            mask=n_mask[:, None] & (offs_w[None, :] < KC // 2), other=0)  # (BLOCK_N, 2·BLOCK_G)
+            pair0, pair1 = tl.split(tl.reshape(words, (BLOCK_N, BLOCK_G, 2)))
+            cols = columns48(pair0, pair1, index_bytes, lut_ptr, v_ptr, USE_ASM)  # 8 × (BLOCK_N, BLOCK_G)
+            offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (BLOCK_G, 8)
+            x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :],
+                        mask=(offs_m[:, None, None] < B) & (offs_x[None, :, :] < K), other=0.0)  # (BLOCK_M, BLOCK_G, 8)
+            xs = _split8(x)
+            for c in tl.static_range(8):
+                acc = dot_t(xs[c], cols[c], acc, DOT_F32)
         else:
             offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
             vals = tl.load(v_rows + offs_c[None, :], mask=n_mask[:, None] & (offs_c[None, :] < KC),
@@ -256,11 +373,11 @@ GEMV_CONFIGS = [
     _cfg(4, 1, BLOCK_N=32, BLOCK_K=512),
     _cfg(8, 1, BLOCK_N=32, BLOCK_K=1024),
 ]
-# B > 4. BLOCK_M = 16 serves B ≤ 16 in one M block; 128 × 128 and 64 × 256 tiles give every
+# B > 4. BLOCK_M = 16 serves B ≤ 16 in one M block; 128 × 128 and 256 × 128 tiles give every
 # thread 16 index bytes (one 128-bit load) and 8 × 128 bits of values per iteration.
 TILED_CONFIGS = [
     _cfg(4, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
-    _cfg(4, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256),
+    _cfg(8, 1, BLOCK_M=16, BLOCK_N=256, BLOCK_K=128),
     _cfg(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
     _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
 ]
@@ -313,10 +430,10 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *, n: i
     if k == 0:
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
-    if values.data_ptr() % 4:  # the 2:4 tensor-core path reads value pairs as uint32
+    if values.data_ptr() % 4:  # the tensor-core paths read value pairs as uint32
         values = values.clone()
     _sparse.launch(_GEMV, _TILED, x, rows,
-                   (x, values, indices, out, batch, rows, k, kc, index_bytes,
+                   (x, values, indices, out, table48(x.device), batch, rows, k, kc, index_bytes,
                     x.stride(0), values.stride(0), indices.stride(0), out.stride(0)),
                    N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], USE_ASM=not _sparse._interpreting())
     return out
@@ -346,7 +463,7 @@ def reference(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *, n
 
 def _static(n: int, m: int):
     return _sparse.static_spec(
-        f"nm {n}:{m}", _nm_matmul_kernel, dict(x="fp16", v="fp16", i="u8", y="fp16"), ("v", "i"),
+        f"nm {n}:{m}", _nm_matmul_kernel, dict(x="fp16", v="fp16", i="u8", y="fp16", lut="i32"), ("v", "i"),
         dict(N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], USE_ASM=True), GEMV_CONFIGS, TILED_CONFIGS,
         n / m * (2 + INDEX_BITS[m] / 8))
 

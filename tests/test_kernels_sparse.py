@@ -242,6 +242,27 @@ def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
     return regs
 
 
+
+def test_nm48_ptx_places_kept_values_in_their_columns():
+    """Every 4:8 pattern (70) against a random one, through selectors48's table entries."""
+    import itertools
+    patterns = list(itertools.combinations(range(8), 4))
+    table = nm.selectors48()
+    gen = torch.Generator().manual_seed(5)
+    for i, pa in enumerate(patterns):
+        pb = patterns[int(torch.randint(0, len(patterns), (), generator=gen))]
+        values = torch.randint(1, 0xFFFF, (8,), generator=gen).tolist()  # two groups' four values, never 0
+        inputs = {}
+        for j, (pattern, vals) in enumerate(((pa, values[:4]), (pb, values[4:]))):
+            entry = [w & 0xFFFFFFFF for w in table[sum(1 << c for c in pattern)]]
+            inputs |= {f"${8 + j}": vals[0] | vals[1] << 16, f"${10 + j}": vals[2] | vals[3] << 16,
+                       f"${12 + j}": entry[0], f"${14 + j}": entry[1], f"${16 + j}": entry[2], f"${18 + j}": entry[3]}
+        out = run_ptx(nm.NM48_VALUES_PTX.value, inputs)
+        for c in range(8):
+            want_a = values[pa.index(c)] if c in pa else 0
+            want_b = values[4 + pb.index(c)] if c in pb else 0
+            assert out[f"${c}"] == want_a | want_b << 16, (pa, pb, c)
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
 def test_codes4_ptx_expands_mask_bytes(dtype):
     """Random mask bytes (all 256 among them), codes at any nibble offset, zero points: column c of
