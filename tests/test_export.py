@@ -86,23 +86,49 @@ def test_symmetric_layers_carry_no_zero_point_and_groups_must_divide_k(tmp_path)
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize("spec", [QuantSpec(4, 32, True), QuantSpec(8, -1, False)], ids=str)
-def test_transformers_loads_the_export_with_our_weights(tmp_path, spec):
+@pytest.mark.parametrize("spec", [QuantSpec(4, 32, True), QuantSpec(4, 32, False), QuantSpec(8, -1, False)],
+                         ids=str)
+def test_plain_from_pretrained_loads_the_export_with_our_weights(tmp_path, spec):
+    """No loading options: symmetric exports load compressed (decompressed at the first forward),
+    asymmetric ones are dequantized at load, as their config asks; every pruned zero stays zero."""
     from conftest import tiny_llama
     from transformers import AutoModelForCausalLM
-    from transformers.utils.quantization_config import CompressedTensorsConfig
 
     model = tiny_llama().half()
-    layers = {name: rtn(module.weight, spec) for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear) and name != "lm_head"}
+    masks = {name: mask_from_scores(module.weight.abs().float(), NM(2, 4)) for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and name != "lm_head"}
+    layers = {name: rtn(model.get_submodule(name).weight, spec, mask) for name, mask in masks.items()}
     dense = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in layers}
-    out = export_pack_quantized(tmp_path / "ckpt", model.config.to_dict(), layers, dense)
+    out = export_pack_quantized(tmp_path / "ckpt", model.config.to_dict(), layers, dense, structure="2:4")
 
-    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float16,
-                                                  quantization_config=CompressedTensorsConfig(dequantize=True))
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc.get("dequantize", False) == (not spec.symmetric)
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.arange(1, 17)[None]
+    with torch.no_grad():
+        logits = loaded(ids).logits     # the first forward decompresses a compressed load
+        for name, q in layers.items():
+            model.get_submodule(name).weight.copy_(q.dequantize(torch.float16))
+        want = model(ids).logits
     for name, q in layers.items():
-        assert torch.equal(loaded.get_submodule(name).weight, q.dequantize(torch.float16)), name
-    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+        got = loaded.get_submodule(name).weight
+        assert torch.equal(got.half(), q.dequantize(torch.float16)), name
+        assert (got[masks[name]] == 0).all(), name
+    assert torch.equal(loaded.lm_head.weight.half(), model.lm_head.weight)
+    assert torch.allclose(logits.float(), want.float(), rtol=0, atol=2e-3 * want.abs().max().item())
+
+
+def test_the_export_declares_its_sparsity(tmp_path):
+    layers, masks = quantized_layers()
+    out = export_pack_quantized(tmp_path / "ckpt", CONFIG, layers, {}, structure="2:4")
+    sparsity = json.loads((out / "config.json").read_text())["quantization_config"]["sparsity_config"]
+    zeros = sum(int((q.dequantize() == 0).sum()) for q in layers.values())
+    assert zeros >= sum(int(m.sum()) for m in masks.values())   # the pruned half, and any code that is z
+    assert sparsity == {"format": "dense", "targets": sorted(layers), "ignore": [],
+                        "global_sparsity": zeros / (len(layers) * 44 * 256), "sparsity_structure": "2:4"}
+
+    from compressed_tensors.config import SparsityCompressionConfig
+    assert SparsityCompressionConfig.model_validate(sparsity).sparsity_structure == "2:4"   # it parses
 
 
 @pytest.mark.parametrize("source", ["packed", "quantized"])
@@ -121,6 +147,33 @@ def test_prunepipe_export_writes_the_quantized_weights(packed_workspace, tmp_pat
     for name in linears:   # the fake-quantized float32 weights are exact in float16
         assert torch.equal(restored[name], fake.state_dict()[name].half()), name
     assert (tmp_path / "serve" / "tokenizer.json").is_file()
+
+
+def test_export_perplexity_equals_the_quantized_model(packed_workspace, tokenizer, corpus_file, tmp_path,
+                                                      monkeypatch):
+    """The default pipeline's case (Wanda 50%, GPTQ 4-bit asymmetric): `prunepipe export`, then a
+    plain from_pretrained, against data/quantized on held-out windows; the export stores the
+    embeddings, norms and lm_head in float16, the only difference."""
+    from flows.cli import main
+    from tasks.evaluation.perplexity import perplexity
+    from tasks.io.model import load_model_dir
+    from tasks.text import corpus
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.chdir(packed_workspace)
+    assert main(["export", "--out", str(tmp_path / "serve")]) == 0
+    sparsity = json.loads((tmp_path / "serve" / "config.json").read_text())["quantization_config"]["sparsity_config"]
+    assert sparsity["sparsity_structure"] == "unstructured" and sparsity["global_sparsity"] >= 0.5
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "serve", dtype=torch.float32)
+    quantized, _, _ = load_model_dir(packed_workspace / "data" / "quantized")
+    stream = corpus.tokenize_documents(corpus.load_split(str(corpus_file), "test"), tokenizer)
+    windows = corpus.windows(stream, 32, tokenizer.bos_token_id)
+    assert len(windows) >= 8
+    want = perplexity(quantized, windows, 4, torch.device("cpu"))
+    got = perplexity(exported, windows, 4, torch.device("cpu"))
+    print(f"export {got:.6f} quantized {want:.6f} relative {got / want - 1:+.2e}")
+    assert abs(got / want - 1) <= 1e-3, (got, want)
 
 
 def test_export_without_the_artifact_exits_2_naming_it(tmp_path, monkeypatch, capsys):

@@ -22,11 +22,20 @@ g | K (compressed-tensors rejects a partial last group).
 Scales stay float16 even for bfloat16 models: that is exact; a loader that casts them to
 bfloat16 rounds them.
 
+Sparsity: pruned weights are ordinary codes q = z, stored densely, so the config declares them in
+compressed-tensors' `sparsity_config` with format "dense" (the identity compressor): the layers,
+their fraction of zero weights and the structure ("unstructured" or "N:M"). Loaders read it as
+metadata; vLLM would pick its 2:4 kernels from it only for 8-bit activations, which we never write.
+
 Loaders, as checked with compressed-tensors 0.20.0 and transformers 5.23: compressed-tensors'
-dequantizer reads any export. transformers dequantizes every dense module with the *first*
-config group's scheme, so only an export with one QuantSpec loads there; and its compressed
-(not dequantized) load of an asymmetric pack-quantized checkpoint fails whoever wrote it
-(compressed-tensors leaves zero points unpacked on its meta-device path).
+dequantizer reads any export, and a plain `AutoModelForCausalLM.from_pretrained(dir)` loads every
+export the CLI writes (one QuantSpec). Symmetric ones load compressed and are decompressed at the
+first forward pass. Asymmetric ones cannot load compressed there, whoever wrote them
+(compressed-tensors sizes the zero points unpacked on its meta-device path: [N, G] against the
+stored [N·b/32, G]; llm-compressor issue #1618), so their config also says `"dequantize": true`,
+which transformers reads as a loading option and dequantizes at load; compressed-tensors and vLLM
+ignore the key. transformers dequantizes with the first config group's scheme, so the key is
+written only for a single asymmetric spec.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from tasks.formats.packing import DTYPES, codec_of, unpack_quantized
 from tasks.io.artifacts import METADATA, ArtifactError, write_artifact
 from tasks.io.model import load_model_dir
 from tasks.quantization.artifact import load_codes
-from tasks.quantization.grid import Quantized, QuantSpec
+from tasks.quantization.grid import Quantized, QuantSpec, expand_groups
 
 COMPRESSED_TENSORS_VERSION = "0.20.0"  # the compressed-tensors release whose layout this writes
 FORMAT = "pack-quantized"
@@ -82,13 +91,27 @@ def weight_args(spec: QuantSpec) -> dict:
     }
 
 
-def quantization_config(specs: Mapping[str, QuantSpec]) -> dict:
+def sparsity_config(quantized: Mapping[str, Quantized], structure: str) -> dict:
+    """compressed-tensors' SparsityCompressionConfig of weights stored densely: {} when no weight
+    is zero. structure: "unstructured" or "N:M" (e.g. "2:4")."""
+    zeros = sum(int((q.codes == expand_groups(q.zeros, q.spec.group_size, q.shape[1])).sum())
+                for q in quantized.values())
+    if not zeros:
+        return {}
+    total = sum(q.shape[0] * q.shape[1] for q in quantized.values())
+    return {"format": "dense", "targets": sorted(quantized), "ignore": [], "global_sparsity": zeros / total,
+            "sparsity_structure": structure}
+
+
+def quantization_config(specs: Mapping[str, QuantSpec], sparsity: dict | None = None) -> dict:
     """`quantization_config` of config.json: one config group per distinct spec, targeting
     its layers by exact module name (so unlisted Linear layers, e.g. lm_head, stay dense)."""
     groups: dict[QuantSpec, list[str]] = {}
     for name, spec in specs.items():
         groups.setdefault(spec, []).append(name)
     ordered = sorted(groups.items(), key=lambda item: (item[0].bits, item[0].group_size, item[0].symmetric))
+    # transformers' only loading path for asymmetric pack-quantized weights (module docstring)
+    dequantize = {"dequantize": True} if len(groups) == 1 and not next(iter(groups)).symmetric else {}
     return {
         "version": COMPRESSED_TENSORS_VERSION,
         "quant_method": "compressed-tensors",
@@ -107,8 +130,9 @@ def quantization_config(specs: Mapping[str, QuantSpec]) -> dict:
         "ignore": [],
         "kv_cache_scheme": None,
         "global_compression_ratio": None,
-        "sparsity_config": {},
+        "sparsity_config": sparsity or {},
         "transform_config": {},
+        **dequantize,
     }
 
 
@@ -139,6 +163,7 @@ def export_pack_quantized(
     *,
     max_shard_bytes: int = MAX_SHARD_BYTES,
     also: Callable[[Path], None] | None = None,
+    structure: str = "unstructured",
 ) -> Path:
     """Write a Hugging Face checkpoint directory, atomically.
 
@@ -146,13 +171,15 @@ def export_pack_quantized(
     quantized: Linear module name (e.g. "model.layers.0.mlp.up_proj") → Quantized weight.
     dense: every other state-dict tensor under its full name (embeddings, norms, biases,
     lm_head.weight, …), written as given. Shards over max_shard_bytes get an index file.
-    also(tmp_dir) may add files of its own (the tokenizer).
+    also(tmp_dir) may add files of its own (the tokenizer). structure: the zeros' pattern,
+    "unstructured" or "N:M", declared in sparsity_config.
     """
     clash = sorted(f"{name}.weight" for name in quantized if f"{name}.weight" in dense)
     if clash:
         raise ValueError(f"dense tensors also given quantized: {clash[:3]}")
     config = copy.deepcopy(config)
-    config["quantization_config"] = quantization_config({name: q.spec for name, q in quantized.items()})
+    config["quantization_config"] = quantization_config({name: q.spec for name, q in quantized.items()},
+                                                        sparsity_config(quantized, structure))
     units = {name: compressed_layer(name, q) for name, q in quantized.items()}
     # dense tensors are grouped by module so that a module's parameters share a shard
     for key, tensor in dense.items():
@@ -179,7 +206,12 @@ def _float(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str,
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
 
 
-def _from_quantized(source: Path) -> tuple[dict, dict[str, Quantized], dict[str, torch.Tensor]]:
+def structure_of(meta: dict) -> str:
+    """The sparsity structure an artifact's metadata records: "N:M" or "unstructured"."""
+    return f"{meta['nm'][0]}:{meta['nm'][1]}" if meta.get("nm") else "unstructured"
+
+
+def _from_quantized(source: Path) -> tuple[dict, dict[str, Quantized], dict[str, torch.Tensor], str]:
     model, _, meta = load_model_dir(source)
     quantized = load_codes(source, meta.get("spec"))
     if not quantized:
@@ -187,10 +219,10 @@ def _from_quantized(source: Path) -> tuple[dict, dict[str, Quantized], dict[str,
     dense = {k: v for k, v in model.state_dict().items() if k.removesuffix(".weight") not in quantized}
     if getattr(model.config, "tie_word_embeddings", False):
         dense.pop("lm_head.weight", None)   # tied to the embeddings: stored once
-    return model.config.to_dict(), quantized, _float(dense, torch.float16)
+    return model.config.to_dict(), quantized, _float(dense, torch.float16), structure_of(meta)
 
 
-def _from_packed(source: Path) -> tuple[dict, dict[str, Quantized], dict[str, torch.Tensor]]:
+def _from_packed(source: Path) -> tuple[dict, dict[str, Quantized], dict[str, torch.Tensor], str]:
     layers = load_packed_tensors(source)
     if floats := sorted({layer.format for layer, _ in layers.values() if codec_of(layer.format).code_bits is None}):
         raise UserError(f"{source}: packed as {', '.join(floats)} (float values, no quantized codes); export "
@@ -198,7 +230,8 @@ def _from_packed(source: Path) -> tuple[dict, dict[str, Quantized], dict[str, to
     quantized = {name: unpack_quantized(tensors, layer) for name, (layer, tensors) in layers.items()}
     dtype = DTYPES[next(iter(layers.values()))[0].dtype]
     config = json.loads((source / "config.json").read_text())
-    return config, quantized, _float(load_file(source / REST_FILE), dtype)
+    structure = structure_of(json.loads((source / METADATA).read_text()))
+    return config, quantized, _float(load_file(source / REST_FILE), dtype), structure
 
 
 def export_artifact(source: Path, out: Path) -> Path:
@@ -210,6 +243,6 @@ def export_artifact(source: Path, out: Path) -> Path:
     if not (source / METADATA).is_file():
         raise ArtifactError(f"{source}: no artifact there (run `dvc repro` or `prunepipe run` first)")
     packed = json.loads((source / METADATA).read_text()).get("kind") == PACKED_FORMAT
-    config, quantized, dense = (_from_packed if packed else _from_quantized)(source)
+    config, quantized, dense, structure = (_from_packed if packed else _from_quantized)(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    return export_pack_quantized(out, config, quantized, dense, also=tokenizer.save_pretrained)
+    return export_pack_quantized(out, config, quantized, dense, also=tokenizer.save_pretrained, structure=structure)
