@@ -53,6 +53,7 @@ from kernels._sparse import code_value, k_tile_range, rows_total, store_split
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
                              check_bitmask, gather_kept, kept_and_slots, mask_tile, mask_words, popcount8,
                              tile_bases, tuned, values_before)
+from kernels.nm import _split8
 
 FORMAT = "bitmask-int4"
 
@@ -122,21 +123,6 @@ def selectors(device) -> torch.Tensor:
     if device not in _selectors:
         _selectors[device] = torch.tensor(byte_selectors(), dtype=torch.int64).to(torch.int32).to(device)
     return _selectors[device]
-
-
-@triton.jit
-def _split8(x):
-    """x (R, C, 8) → its 8 columns (R, C), in-thread splits (bit-reversed pairing undone)."""
-    R: tl.constexpr = x.shape[0]
-    C: tl.constexpr = x.shape[1]
-    e, o = tl.split(tl.reshape(x, (R, C, 4, 2)))  # columns 0 2 4 6 / 1 3 5 7
-    ee, eo = tl.split(tl.reshape(e, (R, C, 2, 2)))  # 0 4 / 2 6
-    oe, oo = tl.split(tl.reshape(o, (R, C, 2, 2)))  # 1 5 / 3 7
-    x0, x4 = tl.split(ee)
-    x2, x6 = tl.split(eo)
-    x1, x5 = tl.split(oe)
-    x3, x7 = tl.split(oo)
-    return x0, x1, x2, x3, x4, x5, x6, x7
 
 
 @triton.jit

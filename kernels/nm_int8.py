@@ -26,9 +26,9 @@ import triton.language as tl
 from kernels import _sparse
 from kernels._common import check_group, check_tensor, check_x, make_out, unpack
 from kernels._sparse import accumulate_tile, code_value, k_tile_range, rows_total, store_split
+from kernels.bitmask import tuned
 from kernels.nm import (GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns,
                         kept_products, scatter_dense)
-from kernels.bitmask import tuned
 
 FORMAT = "nm-int8"
 
