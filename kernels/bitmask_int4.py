@@ -228,7 +228,7 @@ def _bitmask_quant_matmul_kernel(
     acc2 = tl.zeros((BLOCK_N, W, 32), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
     if BYTE_LUT:
         v32_ptr = v_ptr.to(tl.pointer_type(tl.uint32))
-        whole = tl.minimum(last, K // BLOCK_K)  # tiles inside K; the one across K's end comes after
+        whole = tl.maximum(first, tl.minimum(last, K // BLOCK_K))  # tiles inside K, then the one across its end
         for t in range(first, whole):
             acc, start = _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t,
                                    start, B, K, MB, NW, stride_xb, stride_g, GROUP, False, USE_ASM, DOT_F32, BLOCK_K)
