@@ -202,6 +202,13 @@ class CompileSpec:
     ctas: Callable  # (config, N, K, batch) → CTAs the launcher starts for y (batch, N)
     unaligned: tuple = ("B",)
     path_pointers: dict = None  # path → pointer types that differ there (y: fp32 under split-K)
+    # Fraction of the predicated inline-asm gathers (kernels/bitmask.py) that load: the kept
+    # fraction the packed_bytes count assumes. The report weights those loads by it.
+    kept: float = 1.0
+    # (config) → bytes the PTX loop issues per thread per iteration where that differs from
+    # packed_bytes: loads that reread bytes (overlapping code words) count once in packed_bytes,
+    # so instructions per byte are per byte streamed from memory, not per byte issued.
+    ptx_bytes: Callable = None
 
 
 # ----------------------------------------------------------------------------- jit helpers

@@ -171,10 +171,12 @@ def _interpreting() -> bool:
 # ----------------------------------------------------------------------------- static report
 
 def static_spec(name: str, kernel, pointers: dict, packed: tuple, constexprs: dict, gemv_configs, tiled_configs,
-                bytes_per_weight: float):
+                bytes_per_weight: float, kept: float = 1.0, ptx_bytes_per_weight: float | None = None):
     """The kernels._common.CompileSpec of a sparse kernel: its GEMV configs at batch 1 and its
     BLOCK_M = 16 tiled configs make the batch 1-16 path, the wider tiled ones the large batch.
-    bytes_per_weight: packed bytes per (row, column) of W that the main loop streams."""
+    bytes_per_weight: packed bytes per (row, column) of W that the main loop streams; kept: the
+    fraction of the predicated gathers that load (the sparsity the bytes assume);
+    ptx_bytes_per_weight: what the loop's loads issue per weight where they reread bytes."""
     from kernels._common import BATCH_1_16, LARGE_BATCH, CompileSpec
 
     def gemv(c):
@@ -185,8 +187,8 @@ def static_spec(name: str, kernel, pointers: dict, packed: tuple, constexprs: di
         return triton.Config(dict(c.kwargs, GEMV_ROWS=0, DOT_F32=False), num_warps=c.num_warps,
                              num_stages=c.num_stages)
 
-    def packed_bytes(c) -> int:  # per thread per main-loop iteration
-        return round(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * bytes_per_weight / (32 * c.num_warps))
+    def packed_bytes(c, per_weight: float = bytes_per_weight) -> int:  # per thread per main-loop iteration
+        return round(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * per_weight / (32 * c.num_warps))
 
     def ctas(c, n: int, k: int, batch: int) -> int:
         blocks = triton.cdiv(batch, c.kwargs["BLOCK_M"]) * triton.cdiv(n, c.kwargs["BLOCK_N"])
@@ -196,4 +198,6 @@ def static_spec(name: str, kernel, pointers: dict, packed: tuple, constexprs: di
     large = tuple(tiled(c) for c in tiled_configs if c.kwargs["BLOCK_M"] > 16)
     return CompileSpec(name=name, kernel=kernel, pointers=dict(pointers, ws="fp32", ticket="i32"), packed=packed,
                        constexprs=constexprs, paths={BATCH_1_16: small, LARGE_BATCH: large},
-                       packed_bytes=packed_bytes, ctas=ctas, unaligned=("B", "batch_bucket"))
+                       packed_bytes=packed_bytes, ctas=ctas, unaligned=("B", "batch_bucket"), kept=kept,
+                       ptx_bytes=None if ptx_bytes_per_weight is None else
+                       lambda c: packed_bytes(c, ptx_bytes_per_weight))

@@ -297,4 +297,4 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_off
 # 50% sparsity: the mask (1/8 B per weight) and half the weights' values
 STATIC = (_sparse.static_spec(
     "bitmask 50%", _bitmask_matmul_kernel, dict(x="fp16", mask="u8", v="fp16", ro="i32", y="fp16"), ("mask", "v"),
-    dict(USE_ASM=True), GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * 2),)
+    dict(USE_ASM=True), GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * 2, kept=0.5),)

@@ -375,7 +375,11 @@ def static_spec(bits: int):
         f"bitmask-int{bits} 50% g128", _bitmask_quant_matmul_kernel,
         dict(x="fp16", mask="u8", v="u8", ro="i32", s="fp16", z="u8", y="fp16", lut="i32"), ("mask", "v"),
         dict(BITS=bits, GROUP=128, BYTE_LUT=lut, USE_ASM=True), [] if lut else GEMV_CONFIGS,
-        LUT_CONFIGS if lut else TILED_CONFIGS, 1 / 8 + 0.5 * bits / 8)
+        LUT_CONFIGS if lut else TILED_CONFIGS, 1 / 8 + 0.5 * bits / 8, kept=0.5,
+        # BYTE_LUT reads two overlapping 32-bit code words per mask byte (8 columns), 1 + 8 bytes
+        # per 8 weights where the codes of those columns are 2 on average: the rereads hit L1, so
+        # instructions per byte count the 1/8 + 1/4 bytes per weight the loop streams.
+        ptx_bytes_per_weight=(1 + 8) / 8 if lut else None)
 
 
 STATIC = (static_spec(4),)

@@ -11,14 +11,20 @@ per shape); the report finds them through kernels.FORMATS. For every production 
 1. compiles for sm_90 with Triton's ahead-of-time path (the ptxas bundled in the triton wheel),
    specialised as a real LLM call would be: 16-byte aligned pointers, ints multiples of 16;
 2. finds the packed-data loads in the PTX by data flow: a global load (ld.global, cp.async) whose
-   address depends on a packed pointer parameter (`spec.packed`); source line info cannot tell,
-   LLVM moves a load's line to its first use. The PTX main loop is the backward branch holding
-   the most of them; their widths are those of the SASS (ptxas keeps vector widths);
+   address derives, by arithmetic, from a packed pointer parameter (`spec.packed`; a value loaded
+   from packed data carries no pointer: a table lookup indexed by mask bytes is not packed data);
+   source line info cannot tell, LLVM moves a load's line to its first use. Inline-asm blocks
+   (`{ .reg …; @p ld.global.nc.b16 …; }`, kernels/bitmask.py's gathers) are read statement by
+   statement, their local registers renamed per block. The PTX main loop is the backward branch
+   holding the most packed loads; their widths are those of the SASS (ptxas keeps vector widths);
 3. disassembles the cubin with the wheel's nvdisasm; the SASS main loop is the backward branch
    holding the most global loads (the smallest on ties); counts its instructions (NOPs aside):
    one thread, one iteration, as long as ptxas does not unroll it;
 4. writes one row per config: instr_per_byte = loop instructions / packed bytes that thread loads
-   per iteration (the spec's count; `ptx_packed_bytes` is what the PTX loop loads, as a check),
+   per iteration (the spec's count of bytes streamed from memory; `ptx_packed_bytes` is what the
+   PTX loop loads, gathers under an inline-asm predicate weighted by the kept fraction `spec.kept`;
+   it must equal `ptx_expected_bytes`, the spec's count or, where the loop rereads bytes, its
+   declared `spec.ptx_bytes`: a spec that overstates its bytes would flatter instr_per_byte),
    load_bits = the narrowest packed load in the loop, registers / spill_bytes (local memory per
    thread) / shared_bytes, ctas = CTAs launched at batch 1 on each target shape, resident_ctas
    per SM (registers, shared memory, threads) and inflight_kb: the packed KB one iteration of the
@@ -72,7 +78,10 @@ class Row:
     inflight_kb: dict = field(default_factory=dict)  # "NxK" → packed KB one iteration keeps in flight per SM
     loop_instructions: int | None = None
     packed_bytes: int | None = None  # declared by the spec, per thread per iteration
-    ptx_packed_bytes: int | None = None  # summed over the packed loads of the PTX main loop
+    ptx_packed_bytes: float | None = None  # what the PTX main loop loads: its packed loads' bytes, the
+    #   predicated gathers weighted by the kept fraction the spec assumes (spec.kept)
+    ptx_gather_bytes: int | None = None  # of those, the gathers' bytes were every predicate true
+    ptx_expected_bytes: int | None = None  # what the spec says the PTX loads (= packed_bytes unless it rereads)
     error: str | None = None
 
 
@@ -150,8 +159,9 @@ def packed_params(fn, constexprs: dict, packed: tuple[str, ...]) -> set[int]:
     return {runtime.index(f"{p}_ptr") for p in packed}
 
 
-PTX_LINE = re.compile(r"^(?:@!?%\w+\s+)?([a-z][\w.]*)\s*(.*);$")
+PTX_LINE = re.compile(r"^(@!?%\w+\s+)?([a-z][\w.]*)\s*(.*);$")
 PTX_NO_DEST = ("st.", "cp.async", "bar", "bra", "red.", "ret", "fence", "prefetch", "mbarrier", "exit")
+ASM_REG = re.compile(r"\.reg\s+\.\w+\s+([^;]+)")
 
 
 @dataclass
@@ -163,20 +173,38 @@ class PtxInstr:
     address: tuple  # registers of the global address (loads only)
     bits: int  # bits one thread loads (global loads only)
     target: str | None  # branch target label
+    gather: bool = False  # a load under a predicate of an inline-asm block (kernels/bitmask.py's gathers)
+
+
+def ptx_statements(ptx: str):
+    """(statement, inline) per PTX statement. An inline-asm block `{ .reg … ; a; b; }` sits on one
+    line: it is split into its statements, and its local registers (no `%`) get a `%` name unique
+    to the block, so data flow and predicates inside it read like the compiler's own."""
+    for n, raw in enumerate(ptx.splitlines()):
+        line = raw.split("//")[0].strip()
+        if not (line.startswith("{") and line.endswith("}")):
+            yield line, False
+            continue
+        body = line[1:-1]
+        local = {name.strip() for decl in ASM_REG.findall(body) for name in decl.split(",")}
+        rename = lambda m: f"%asm{n}_{m.group(0)}" if m.group(0) in local else m.group(0)  # noqa: E731
+        for part in body.split(";"):
+            part = part.strip()
+            if part and not part.startswith(".reg"):
+                yield re.sub(r"(?<![%\w.$])[A-Za-z_]\w*", rename, part) + ";", True
 
 
 def parse_ptx(ptx: str) -> tuple[list, dict[str, int]]:
     """PTX instructions (and label → index) in program order, with what each reads and writes."""
     instrs, labels = [], {}
-    for raw in ptx.splitlines():
-        line = raw.split("//")[0].strip()
+    for line, inline in ptx_statements(ptx):
         if re.match(r"^\$L\w+:$", line):
             labels[line[:-1]] = len(instrs)
             continue
         m = PTX_LINE.match(line)
         if not m:
             continue
-        op, operands = m.groups()
+        guard, op, operands = m.groups()
         parts = [p.strip() for p in re.split(r",(?![^{]*})", operands)] if operands else []
         has_dest = parts and not op.startswith(PTX_NO_DEST)
         regs = lambda text: tuple(re.findall(r"%\w+", text))  # noqa: E731
@@ -193,12 +221,15 @@ def parse_ptx(ptx: str) -> tuple[list, dict[str, int]]:
             address = regs(re.findall(r"\[(.*?)\]", operands)[1])
             bits = int(parts[2], 0) * 8
         target = re.search(r"\$L\w+", operands) if op.startswith("bra") else None
-        instrs.append(PtxInstr(op, dests, sources, params, address, bits, target and target.group(0)))
+        instrs.append(PtxInstr(op, dests, sources, params, address, bits, target and target.group(0),
+                               gather=bool(bits) and inline and guard is not None))
     return instrs, labels
 
 
 def reaches(instrs: list, regs: tuple, params: set[int]) -> bool:
-    """Does a value computed from `regs` depend on one of the kernel parameters `params`?"""
+    """Does an address computed from `regs` derive from one of the pointer parameters `params`?
+    Pointer provenance flows through arithmetic, not through global loads: an address computed
+    from a loaded packed value (a table lookup indexed by mask bytes) points elsewhere."""
     defs: dict[str, list] = {}
     for ins in instrs:
         for reg in ins.dests:
@@ -208,22 +239,35 @@ def reaches(instrs: list, regs: tuple, params: set[int]) -> bool:
         for ins in defs.get(todo.pop(), ()):
             if params.intersection(ins.params):
                 return True
+            if ins.bits:
+                continue
             fresh = [r for r in ins.sources if r not in seen]
             seen.update(fresh)
             todo.extend(fresh)
     return False
 
 
-def ptx_loop_loads(ptx: str, packed: set[int]) -> list[int]:
-    """Bits of each packed-data global load in the PTX loop that encloses the most of them."""
+@dataclass
+class PtxLoads:
+    """The packed-data global loads of the PTX main loop."""
+
+    bits: list  # per load, gathers included
+    plain_bits: int  # summed over the loads every thread issues (a Triton mask aside)
+    gather_bits: int  # summed over the predicated inline-asm gathers, as if every predicate held
+
+
+def ptx_loop_loads(ptx: str, packed: set[int]) -> PtxLoads:
+    """Packed-data global loads in the PTX loop that encloses the most of them."""
     instrs, labels = parse_ptx(ptx)
     is_packed = [bool(ins.bits) and reaches(instrs, ins.address, packed) for ins in instrs]
     spans = [(labels[ins.target], i) for i, ins in enumerate(instrs)
              if ins.target in labels and labels[ins.target] <= i]
     if not spans:
-        return []
+        return PtxLoads([], 0, 0)
     first, last = max(spans, key=lambda s: (sum(is_packed[s[0]:s[1] + 1]), s[0] - s[1]))
-    return [instrs[i].bits for i in range(first, last + 1) if is_packed[i]]
+    loads = [instrs[i] for i in range(first, last + 1) if is_packed[i]]
+    return PtxLoads([ins.bits for ins in loads], sum(ins.bits for ins in loads if not ins.gather),
+                    sum(ins.bits for ins in loads if ins.gather))
 
 
 @dataclass
@@ -304,12 +348,14 @@ def analyse(job: tuple) -> Row:
     loads = ptx_loop_loads(compiled.asm["ptx"],
                            packed_params(spec.kernel, dict(spec.constexprs, **config.kwargs), spec.packed))
     body = sass_main_loop(*disassemble(cubin))
-    if not loads or not body:
+    if not loads.bits or not body:
         row.error = "no loop loading packed data found"
         return row
     row.loop_instructions = sum(i.op != "NOP" for i in body)
-    row.load_bits = min(loads)
-    row.ptx_packed_bytes = sum(loads) // 8
+    row.load_bits = min(loads.bits)
+    row.ptx_gather_bytes = loads.gather_bits // 8
+    row.ptx_packed_bytes = round((loads.plain_bits + spec.kept * loads.gather_bits) / 8, 2)
+    row.ptx_expected_bytes = spec.ptx_bytes(config) if spec.ptx_bytes else row.packed_bytes
     row.instr_per_byte = round(row.loop_instructions / row.packed_bytes, 2)
     return row
 
@@ -323,9 +369,9 @@ def violations(row: Row) -> list[str]:
         found.append(f"packed loads of {row.load_bits} bits, not {LOAD_BITS}")
     if row.instr_per_byte > MAX_INSTR_PER_BYTE:
         found.append(f"{row.instr_per_byte} instructions per packed byte > {MAX_INSTR_PER_BYTE}")
-    if row.ptx_packed_bytes != row.packed_bytes:
+    if row.ptx_packed_bytes != row.ptx_expected_bytes:
         found.append(f"the PTX loads {row.ptx_packed_bytes} packed bytes per iteration, the spec says "
-                     f"{row.packed_bytes}")
+                     f"{row.ptx_expected_bytes}")
     few = {shape: n for shape, n in row.ctas.items() if n < MIN_CTAS}
     if few:
         found.append(f"fewer than {MIN_CTAS} CTAs at batch 1: {few}")

@@ -53,3 +53,25 @@ def test_batch_1_16_configs_meet_the_limits(batch_1_16_rows):
     broken = {f"{r['kernel']} {r['config']}": static_report.violations(static_report.Row(**r)) for r in rows}
     broken = {name: v for name, v in broken.items() if v}
     assert not broken, "\n".join(f"{name}: {'; '.join(v)}" for name, v in broken.items())
+
+
+PTX_GATHER = """
+$L__BB0_1:
+	ld.param.u64 	%rd1, [k_param_1];
+	ld.param.u64 	%rd2, [k_param_2];
+	ld.global.v4.b32 	{%r1, %r2, %r3, %r4}, [%rd1];
+	mul.wide.s32 	%rd3, %r1, 4;
+	add.s64 	%rd4, %rd2, %rd3;
+	ld.global.b32 	%r5, [%rd4];
+	// begin inline asm
+	{ .reg .pred p; .reg .b32 s, c; .reg .b64 a; .reg .b16 h; shl.b32 s, %r1, %r2; setp.lt.s32 p, s, 0; popc.b32 c, s; mad.wide.s32 a, c, 2, %rd1; mov.b16 h, 0; @p ld.global.nc.b16 h, [a]; cvt.f32.f16 %r6, h; }
+	// end inline asm
+	@%p1 bra 	$L__BB0_1;
+"""
+
+
+def test_ptx_scanner_sees_inline_asm_gathers_and_not_table_lookups():
+    """param 1 is packed; param 2 a table indexed by a packed value (not packed data)."""
+    loads = static_report.ptx_loop_loads(PTX_GATHER, {1})
+    assert loads.bits == [128, 16]
+    assert (loads.plain_bits, loads.gather_bits) == (128, 16)
