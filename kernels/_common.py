@@ -2,14 +2,14 @@
 
 Every kernel computes y = x @ Ŵᵀ, with x (B, K) fp16/bf16, Ŵ (N, K) the dequantized packed
 weight, y (B, N) in x's dtype and fp32 accumulation. Here:
-- the split over K that gives batch 1 at least 264 CTAs (2 per H200 SM): plan_split_k,
-  launch_split_k (a zeroed fp32 buffer the splits add into atomically), store_or_add;
+- the one split over K of every kernel, which gives batch 1 at least 264 CTAs (2 per H200 SM):
+  plan_split_k, workspace, k_tile_range, store_split (why this design: the notes at its section);
 - the 0x6400 exponent trick that turns 4- and 8-bit codes into fp16 (code − zero) in about one
   instruction per fp16 pair (inline PTX; plain integer ops under the interpreter), the
   per-element scale of the slow path, the tensor-core product dot_t;
 - CompileSpec: what each kernel module declares for kernels/static_report.py;
-- helpers of the sparse kernels (kernels/_sparse.py, nm*, bitmask*): bit unpacking, N:M scatter
-  to dense, group dequantization, the CUDA-core / tl.dot inner products;
+- helpers of the sparse kernels (nm*, bitmask*; their launcher is kernels/_sparse.py): bit
+  unpacking, N:M scatter to dense, group dequantization, the CUDA-core / tl.dot inner products;
 - launcher checks with clear ValueErrors.
 
 Shape comments are (rows, cols).
@@ -41,6 +41,30 @@ def batch_bucket(batch: int) -> int:
 
 # ----------------------------------------------------------------------------- split over K
 
+# The one split-K of every kernel (int4, int8, nm, nm-int4, nm-int8, bitmask*).
+#
+# At batch 1 a grid over N alone is too small to keep the H200's HBM busy (the 4096-row shapes of
+# a 7B model give 128 programs for 132 SMs), so the grid is (tiles of y, SPLIT): program (i, s)
+# reduces K tiles k_tile_range(…) of tile i, with SPLIT from plan_split_k (≥ MIN_CTAS programs).
+# The splits' fp32 partial sums meet in a workspace (B, N) by atomic adds; a ticket per tile
+# counts the splits that finished, and the last one writes y in x's dtype and zeroes its slice of
+# the workspace and its ticket again (store_split). Why this one, over a zeroed fp32 buffer per
+# call copied into y after (the other design this repository had):
+# - launches per call: one (the kernel) against three (memset, kernel, copy); at batch 1 on a
+#   4096×4096 int4 weight the kernel streams 8 MB in ≈ 2 µs, about what each extra launch costs;
+#   y is written once, in its dtype, with no fp32 round trip through memory;
+# - concurrent streams: one workspace per (device, stream); calls on one stream run in order, so
+#   two never share a workspace at once, and calls on different streams never share one;
+# - CUDA graphs (a decode step captured after eager warm-up steps): capture runs on its own
+#   stream, so the first call under capture allocates that stream's workspace inside the capture:
+#   the graph's private pool holds it and the graph zeroes it at that point of every replay; the
+#   kernels leave it zeroed, so later replays and the eager calls around them find it zero. A
+#   workspace is never freed (growing retires the old one to _retired, kept alive), because a
+#   graph captured earlier keeps its address. Graphs captured on one stream share its workspace:
+#   replay them one after the other (as a decode loop does), not concurrently.
+# - the cost: fp32 atomics in varying order, so with SPLIT > 1 the last bits of y may differ run
+#   to run (gemlite's way too), and nothing outside the kernels may write the workspace.
+
 # 2 CTAs on each of the H200's 132 SMs: at batch 1 a grid over N alone leaves the SMs with too few
 # bytes in flight (≈ 25-30 KB per SM cover ≈ 0.8 µs of DRAM latency at 4.27 TB/s).
 MIN_CTAS = 264
@@ -57,37 +81,66 @@ class SplitK:
 def plan_split_k(tiles: int, k: int, block_k: int, min_ctas: int = MIN_CTAS) -> SplitK:
     """Fewest splits that give tiles × splits ≥ min_ctas, each split whole BLOCK_K blocks (so a
     split never starts inside a BLOCK_K tile; with BLOCK_K dividing the quantization group it never
-    starts inside a group either). One split when the tiles alone fill the GPU or K is one block."""
+    starts inside a group either). One split when the tiles alone fill the GPU or K is one block.
+    k_per_split = ceil(blocks / splits) · BLOCK_K: what k_tile_range gives each program."""
     blocks = -(-k // block_k)
     want = -(-min_ctas // max(tiles, 1))
     per = max(1, -(-blocks // want))
     while per > 1 and -(-blocks // per) < want:  # cdiv(blocks, cdiv(blocks, want)) can fall short
         per -= 1
-    return SplitK(-(-blocks // per), per * block_k)
+    splits = -(-blocks // per)
+    return SplitK(splits, -(-blocks // splits) * block_k)
 
 
-def launch_split_k(launch: Callable[[torch.Tensor], None], out: torch.Tensor, plan: SplitK) -> torch.Tensor:
-    """Run `launch(y)`: one split stores straight into `out`; several add their fp32 partial sums
-    with atomics into a zeroed fp32 (B, N) buffer, copied into `out` after (gemlite's way).
-    The atomics' order varies, so with splits > 1 the last bits of y may differ run to run."""
-    if plan.splits == 1:
-        launch(out)
-        return out
-    partial = torch.zeros(out.shape, dtype=torch.float32, device=out.device)
-    launch(partial)
-    return out.copy_(partial)
+_workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_retired: list[tuple[torch.Tensor, torch.Tensor]] = []  # outgrown workspaces: a captured graph may use them
+
+
+def workspace(x: torch.Tensor, n_out: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed fp32 (≥ B·N) sums and int32 (≥ tiles) tickets for a launch on x's device and current
+    stream (see the notes above). The kernels leave them zeroed again, so only growing allocates."""
+    stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+    key = (x.device, stream)
+    sums, tickets = _workspaces.get(key, (None, None))
+    if sums is None or sums.numel() < x.shape[0] * n_out or tickets.numel() < tiles:
+        if sums is not None:
+            _retired.append((sums, tickets))
+        sums = torch.zeros(max(x.shape[0] * n_out, 0 if sums is None else sums.numel()), dtype=torch.float32,
+                           device=x.device)
+        tickets = torch.zeros(max(tiles, 0 if tickets is None else tickets.numel()), dtype=torch.int32,
+                              device=x.device)
+        _workspaces[key] = (sums, tickets)
+    return sums, tickets
 
 
 @triton.jit
-def store_or_add(y_ptr, acc, offs_m, offs_n, B, N, stride_yb, SPLIT_K: tl.constexpr):
-    """acc (BLOCK_M, BLOCK_N) fp32 → y: a plain store in y's dtype, or with SPLIT_K an fp32
-    atomic add into the zeroed buffer of launch_split_k."""
+def k_tile_range(K, BLOCK_K: tl.constexpr):
+    """[first, last) K tiles of this program's split (axis 1 of the grid)."""
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    per = tl.cdiv(k_tiles, tl.num_programs(1))
+    first = tl.program_id(1) * per
+    return first, tl.minimum(first + per, k_tiles)
+
+
+@triton.jit
+def store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb):
+    """y[offs_m, offs_n] = acc (BLOCK_M, BLOCK_N) summed over the splits, in y's dtype: a plain
+    store with one split; else fp32 atomic adds into the workspace, and the last split of this
+    tile (axis 0 of the grid) writes y and zeroes the workspace slice and the ticket again."""
     mask = (offs_m[:, None] < B) & (offs_n[None, :] < N)
-    ptrs = y_ptr + offs_m[:, None] * stride_yb + offs_n[None, :]
-    if SPLIT_K:
-        tl.atomic_add(ptrs, acc, mask=mask, sem="relaxed")
+    y_ptrs = y_ptr + offs_m[:, None] * stride_yb + offs_n[None, :]
+    if tl.num_programs(1) == 1:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
-        tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.atomic_add(ws_ptrs, acc, mask=mask, sem="relaxed")
+        tl.debug_barrier()  # every thread's adds precede the ticket (released by acq_rel)
+        ticket = tl.atomic_add(ticket_ptr + tl.program_id(0), 1, sem="acq_rel")
+        if ticket == tl.num_programs(1) - 1:
+            total = tl.load(ws_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.store(ws_ptrs, tl.zeros_like(total), mask=mask)
+            tl.store(ticket_ptr + tl.program_id(0), 0)
 
 
 # ----------------------------------------------------------------------------- integer codes → fp16
@@ -201,7 +254,7 @@ class CompileSpec:
     packed_bytes: Callable  # (config) → packed bytes one thread loads per main-loop iteration
     ctas: Callable  # (config, N, K, batch) → CTAs the launcher starts for y (batch, N)
     unaligned: tuple = ("B",)
-    path_pointers: dict = None  # path → pointer types that differ there (y: fp32 under split-K)
+    path_pointers: dict = None  # path → pointer types that differ there
     # Fraction of the predicated inline-asm gathers (kernels/bitmask.py) that load: the kept
     # fraction the packed_bytes count assumes. The report weights those loads by it.
     kept: float = 1.0

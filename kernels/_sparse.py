@@ -1,15 +1,7 @@
-"""Split over K for the batch-1…16 paths of the sparse kernels (nm*, bitmask*).
+"""The launcher and CUDA-core helpers of the sparse kernels (nm*, bitmask*).
 
-At batch 1 a grid of N / BLOCK_N programs is too small to keep the H200's HBM busy (the
-4096-row shapes of a 7B model give 128 programs for 132 SMs). So the grid is
-(N / BLOCK_N, SPLIT): program (i, s) reduces K tiles [s·per, (s+1)·per) of rows block i, with
-per = ceil(K tiles / SPLIT), and SPLIT picked so that the grid has ≥ TARGET_CTAS programs.
-
-The partial sums meet in an fp32 workspace (B, N) with atomic adds; a per-row-block ticket
-counts the splits that finished, and the last one converts the sums to y and zeroes its slice
-of the workspace and its ticket again. So the workspace stays zero between calls (one cached
-buffer per device and stream, grown on demand, no memset launch), and y is written once, in
-x's dtype. Calls on one stream run in order, so they never share the workspace at once.
+Their batch-1…16 paths split over K as every kernel does (kernels/_common.py, "split over K":
+plan_split_k, workspace, k_tile_range, store_split): the grid is (row blocks, SPLIT).
 """
 
 from __future__ import annotations
@@ -18,63 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-# 2 CTAs per SM on the 132 SMs of an H100/H200: ≥ 2 resident programs per SM hide the load
-# latency at batch 1 (DESIGN.md, "bytes in flight").
-TARGET_CTAS = 264
-
-_workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def split_count(n_blocks: int, k_tiles: int, target: int = TARGET_CTAS) -> int:
-    """SPLIT for a grid of n_blocks row blocks over k_tiles K tiles: the fewest splits of whole
-    tiles (per = K tiles per split) that reach `target` programs, or one split per tile."""
-    want = -(-target // max(n_blocks, 1))
-    per = max(1, k_tiles // want)
-    return -(-k_tiles // per)
-
-
-def workspace(x: torch.Tensor, n_out: int, n_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed fp32 (≥ B·N) sums and int32 (≥ n_blocks) tickets, cached per device and stream.
-    The kernels leave them zeroed again, so only growing allocates."""
-    stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
-    key = (x.device, stream)
-    sums, tickets = _workspaces.get(key, (None, None))
-    if sums is None or sums.numel() < x.shape[0] * n_out or tickets.numel() < n_blocks:
-        size = max(x.shape[0] * n_out, 0 if sums is None else sums.numel())
-        sums = torch.zeros(size, dtype=torch.float32, device=x.device)
-        tickets = torch.zeros(max(n_blocks, 0 if tickets is None else tickets.numel()), dtype=torch.int32,
-                              device=x.device)
-        _workspaces[key] = (sums, tickets)
-    return sums, tickets
-
-
-@triton.jit
-def k_tile_range(K, BLOCK_K: tl.constexpr):
-    """[first, last) K tiles of this program's split (axis 1 of the grid)."""
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    per = tl.cdiv(k_tiles, tl.num_programs(1))
-    first = tl.program_id(1) * per
-    return first, tl.minimum(first + per, k_tiles)
-
-
-@triton.jit
-def store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb):
-    """y[offs_m, offs_n] = acc (BLOCK_M, BLOCK_N) summed over the splits, in y's dtype."""
-    mask = (offs_m[:, None] < B) & (offs_n[None, :] < N)
-    y_ptrs = y_ptr + offs_m[:, None] * stride_yb + offs_n[None, :]
-    if tl.num_programs(1) == 1:
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
-        tl.atomic_add(ws_ptrs, acc, mask=mask, sem="relaxed")
-        tl.debug_barrier()  # every thread's adds precede the ticket (released by acq_rel)
-        ticket = tl.atomic_add(ticket_ptr + tl.program_id(0), 1, sem="acq_rel")
-        if ticket == tl.num_programs(1) - 1:
-            total = tl.load(ws_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask)
-            tl.store(ws_ptrs, tl.zeros_like(total), mask=mask)
-            tl.store(ticket_ptr + tl.program_id(0), 0)
-
+from kernels._common import plan_split_k, workspace
 
 
 @triton.jit
@@ -158,7 +94,7 @@ def launch(gemv, tiled, x: torch.Tensor, n_out: int, args: tuple, gemv_max: int 
 
     largest = min(c.kwargs["BLOCK_N"] for c in (kernel.configs if FORCE_CONFIG is None else [FORCE_CONFIG]))
     ws, tickets = workspace(x, n_out, triton.cdiv(batch, 1 if is_gemv else 16) * triton.cdiv(n_out, largest))
-    grid = lambda m: (blocks(m), split_count(blocks(m), triton.cdiv(k, m["BLOCK_K"])))  # noqa: E731
+    grid = lambda m: (blocks(m), plan_split_k(blocks(m), k, m["BLOCK_K"]).splits)  # noqa: E731
     kernel[grid](*args, ws, tickets, batch_bucket(batch), **meta)
 
 
@@ -192,7 +128,7 @@ def static_spec(name: str, kernel, pointers: dict, packed: tuple, constexprs: di
 
     def ctas(c, n: int, k: int, batch: int) -> int:
         blocks = triton.cdiv(batch, c.kwargs["BLOCK_M"]) * triton.cdiv(n, c.kwargs["BLOCK_N"])
-        return blocks * split_count(blocks, triton.cdiv(k, c.kwargs["BLOCK_K"]))
+        return blocks * plan_split_k(blocks, k, c.kwargs["BLOCK_K"]).splits
 
     small = tuple(gemv(c) for c in gemv_configs) + tuple(tiled(c) for c in tiled_configs if c.kwargs["BLOCK_M"] <= 16)
     large = tuple(tiled(c) for c in tiled_configs if c.kwargs["BLOCK_M"] > 16)

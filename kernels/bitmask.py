@@ -21,7 +21,7 @@ Design, per (BLOCK_N, BLOCK_K) tile viewed as (BLOCK_N, W = BLOCK_K/32 words, 32
 - The gather is inline PTX (ld.global.nc under a predicate): a tl.load of those addresses makes
   Triton re-layout the pointers through shared memory. The interpreter runs the same math
   with tl ops (USE_ASM = False).
-- split over K (kernels/_sparse.py): a program first counts the kept weights of its rows before
+- split over K (kernels/_common.py): a program first counts the kept weights of its rows before
   its split (a byte popcount over the mask prefix, outside the main loop).
 GEMV on CUDA cores for B ≤ 4 (B = 1: one FFMA per weight, reduced after the loop), tl.dot with
 BLOCK_M = 16 above. The quantized bitmask kernel (kernels/bitmask_int4.py) shares these helpers.
@@ -39,8 +39,8 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import check_tensor, check_x, make_out
-from kernels._sparse import accumulate_tile, k_tile_range, rows_total, store_split
+from kernels._common import check_tensor, check_x, k_tile_range, make_out, store_split
+from kernels._sparse import accumulate_tile, rows_total
 
 FORMAT = "bitmask"
 # What the gather reads: float values (the pointer's dtype says fp16/bf16), 8-bit or 4-bit codes.
@@ -163,7 +163,7 @@ def _bitmask_matmul_kernel(
     x_ptr, mask_ptr, v_ptr, ro_ptr, y_ptr,
     B, N, K, MB,  # MB: mask bytes per row
     stride_xb, stride_mask, stride_yb,
-    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_sparse.py)
+    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     batch_bucket,  # autotune key only
     USE_ASM: tl.constexpr,  # False under the interpreter
     GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one

@@ -13,7 +13,7 @@ Math:
     y[b, n]    = Σ_k x[b, k] · Ŵ[n, k]        fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
-Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_sparse.py):
+Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.py):
 - BYTE_LUT (int4 codes, tiles inside one quantization group: g = −1 or a multiple of 128, the
   pipeline's 128 among them), tensor cores at every batch (BLOCK_M = 16 up to 16 rows): per
   mask byte (8 columns) a popcount and a prefix across the row give the nibble index of its
@@ -48,8 +48,8 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import check_group, check_tensor, dot_t, make_out
-from kernels._sparse import code_value, k_tile_range, rows_total, store_split
+from kernels._common import check_group, check_tensor, dot_t, k_tile_range, make_out, store_split
+from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
                              check_bitmask, gather_kept, kept_and_slots, mask_tile, mask_words, popcount8,
                              tile_bases, tuned, values_before)
@@ -205,7 +205,7 @@ def _bitmask_quant_matmul_kernel(
     x_ptr, mask_ptr, v_ptr, ro_ptr, s_ptr, z_ptr, y_ptr, lut_ptr,
     B, N, K, MB, NW,  # MB: mask bytes per row; NW: 32-bit words holding the code stream
     stride_xb, stride_mask, stride_g, stride_yb,
-    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_sparse.py)
+    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     batch_bucket,  # autotune key only
     BITS: tl.constexpr,  # 4 or 8
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row

@@ -20,11 +20,11 @@ Design (Marlin's ideas on the packed layout as it is; Frantar et al. 2024, arXiv
 - the low and high nibbles come out as two (BLOCK_N, BLOCK_K/2) tiles for the even and odd
   columns: x is split into its even and odd columns to match (x is BLOCK_M/BLOCK_N the size);
 - K is split over the grid's second axis until ≥ 264 CTAs run (_common.plan_split_k), the splits
-  adding fp32 partial sums atomically.
-Measured (python -m kernels.static_report, sm_90, Triton 3.9; 3.6 in brackets), batch 1-16 path,
-main-loop SASS instructions per packed byte: g=128 5.3 (5.4), g=64 5.6 (5.8), one group per row
-4.8 (4.7); every packed load LDG.E.128; ≥ 288 CTAs at batch 1 on every benchmark shape; 138-168
-registers, no spills. Where they go (g=128, 64 bytes per thread per iteration, ≈ 340 in all): the
+  adding fp32 partial sums atomically into a workspace; the last one writes y (_common.store_split).
+Measured (python -m kernels.static_report, sm_90, Triton 3.9), batch 1-16 path, main-loop SASS
+instructions per packed byte: g=128 5.3, g=64 5.7, one group per row 4.8 (Triton 3.6 before the
+single-launch split-K: 5.4, 5.8, 4.7); every packed load LDG.E.128; ≥ 288 CTAs at batch 1 on
+every benchmark shape; 144-168 registers, no spills. Where they go (g=128, 64 bytes per thread per iteration, ≈ 340 in all): the
 0x6400 dequantization 2.5 per byte, the x tile's even/odd split (PRMT) ≈ 0.8, the packed tile's
 trip through shared memory into the MMA layout (STS/LDS/LDSM/BAR) ≈ 0.5, HMMA 0.5, addressing
 ≈ 0.6, the group scale 0.3.
@@ -38,8 +38,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
-                             check_tensor, check_x, dot_t, int4_minus_zero, int8_minus_zero, launch_split_k,
-                             make_out, plan_split_k, scale_columns, store_or_add)
+                             check_tensor, check_x, dot_t, int4_minus_zero, int8_minus_zero, k_tile_range,
+                             make_out, plan_split_k, scale_columns, store_split, workspace)
 
 FORMAT = "int4"
 SMALL_BATCH = 16  # up to here one BLOCK_M = 16 row block: every weight byte is read once
@@ -48,11 +48,11 @@ SMALL_BATCH = 16  # up to here one BLOCK_M = 16 row block: every weight byte is 
 @triton.jit
 def _quant_matmul_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, y_ptr,
-    B, N, K, K_SPLIT,
+    B, N, K,
     stride_xb, stride_xk, stride_q, stride_g, stride_yb,
+    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     BITS: tl.constexpr,  # 4 or 8
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row
-    SPLIT_K: tl.constexpr,  # several programs share an output: atomic fp32 adds
     EVEN: tl.constexpr,  # BLOCK_N | N and BLOCK_K | K: no masks on the weights (LLM shapes)
     USE_ASM: tl.constexpr,  # False under the interpreter
     DOT_F32: tl.constexpr,
@@ -64,9 +64,10 @@ def _quant_matmul_kernel(
     # The tile lies inside one group: scale its partial sums once (else per element, slowly).
     PER_TILE: tl.constexpr = GROUP == 0 or GROUP % BLOCK_K == 0
     PACKED_K: tl.constexpr = BLOCK_K * BITS // 8
-    k_start = tl.program_id(1) * K_SPLIT
-    k_end = tl.minimum(k_start + K_SPLIT, K)
-    # K_SPLIT is whole BLOCK_K tiles: the split starts on a multiple of PACKED_K (≥ 16) bytes.
+    first, last = k_tile_range(K, BLOCK_K)  # this program's split: whole BLOCK_K tiles
+    k_start = first * BLOCK_K
+    k_end = tl.minimum(last * BLOCK_K, K)
+    # a split is whole BLOCK_K tiles: the split starts on a multiple of PACKED_K (≥ 16) bytes.
     offs_b = tl.multiple_of(k_start * BITS // 8, PACKED_K) + tl.arange(0, PACKED_K)  # (PACKED_K,) row bytes
     q_ptrs = q_ptr + rows[:, None] * stride_q + offs_b[None, :]  # (BLOCK_N, PACKED_K)
     x_ptrs = x_ptr + offs_m[:, None] * stride_xb + (k_start + tl.arange(0, BLOCK_K))[None, :] * stride_xk
@@ -110,7 +111,7 @@ def _quant_matmul_kernel(
         q_ptrs += PACKED_K
         x_ptrs += BLOCK_K * stride_xk
         offs_b += PACKED_K
-    store_or_add(y_ptr, acc, offs_m, offs_n, B, N, stride_yb, SPLIT_K)
+    store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -160,17 +161,15 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, qweight: torch.Tensor, sc
     cfg = config(batch, group)
     tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(n, cfg.kwargs["BLOCK_N"])
     plan = plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"])
-
-    def launch(y: torch.Tensor) -> None:
-        _quant_matmul_kernel[(tiles, plan.splits)](
-            x, qweight, scales, zeros, y, batch, n, k, plan.k_per_split,
-            x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), y.stride(0),
-            BITS=bits, GROUP=group, SPLIT_K=plan.splits > 1,
-            EVEN=n % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0, USE_ASM=not INTERPRET,
-            DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
-
-    return launch_split_k(launch, out, plan)
+    ws, tickets = workspace(x, n, tiles)
+    _quant_matmul_kernel[(tiles, plan.splits)](
+        x, qweight, scales, zeros, out, batch, n, k,
+        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), out.stride(0), ws, tickets,
+        BITS=bits, GROUP=group,
+        EVEN=n % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0, USE_ASM=not INTERPRET,
+        DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
+    return out
 
 
 def matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *,
@@ -228,17 +227,11 @@ def static_specs(fmt: str, bits: int) -> tuple[CompileSpec, ...]:
         flags = dict(BITS=bits, GROUP=group, EVEN=True, USE_ASM=True, DOT_F32=False, stride_xk=1)
         return CompileSpec(
             name=f"{fmt} {label}", kernel=_quant_matmul_kernel,
-            pointers=dict(x="fp16", q="u8", s="fp16", z="u8", y="fp16"), packed=("q",), constexprs=flags,
-            paths={BATCH_1_16: (with_split(config(1, group), True),),
-                   LARGE_BATCH: (with_split(config(SMALL_BATCH + 1, group), False),)},
-            packed_bytes=packed_bytes, ctas=ctas, path_pointers={BATCH_1_16: dict(y="fp32")})
+            pointers=dict(x="fp16", q="u8", s="fp16", z="u8", y="fp16", ws="fp32", ticket="i32"), packed=("q",), constexprs=flags,
+            paths={BATCH_1_16: (config(1, group),), LARGE_BATCH: (config(SMALL_BATCH + 1, group),)},
+            packed_bytes=packed_bytes, ctas=ctas)
 
     return spec("g128", 128), spec("g64", 64), spec("g-1", 0)
-
-
-def with_split(cfg: triton.Config, split: bool) -> triton.Config:
-    """cfg with SPLIT_K set as the target shapes launch it (split at batch 1, whole K at large batch)."""
-    return triton.Config(dict(cfg.kwargs, SPLIT_K=split), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 STATIC = static_specs(FORMAT, 4)

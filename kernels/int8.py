@@ -13,8 +13,8 @@ The kernel is kernels/int4.py's `_quant_matmul_kernel` with BITS=8: one PRMT put
 under fp16 exponent bytes 0x64 (1024 + code, exact), one HSUB2 takes away 1024 + zero
 (_common.int8_minus_zero); the scale applies once per group to the tile's partial sums. So this
 file holds only the int8 launcher, reference and static specs. Measured (kernels.static_report,
-sm_90, Triton 3.9), batch 1-16 path: 3.1 main-loop instructions per packed byte at g=128, 3.0
-at g=64, 2.6 with one group per row; LDG.E.128; ≥ 288 CTAs at batch 1 on every benchmark shape.
+sm_90, Triton 3.9), batch 1-16 path: 3.0 main-loop instructions per packed byte at g=128, 3.1
+at g=64, 2.5 with one group per row; LDG.E.128; ≥ 288 CTAs at batch 1 on every benchmark shape.
 """
 
 from __future__ import annotations

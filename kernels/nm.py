@@ -11,7 +11,7 @@ Math:
     y[b, r]   = Σ_c values[r, c] · x[b, col(r, c)]    fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16 (values' dtype), y (B, N).
 
-Two paths in one kernel, both split over K (kernels/_sparse.py) so batch 1 fills the GPU:
+Two paths in one kernel, both split over K (kernels/_common.py) so batch 1 fills the GPU:
 - B ≤ 4, CUDA cores: gather x by the kept indices. A tile is (BLOCK_N rows, BLOCK_K/m groups,
   n slots); slot t of a group can only sit at t + d, 0 ≤ d ≤ m − n, so its x is picked from the
   group's x (converted to fp32 once) by a select tree on the bits of d, and only the n kept
@@ -43,8 +43,8 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import _slots, check_tensor, check_x, dot_t, make_out, unpack
-from kernels._sparse import k_tile_range, rows_total, store_split
+from kernels._common import _slots, check_tensor, check_x, dot_t, k_tile_range, make_out, store_split, unpack
+from kernels._sparse import rows_total
 
 FORMAT = "nm"
 INDEX_BITS = {4: 2, 8: 4}
@@ -282,7 +282,7 @@ def _nm_matmul_kernel(
     x_ptr, v_ptr, i_ptr, y_ptr, lut_ptr,  # lut: selectors48's table (4:8 on the tensor cores)
     B, N, K, KC, IB,  # IB: index bytes per row
     stride_xb, stride_v, stride_i, stride_yb,
-    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_sparse.py)
+    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     batch_bucket,  # autotune key only
     N_KEEP: tl.constexpr, M: tl.constexpr, INDEX_BITS: tl.constexpr,
     USE_ASM: tl.constexpr,  # False under the interpreter

@@ -23,8 +23,8 @@ meets x[:, c::4]: four dots of K = BLOCK_K/4, x split by column instead of the w
 Other n:m (1:4, 4:8, …) and groups BLOCK_K does not divide take a generic path: scatter to a
 dense tile in registers, per-element dequantization. Same n:m limits as kernels/nm.py.
 
-Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path: 13.5 main-loop
-instructions per packed byte at g=128, 12.3 at g=64, 13.0 with one group per row: over the
+Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path: 13.7 main-loop
+instructions per packed byte at g=128, 12.5 at g=64, 13.1 with one group per row: over the
 limit of 6. Each group turns 1.5 packed bytes into 4 fp16 columns: the PTX block costs ≈ 12
 instructions per group (8.2 per byte: pattern key, table-lookup selectors, PRMT, HSUB2), the
 four fp16 column tiles go through shared memory into the MMA layout (≈ 1.7 per byte), HMMA 0.7.
@@ -41,8 +41,8 @@ import triton.language as tl
 
 from kernels import int4, nm
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
-                             check_tensor, check_x, dot_t, int4_minus_zero, launch_split_k, make_out, nm_scatter,
-                             plan_split_k, scale_columns, store_or_add, unpack)
+                             check_tensor, check_x, dot_t, int4_minus_zero, make_out, nm_scatter,
+                             k_tile_range, plan_split_k, scale_columns, store_split, unpack, workspace)
 
 FORMAT = "nm-int4"
 
@@ -123,11 +123,11 @@ def nm24_columns(code_bytes, index_bytes, zero, opaque, USE_ASM: tl.constexpr):
 @triton.jit
 def _nm_int4_matmul_kernel(
     x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr,
-    B, N, K, K_SPLIT,
+    B, N, K,
     stride_xb, stride_xk, stride_v, stride_i, stride_g, stride_yb,
+    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     N_KEEP: tl.constexpr, M: tl.constexpr, INDEX_BITS: tl.constexpr,
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row
-    SPLIT_K: tl.constexpr,  # several programs share an output: atomic fp32 adds
     EVEN: tl.constexpr,  # BLOCK_N | N and BLOCK_K | K: no masks on the weights (LLM shapes)
     USE_ASM: tl.constexpr,  # False under the interpreter
     DOT_F32: tl.constexpr,
@@ -141,9 +141,10 @@ def _nm_int4_matmul_kernel(
     INDEX_BYTES: tl.constexpr = BLOCK_KC * INDEX_BITS // 8
     # 2:4 with the tile inside one scale group: the fast path (see the header).
     FAST: tl.constexpr = N_KEEP == 2 and M == 4 and (GROUP == 0 or GROUP % BLOCK_K == 0)
-    k_start = tl.program_id(1) * K_SPLIT
-    k_end = tl.minimum(k_start + K_SPLIT, K)
-    c_start = k_start // M * N_KEEP  # K_SPLIT is whole tiles: the byte offsets are whole tiles too
+    first, last = k_tile_range(K, BLOCK_K)  # this program's split: whole BLOCK_K tiles
+    k_start = first * BLOCK_K
+    k_end = tl.minimum(last * BLOCK_K, K)
+    c_start = k_start // M * N_KEEP  # a split is whole tiles: the byte offsets are whole tiles too
     offs_vb = tl.multiple_of(c_start // 2, CODE_BYTES) + tl.arange(0, CODE_BYTES)  # (CODE_BYTES,)
     offs_ib = tl.multiple_of(c_start * INDEX_BITS // 8, INDEX_BYTES) + tl.arange(0, INDEX_BYTES)  # (INDEX_BYTES,)
     v_ptrs = v_ptr + rows[:, None] * stride_v + offs_vb[None, :]  # (BLOCK_N, CODE_BYTES)
@@ -190,7 +191,7 @@ def _nm_int4_matmul_kernel(
         x_ptrs += BLOCK_K * stride_xk
         offs_vb += CODE_BYTES
         offs_ib += INDEX_BYTES
-    store_or_add(y_ptr, acc, offs_m, offs_n, B, N, stride_yb, SPLIT_K)
+    store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
 def config(batch: int, group: int) -> triton.Config:
@@ -226,17 +227,15 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
     cfg = config(batch, group)
     tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(rows, cfg.kwargs["BLOCK_N"])
     plan = plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"])
-
-    def launch(y: torch.Tensor) -> None:
-        _nm_int4_matmul_kernel[(tiles, plan.splits)](
-            x, values, indices, scales, zeros, y, batch, rows, k, plan.k_per_split,
-            x.stride(0), x.stride(1), values.stride(0), indices.stride(0), scales.stride(0), y.stride(0),
-            N_KEEP=n, M=m, INDEX_BITS=nm.INDEX_BITS[m], GROUP=group, SPLIT_K=plan.splits > 1,
-            EVEN=rows % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0,
-            USE_ASM=not INTERPRET, DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
-
-    return launch_split_k(launch, out, plan)
+    ws, tickets = workspace(x, rows, tiles)
+    _nm_int4_matmul_kernel[(tiles, plan.splits)](
+        x, values, indices, scales, zeros, out, batch, rows, k,
+        x.stride(0), x.stride(1), values.stride(0), indices.stride(0), scales.stride(0), out.stride(0), ws, tickets,
+        N_KEEP=n, M=m, INDEX_BITS=nm.INDEX_BITS[m], GROUP=group,
+        EVEN=rows % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0,
+        USE_ASM=not INTERPRET, DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
+    return out
 
 
 def dequantize(values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *,
@@ -271,11 +270,10 @@ def _static_specs() -> tuple[CompileSpec, ...]:
                      stride_xk=1)
         return CompileSpec(
             name=f"{FORMAT} 2:4 {label}", kernel=_nm_int4_matmul_kernel,
-            pointers=dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16"), packed=("v", "i"),
+            pointers=dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16", ws="fp32", ticket="i32"), packed=("v", "i"),
             constexprs=flags,
-            paths={BATCH_1_16: (int4.with_split(config(1, group), True),),
-                   LARGE_BATCH: (int4.with_split(config(int4.SMALL_BATCH + 1, group), False),)},
-            packed_bytes=packed_bytes, ctas=ctas, path_pointers={BATCH_1_16: dict(y="fp32")})
+            paths={BATCH_1_16: (config(1, group),), LARGE_BATCH: (config(int4.SMALL_BATCH + 1, group),)},
+            packed_bytes=packed_bytes, ctas=ctas)
 
     return spec("g128", 128), spec("g64", 64), spec("g-1", 0)
 

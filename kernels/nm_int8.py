@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import check_group, check_tensor, check_x, make_out, unpack
-from kernels._sparse import accumulate_tile, code_value, k_tile_range, rows_total, store_split
+from kernels._common import check_group, check_tensor, check_x, k_tile_range, make_out, store_split, unpack
+from kernels._sparse import accumulate_tile, code_value, rows_total
 from kernels.bitmask import tuned
 from kernels.nm import (GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns,
                         kept_products, scatter_dense)
@@ -68,7 +68,7 @@ def _nm_int8_matmul_kernel(
     x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr,
     B, N, K, KC, IB,  # IB: index bytes per row
     stride_xb, stride_v, stride_i, stride_g, stride_yb,
-    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_sparse.py)
+    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     batch_bucket,  # autotune key only
     N_KEEP: tl.constexpr, M: tl.constexpr, INDEX_BITS: tl.constexpr,
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row

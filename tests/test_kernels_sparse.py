@@ -25,7 +25,8 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run")
 
-from kernels import FORMATS, _sparse, bitmask, bitmask_int4, bitmask_int8, launcher, nm, nm_int8  # noqa: E402
+from kernels import FORMATS, _common, _sparse, bitmask, bitmask_int4, bitmask_int8, launcher, nm, nm_int8  # noqa: E402
+from kernels._common import MIN_CTAS, plan_split_k  # noqa: E402
 from kernels.testing import Packed, pack_bits, pack_nm, pack_nm_quant, quantize  # noqa: E402
 
 if not torch.cuda.is_available() and not _sparse._interpreting():
@@ -149,7 +150,7 @@ def test_split_workspace_is_left_zeroed():
     x, y, packed = run_case("bitmask-K1000-70%", 1, torch.float16)
     again = bitmask.matmul(x, **packed.tensors)
     assert torch.equal(again, y)
-    for sums, tickets in _sparse._workspaces.values():
+    for sums, tickets in _common._workspaces.values():
         assert not sums.any() and not tickets.any()
 
 
@@ -187,13 +188,20 @@ def test_every_production_config(kernel, monkeypatch):
             assert_matches(y, x, packed.w_hat)
 
 
-def test_split_count_reaches_two_ctas_per_sm():
-    for n_blocks, k_tiles in ((128, 16), (344, 8), (128, 43), (256, 28), (1, 1), (3, 2)):
-        split = _sparse.split_count(n_blocks, k_tiles)
-        per = -(-k_tiles // split)
+def test_split_plan_reaches_two_ctas_per_sm_and_every_split_has_a_tile():
+    for n_blocks, k_tiles in ((128, 16), (344, 8), (128, 43), (256, 28), (1, 1), (3, 2), (100, 5)):
+        split = plan_split_k(n_blocks, k_tiles * 64, 64).splits
+        per = -(-k_tiles // split)  # what k_tile_range gives each program
         assert split <= k_tiles and (split - 1) * per < k_tiles  # every split has a tile
-        assert n_blocks * split >= min(_sparse.TARGET_CTAS, n_blocks * k_tiles)
+        assert n_blocks * split >= min(MIN_CTAS, n_blocks * k_tiles)
 
+
+def test_outgrown_workspace_is_kept_alive():
+    """A graph captured earlier keeps the old workspace's address: growing must not free it."""
+    x = torch.zeros(1, 8, dtype=torch.float16, device=DEVICE)
+    small = _common.workspace(x, 4, 2)
+    big = _common.workspace(x, small[0].numel() + 8, small[1].numel() + 1)
+    assert big[0].numel() > small[0].numel() and any(old[0] is small[0] for old in _common._retired)
 
 
 # The interpreter cannot run PTX: the 2:4 byte-permute asm (kernels/nm.py, NM24_VALUES_PTX) runs
