@@ -6,7 +6,7 @@
     prunepipe sweep --point NAME    one sweep point (what each `dvc repro sweep/dvc.yaml` point runs)
     prunepipe sweep --summary       the sweep table and plots from results/sweep/
     prunepipe show                  the metrics table from metrics.json
-    prunepipe report [--against REF]  reports/report.md: metrics, diff against REF, sweep, plots
+    prunepipe report [--against REF] [--out DIR]  DIR/report.md (reports/): quality, diff against REF, plots
     prunepipe export --out DIR [--from packed|quantized]  a compressed-tensors checkpoint (vLLM)
     prunepipe generate "PROMPT" [--packed DIR] [--max-new-tokens N]  stream text from the packed model
     prunepipe dvc-yaml              write dvc.yaml and sweep/dvc.yaml from the stage graph
@@ -128,9 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     how.add_argument("--point", metavar="NAME", help="run this point only (as `dvc repro sweep/dvc.yaml` does)")
     how.add_argument("--summary", action="store_true", help="write the sweep table and plots only")
     sub.add_parser("show", help="print metrics.json as a table")
-    rep = sub.add_parser("report", help="write reports/report.md")
+    rep = sub.add_parser("report", help="write reports/report.md (or DIR/report.md with --out)")
     rep.add_argument("--against", metavar="REF", default="HEAD", help="git ref to diff metrics and params against")
-    rep.add_argument("--image-base", default="", help="prefix for plot links (default: relative to reports/)")
+    rep.add_argument("--image-base", default="", help="prefix for plot links (default: relative to the report)")
+    rep.add_argument("--out", type=Path, default=Path("reports"), help="folder for report.md and its plots")
     exp = sub.add_parser("export", help="write a compressed-tensors checkpoint (the form vLLM loads)")
     exp.add_argument("--out", type=Path, required=True, help="the checkpoint folder to write")
     exp.add_argument("--from", dest="source", choices=("packed", "quantized"), default="packed",
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "report":
         from flows.report import report
 
-        print(report(args.against, args.image_base))
+        print(report(args.against, args.image_base, args.out))
         return 0
     if args.command == "export":
         return export(args)

@@ -1,10 +1,13 @@
-"""`prunepipe report [--against REF]`: reports/report.md from what the workspace holds.
+"""`prunepipe report [--against REF] [--out DIR]`: DIR/report.md (default reports/) from what the
+workspace holds, quality first.
 
-    metrics.json                 the metrics table
-    dvc metrics/params diff REF  what changed against a git ref (`dvc ... diff --md REF`)
-    reports/sweep.csv            the sweep table, when a sweep has run
+    metrics.json                 quality figures, then times and memory in their own table
+    dvc metrics/params diff REF  what changed against a git ref (`dvc ... diff --json REF`),
+                                 changes inside the noise band marked, "unchanged" in one line
+    reports/sweep.csv            the sweep table, only while `dvc status sweep/dvc.yaml` finds no
+                                 changed code or params behind it (else one line: stale)
     bench/results/*.json         kernel speedups by batch (rows: kernel, N, K, batch, ms, dense_ms)
-    reports/*.png                the plots, linked (relative, or under --image-base)
+    reports/*.png                the plots, copied into DIR and linked (relative, or under --image-base)
 
 CI posts the file as one pull-request comment, found again by its first line.
 """
@@ -12,6 +15,7 @@ CI posts the file as one pull-request comment, found again by its first line.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,18 +26,41 @@ from tasks.errors import UserError
 from tasks.reports.summary import markdown_report, plot_speedup, speedup_table
 from tasks.stages.graph import METRICS, REPORTS, SPARSITY_PNG, SWEEP_CSV, SWEEP_PARETO_PNG, SWEEP_SPARSITY_PNG
 
-REPORT = REPORTS / "report.md"
-BENCH_RESULTS, SPEEDUP_PNG = Path("bench") / "results", REPORTS / "bench_speedup.png"
+REPORT_NAME, SPEEDUP_NAME = "report.md", "bench_speedup.png"
+BENCH_RESULTS = Path("bench") / "results"
+SWEEP_DVC_YAML = Path("sweep") / "dvc.yaml"
 PLOTS = {"Sparsity per decoder layer": SPARSITY_PNG, "Perplexity against sparsity": SWEEP_SPARSITY_PNG,
-         "Perplexity against bytes per weight": SWEEP_PARETO_PNG, "Kernel speedup against batch": SPEEDUP_PNG}
+         "Perplexity against bytes per weight": SWEEP_PARETO_PNG}
 
 
-def dvc_diff(kind: str, ref: str) -> str:
-    """`dvc {metrics|params} diff --md REF` (REF against the workspace), or why it failed."""
-    done = subprocess.run([sys.executable, "-m", "dvc", kind, "diff", "--md", ref], capture_output=True, text=True)
+def _dvc(*args: str) -> tuple[dict | None, str]:
+    """dvc's --json answer, or None and its last error line."""
+    done = subprocess.run([sys.executable, "-m", "dvc", *args, "--json"], capture_output=True, text=True)
     if done.returncode:
-        return f"`dvc {kind} diff {ref}` failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}"
-    return done.stdout.strip() or "No change."
+        return None, (done.stderr.strip().splitlines() or ["no message"])[-1]
+    return json.loads(done.stdout or "{}"), ""
+
+
+def dvc_diff(kind: str, ref: str) -> dict | str:
+    """`dvc {metrics|params} diff REF` (REF against the workspace) as dvc's JSON, or why it failed."""
+    diff, error = _dvc(kind, "diff", ref)
+    return diff if diff is not None else f"`dvc {kind} diff {ref}` failed: {error}"
+
+
+def sweep_staleness() -> str | None:
+    """Why reports/sweep.csv does not describe the current code and params, or None when it does:
+    a sweep stage whose code or params changed since it ran (outputs missing from this clone's
+    cache do not count: the table in git still holds their results)."""
+    status, error = _dvc("status", str(SWEEP_DVC_YAML))
+    if status is None:
+        return f"`dvc status {SWEEP_DVC_YAML}` failed ({error}); the table is not shown"
+    changed = [stage for stage, entries in status.items()
+               if any("changed deps" in entry or "changed command" in entry for entry in entries
+                      if isinstance(entry, dict))]
+    if not changed:
+        return None
+    return (f"{SWEEP_CSV} is stale: {len(changed)} of its stages have changed code or params since it ran "
+            f"(`dvc status {SWEEP_DVC_YAML}`); rerun `dvc repro {SWEEP_DVC_YAML}` for a current table")
 
 
 def bench_rows(directory: Path = BENCH_RESULTS) -> list[dict]:
@@ -47,17 +74,28 @@ def bench_rows(directory: Path = BENCH_RESULTS) -> list[dict]:
     return rows
 
 
-def report(against: str = "HEAD", image_base: str = "") -> Path:
+def report(against: str = "HEAD", image_base: str = "", out: Path = REPORTS) -> Path:
+    """Write out/report.md, with the plots it links beside it."""
     if not METRICS.is_file():
         raise UserError(f"{METRICS}: no metrics yet (run `dvc repro` or `prunepipe run`)")
-    REPORTS.mkdir(exist_ok=True)
-    diffs = {f"Metrics against `{against}`": dvc_diff("metrics", against),
-             f"Parameters against `{against}`": dvc_diff("params", against)}
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
     rows = bench_rows()
     speedups = speedup_table(rows) if rows else None
+    plots = {caption: path for caption, path in PLOTS.items() if path.is_file()}
     if speedups is not None:
-        plot_speedup(speedups, SPEEDUP_PNG)
-    images = {caption: image_base + path.name for caption, path in PLOTS.items() if path.is_file()}
-    sweep = pd.read_csv(SWEEP_CSV) if SWEEP_CSV.is_file() else None
-    REPORT.write_text(markdown_report(json.loads(METRICS.read_text()), diffs, sweep, speedups, images))
-    return REPORT
+        plot_speedup(speedups, out / SPEEDUP_NAME)
+        plots["Kernel speedup against batch"] = out / SPEEDUP_NAME
+    for path in plots.values():
+        if path.resolve() != (out / path.name).resolve():
+            shutil.copyfile(path, out / path.name)
+    images = {caption: image_base + path.name for caption, path in plots.items()}
+    sweep = None
+    if SWEEP_CSV.is_file():
+        sweep = sweep_staleness() or pd.read_csv(SWEEP_CSV)
+    text = markdown_report(json.loads(METRICS.read_text()), against, dvc_diff("metrics", against),
+                           dvc_diff("params", against), sweep, speedups, images)
+    (out / REPORT_NAME).write_text(text)
+    return out / REPORT_NAME

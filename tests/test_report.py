@@ -1,10 +1,12 @@
-"""`prunepipe report`: the Markdown report (metrics, the diff against a git ref from DVC, the
-sweep table, kernel speedups, plot links) and the speedup table and plot."""
+"""`prunepipe report`: the Markdown report (quality first, the diff against a git ref from DVC with
+noise marked, the sweep table only while current, kernel speedups, machine-dependent figures
+apart, plot links) and the speedup table and plot."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +17,16 @@ import pytest
 from flows.cli import main
 from tasks.reports.summary import REPORT_MARKER, markdown_report, plot_speedup, speedup_table
 
-METRICS = {"ppl_dense": 20.5, "ppl_pruned": 25.25, "sparsity": 0.5, "sparsity_per_type": {"q_proj": 0.5}}
+METRICS = {"ppl_dense": 20.5, "ppl_pruned": 25.25, "sparsity": 0.5, "sparsity_per_type": {"q_proj": 0.5},
+           "prune_seconds": 98.0, "peak_host_mib": 1441.8}
 BENCH = [{"kernel": k, "N": n, "K": 4096, "batch": b, "ms": ms, "dense_ms": 1.0}
          for k, n, b, ms in [("nm-int4", 4096, 1, 0.5), ("nm-int4", 8192, 1, 0.25), ("nm-int4", 4096, 16, 2.0),
                              ("int4", 4096, 1, 0.8), ("int4", 4096, 16, 4.0)]]
+
+
+def squeeze(text: str) -> str:
+    """Markdown with every run of spaces as one (tables are padded to their widest cell)."""
+    return re.sub(r" +", " ", text)
 
 
 def test_speedup_is_the_median_over_shapes_by_kernel_and_batch(tmp_path):
@@ -29,16 +37,30 @@ def test_speedup_is_the_median_over_shapes_by_kernel_and_batch(tmp_path):
     assert (tmp_path / "speedup.png").stat().st_size > 0
 
 
-def test_markdown_report_has_marker_tables_and_links():
+def test_markdown_report_puts_quality_first_and_machine_figures_apart():
     sweep = pd.DataFrame([{"name": "wanda-0.5-none", "format": "bitmask", "ppl": 25.25, "sparsity": 0.5,
                            "bytes_per_weight": 1.13, "pareto": True}])
-    text = markdown_report(METRICS, {"Metrics against `main`": "| Path | Metric |"}, sweep,
-                           speedup_table(BENCH), {"Sparsity per decoder layer": "https://host/layer_sparsity.png"})
+    diff = {"metrics.json": {"ppl_dense": {"old": 20.4999, "new": 20.5}, "ppl_pruned": {"old": 24.0, "new": 25.25},
+                             "prune_seconds": {"old": 80.0, "new": 98.0}}}
+    text = squeeze(markdown_report(METRICS, "main", diff, {}, sweep, speedup_table(BENCH),
+                                   {"Sparsity per decoder layer": "https://host/layer_sparsity.png"}))
     assert text.splitlines()[0] == REPORT_MARKER
-    assert "| sparsity_per_type.q_proj |" in text and "### Metrics against `main`" in text
-    assert "| wanda-0.5-none | bitmask" in text and "★" in text
-    assert "nm-int4" in text.split("### Kernel speedup")[1]
-    assert "![Sparsity per decoder layer](https://host/layer_sparsity.png)" in text
+    quality, machine = text.split("### Timings and memory (machine-dependent)")
+    assert "| sparsity_per_type.q_proj |" in quality and "prune_seconds |" not in quality.split("### Quality against")[0]
+    changes = quality.split("### Quality against `main`")[1].split("**Parameters")[0]
+    assert "| ppl_dense | 20.4999 | 20.5 | +0.0005% | noise |" in changes
+    assert "| ppl_pruned | 24 | 25.25 | +5.2083% | |" in changes
+    assert "**Parameters against `main`**: unchanged." in quality    # one line
+    assert "| wanda-0.5-none | bitmask" in quality and "★" in quality
+    assert "nm-int4" in quality.split("### Kernel speedup")[1]
+    assert "| peak_host_mib | 1441.8 |" in machine and "| prune_seconds | 80 | 98 | +22.5000% | noise |" in machine
+    assert "![Sparsity per decoder layer](https://host/layer_sparsity.png)" in machine
+
+
+def test_a_stale_sweep_is_one_line_not_a_table():
+    text = markdown_report(METRICS, "HEAD", {}, {}, "reports/sweep.csv is stale: 3 of its stages ...", None, {})
+    assert "**Sweep**: reports/sweep.csv is stale: 3 of its stages ..." in text and "★" not in text
+    assert "**Quality against `HEAD`**: unchanged." in text
 
 
 @pytest.mark.slow
@@ -66,14 +88,18 @@ def test_report_diffs_metrics_and_params_against_a_git_ref(tmp_path, monkeypatch
     Path("bench/results/benchmark.json").write_text(json.dumps({"gpu": None, "rows": [{"kernel": "cpu"}]}))
     Path("bench/results/format-sizes.json").write_text(json.dumps({"rows": [{"format": "int4"}]}))
 
-    assert main(["report", "--against", "HEAD", "--image-base", "https://host/"]) == 0
-    text = Path("reports/report.md").read_text()
-    metrics_diff = text.split("### Metrics against `HEAD`")[1].split("###")[0]
-    assert "ppl_pruned" in metrics_diff and "25.25" in metrics_diff and "31.5" in metrics_diff
+    Path("reports").mkdir()
+    Path("reports/layer_sparsity.png").write_bytes(b"png")
+    assert main(["report", "--against", "HEAD", "--image-base", "https://host/", "--out", "pr/comment"]) == 0
+    text = squeeze(Path("pr/comment/report.md").read_text())
+    metrics_diff = text.split("### Quality against `HEAD`")[1].split("###")[0]
+    assert "| ppl_pruned | 25.25 | 31.5 | +24.7525% | |" in metrics_diff
     assert "ppl_dense" not in metrics_diff                      # unchanged metrics are left out
     params_diff = text.split("### Parameters against `HEAD`")[1].split("###")[0]
-    assert "prune.sparsity" in params_diff and "0.6" in params_diff
+    assert "| prune.sparsity | 0.5 | 0.6 |" in params_diff
     assert "![Kernel speedup against batch](https://host/bench_speedup.png)" in text
-    assert Path("reports/bench_speedup.png").is_file()
+    assert Path("pr/comment/bench_speedup.png").is_file() and not Path("reports/report.md").exists()
+    assert Path("pr/comment/layer_sparsity.png").read_bytes() == b"png"   # linked plots travel with it
     assert main(["report", "--against", "no-such-ref"]) == 0    # a bad ref is reported, not fatal
-    assert "`dvc metrics diff no-such-ref` failed" in Path("reports/report.md").read_text()
+    assert "**Quality against `no-such-ref`**: `dvc metrics diff no-such-ref` failed" in \
+        Path("reports/report.md").read_text()

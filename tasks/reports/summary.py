@@ -136,23 +136,85 @@ def plot_speedup(table: pd.DataFrame, path: Path) -> None:
 
 REPORT_MARKER = "<!-- prunepipe-report -->"   # how CI finds its own PR comment to edit
 SWEEP_COLUMNS = ["name", "format", "ppl", "sparsity", "bytes_per_weight", "pareto"]
+# Relative changes at most this large are noise. Quality: reruns of unchanged code moved
+# perplexities by up to 1.2e-5 (GPTQ's float sums follow the thread count); machine figures:
+# stage times on this 2-core machine varied 2x from run to run when other work shared it.
+NOISE = {"quality": 1e-4, "machine": 0.5}
+MACHINE_NOTE = ("Machine-dependent: times and peak memory of whatever machine ran the pipeline; "
+                "compare them only between runs on the same, otherwise idle machine.")
 
 
-def markdown_report(metrics: dict, diffs: dict[str, str], sweep: pd.DataFrame | None,
-                    speedups: pd.DataFrame | None, images: dict[str, str]) -> str:
-    """metrics: metrics.json; diffs: title → Markdown (dvc metrics/params diff); sweep: the
-    sweep table; speedups: speedup_table; images: caption → link."""
-    parts = [REPORT_MARKER, "## prunepipe report", "### Metrics",
-             pd.DataFrame(flatten(metrics).items(), columns=["metric", "value"]).to_markdown(index=False)]
-    for title, body in diffs.items():
-        parts += [f"### {title}", body]
-    if sweep is not None:
+def machine_dependent(name: str) -> bool:
+    """Times and peak memory (prune_seconds, peak_host_mib, …): figures of the machine, not the model."""
+    leaf = name.rsplit(".", 1)[-1]
+    return "seconds" in leaf or leaf.startswith("peak_")
+
+
+def relative_change(old, new) -> float | None:
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (old, new))
+    return (new - old) / abs(old) if numeric and old else None
+
+
+def change_rows(diff: dict, machine: bool) -> list[dict]:
+    """`dvc metrics diff --json` ({file: {metric: {old, new}}}) → the quality (or, with `machine`,
+    the machine-dependent) changes as rows: metric, before, now, change, note ("noise" within NOISE)."""
+    band = NOISE["machine" if machine else "quality"]
+    rows = []
+    for file, metrics in diff.items():
+        for name, values in metrics.items():
+            if machine_dependent(name) != machine:
+                continue
+            old, new = values.get("old"), values.get("new")
+            change = relative_change(old, new)
+            rows.append({"metric": name if file == "metrics.json" else f"{file}: {name}", "before": old, "now": new,
+                         "change": "" if change is None else f"{change:+.4%}",
+                         "note": "noise" if change is not None and abs(change) <= band else ""})
+    return rows
+
+
+def _section(title: str, body: str | list[dict]) -> list[str]:
+    """A heading and its table; one line when nothing changed; the error line when dvc failed."""
+    if isinstance(body, str):
+        return [f"**{title}**: {body}"]
+    if not body:
+        return [f"**{title}**: unchanged."]
+    return [f"### {title}", pd.DataFrame(body).to_markdown(index=False)]
+
+
+def param_rows(diff: dict) -> list[dict]:
+    """`dvc params diff --json` → rows: param, before, now."""
+    return [{"param": name, "before": values.get("old"), "now": values.get("new")}
+            for params in diff.values() for name, values in params.items()]
+
+
+def markdown_report(metrics: dict, against: str, metrics_diff: dict | str, params_diff: dict | str,
+                    sweep: pd.DataFrame | str | None, speedups: pd.DataFrame | None, images: dict[str, str]) -> str:
+    """Quality first (metrics, their changes against `against`, params), then the sweep, kernel
+    speedups, the machine-dependent figures, the plots. metrics_diff / params_diff: dvc's --json
+    diffs, or the line saying why dvc failed; sweep: its table, or the line saying it is stale;
+    speedups: speedup_table; images: caption → link."""
+    flat = flatten(metrics)
+    quality = {k: v for k, v in flat.items() if not machine_dependent(k)}
+    machine = {k: v for k, v in flat.items() if machine_dependent(k)}
+    failed = isinstance(metrics_diff, str)
+    parts = [REPORT_MARKER, "## prunepipe report", "### Quality (metrics.json)",
+             pd.DataFrame(quality.items(), columns=["metric", "value"]).to_markdown(index=False)]
+    parts += _section(f"Quality against `{against}`", metrics_diff if failed else change_rows(metrics_diff, False))
+    parts += _section(f"Parameters against `{against}`",
+                      params_diff if isinstance(params_diff, str) else param_rows(params_diff))
+    if isinstance(sweep, str):
+        parts += [f"**Sweep**: {sweep}"]
+    elif sweep is not None:
         shown = sweep[SWEEP_COLUMNS].assign(pareto=sweep["pareto"].map({True: "★", False: ""}))
         parts += ["### Sweep", "★: on the Pareto front of perplexity against bytes per weight.",
                   shown.to_markdown(index=False)]
     if speedups is not None:
         parts += ["### Kernel speedup over dense (median over shapes, by batch)",
                   speedups.reset_index().to_markdown(index=False)]
+    parts += ["### Timings and memory (machine-dependent)", MACHINE_NOTE,
+              pd.DataFrame(machine.items(), columns=["figure", "value"]).to_markdown(index=False)]
+    parts += _section(f"Timings and memory against `{against}`",
+                      metrics_diff if failed else change_rows(metrics_diff, True))
     if images:
         parts += ["### Plots", *(f"![{caption}]({link})" for caption, link in images.items())]
     return "\n\n".join(parts) + "\n"
