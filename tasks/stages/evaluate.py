@@ -37,18 +37,30 @@ def layer_table(records: list[dict]) -> pd.DataFrame:
 
 
 def plot_layer_sparsity(table: pd.DataFrame, path: Path, title: str) -> None:
+    """One small panel per projection type (and one for all of them), sparsity 0 to 1 against
+    the decoder layer: equal lines stay apart instead of drawn over one another."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for column in table.columns.drop("layer"):
-        style = {"linewidth": 2.5, "color": "black"} if column == "all" else {"linewidth": 1, "alpha": 0.8}
-        ax.plot(table["layer"], table[column], marker=".", label=column, **style)
-    ax.set(xlabel="decoder layer", ylabel="sparsity (fraction of zeros)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=4)
+    columns = list(table.columns.drop("layer"))
+    ncols = 4
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(10, 2.2 * nrows + 0.6), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, column in zip(axes.flat, columns):
+        ax.plot(table["layer"], table[column], marker=".", lw=1.5, color="black" if column == "all" else "C0")
+        ax.set_title(f"{column} (mean {table[column].mean():.3f})", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(columns):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("decoder layer")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("sparsity")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
