@@ -36,7 +36,9 @@ SASS instructions per packed byte: bitmask-int4 21 at batch 1-16 (BYTE_LUT; was 
 bitmask-int8 23-25 at batch 1, 38 on the tiles. Still far above 6: the mask byte's prefix,
 three 32-bit gathers (two code words, the selector) and their addresses, ≈ 16 permutes and
 masks per 8 columns, and the shared-memory staging of 8 column tiles for the dots. Packed loads
-are 32-bit: a byte's codes start at any nibble. docs/formats.md, "Kernel limits".
+are 32-bit (int4: a byte's codes start at any nibble; the two words per mask byte overlap, the
+report counts their bytes once) and 8-bit (int8: one predicated gather per column).
+docs/formats.md, "Kernel limits".
 The code stream is read in aligned 32-bit words (the launcher copies a misaligned `values`): the
 last word may reach up to 3 bytes past the tensor's end, inside its 4-byte-aligned word.
 """
