@@ -6,6 +6,7 @@ raised as ParamsError before any stage starts, so nothing under data/ is touched
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -49,11 +50,31 @@ def check_devices(params: Params, origin: str) -> None:
             raise ParamsError(f"{origin}: {key} = 'cuda' but no CUDA GPU is available here (allowed: cpu, cuda)")
 
 
-def load_params(path: Path = Path("params.yaml")) -> Params:
+def apply_overrides(data: dict, overrides: Mapping[str, object]) -> dict:
+    """A copy of params.yaml's data with {"section.key": value} set (nested keys by dots);
+    validation then names an unknown key or a bad value as for the file itself."""
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        if not parents:
+            raise ParamsError(f"override {dotted!r}: name a key inside a section, e.g. 'prune.sparsity'")
+        node = data
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ParamsError(f"override {dotted!r}: {part} is a value, not a section")
+            node[part] = node = dict(child)
+        node[leaf] = value
+    return data
+
+
+def load_params(path: Path = Path("params.yaml"), overrides: Mapping[str, object] | None = None) -> Params:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the repository root)") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        return parse_params(apply_overrides(data or {}, overrides), f"{path} with overrides {dict(overrides)}")
     return parse_params(data, str(path))

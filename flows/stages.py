@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from tqdm.auto import tqdm
 
+from flows.artifacts import publish_stage
 from tasks.config import Params
 from tasks.stages.common import StageContext
 from tasks.stages.graph import STAGES, Stage, outputs_match, stage_key
@@ -59,7 +60,9 @@ def run_stage(stage: Stage, params: Params, *, inputs: dict | None = None, outpu
 def _stage_flow(stage: Stage):
     @flow(name=stage.name.replace("_", "-"))
     def stage_flow(params: Params) -> dict[str, str]:
-        return run_stage(stage, params)
+        outputs = run_stage(stage, params)
+        publish_stage(stage, {name: getattr(params, name) for name in stage.params}, outputs)
+        return outputs
 
     return stage_flow
 

@@ -19,6 +19,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from prefect import flow, task
@@ -149,7 +150,9 @@ def sweep_summary_flow(params: Params) -> list[dict]:
 
 
 @flow(name="sweep-from-params")
-def sweep_from_params(params_file: str = "params.yaml", workers: int = 1, address: str | None = None) -> list[dict]:
-    """Deployment entry point (prefect.yaml): read params.yaml when the run starts."""
-    params = load_params(Path(params_file))
+def sweep_from_params(params_file: str = "params.yaml", workers: int = 1, address: str | None = None,
+                      overrides: dict[str, Any] | None = None) -> list[dict]:
+    """Deployment entry point (prefect.yaml): read params.yaml when the run starts, with
+    `overrides` ({"section.key": value}) on top."""
+    params = load_params(Path(params_file), overrides)
     return sweep.with_options(task_runner=sweep_runner(workers, address))(params)

@@ -1,6 +1,7 @@
 """Scheduled runs: prefect.yaml's deployments on a local Prefect server (loopback, its own
 PREFECT_HOME), a process worker, and one run of the nightly `compress` deployment on a tiny
-model that completes with its artifacts, as docs/operate.md tells an operator to do."""
+model with a parameter override, as docs/operate.md tells an operator to do; its Prefect
+artifacts (tables and reports) read back through the server's API."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_nightly_deployment_runs_on_a_local_server_and_worker(tmp_path, llama_folder, corpus_file):
-    for item in ("flows", "tasks", "prefect.yaml"):
+    for item in ("flows", "tasks", "kernels", "prefect.yaml"):
         (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, tmp_path / item)
     params = parse_params(tiny_params(llama_folder, corpus_file)).model_dump(mode="json")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -85,9 +86,10 @@ def test_nightly_deployment_runs_on_a_local_server_and_worker(tmp_path, llama_fo
         deployed = run("--no-prompt", "deploy", "--all")
         assert "compress-from-params/nightly" in deployed and "sweep-from-params/weekly" in deployed
         worker = start("worker", "worker", "start", "--pool", "prunepipe", "--limit", "1")
-        watched = run("deployment", "run", "compress-from-params/nightly", "--watch", "--watch-interval", "2",
-                      "--watch-timeout", "150", timeout=180)
+        watched = run("deployment", "run", "compress-from-params/nightly", "-p", 'overrides={"prune.sparsity": 0.6}',
+                      "--watch", "--watch-interval", "2", "--watch-timeout", "150", timeout=180)
         assert "Completed" in watched
+        artifacts = read_artifacts(api)
     finally:
         for process in (worker, server):
             if process is not None:
@@ -95,5 +97,25 @@ def test_nightly_deployment_runs_on_a_local_server_and_worker(tmp_path, llama_fo
         for log in logs.values():
             log.close()
     metrics = json.loads((tmp_path / "metrics.json").read_text())   # written where prefect deploy ran
-    assert metrics["sparsity"] == 0.5 and metrics["format"] == "bitmask-int4"
+    assert metrics["sparsity"] == pytest.approx(0.6, abs=0.01) and metrics["format"] == "bitmask-int4"
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["prune"]["sparsity"] == 0.5   # not edited
     assert (tmp_path / "data" / "packed" / "metadata.json").is_file()
+
+    stages = ["model", "calibrate", "evaluate-dense", "prune", "quantize", "pack", "evaluate"]
+    assert {f"{s}-report" for s in stages} | {"compress-metrics", "compress-report"} <= artifacts.keys()
+    table = {row["metric"]: row["value"] for row in artifacts["compress-metrics"]}
+    assert table["sparsity"] == metrics["sparsity"] and table["ppl_packed"] == metrics["ppl_packed"]
+    assert '"sparsity": 0.6' in artifacts["compress-report"] and "layer_sparsity.png" in artifacts["compress-report"]
+    packed = {row["figure"]: row["value"] for row in artifacts["pack-figures"]}
+    assert packed["bytes_per_weight"] == pytest.approx(metrics["bytes_per_weight"], abs=1e-4)   # metrics.json rounds
+    assert '"format": "bitmask-int4"' in artifacts["pack-report"]
+
+
+def read_artifacts(api: str) -> dict:
+    """The latest artifact under each key on the server at `api`: table rows, or Markdown text."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        found = client.read_latest_artifacts()
+    return {a.key: json.loads(a.data) if a.type == "table" else a.data for a in found}

@@ -140,7 +140,7 @@ REPORT_MARKER = "<!-- prunepipe-report -->"   # how CI finds its own PR comment 
 SWEEP_COLUMNS = ["name", "format", "ppl", "sparsity", "bytes_per_weight", "pareto"]
 # Relative changes at most this large are noise. Quality: reruns of unchanged code moved
 # perplexities by up to 1.2e-5 (GPTQ's float sums follow the thread count); machine figures:
-# stage times on this 2-core machine varied 2x from run to run when other work shared it.
+# prune_seconds was 82 s and 169 s in two runs a few commits apart on the shared 2-core machine.
 NOISE = {"quality": 1e-4, "machine": 0.5}
 MACHINE_NOTE = ("Machine-dependent: times and peak memory of whatever machine ran the pipeline; "
                 "compare them only between runs on the same, otherwise idle machine.")
