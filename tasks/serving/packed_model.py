@@ -1,12 +1,13 @@
 """Load a packed artifact (the `pack` stage's output) back into a working nn.Module.
 
-Each packed decoder Linear becomes a PackedLinear that keeps its packed tensors as buffers.
-On CUDA it computes through kernels/dispatch.py (the fastest correct of the dequantize-then-matmul
-reference, the format's Triton kernel and cuSPARSELt, measured once per shape and batch bucket).
-The CPU has no kernels, so there the weight is dequantized either once at load (`decode="load"`:
-dense speed, the dense weight's memory) or at every call (`decode="call"`: packed memory, about 20x
-slower decoding); `decode="auto"` decodes at load on the CPU when the dense weights fit in half the
-available memory. Every other tensor (embeddings, norms, lm_head, biases) comes from rest.safetensors.
+Each packed decoder Linear becomes a PackedLinear that keeps its packed tensors as buffers and
+either decodes its weight once at load (`decode="load"`: dense speed, the dense weight's memory)
+or computes through kernels/dispatch.py at every call (`decode="call"`): on CUDA the fastest
+correct of the dequantize-then-matmul reference, the format's Triton kernel and cuSPARSELt; on the
+CPU, which has no kernels, the reference (packed memory, decoding many times slower).
+`decode="auto"` decodes at load on the CPU when the dense weights fit in half the available
+memory, and never on CUDA. Every other tensor (embeddings, norms, lm_head, biases) comes from
+rest.safetensors.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ class PackedLinear(nn.Module):
             self.register_buffer(name, tensor)
         self.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias is not None else None
         self.derived: dict = {}  # what a dispatch path builds once (kernels/dispatch.PackedWeight)
-        self.register_buffer("decoded", None, persistent=False)  # Ŵ (out, in) for CPU inputs, or None
+        self.register_buffer("decoded", None, persistent=False)  # Ŵ (out, in) once decoded, or None
 
     def decode_once(self, dtype: torch.dtype) -> None:
-        """Keep Ŵ dense from now on: CPU calls become one matmul (the packed tensors stay, for CUDA)."""
+        """Keep Ŵ dense from now on: every call becomes one matmul (the packed tensors stay)."""
         self.decoded = self.dense_weight(dtype)
 
     def packed(self) -> dict[str, torch.Tensor]:
@@ -66,7 +67,7 @@ class PackedLinear(nn.Module):
         return unpack_weight(tensors, self.layer, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.decoded is not None and x.device.type != "cuda":
+        if self.decoded is not None:
             return F.linear(x, self.decoded, self.bias)
         return dispatch.linear(x, self.packed_weight(), self.bias)
 
@@ -95,9 +96,9 @@ def load_packed(path: str | Path, dtype: torch.dtype = torch.float32, trust_remo
                 decode: str = "auto", device: str | torch.device = "cpu") -> nn.Module:
     """A packed artifact as a causal LM on `device` whose decoder Linears are PackedLinear modules.
 
-    decode: "load" dequantizes every weight once now (CPU speed = dense speed), "call" at every
-    CPU call (packed memory), "auto" picks by device and memory (decode_at_load). CUDA inputs
-    always go through the dispatcher's kernels.
+    decode: "load" dequantizes every weight once now (dense speed and memory, on any device),
+    "call" at every call (packed memory; on CUDA through the dispatcher's kernels), "auto" picks
+    by device and memory (decode_at_load).
     """
     path = Path(path)
     device = torch.device(device)
@@ -122,20 +123,3 @@ def load_packed(path: str | Path, dtype: torch.dtype = torch.float32, trust_remo
         setattr(parent, child, packed)
     model.tie_weights()
     return model.to(device).eval()
-
-
-def decode_packed(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Replace every PackedLinear by an nn.Linear holding its decoded weight, in place.
-
-    For evaluating what a packed file holds on a CPU: the weights are exactly those of the
-    reference path, decoded once instead of at every call. (Speed is the kernels' business.)
-    """
-    for name, module in list(model.named_modules()):
-        if isinstance(module, PackedLinear):
-            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, dtype=dtype)
-            dense.weight.data = module.dense_weight(dtype)
-            if module.bias is not None:
-                dense.bias.data = module.bias.data.to(dtype)
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, dense)
-    return model

@@ -16,7 +16,7 @@ from tasks.formats.artifact import PACKED_FORMAT, load_metadata
 from tasks.formats.packing import DENSE_BYTES_PER_WEIGHT
 from tasks.io.artifacts import METADATA, read_metadata, write_json
 from tasks.io.model import MODEL_KIND, MODEL_VERSION, check_seqlen, load_model_dir
-from tasks.serving.packed_model import decode_packed, load_packed
+from tasks.serving.packed_model import load_packed
 from tasks.stages.common import StageContext
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def evaluate_artifact(cfg: EvaluateConfig, *, model: Path, out: Path, ctx: Stage
     """Perplexity of a model artifact, a Hugging Face folder or a packed one → out/."""
     check_seqlen(cfg.seqlen, model, "evaluate.seqlen")
     if json.loads((model / METADATA).read_text()).get("kind") == PACKED_FORMAT:
-        loaded, tokenizer = decode_packed(load_packed(model)), AutoTokenizer.from_pretrained(model)
+        loaded, tokenizer = load_packed(model, decode="load"), AutoTokenizer.from_pretrained(model)
     else:
         loaded, tokenizer, _ = load_model_dir(model)
     return measure(cfg, loaded, tokenizer, model, out, ctx)
