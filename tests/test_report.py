@@ -103,3 +103,10 @@ def test_report_diffs_metrics_and_params_against_a_git_ref(tmp_path, monkeypatch
     assert main(["report", "--against", "no-such-ref"]) == 0    # a bad ref is reported, not fatal
     assert "**Quality against `no-such-ref`**: `dvc metrics diff no-such-ref` failed" in \
         Path("reports/report.md").read_text()
+
+
+def test_report_out_must_be_a_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("metrics.json").write_text(json.dumps(METRICS))
+    assert main(["report", "--out", "metrics.json"]) == 2
+    assert capsys.readouterr().err == "prunepipe: error: --out metrics.json: exists and is not a folder\n"
