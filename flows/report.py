@@ -4,8 +4,8 @@ workspace holds, quality first.
     metrics.json                 quality figures, then times and memory in their own table
     dvc metrics/params diff REF  what changed against a git ref (`dvc ... diff --json REF`),
                                  changes inside the noise band marked, "unchanged" in one line
-    reports/sweep.csv            the sweep table, only while `dvc status sweep/dvc.yaml` finds no
-                                 changed code or params behind it (else one line: stale)
+    reports/sweep.csv            the sweep table and plots, only while `dvc status sweep/dvc.yaml`
+                                 finds no changed code or params behind them (else one line: stale)
     bench/results/*.json         kernel speedups by batch (rows: kernel, N, K, batch, ms, dense_ms)
     reports/*.png                the plots, copied into DIR and linked (relative, or under --image-base)
 
@@ -31,6 +31,7 @@ BENCH_RESULTS = Path("bench") / "results"
 SWEEP_DVC_YAML = Path("sweep") / "dvc.yaml"
 PLOTS = {"Sparsity per decoder layer": SPARSITY_PNG, "Perplexity against sparsity": SWEEP_SPARSITY_PNG,
          "Perplexity against bytes per weight": SWEEP_PARETO_PNG}
+SWEEP_PLOTS = (SWEEP_SPARSITY_PNG, SWEEP_PARETO_PNG)   # left out with a stale sweep table
 
 
 def _dvc(*args: str) -> tuple[dict | None, str]:
@@ -60,7 +61,8 @@ def sweep_staleness() -> str | None:
     if not changed:
         return None
     return (f"{SWEEP_CSV} is stale: {len(changed)} of its stages have changed code or params since it ran "
-            f"(`dvc status {SWEEP_DVC_YAML}`); rerun `dvc repro {SWEEP_DVC_YAML}` for a current table")
+            f"(`dvc status {SWEEP_DVC_YAML}`), so neither it nor its plots are shown; "
+            f"`dvc repro {SWEEP_DVC_YAML}` makes a current one.")
 
 
 def bench_rows(directory: Path = BENCH_RESULTS) -> list[dict]:
@@ -84,7 +86,10 @@ def report(against: str = "HEAD", image_base: str = "", out: Path = REPORTS) -> 
     out.mkdir(parents=True, exist_ok=True)
     rows = bench_rows()
     speedups = speedup_table(rows) if rows else None
-    plots = {caption: path for caption, path in PLOTS.items() if path.is_file()}
+    stale = sweep_staleness() if SWEEP_CSV.is_file() else None
+    sweep = stale or (pd.read_csv(SWEEP_CSV) if SWEEP_CSV.is_file() else None)
+    plots = {caption: path for caption, path in PLOTS.items()
+             if path.is_file() and not (stale and path in SWEEP_PLOTS)}
     if speedups is not None:
         plot_speedup(speedups, out / SPEEDUP_NAME)
         plots["Kernel speedup against batch"] = out / SPEEDUP_NAME
@@ -92,9 +97,6 @@ def report(against: str = "HEAD", image_base: str = "", out: Path = REPORTS) -> 
         if path.resolve() != (out / path.name).resolve():
             shutil.copyfile(path, out / path.name)
     images = {caption: image_base + path.name for caption, path in plots.items()}
-    sweep = None
-    if SWEEP_CSV.is_file():
-        sweep = sweep_staleness() or pd.read_csv(SWEEP_CSV)
     text = markdown_report(json.loads(METRICS.read_text()), against, dvc_diff("metrics", against),
                            dvc_diff("params", against), sweep, speedups, images)
     (out / REPORT_NAME).write_text(text)

@@ -110,3 +110,18 @@ def test_report_out_must_be_a_folder(tmp_path, monkeypatch, capsys):
     Path("metrics.json").write_text(json.dumps(METRICS))
     assert main(["report", "--out", "metrics.json"]) == 2
     assert capsys.readouterr().err == "prunepipe: error: --out metrics.json: exists and is not a folder\n"
+
+
+def test_the_sweep_is_stale_when_code_or_params_changed_not_when_outputs_are_missing(monkeypatch):
+    from flows import report
+
+    missing = {"sweep/dvc.yaml:point@wanda-0.5-none": [{"changed outs": {"data/sweep/wanda-0.5-none": "not in cache"}}]}
+    monkeypatch.setattr(report, "_dvc", lambda *args: (missing, ""))
+    assert report.sweep_staleness() is None
+    changed = {**missing, "sweep/dvc.yaml:summary": [{"changed deps": {"params.yaml": {"sweep.methods": "modified"}}}],
+               "sweep/dvc.yaml:point@magnitude-0.5-none": [{"changed deps": {"tasks/pruning": "modified"}}]}
+    monkeypatch.setattr(report, "_dvc", lambda *args: (changed, ""))
+    assert report.sweep_staleness() == (
+        "reports/sweep.csv is stale: 2 of its stages have changed code or params since it ran "
+        "(`dvc status sweep/dvc.yaml`), so neither it nor its plots are shown; `dvc repro sweep/dvc.yaml` "
+        "makes a current one.")
