@@ -141,8 +141,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gen.add_argument("--packed", type=Path, default=PACKED, help="the packed artifact (default: data/packed)")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default 64)")
     gen.add_argument("--decode", choices=("auto", "load", "call"), default="auto",
-                     help="CPU: dequantize the weights once at load (dense speed), at every call (packed "
-                          "memory), or auto: at load when they fit in half the free memory")
+                     help="load: dequantize every weight once (dense speed and memory); call: at every call "
+                          "(packed memory; on a GPU through the kernels); auto (default): load on the CPU when "
+                          "the weights fit in half the free memory, call on a GPU")
     gen.add_argument("--raw", action="store_true", help="the prompt as plain text, not a chat-template user turn")
     sub.add_parser("dvc-yaml", help="write dvc.yaml and sweep/dvc.yaml from the stage graph")
     return parser.parse_args(argv)
