@@ -42,6 +42,7 @@ def test_packed_generate_with_kv_cache_matches_the_quantized_model(packed_worksp
     stats = generate(packed, tokenizer, "the model prunes weights", 12, emit=pieces.append)
     assert len(want) == 12 and stats.prompt_tokens == ids.shape[1] and stats.new_tokens == 12
     assert "".join(pieces) == tokenizer.decode(want, skip_special_tokens=True) + "\n"
+    assert len(pieces) > 2   # streamed as it goes, not once at the end
 
 
 def test_decode_at_load_follows_device_and_memory():
