@@ -66,7 +66,7 @@ Timer = Callable[[str, list[Callable[[], object]]], float]  # (candidate, rotati
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """A packed (N, K) weight as the dispatcher sees it (tasks/packed_model.PackedLinear makes one)."""
+    """A packed (N, K) weight as the dispatcher sees it (tasks/serving/packed_model.PackedLinear makes one)."""
 
     format: str  # as in metadata.json
     shape: tuple[int, int]  # (N, K)

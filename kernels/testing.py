@@ -4,7 +4,7 @@ An executable spec, deliberately short and slow-but-obvious. Each packer takes a
 W (N, K) and returns the stored tensors (named as in the safetensors files), the launcher's
 keyword parameters, and Ŵ: the weight the tensors dequantize to, computed *before* any bit
 packing, so a bit-order mistake in a kernel cannot hide behind the same mistake here.
-Not the production packer (that is tasks/pack.py); this module must not import it.
+Not the production packer (that is tasks/formats/packing.py); this module must not import it.
 """
 
 from __future__ import annotations

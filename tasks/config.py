@@ -241,7 +241,7 @@ class BenchmarkConfig(Section):
     max_ms: float = Field(200.0, gt=0)       # per timed path: fewer reps (at least 3) when a call is slow
     decode_layers: int = Field(16, ge=0)     # random Llama-2-7B-shaped model; 0 skips the decode benchmark
     decode_tokens: PositiveInt = 128
-    decode_formats: tuple[str, ...] = ("int4", "nm-int4")
+    decode_formats: tuple[str, ...] = ("int4", "nm-int4", "bitmask-int4")
     cpu_batches: tuple[PositiveInt, ...] = (1, 16)
     cpu_reps: PositiveInt = 3
 
