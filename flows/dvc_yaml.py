@@ -34,8 +34,12 @@ def _dump(data: dict) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
 
 
-def _uncached(path: Path, **props) -> dict:
-    return {path.as_posix(): {"cache": False, **props}}
+def _out(path: Path | str, cache: bool = True, **props) -> dict:
+    """An output entry. Every output is `persist`ed: DVC would otherwise delete it before the
+    command starts, so a bad parameter or a kill would lose the last good artifact (and the
+    git-tracked reports). The stage's atomic rename (tasks/io/artifacts.py) is the only thing
+    that replaces it. DVC keeps no run-cache entry for such a stage."""
+    return {Path(path).as_posix(): {**({} if cache else {"cache": False}), "persist": True, **props}}
 
 
 def stage_entry(stage: Stage) -> dict:
@@ -43,8 +47,7 @@ def stage_entry(stage: Stage) -> dict:
              "deps": [*(path.as_posix() for path in stage.inputs.values()), *code_deps(stage)],
              "params": list(stage.params)}
     for kind in ("outs", "metrics", "plots"):
-        listed = [out.path.as_posix() if out.cache else _uncached(out.path, **out.plot)
-                  for out in stage.outputs.values() if out.kind == kind]
+        listed = [_out(out.path, out.cache, **out.plot) for out in stage.outputs.values() if out.kind == kind]
         if listed:
             entry[kind] = listed
     return entry
@@ -60,12 +63,12 @@ def sweep_yaml() -> str:
              "wdir": "..", "cmd": "prunepipe sweep --point ${key}",
              "deps": [*(path.as_posix() for path in SWEEP_POINT_INPUTS), *sweep_point_code()],
              "params": ["sweep.quantizers.${item.quantize}", *SWEEP_POINT_PARAMS],
-             "outs": [f"{SWEEP_DATA.as_posix()}/${{key}}", _uncached(RESULTS / "${key}.json")]}
+             "outs": [_out(f"{SWEEP_DATA.as_posix()}/${{key}}"), _out(RESULTS / "${key}.json", cache=False)]}
     summary = {"wdir": "..", "cmd": "prunepipe sweep --summary",
                "deps": [RESULTS.as_posix(), "tasks/reports"],
                "params": ["sweep.methods", "sweep.sparsities", "sweep.quantize"],
-               "outs": [_uncached(SWEEP_CSV)],
-               "plots": [_uncached(SWEEP_SPARSITY_PNG), _uncached(SWEEP_PARETO_PNG)]}
+               "outs": [_out(SWEEP_CSV, cache=False)],
+               "plots": [_out(SWEEP_SPARSITY_PNG, cache=False), _out(SWEEP_PARETO_PNG, cache=False)]}
     return SWEEP_HEADER + _dump({"vars": ["../params.yaml:sweep"], "stages": {"point": point, "summary": summary}})
 
 
