@@ -2,6 +2,12 @@
 
 Every validation problem becomes one line naming the key, the value and what is allowed,
 raised as ParamsError before any stage starts, so nothing under data/ is touched.
+
+params.yaml is read as YAML 1.2 (ruamel.yaml's pure-Python safe loader), the dialect DVC
+itself writes with `dvc exp run -S`: an unquoted `2:4` is the string "2:4" (YAML 1.1 read it
+as the base-60 integer 124), `no`/`yes`/`on`/`off` are strings (not booleans that would pass
+as a sparsity of 0), and a key repeated in one mapping is an error naming the key and its
+lines (YAML 1.1 readers let the last one silently win).
 """
 
 from __future__ import annotations
@@ -9,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import re
+
 import torch
-import yaml
 from pydantic import ValidationError
 
 from tasks.config import Params
@@ -68,13 +75,44 @@ def apply_overrides(data: dict, overrides: Mapping[str, object]) -> dict:
     return data
 
 
-def load_params(path: Path = Path("params.yaml"), overrides: Mapping[str, object] | None = None) -> Params:
+def _yaml_error(path: Path, err: Exception) -> str:
+    """One line for a ruamel.yaml error: where, what, and (for a repeated key) which key."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = str(getattr(err, "problem", None) or err).strip()
+    if duplicate := re.match(r'found duplicate key "(.*?)" with value', problem):
+        first = getattr(err, "context_mark", None)
+        inside = f" (in the mapping that starts at line {first.line + 1})" if first is not None else ""
+        return (f"{path}: key {duplicate.group(1)!r} is repeated{where}{inside}; a key may appear only once "
+                "(merge the two entries)")
+    context = getattr(err, "context", None)
+    return f"{path}: not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
+
+
+def read_yaml(path: Path) -> object:
+    """params.yaml's data, read as YAML 1.2 with repeated keys refused (see the module docstring)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    path = Path(path)
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the repository root)") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a parameters file") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    loader = YAML(typ="safe", pure=True)   # pure: the C loader may not read YAML 1.2
+    loader.allow_duplicate_keys = False
+    try:
+        return loader.load(text)
+    except YAMLError as err:
+        raise ParamsError(_yaml_error(path, err)) from None
+
+
+def load_params(path: Path = Path("params.yaml"), overrides: Mapping[str, object] | None = None) -> Params:
+    data = read_yaml(path)
     if overrides:
         return parse_params(apply_overrides(data or {}, overrides), f"{path} with overrides {dict(overrides)}")
     return parse_params(data, str(path))
