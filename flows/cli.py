@@ -3,7 +3,7 @@
     prunepipe run                   the `compress` flow (every stage, cached)
     prunepipe stage NAME            one stage's flow (what each `dvc repro` stage runs)
     prunepipe sweep [--workers N]   the `sweep` flow: every point of params.yaml's sweep
-    prunepipe sweep --point NAME    one sweep point (what each `dvc repro sweep/dvc.yaml` point runs)
+    prunepipe sweep --point NAME    one sweep point (what each `dvc repro sweep/dvc.yaml` point runs, NAME from $DVC_STAGE)
     prunepipe sweep --summary       the sweep table and plots from results/sweep/
     prunepipe show                  the metrics table from metrics.json
     prunepipe report [--against REF] [--out DIR]  DIR/report.md (reports/): quality, diff against REF, plots
@@ -125,7 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     how = sweep.add_mutually_exclusive_group()
     how.add_argument("--workers", type=int, default=1, help="points at once, on a local Dask cluster if > 1")
     how.add_argument("--address", help="run the points on the Dask cluster at this address")
-    how.add_argument("--point", metavar="NAME", help="run this point only (as `dvc repro sweep/dvc.yaml` does)")
+    how.add_argument("--point", metavar="NAME", help="run this point only (as `dvc repro sweep/dvc.yaml` does); "
+                     "NAME or its DVC stage address, sweep/dvc.yaml:point@NAME")
     how.add_argument("--summary", action="store_true", help="write the sweep table and plots only")
     sub.add_parser("show", help="print metrics.json as a table")
     rep = sub.add_parser("report", help="write reports/report.md (or DIR/report.md with --out)")

@@ -20,6 +20,8 @@ SWEEP_HEADER = GENERATED + """\
 #     dvc exp run sweep/dvc.yaml -S 'sweep.methods=[wanda]' -S 'sweep.sparsities=[0.4,0.8]'
 # Every point reads the model, calibration and dense perplexity of the root pipeline and
 # writes only data/sweep/<name>/ and results/sweep/<name>.json; its key is the point's name.
+# The command takes the point from $DVC_STAGE (DVC sets it to "sweep/dvc.yaml:point@<name>"),
+# never from an expanded ${...}: no value of params.yaml becomes shell text.
 """
 
 
@@ -60,7 +62,7 @@ def root_yaml() -> str:
 def sweep_yaml() -> str:
     point = {"matrix": {"method": "${sweep.methods}", "sparsity": "${sweep.sparsities}",
                         "quantize": "${sweep.quantize}"},
-             "wdir": "..", "cmd": "prunepipe sweep --point ${key}",
+             "wdir": "..", "cmd": 'prunepipe sweep --point "$DVC_STAGE"',
              "deps": [*(path.as_posix() for path in SWEEP_POINT_INPUTS), *sweep_point_code()],
              "params": ["sweep.quantizers.${item.quantize}", *SWEEP_POINT_PARAMS],
              "outs": [_out(f"{SWEEP_DATA.as_posix()}/${{key}}"), _out(RESULTS / "${key}.json", cache=False)]}

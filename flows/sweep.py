@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,18 @@ def expand(params: Params) -> dict[str, SweepPoint]:
         raise ParamsError(f"invalid sweep: {err}") from None
 
 
+POINT_NAME = re.compile(r"[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+")
+
+
 def select(params: Params, name: str) -> SweepPoint:
+    """The point `name` ("<method>-<sparsity>-<quantize>"), or DVC's address of its stage
+    ("sweep/dvc.yaml:point@<name>", which sweep/dvc.yaml's command passes from $DVC_STAGE so
+    that no value from params.yaml is ever part of a shell command)."""
+    if "@" in name:
+        name = name.rpartition(":")[2].partition("@")[2]
+    if not POINT_NAME.fullmatch(name):
+        raise ParamsError(f"sweep point {name!r}: not a point name (<method>-<sparsity>-<quantize>, "
+                          "letters, digits, '_' and '.' between the dashes)")
     points = expand(params)
     if name not in points:
         raise ParamsError(f"no sweep point {name!r}; the sweep's points: {', '.join(points)}")

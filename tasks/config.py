@@ -161,6 +161,10 @@ def sweep_sparsity(entry: float | str) -> float | str:
     N:M is spelled NofM in the sweep because the entry names the point's files."""
     if isinstance(entry, str) and ":" in entry:
         raise ValueError(f"write N:M as NofM here (the entry names files), e.g. {entry.replace(':', 'of')!r}")
+    if isinstance(entry, str) and not re.fullmatch(r"[0-9]+of[0-9]+|[0-9]*\.?[0-9]+", entry):
+        # The entry becomes part of the point's name: its DVC stage, files and folder.
+        raise ValueError(f"{entry!r} is neither a fraction such as 0.6 nor NofM such as 2of4 "
+                         "(digits, '.' and 'of' only: the entry names the point's DVC stage and files)")
     value = entry.replace("of", ":") if isinstance(entry, str) else entry
     parse_pattern(value)
     return value
