@@ -1,5 +1,8 @@
 """The shape of params.yaml: one frozen pydantic model per section.
 
+The defaults here are the defaults: the shipped params.yaml spells out exactly these values
+(tests/test_defaults.py), so a key left out of params.yaml means what the shipped file says.
+
 Parsed once at the edge (flows/params.py) and passed explicitly to every stage; nothing
 below flows/ reads params.yaml. Validation messages name the key, the value and what is
 allowed.
@@ -36,7 +39,7 @@ class ModelConfig(Section):
 class CalibrationConfig(Section):
     # "default" (packaged Wikipedia), a .txt/.json/.jsonl file, or "hf:name[:config]".
     dataset: str = "default"
-    nsamples: PositiveInt = 64
+    nsamples: PositiveInt = 32
     seqlen: PositiveInt = 512
     seed: int = 0
 
@@ -108,10 +111,10 @@ class QuantizeConfig(Section):
     # through the inverse Hessian (Frantar et al. 2022), keeping every pruned zero.
     method: Literal["none", "rtn", "gptq"] = "gptq"
     bits: Literal[2, 3, 4, 8] = 4
-    group_size: Literal[-1, 32, 64, 128] = 128       # -1: one group per output row
+    group_size: Literal[-1, 32, 64, 128] = 64        # -1: one group per output row
     symmetric: bool = False
     # gptq: quantize the inputs in descending order of their Hessian diagonal, groups fixed up front.
-    act_order: bool = False
+    act_order: bool = True
     # joint: prune (SparseGPT) and quantize (GPTQ) in one pass, from the dense model.
     joint: bool = False
     blocksize: PositiveInt = 128
@@ -143,7 +146,7 @@ class EvaluateConfig(Section):
     seqlen: PositiveInt = 512
     batch_size: PositiveInt = 4
     # Cap on the number of windows (None = the whole held-out split).
-    max_windows: PositiveInt | None = None
+    max_windows: PositiveInt | None = 32
     # Prepend the tokenizer's BOS token to every window: true, false, or "auto" (ask the tokenizer).
     add_bos: bool | Literal["auto"] = "auto"
     device: Device = "cpu"
@@ -197,7 +200,8 @@ class SweepConfig(Section):
     methods: tuple[PruneMethod, ...] = ("magnitude", "wanda", "sparsegpt")
     sparsities: tuple[float | str, ...] = (0.5, 0.6, 0.7, "2of4")
     quantize: tuple[str, ...] = ("none",)
-    quantizers: dict[str, SweepQuantizer] = {"none": SweepQuantizer()}
+    quantizers: dict[str, SweepQuantizer] = {"none": SweepQuantizer(),
+                                             "gptq4": SweepQuantizer(method="gptq", bits=4, group_size=64)}
 
     @field_validator("methods", "sparsities", "quantize")
     @classmethod

@@ -93,9 +93,9 @@ def test_evaluate_and_metrics(stages):
 
 
 @pytest.mark.parametrize("method,sparsity,quantize_cfg,fmt", [
-    ("wanda", "2:4", {"method": "gptq", "bits": 4, "group_size": 32}, "nm-int4"),
+    ("wanda", "2:4", {"method": "gptq", "bits": 4, "group_size": 32, "act_order": False}, "nm-int4"),
     ("wanda", "2:4", {"method": "gptq", "bits": 4, "group_size": 32, "act_order": True}, "nm-int4"),
-    ("sparsegpt", "2:4", {"method": "gptq", "bits": 4, "group_size": 32, "joint": True}, "nm-int4"),
+    ("sparsegpt", "2:4", {"method": "gptq", "bits": 4, "group_size": 32, "joint": True, "act_order": False}, "nm-int4"),
     ("sparsegpt", 0.5, {"method": "gptq", "bits": 4, "group_size": 32, "joint": True, "act_order": True},
      "bitmask-int4"),
     ("wanda", "2:4", {"method": "rtn", "bits": 8, "group_size": -1, "symmetric": True}, "nm-int8"),

@@ -76,7 +76,7 @@ def test_dvc_matrix_names_and_params_match_the_points(tmp_path):
 @pytest.mark.parametrize("sweep,expected", [
     ({"sparsities": ["2:4"]}, "sweep.sparsities = ['2:4']: write N:M as NofM here (the entry names files), e.g. '2of4'"),
     ({"sparsities": [0.5, 1.5]}, "sweep.sparsities = [0.5, 1.5]: sparsity must be a fraction in [0, 1)"),
-    ({"quantize": ["gptq4"]}, "sweep.quantize names ['gptq4'] missing from sweep.quantizers"),
+    ({"quantize": ["gptq8"]}, "sweep.quantize names ['gptq8'] missing from sweep.quantizers"),
     ({"methods": ["obs"]}, "sweep.methods.0 = 'obs': Input should be 'magnitude', 'wanda', 'sparsegpt' or 'admm'"),
     ({"quantizers": {"a b": {}}}, "names ['a b'] must use only letters, digits"),
 ])
