@@ -12,16 +12,19 @@
     prunepipe dvc-yaml              write dvc.yaml and sweep/dvc.yaml from the stage graph
 
 An input error (a parameter, a missing or altered file) prints one line naming the key or
-the file and exits with status 2.
+the file and exits with status 2, also when a stage's Prefect task raised it (without
+Prefect's tracebacks; `--debug` shows them, and the Prefect UI keeps them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from tasks.errors import UserError
@@ -60,6 +63,38 @@ def run_sweep(params, args: argparse.Namespace) -> int:
         sweep.sweep.with_options(task_runner=sweep.sweep_runner(args.workers, args.address))(params)
         print(sweep.SWEEP_CSV)
     return 0
+
+
+class _UserErrorsInOneLine(logging.Filter):
+    """Prefect logs an exception raised in a task at every level it passes (the task run with
+    its traceback, the task's final state, the flow run with its traceback, the flow's final
+    state). An input error (UserError) is answered by main() in one line, so the console leaves
+    those records out; the API handler still sends them, traceback included, to the Prefect UI,
+    and `--debug` shows them here too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, UserError):
+            self.messages.add(str(error))
+            return False
+        if self.messages and record.levelno >= logging.INFO and record.name.startswith("prefect."):
+            text = record.getMessage()
+            return not any(message in text for message in self.messages)
+        return True
+
+
+def _quiet_user_errors() -> None:
+    """Install _UserErrorsInOneLine on the console handlers Prefect set up (on the root logger)."""
+    import prefect.main  # noqa: F401  (configures Prefect's logging)
+
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler" and not any(
+                isinstance(f, _UserErrorsInOneLine) for f in handler.filters):
+            handler.addFilter(_UserErrorsInOneLine())
 
 
 def _stop_on_ctrl_c() -> None:
@@ -117,6 +152,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="prunepipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show Prefect's tracebacks and the full trace, not one line")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run every stage as one Prefect flow")
     stage = sub.add_parser("stage", help="run one stage's flow")
@@ -168,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
 
     _prefect_env()
     _stop_on_ctrl_c()
+    if not args.debug:
+        _quiet_user_errors()
     from flows.params import load_params
 
     params = load_params(args.params)
@@ -191,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except UserError as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"prunepipe: error: {err}", file=sys.stderr)
         return 2
 

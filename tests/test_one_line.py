@@ -1,0 +1,50 @@
+"""A UserError raised inside a stage's Prefect task reaches the user as one line, without
+Prefect's tracebacks; `--debug` shows them (the Prefect UI keeps them either way)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flows.cli import _UserErrorsInOneLine
+from tasks.errors import UserError
+
+MESSAGE = "model.source = './no/such/model': not a Hugging Face model folder (no config.json there)"
+
+
+def _record(message: str, error: BaseException | None = None, name: str = "prefect.task_runs") -> logging.LogRecord:
+    exc_info = (type(error), error, None) if error else None
+    return logging.LogRecord(name, logging.ERROR, __file__, 1, message, (), exc_info)
+
+
+def test_filter_drops_the_records_of_a_user_error_and_keeps_others():
+    keep = _UserErrorsInOneLine()
+    assert not keep.filter(_record(f"Task run failed with exception: UserError({MESSAGE!r})", UserError(MESSAGE)))
+    assert not keep.filter(_record(f'Finished in state Failed("Task run encountered an exception: {MESSAGE}")'))
+    assert not keep.filter(_record(f"Encountered exception during execution: {MESSAGE}", UserError(MESSAGE),
+                                   "prefect.flow_runs"))
+    assert keep.filter(_record("Task run failed with exception: RuntimeError('bug')", RuntimeError("bug")))
+    assert keep.filter(_record("Beginning flow run 'x' for flow 'model'"))
+
+
+@pytest.mark.slow
+def test_user_error_in_a_stage_task_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("model:\n  source: ./no/such/model\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.cli", *argv], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    done = run("stage", "model")
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert "Traceback" not in out and out.count(MESSAGE) == 1, out
+    assert f"prunepipe: error: {MESSAGE}\n" in done.stderr
+    assert not (tmp_path / "data").exists()
+    debug = run("--debug", "stage", "model")
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and f"prunepipe: error: {MESSAGE}" in debug.stderr
