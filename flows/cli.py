@@ -46,7 +46,14 @@ def show(path: Path = METRICS) -> str:
 
     if not path.is_file():
         raise UserError(f"{path}: no metrics yet (run `dvc repro` or `prunepipe run`)")
-    flat = flatten(json.loads(path.read_text()))
+    try:
+        flat = flatten(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as err:
+        raise UserError(f"{path}: not a metrics file ({type(err).__name__}: {err}); restore it with "
+                        "`git checkout -- metrics.json` or rerun `dvc repro`") from None
+    if not flat:
+        raise UserError(f"{path}: holds no metrics; restore it with `git checkout -- metrics.json` or rerun "
+                        "`dvc repro`")
     width = max(map(len, flat))
     return "\n".join(f"{key:<{width}}  {value}" for key, value in flat.items())
 

@@ -41,7 +41,7 @@ class CalibrationConfig(Section):
     dataset: str = "default"
     nsamples: PositiveInt = 32
     seqlen: PositiveInt = 512
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)   # torch.Generator's range
 
 
 class SparseGPTOptions(Section):
@@ -87,6 +87,14 @@ class PruneConfig(Section):
     sparsegpt: SparseGPTOptions = SparseGPTOptions()
     admm: ADMMOptions = ADMMOptions()
     owl: OWLOptions = OWLOptions()
+
+    @field_validator("sparsity", mode="before")
+    @classmethod
+    def _one_value(cls, value: object) -> object:
+        # before pydantic tries each member of the union (and names them in its messages)
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError("allowed: a fraction in [0, 1) such as 0.5, or 'N:M' such as '2:4'")
+        return value
 
     @field_validator("sparsity")
     @classmethod

@@ -48,3 +48,30 @@ def test_user_error_in_a_stage_task_is_one_line(tmp_path):
     assert not (tmp_path / "data").exists()
     debug = run("--debug", "stage", "model")
     assert debug.returncode == 2 and "Traceback" in debug.stderr and f"prunepipe: error: {MESSAGE}" in debug.stderr
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"prune": {"sparsity": [0.5]}}, "prune.sparsity = [0.5]: allowed: a fraction in [0, 1) such as 0.5, or 'N:M' such as '2:4'"),
+    ({"prune": {"sparsity": True}}, "prune.sparsity = True: allowed: a fraction in [0, 1) such as 0.5, or 'N:M' such as '2:4'"),
+    ({"calibration": {"seed": 10**20}}, "calibration.seed = 100000000000000000000: Input should be less than or "
+                                        "equal to 9223372036854775807"),
+    ({"calibration": {"seed": -1}}, "calibration.seed = -1: Input should be greater than or equal to 0"),
+], ids=["list", "bool", "huge-seed", "negative-seed"])
+def test_values_that_named_pydantic_internals_or_overflowed(params, message):
+    from flows.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError) as err:
+        parse_params(params)
+    assert str(err.value).splitlines()[1:] == [f"  {message}"], str(err.value)
+
+
+@pytest.mark.parametrize("text", ['{"ppl_dense": 16.3', "[1, 2]", "{}", "\xff"], ids=["truncated", "list", "empty",
+                                                                                     "binary"])
+def test_show_with_a_broken_metrics_json(tmp_path, monkeypatch, capsys, text):
+    from flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics.json").write_bytes(text.encode("latin-1"))
+    assert main(["show"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prunepipe: error: metrics.json: ") and err.count("\n") == 1, err
