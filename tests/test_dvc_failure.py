@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import dvc_workspace
@@ -42,6 +43,7 @@ def committed_workspace(root: Path, llama_folder: Path, corpus_file: Path):
     return run, params
 
 
+@pytest.mark.slow
 def test_bad_parameter_under_dvc_repro_leaves_data_and_reports_byte_identical(tmp_path, llama_folder, corpus_file):
     run, params = committed_workspace(tmp_path, llama_folder, corpus_file)
     before = snapshot(tmp_path)
@@ -56,3 +58,33 @@ def test_bad_parameter_under_dvc_repro_leaves_data_and_reports_byte_identical(tm
     assert snapshot(tmp_path) == before, "a failed stage must not delete or alter the last good artifact"
     # DVC still knows the stage is stale: the lock records the old parameters
     assert "prune" in run("dvc", "status", "prune") and "modified" in run("dvc", "status", "prune")
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_stage_mid_prune_leaves_data_and_reports_byte_identical(tmp_path, llama_folder, corpus_file):
+    import signal
+    import time
+
+    run, params = committed_workspace(tmp_path, llama_folder, corpus_file)
+    before = snapshot(tmp_path)
+    # ADMM with many iterations: a prune that is still at work when the kill comes
+    params["prune"].update(method="admm", admm={"iterations": 100000})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen(["dvc", "repro", "prune"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    for line in proc.stdout:   # the stage's task is at work
+        seen.append(line)
+        if "Beginning flow run" in line:
+            break
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)   # dvc, prunepipe and Prefect's server: the whole group
+    proc.wait(timeout=60)
+    assert any("Beginning flow run" in line for line in seen), "".join(seen)
+    after = snapshot(tmp_path)
+    # a killed writer leaves only its hidden temporary sibling (data/.pruned.tmp-…), never a
+    # changed or missing artifact; the next run removes it
+    assert {k: v for k, v in after.items() if ".tmp-" not in k} == before
+    assert "modified" in run("dvc", "status", "prune")
