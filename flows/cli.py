@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 
 from tasks.errors import UserError
+from flows.lock import writer_lock
 from tasks.stages.graph import METRICS, PACKED, QUANTIZED, STAGES
 
 
@@ -217,16 +218,18 @@ def run(args: argparse.Namespace) -> int:
     from flows.params import load_params
 
     params = load_params(args.params)
-    if args.command == "run":
-        from flows.compress import compress
+    # one writer of data/ per clone (flows/lock.py); a bad params.yaml stopped above
+    with writer_lock(f"`prunepipe {args.command}{' ' + args.name if args.command == 'stage' else ''}`"):
+        if args.command == "run":
+            from flows.compress import compress
 
-        compress(params)
-    elif args.command == "sweep":
-        return run_sweep(params, args)
-    else:
-        from flows.stages import STAGE_FLOWS
+            compress(params)
+        elif args.command == "sweep":
+            return run_sweep(params, args)
+        else:
+            from flows.stages import STAGE_FLOWS
 
-        STAGE_FLOWS[args.name](params)
+            STAGE_FLOWS[args.name](params)
     if args.command == "run" or args.name == "evaluate":
         print(show())
     return 0

@@ -21,6 +21,7 @@ from flows.artifacts import publish_compress, publish_stage
 from flows.params import load_params
 from flows.stages import run_stage
 from tasks.config import Params
+from flows.lock import writer_lock
 from tasks.stages.graph import COMPRESS, METRICS, STAGES
 
 
@@ -39,4 +40,6 @@ def compress(params: Params) -> dict:
 def compress_from_params(params_file: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict:
     """Deployment entry point (prefect.yaml): read params.yaml when the run starts, with
     `overrides` ({"section.key": value}) on top."""
-    return compress(load_params(Path(params_file), overrides))
+    params = load_params(Path(params_file), overrides)
+    with writer_lock("the `compress-from-params` deployment run"):   # one writer of data/ (flows/lock.py)
+        return compress(params)

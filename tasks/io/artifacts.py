@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -51,8 +52,9 @@ def write_artifact(final: Path, kind: str, version_: int, metadata: dict,
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.*-*"):  # left by a run killed with SIGKILL
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        if not _writer_alive(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         write(tmp)
@@ -68,9 +70,27 @@ def write_artifact(final: Path, kind: str, version_: int, metadata: dict,
     return final
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process that made the temporary sibling `name` (".<artifact>.tmp-<pid>-<id>")
+    still runs: its folder is being filled, not stale. Names without a pid (older runs) are stale."""
+    match = re.search(r"\.(?:tmp|old)-(\d+)-[0-9a-f]+$", name)
+    if not match:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return True      # another thread of this process (the sweep's local workers) is writing
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True      # alive, another user's
+    return True
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(dst, old)
         os.replace(src, dst)
         shutil.rmtree(old, ignore_errors=True)
