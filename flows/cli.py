@@ -106,16 +106,38 @@ def _quiet_user_errors() -> None:
 
 
 def _stop_on_ctrl_c() -> None:
-    """Ctrl-C reaches Prefect's temporary API server too (same process group); once it is
+    """Ctrl-C (SIGINT) and SIGTERM stop the command within seconds, with one line. Ctrl-C reaches Prefect's temporary API server too (same process group); once it is
     gone, the flow engine would retry its calls for minutes. Stop at once instead: writes are
     atomic, so finished artifacts are intact and a partial one is only a hidden temporary
     directory, removed by the next run."""
     def stop(signum, frame):
         print("\nprunepipe: interrupted; finished artifacts are intact, the partial one is discarded "
               "(the next run removes its temporary directory)", file=sys.stderr, flush=True)
-        os._exit(130)
+        _stop_children()
+        os._exit(128 + signum)
 
-    signal.signal(signal.SIGINT, stop)
+    # SIGTERM (`timeout`, a plain `kill`, a supervisor) the same way: only this process gets
+    # it, so the temporary server, a child, is stopped here rather than left behind.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+
+def _stop_children(grace: float = 3.0) -> None:
+    """Terminate this process's children (Prefect's temporary server, local Dask workers),
+    then kill those still alive after `grace` seconds."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    for child in psutil.wait_procs(children, timeout=grace)[1]:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def export(args: argparse.Namespace) -> int:
