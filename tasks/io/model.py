@@ -18,6 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
@@ -73,6 +74,13 @@ def resolve_source(source: str) -> ResolvedSource:
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"model.source = {source!r}: not a Hugging Face model folder "
                                    "(no config.json there)")
+        if not any(path.glob("*.safetensors")):
+            pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            raise ModelSourceError(
+                f"model.source = {source!r}: no .safetensors weights in the folder"
+                + (f" (only {', '.join(pickles)}: pickle files, which can run code when loaded)" if pickles else "")
+                + "; prunepipe reads weights with safetensors only: convert them once with transformers "
+                "(`model.save_pretrained(folder)` writes safetensors)")
         return ResolvedSource("folder", str(path))
     repo, _, revision = source.partition("@")
     if repo.count("/") != 1:
@@ -98,7 +106,8 @@ def load_source(src: ResolvedSource, dtype: torch.dtype,
     try:
         tokenizer = AutoTokenizer.from_pretrained(src.location, **kwargs)
         # GGUF: unpack every block to float now, so the model is a plain dense one.
-        extra = {"quantization_config": GgufConfig(dequantize=True)} if src.gguf_file else {}
+        # Otherwise never a pickle (pytorch_model.bin) from a folder or the hub.
+        extra = {"quantization_config": GgufConfig(dequantize=True)} if src.gguf_file else {"use_safetensors": True}
         model = AutoModelForCausalLM.from_pretrained(src.location, dtype=dtype, **kwargs, **extra)
     except OSError as err:
         if src.kind == "hub":
@@ -107,6 +116,9 @@ def load_source(src: ResolvedSource, dtype: torch.dtype,
                 f"cache (is the network reachable? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): "
                 f"{err}") from None
         raise ModelSourceError(f"model.source = {src.location!r}: cannot load it: {err}") from None
+    except SafetensorError as err:
+        raise ModelSourceError(f"model.source = {src.location!r}: cannot read its .safetensors weights "
+                               f"(truncated or corrupt?): {err}") from None
     except (ValueError, NotImplementedError, KeyError, TypeError) as err:
         # What transformers/gguf raise for a file they cannot parse or a tensor type they
         # cannot dequantize: one line naming the file instead of a deep traceback.
