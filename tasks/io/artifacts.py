@@ -126,6 +126,18 @@ def read_metadata(directory: Path, kind: str, version_: int, verify: bool = True
     return meta
 
 
+def check_artifact(directory: Path) -> dict:
+    """An input artifact of any kind checked up front, before a stage spends time on others:
+    its metadata.json readable and every file it lists intact (as `read_metadata` checks)."""
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / METADATA).read_text())
+    except (OSError, ValueError):
+        meta = None            # read_metadata names what is wrong: missing, truncated, not JSON
+    meta = meta if isinstance(meta, dict) else {}
+    return read_metadata(directory, meta.get("kind"), meta.get("version"))
+
+
 def artifact_digest(directory: Path) -> str:
     """One digest for a whole artifact: its metadata lists every file's sha256."""
     return file_sha256(Path(directory) / METADATA)

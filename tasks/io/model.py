@@ -181,6 +181,11 @@ def context_length(config) -> int | None:
 
 def check_seqlen(seqlen: int, model_dir: Path, key: str) -> None:
     """Before any work: `key` = seqlen fits the model's context."""
-    limit = context_length(AutoConfig.from_pretrained(model_dir))
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:   # read before any digest check: name the file
+        raise ArtifactError(f"{Path(model_dir) / 'config.json'}: cannot be read ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}); re-run the stage that writes it") from None
+    limit = context_length(config)
     if limit is not None and seqlen > limit:
         raise ModelSourceError(f"{key} = {seqlen} exceeds the model's context of {limit} tokens")

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from tasks.evaluation.perplexity import measure, read_perplexity
 from tasks.formats.artifact import PACKED_FORMAT, load_metadata
 from tasks.formats.packing import DENSE_BYTES_PER_WEIGHT
-from tasks.io.artifacts import METADATA, read_metadata, write_json
+from tasks.io.artifacts import METADATA, check_artifact, read_metadata, write_json
 from tasks.io.model import MODEL_KIND, MODEL_VERSION, check_seqlen, load_model_dir
 from tasks.serving.packed_model import load_packed
 from tasks.stages.common import StageContext
@@ -104,6 +104,8 @@ def evaluate_artifact(cfg: EvaluateConfig, *, model: Path, out: Path, ctx: Stage
 def evaluate(cfg: EvaluateConfig, *, pruned: Path, quantized: Path, packed: Path, eval_dense: Path,
              prune_run: Path, eval_pruned: Path, eval_quantized: Path, eval_packed: Path, metrics: Path,
              sparsity_csv: Path, sparsity_png: Path, ctx: StageContext) -> Path:
+    for artifact in (pruned, quantized, packed, eval_dense):   # a broken one stops here, not after an hour
+        check_artifact(artifact)
     evals = {"dense": eval_dense}
     for name, model_dir, out in (("pruned", pruned, eval_pruned), ("quantized", quantized, eval_quantized),
                                  ("packed", packed, eval_packed)):
