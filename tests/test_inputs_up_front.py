@@ -36,3 +36,11 @@ def test_broken_config_json_in_an_artifact_is_named(tmp_path, packed_workspace):
     (copy / "config.json").write_text('{"model_type": "llama", ')
     with pytest.raises(ArtifactError, match=rf"^{copy / 'config.json'}: cannot be read \("):
         check_seqlen(32, copy, "evaluate.seqlen")
+
+
+def test_a_batch_size_above_nsamples_is_capped_in_the_memory_estimate(packed_workspace):
+    from tasks.engine.memory import sequential_estimate
+
+    model = packed_workspace / "data" / "model"
+    huge, capped = (sequential_estimate(model, 4, 32, batch, "cpu", False, True) for batch in (10_000_000, 4))
+    assert huge == capped   # sequential.batch_size: 10000000 no longer reads as terabytes of activations

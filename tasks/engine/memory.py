@@ -50,6 +50,7 @@ def sequential_estimate(model_dir: Path, nsamples: int, seqlen: int, batch: int,
     hidden = config.get("hidden_size") or config.get("n_embd") or config.get("d_model") or 0
     inter = config.get("intermediate_size") or config.get("ffn_dim") or 4 * hidden
     layers = config.get("num_hidden_layers") or config.get("n_layer") or 1
+    batch = min(batch, nsamples)   # a sequential.batch_size above nsamples runs as one batch of them all
     activations = (nsamples + batch) * seqlen * hidden * 4
     stats = (hidden * hidden + inter * inter) * 4 if hessian else (hidden + inter) * 4
     layer = (weights // layers) + stats
