@@ -261,6 +261,23 @@ def _pick(cols, d, lo: tl.constexpr, count: tl.constexpr, bit: tl.constexpr):
 
 
 @triton.jit
+def kept_gemv(acc, acc2, vals, pos, x_ptr, stride_xb, offs_m, t, K, N_KEEP: tl.constexpr, M: tl.constexpr,
+              GEMV_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Tile t's kept values (BLOCK_N, BLOCK_KC) times the GEMV_ROWS rows of x they select. B = 1: into
+    acc2 (BLOCK_N, BLOCK_G), reduced once after the loop (rows_total); B > 1: into acc row b."""
+    offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * M + tl.arange(0, M)[None, :]
+    for b in tl.static_range(GEMV_ROWS):
+        xb = tl.load(x_ptr + b * stride_xb + offs_x, mask=offs_x < K, other=0.0)  # (BLOCK_G, M)
+        prod = kept_products(vals, pos, xb, N_KEEP, M)  # (BLOCK_N, BLOCK_G)
+        if GEMV_ROWS == 1:
+            acc2 += prod
+        else:
+            part = tl.sum(prod, axis=1)  # (BLOCK_N,)
+            acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
+    return acc, acc2
+
+
+@triton.jit
 def kept_products(vals, pos, x, N_KEEP: tl.constexpr, M: tl.constexpr):
     """Σ over slots of values · x[b, col] per (row, group): vals, pos (R, G·N_KEEP), x (G, M) one
     row of x by groups → (R, G) fp32. Positions in a group increase, so slot t sits at t + d,
@@ -343,15 +360,8 @@ def _nm_matmul_kernel(
                            other=0.0)  # (BLOCK_N, BLOCK_KC)
             pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
             if GEMV_ROWS > 0:
-                offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * M + tl.arange(0, M)[None, :]
-                for b in tl.static_range(GEMV_ROWS):
-                    xb = tl.load(x_ptr + b * stride_xb + offs_x, mask=offs_x < K, other=0.0)  # (BLOCK_G, M)
-                    prod = kept_products(vals, pos, xb, N_KEEP, M)  # (BLOCK_N, BLOCK_G)
-                    if GEMV_ROWS == 1:  # reduce once after the loop
-                        acc2 += prod
-                    else:
-                        part = tl.sum(prod, axis=1)  # (BLOCK_N,)
-                        acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
+                acc, acc2 = kept_gemv(acc, acc2, vals, pos, x_ptr, stride_xb, offs_m, t, K, N_KEEP, M, GEMV_ROWS,
+                                      BLOCK_K, BLOCK_G)
             else:
                 w = scatter_dense(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K), x's dtype, 0 where pruned
                 offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)

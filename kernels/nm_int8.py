@@ -28,7 +28,7 @@ from kernels._common import check_group, check_tensor, check_x, k_tile_range, ma
 from kernels._sparse import accumulate_tile, code_value, rows_total
 from kernels.bitmask import tuned
 from kernels.nm import (GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns,
-                        kept_products, scatter_dense)
+                        kept_gemv, scatter_dense)
 
 FORMAT = "nm-int8"
 
@@ -99,15 +99,8 @@ def _nm_int8_matmul_kernel(
         pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
         vals = kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC, BLOCK_KC)  # (BLOCK_N, BLOCK_KC) fp32
         if GEMV_ROWS > 0:
-            offs_x = t * BLOCK_K + tl.arange(0, BLOCK_G)[:, None] * M + tl.arange(0, M)[None, :]
-            for b in tl.static_range(GEMV_ROWS):
-                xb = tl.load(x_ptr + b * stride_xb + offs_x, mask=offs_x < K, other=0.0)  # (BLOCK_G, M)
-                prod = kept_products(vals, pos, xb, N_KEEP, M)  # (BLOCK_N, BLOCK_G)
-                if GEMV_ROWS == 1:  # reduce once after the loop
-                    acc2 += prod
-                else:
-                    part = tl.sum(prod, axis=1)  # (BLOCK_N,)
-                    acc = tl.where(offs_m[:, None] == b, acc + part[None, :], acc)
+            acc, acc2 = kept_gemv(acc, acc2, vals, pos, x_ptr, stride_xb, offs_m, t, K, N_KEEP, M, GEMV_ROWS,
+                                  BLOCK_K, BLOCK_G)
         else:
             w = scatter_dense(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K) fp32, 0 where pruned
             offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
