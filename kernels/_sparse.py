@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import plan_split_k, workspace
+from kernels._common import INTERPRET, plan_split_k, workspace
 
 
 @triton.jit
@@ -83,7 +83,7 @@ def launch(gemv, tiled, x: torch.Tensor, n_out: int, args: tuple, gemv_max: int 
     if is_gemv:
         meta.update(BLOCK_M=next_pow2(batch), GEMV_ROWS=batch, DOT_F32=False)
     else:  # the interpreter's tl.dot multiplies bf16 bit patterns as integers: give it fp32 there
-        meta.update(GEMV_ROWS=0, DOT_F32=_interpreting() and x.dtype == torch.bfloat16)
+        meta.update(GEMV_ROWS=0, DOT_F32=INTERPRET and x.dtype == torch.bfloat16)
     if FORCE_CONFIG is not None:
         kernel = kernel.fn
         meta.update(FORCE_CONFIG.all_kwargs())
@@ -96,12 +96,6 @@ def launch(gemv, tiled, x: torch.Tensor, n_out: int, args: tuple, gemv_max: int 
     ws, tickets = workspace(x, n_out, triton.cdiv(batch, 1 if is_gemv else 16) * triton.cdiv(n_out, largest))
     grid = lambda m: (blocks(m), plan_split_k(blocks(m), k, m["BLOCK_K"]).splits)  # noqa: E731
     kernel[grid](*args, ws, tickets, batch_bucket(batch), **meta)
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # ----------------------------------------------------------------------------- static report

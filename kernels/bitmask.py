@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _sparse
+from kernels import _common, _sparse
 from kernels._common import check_tensor, check_x, k_tile_range, make_out, store_split
 from kernels._sparse import accumulate_tile, rows_total
 
@@ -236,7 +236,7 @@ def prune_tiled(configs, named_args, **kwargs):
 
 def tuned(kernel, gemv_configs, tiled_configs, interpret_configs, key):
     """(GEMV, tiled) autotuned entry points of `kernel`; one fixed config each in the interpreter."""
-    gemv, tiled = interpret_configs if _sparse._interpreting() else (gemv_configs, tiled_configs)
+    gemv, tiled = interpret_configs if _common.INTERPRET else (gemv_configs, tiled_configs)
     return (triton.autotune(gemv, key=key)(kernel),
             triton.autotune(tiled, key=key, prune_configs_by={"early_config_prune": prune_tiled})(kernel))
 
@@ -271,7 +271,7 @@ def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_offset
     x = x if x.stride(1) == 1 else x.contiguous()
     _sparse.launch(_GEMV, _TILED, x, rows,
                    (x, mask, values, row_offsets, out, batch, rows, k, mask.shape[1],
-                    x.stride(0), mask.stride(0), out.stride(0)), USE_ASM=not _sparse._interpreting())
+                    x.stride(0), mask.stride(0), out.stride(0)), USE_ASM=not _common.INTERPRET)
     return out
 
 

@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _sparse
+from kernels import _common, _sparse
 from kernels._common import check_group, check_tensor, dot_t, k_tile_range, make_out, store_split
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
@@ -327,7 +327,7 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
                     mask.shape[1], -(-values.numel() // 4), x.stride(0), mask.stride(0), scales.stride(0),
                     out.stride(0)),
                    gemv_max=0 if byte_lut else _sparse.GEMV_MAX_BATCH,
-                   BITS=bits, GROUP=0 if groups == 1 else g, BYTE_LUT=byte_lut, USE_ASM=not _sparse._interpreting())
+                   BITS=bits, GROUP=0 if groups == 1 else g, BYTE_LUT=byte_lut, USE_ASM=not _common.INTERPRET)
     return out
 
 

@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _sparse
+from kernels import _common, _sparse
 from kernels._common import _slots, check_tensor, check_x, dot_t, k_tile_range, make_out, store_split, unpack
 from kernels._sparse import rows_total
 
@@ -401,7 +401,7 @@ def _prune_tiled(configs, named_args, **kwargs):
 
 
 def _tuned():
-    gemv, tiled = INTERPRET_CONFIGS if _sparse._interpreting() else (GEMV_CONFIGS, TILED_CONFIGS)
+    gemv, tiled = INTERPRET_CONFIGS if _common.INTERPRET else (GEMV_CONFIGS, TILED_CONFIGS)
     return (triton.autotune(gemv, key=KEY)(_nm_matmul_kernel),
             triton.autotune(tiled, key=KEY, prune_configs_by={"early_config_prune": _prune_tiled})(_nm_matmul_kernel))
 
@@ -445,7 +445,7 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *, n: i
     _sparse.launch(_GEMV, _TILED, x, rows,
                    (x, values, indices, out, table48(x.device), batch, rows, k, kc, index_bytes,
                     x.stride(0), values.stride(0), indices.stride(0), out.stride(0)),
-                   N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], USE_ASM=not _sparse._interpreting())
+                   N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], USE_ASM=not _common.INTERPRET)
     return out
 
 

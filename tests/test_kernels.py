@@ -14,7 +14,6 @@ most eps/2 relative, with 25% left for fp32 accumulation order.
 from __future__ import annotations
 
 import os
-import zlib
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run")
 
 from kernels import FORMATS, _common, available, bitmask, int4, int8, launcher, nm, nm_int4  # noqa: E402
+from kernel_checks import assert_matches, prmt, seeded  # noqa: E402
 from kernels.testing import pack_bitmask, pack_bits, pack_nm, pack_nm_quant, pack_quant  # noqa: E402
 
 if not torch.cuda.is_available() and not _common.INTERPRET:
@@ -36,12 +36,8 @@ DEVICE = "cpu" if _common.INTERPRET else "cuda"
 N = 37
 BATCHES = [1, 3, 17, 70]
 DTYPES = [torch.float16, torch.bfloat16]
-EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
-def seeded(*key) -> torch.Generator:
-    """A generator seeded from the test's identity (crc32: stable across runs, unlike hash())."""
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 def random_weight(k: int, dtype: torch.dtype, gen: torch.Generator, sparsity: float = 0.0) -> torch.Tensor:
@@ -100,17 +96,6 @@ def dequant_kwargs(module, packed, k: int) -> dict:
     return {**packed.params, **({"k": k} if needs_k else {})}
 
 
-def assert_matches(y: torch.Tensor, x: torch.Tensor, w_hat: torch.Tensor) -> None:
-    assert y.shape == (x.shape[0], w_hat.shape[0]) and y.dtype == x.dtype
-    assert not torch.isnan(y).any(), f"{int(torch.isnan(y).sum())} outputs never written (still NaN)"
-    x64, w64 = x.double().cpu(), w_hat.double().cpu()
-    err = (y.double().cpu() - x64 @ w64.T).abs()
-    tol = 1.25 * EPS[x.dtype] * (x64.abs() @ w64.abs().T) + 1e-6
-    bad = err > tol
-    if bad.any():
-        b, n = (int(i) for i in bad.nonzero()[0])
-        raise AssertionError(f"{int(bad.sum())}/{bad.numel()} outputs off; first at (b={b}, n={n}): "
-                             f"err {err[b, n]:.3g} > tol {tol[b, n]:.3g}")
 
 
 def run_case(case: str, batch: int, dtype: torch.dtype):
@@ -202,14 +187,6 @@ def _pair(lo, hi) -> int:
     return _bits(lo) | _bits(hi) << 16
 
 
-def _prmt(a: int, b: int, sel: int) -> int:
-    pool = (b << 32 | a).to_bytes(8, "little")
-    out = 0
-    for i in range(4):
-        s = (sel >> 4 * i) & 0xF
-        byte = pool[s & 7]
-        out |= ((0xFF if byte & 0x80 else 0) if s & 8 else byte) << 8 * i
-    return out
 
 
 def _lop3(a: int, b: int, c: int, lut: int) -> int:
@@ -233,7 +210,7 @@ def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
         if op == "mov.b32":
             regs[dest] = args[0]
         elif op == "prmt.b32":
-            regs[dest] = _prmt(*args)
+            regs[dest] = prmt(*args)
         elif op == "lop3.b32":
             regs[dest] = _lop3(*args)
         elif op in INTEGER_OPS:

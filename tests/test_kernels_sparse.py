@@ -15,7 +15,6 @@ eps/2: there bf16 gets 2·eps.
 from __future__ import annotations
 
 import os
-import zlib
 
 import pytest
 import torch
@@ -27,9 +26,10 @@ pytest.importorskip("triton", reason="Triton is not installed: the kernels canno
 
 from kernels import FORMATS, _common, _sparse, bitmask, bitmask_int4, bitmask_int8, launcher, nm, nm_int8  # noqa: E402
 from kernels._common import MIN_CTAS, plan_split_k  # noqa: E402
+from kernel_checks import assert_matches, prmt, seeded  # noqa: E402
 from kernels.testing import Packed, pack_bits, pack_nm, pack_nm_quant, quantize  # noqa: E402
 
-if not torch.cuda.is_available() and not _sparse._interpreting():
+if not torch.cuda.is_available() and not _common.INTERPRET:
     pytest.skip("kernels was imported before TRITON_INTERPRET=1 was set and there is no CUDA",
                 allow_module_level=True)
 
@@ -37,11 +37,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N = 37
 BATCHES = [1, 3, 17]
 DTYPES = [torch.float16, torch.bfloat16]
-EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
-def seeded(*key) -> torch.Generator:
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 def sparse_weight(k: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:
@@ -112,18 +109,6 @@ CASES = {
 }
 
 
-def assert_matches(y: torch.Tensor, x: torch.Tensor, w_hat: torch.Tensor) -> None:
-    assert y.shape == (x.shape[0], w_hat.shape[0]) and y.dtype == x.dtype
-    assert not torch.isnan(y).any(), f"{int(torch.isnan(y).sum())} outputs never written (still NaN)"
-    x64, w64 = x.double().cpu(), w_hat.double().cpu()
-    err = (y.double().cpu() - x64 @ w64.T).abs()
-    slack = 2.0 if x.dtype == torch.bfloat16 and _sparse._interpreting() else 1.25
-    tol = slack * EPS[x.dtype] * (x64.abs() @ w64.abs().T) + 1e-6
-    bad = err > tol
-    if bad.any():
-        b, n = (int(i) for i in bad.nonzero()[0])
-        raise AssertionError(f"{int(bad.sum())}/{bad.numel()} outputs off; first at (b={b}, n={n}): "
-                             f"err {err[b, n]:.3g} > tol {tol[b, n]:.3g}")
 
 
 def run_case(case: str, batch: int, dtype: torch.dtype):
@@ -142,7 +127,7 @@ def run_case(case: str, batch: int, dtype: torch.dtype):
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_matches_float64(case, batch, dtype):
     x, y, packed = run_case(case, batch, dtype)
-    assert_matches(y, x, packed.w_hat)
+    assert_matches(y, x, packed.w_hat, truncating_bf16=True)
 
 
 def test_split_workspace_is_left_zeroed():
@@ -164,7 +149,7 @@ def test_dequantize_and_reference(case):
     w = module.dequantize(**packed.tensors, **packed.params, **({"k": k} if needs_k else {}))
     assert torch.equal(w.double(), packed.w_hat)
     x = torch.randn(3, k, generator=gen).half()
-    assert_matches(module.reference(x, **packed.tensors, **packed.params), x, packed.w_hat)
+    assert_matches(module.reference(x, **packed.tensors, **packed.params), x, packed.w_hat, truncating_bf16=True)
 
 
 # one case per kernel and path for the production configs: K large enough for their widest BLOCK_K
@@ -185,7 +170,7 @@ def test_every_production_config(kernel, monkeypatch):
         for config in configs:
             monkeypatch.setattr(_sparse, "FORCE_CONFIG", config)
             x, y, packed = run_case(case, batch, torch.float16)
-            assert_matches(y, x, packed.w_hat)
+            assert_matches(y, x, packed.w_hat, truncating_bf16=True)
 
 
 def test_split_plan_reaches_two_ctas_per_sm_and_every_split_has_a_tile():
@@ -208,14 +193,6 @@ def test_outgrown_workspace_is_kept_alive():
 # here on a model of the few instructions it uses, fed as Triton packs it with pack=2 (32-bit
 # inputs one register per element; 16-bit outputs two per register, element 0 in the low half).
 
-def _prmt(a: int, b: int, sel: int) -> int:
-    pool = (b << 32 | a).to_bytes(8, "little")
-    out = 0
-    for i in range(4):
-        s = (sel >> 4 * i) & 0xF
-        byte = pool[s & 7]
-        out |= ((0xFF if byte & 0x80 else 0) if s & 8 else byte) << 8 * i
-    return out
 
 
 def _f16x2(a: int, b: int, dtype: torch.dtype, op) -> int:
@@ -227,7 +204,7 @@ def _f16x2(a: int, b: int, dtype: torch.dtype, op) -> int:
 
 PTX_OPS = {"mov.b32": lambda a: a, "shl.b32": lambda a, b: a << b, "shr.b32": lambda a, b: a >> b,
            "and.b32": lambda a, b: a & b, "or.b32": lambda a, b: a | b, "xor.b32": lambda a, b: a ^ b,
-           "prmt.b32": _prmt, "shf.r.wrap.b32": lambda lo, hi, n: (hi << 32 | lo) >> (n & 31),
+           "prmt.b32": prmt, "shf.r.wrap.b32": lambda lo, hi, n: (hi << 32 | lo) >> (n & 31),
            "setp.lt.u32": lambda a, b: int(a < b),
            "sub.f16x2": lambda a, b: _f16x2(a, b, torch.float16, torch.sub),
            "sub.rn.bf16x2": lambda a, b: _f16x2(a, b, torch.bfloat16, torch.sub)}
