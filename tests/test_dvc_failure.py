@@ -24,6 +24,11 @@ def snapshot(root: Path) -> dict[str, bytes]:
             for folder in ("data", "reports") for p in sorted((root / folder).rglob("*")) if p.is_file()}
 
 
+def dvc_env(root: Path) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "PREFECT_HOME": str(root / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
 def committed_workspace(root: Path, llama_folder: Path, corpus_file: Path):
     from flows.params import parse_params
     from tasks.stages.calibrate import calibrate
@@ -50,14 +55,29 @@ def test_bad_parameter_under_dvc_repro_leaves_data_and_reports_byte_identical(tm
     assert {"data/pruned/metadata.json", "reports/prune_run.json"} <= before.keys()
     params["prune"]["sparsity"] = 1.5
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = dvc_env(tmp_path)
     done = subprocess.run(["dvc", "repro", "prune"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode != 0, done.stdout + done.stderr
     assert "prune.sparsity = 1.5" in done.stderr + done.stdout
     assert snapshot(tmp_path) == before, "a failed stage must not delete or alter the last good artifact"
     # DVC still knows the stage is stale: the lock records the old parameters
     assert "prune" in run("dvc", "status", "prune") and "modified" in run("dvc", "status", "prune")
+
+
+@pytest.mark.slow
+def test_a_missing_section_under_dvc_repro_names_it_and_touches_nothing(tmp_path, llama_folder, corpus_file):
+    # prunepipe's own runners read a missing section as the defaults; DVC tracks sections by name
+    # and stops before the stage's command, naming the section to add
+    run, params = committed_workspace(tmp_path, llama_folder, corpus_file)
+    before = snapshot(tmp_path)
+    del params["sequential"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = dvc_env(tmp_path)
+    done = subprocess.run(["dvc", "repro", "prune"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "Parameters 'sequential' are missing from 'params.yaml'" in done.stderr + done.stdout
+    assert "Beginning flow run" not in done.stderr + done.stdout, "the stage must not start"
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.slow
@@ -70,8 +90,7 @@ def test_sigkill_of_the_stage_mid_prune_leaves_data_and_reports_byte_identical(t
     # ADMM with many iterations: a prune that is still at work when the kill comes
     params["prune"].update(method="admm", admm={"iterations": 100000})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = dvc_env(tmp_path)
     proc = subprocess.Popen(["dvc", "repro", "prune"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     seen = []
