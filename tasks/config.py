@@ -34,6 +34,7 @@ class ModelConfig(Section):
     source: str = "default"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
+    allow_pickle: bool = False   # load pytorch_model.bin (torch.load, weights_only) where no safetensors exist
 
 
 class CalibrationConfig(Section):

@@ -37,3 +37,37 @@ def test_truncated_safetensors_in_a_model_folder(tmp_path, llama_folder):
                                                r"\(truncated or corrupt\?\)"):
         build_model(ModelConfig(source=str(folder)), out=tmp_path / "model", ctx=CTX)
     assert not (tmp_path / "model").exists()
+
+
+def bin_only_folder(tmp_path, llama_folder, state_dict=None):
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin"
+    shutil.copytree(llama_folder, folder)
+    torch.save(state_dict if state_dict is not None else load_file(folder / "model.safetensors"),
+               folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_allow_pickle_loads_a_bin_only_folder_with_the_same_weights(tmp_path, llama_folder):
+    from safetensors.torch import load_file
+
+    folder = bin_only_folder(tmp_path, llama_folder)
+    out = build_model(ModelConfig(source=str(folder), allow_pickle=True), out=tmp_path / "model", ctx=CTX)
+    original, written = load_file(llama_folder / "model.safetensors"), load_file(out / "model.safetensors")
+    assert original.keys() <= written.keys()
+    assert all(torch.equal(original[name], written[name]) for name in original)
+
+
+class RunsCode:
+    def __reduce__(self):   # what a hostile pickle does: call a function while it is read
+        return (print, ("pickle code ran",))
+
+
+def test_allow_pickle_still_refuses_a_pickle_that_would_run_code(tmp_path, llama_folder, capsys):
+    folder = bin_only_folder(tmp_path, llama_folder, {"payload": RunsCode()})
+    with pytest.raises(ModelSourceError, match=r"model.source = '.*/bin': cannot load it: .*weights_only"):
+        build_model(ModelConfig(source=str(folder), allow_pickle=True), out=tmp_path / "model", ctx=CTX)
+    assert "pickle code ran" not in capsys.readouterr().out
+    assert not (tmp_path / "model").exists()

