@@ -120,6 +120,189 @@ def nm24_columns(code_bytes, index_bytes, zero, opaque, USE_ASM: tl.constexpr):
     return col0, col1, col2, col3
 
 
+# Batch-1 GEMV: one call takes 8 group pairs (16 groups, 64 columns) of two rows a, b (pack=8).
+# Inputs: code halfwords of rows a ($8-$11) and b ($12-$15), index bytes ($16 $17, $18 $19), the
+# x words of each pair: x0|x1 and x2|x3 of its even group ($20+j, $28+j) and odd group ($36+j,
+# $44+j); zl = 1024 + z and zh = −(64 + z) as fp16 lanes (row a, row b) ($52, $60).
+# Per index word (8 groups) and row: PRMT looks up T(p) = 0x10 + 0x22·p, the byte selector of
+# x[p] among x0|x1, x2|x3, for the four p0 (and four p1) nibbles at once. Per group, both rows
+# (lane 0 = a, lane 1 = b): two PRMTs pair the rows' selectors, one pairs their code bytes; LOP3
+# puts the low (high) nibbles under 0x6400: 1024 + q0 (1024 + 16·q1); HSUB2 / HFMA2 make
+# q0 − z, q1 − z exactly; two PRMTs gather (x[p0] of a, x[p0] of b), (x[p1] …); two HFMA2
+# accumulate. $0 = the half2 sums (row a, row b) of the 16 groups; $1-$7 are unused zeros.
+def _gemv_ptx() -> str:
+    lines = ["{ .reg .b32 c, k, s, t, l, h, x, acc, Aa0, Aa1, Ab0, Ab1, Ba0, Ba1, Bb0, Bb1;",
+             " mov.b32 c, 0x2c002c00; mov.b32 acc, 0;"]  # c: fp16 pair (1/16, 1/16)
+    for i in range(2):  # index word i: groups 8i … 8i + 7
+        for row, word in (("a", 16 + i), ("b", 18 + i)):
+            lines.append(
+                f" and.b32 k, ${word}, 0x33333333; prmt.b32 A{row}0, $68, $68, k; shr.b32 k, k, 16;"
+                f" prmt.b32 A{row}1, $68, $68, k; shr.b32 k, ${word}, 2; and.b32 k, k, 0x33333333;"
+                f" prmt.b32 B{row}0, $68, $68, k; shr.b32 k, k, 16; prmt.b32 B{row}1, $68, $68, k;")
+        for g in range(8 * i, 8 * i + 8):
+            half, byte = g % 8 // 4, g % 4
+            pick = byte | (4 + byte) << 4
+            x01, x23 = (20, 28) if g % 2 == 0 else (36, 44)
+            lines.append(
+                f" prmt.b32 t, ${8 + g // 4}, ${12 + g // 4}, {byte | (4 + byte) << 8:#x};"
+                " lop3.b32 l, t, 0x000f000f, 0x64006400, 0xea; lop3.b32 h, t, 0x00f000f0, 0x64006400, 0xea;"
+                " sub.f16x2 l, l, $52; fma.rn.f16x2 h, h, c, $60;"
+                f" prmt.b32 s, Aa{half}, Ab{half}, {pick:#x}; prmt.b32 x, ${x01 + g // 2}, ${x23 + g // 2}, s;"
+                " fma.rn.f16x2 acc, x, l, acc;"
+                f" prmt.b32 s, Ba{half}, Bb{half}, {pick:#x}; prmt.b32 x, ${x01 + g // 2}, ${x23 + g // 2}, s;"
+                " fma.rn.f16x2 acc, x, h, acc;")
+    lines.append(" mov.b32 $0, acc;" + "".join(f" mov.b32 ${i}, 0;" for i in range(1, 8)) + " }")
+    return "".join(lines)
+
+
+NM24_GEMV_PTX = tl.constexpr(_gemv_ptx())
+GEMV_PACK = tl.constexpr(8)  # group pairs per call of NM24_GEMV_PTX: 64 columns, inside one scale group (g % 64 == 0)
+
+
+@triton.jit
+def _x_half(words, HIGH: tl.constexpr):
+    """fp16 x value in the low (HIGH=False) or high half of uint32 words, as fp32."""
+    bits = (words >> 16) if HIGH else (words & 0xFFFF)
+    return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _kept_products(byte, nibble, x01, x23, zero):
+    """One 2:4 group per element, the torch-free model of the PTX: x[p0]·(q0 − z) + x[p1]·(q1 − z)."""
+    xs = (_x_half(x01, False), _x_half(x01, True), _x_half(x23, False), _x_half(x23, True))
+    p0 = nibble & 3
+    p1 = nibble >> 2
+    x_p0 = tl.where(p0 == 0, xs[0], tl.where(p0 == 1, xs[1], xs[2]))  # p0 ≤ 2 (0 in the zero padding)
+    x_p1 = tl.where(p1 == 3, xs[3], tl.where(p1 == 2, xs[2], tl.where(p1 == 1, xs[1], xs[0])))
+    return x_p0 * ((byte & 15) - zero).to(tl.float32) + x_p1 * ((byte >> 4) - zero).to(tl.float32)
+
+
+@triton.jit
+def _lead(t):
+    """(R, S, 8) → (R, S): element 0 of the last dimension (in-thread splits, no instructions)."""
+    R: tl.constexpr = t.shape[0]
+    S: tl.constexpr = t.shape[1]
+    t, _ = tl.split(tl.reshape(t, (R, S, 4, 2)))
+    t, _ = tl.split(tl.reshape(t, (R, S, 2, 2)))
+    t, _ = tl.split(tl.reshape(t, (R, S, 1, 2)))
+    return tl.reshape(t, (R, S))
+
+
+@triton.jit
+def kept_pairs(codes_a, codes_b, idx_a, idx_b, xw, zero_a, zero_b, opaque, USE_ASM: tl.constexpr):
+    """Σ x[col]·(q − z) of two rows a, b over 64-column runs: codes (R, GP) uint16 (a group pair's
+    code bytes), idx (R, GP) uint8 (its index byte), xw (GP, 4) uint32 (its 8 x values), zero
+    (R, S) or (R, 1) → (R, S) fp32 per row, S = GP / 8 runs. The PTX sums each run in fp16. opaque:
+    an int32 0 the compiler cannot see through."""
+    R: tl.constexpr = codes_a.shape[0]
+    GP: tl.constexpr = codes_a.shape[1]
+    S: tl.constexpr = GP // GEMV_PACK
+    x02, x13 = tl.split(tl.reshape(xw, (GP, 2, 2)))  # words 0, 2 / 1, 3 of a pair
+    x01e, x01o = tl.split(x02)
+    x23e, x23o = tl.split(x13)
+    if USE_ASM:
+        za = zero_a.to(tl.uint32)
+        zb = zero_b.to(tl.uint32)
+        zl = ((0x6400 + za) | ((0x6400 + zb) << 16)).to(tl.int32, bitcast=True)  # 1024 + z
+        zh = ((0xD400 + 16 * za) | ((0xD400 + 16 * zb) << 16)).to(tl.int32, bitcast=True)  # −(64 + z)
+        # T = 0x76543210 + opaque: kept in a register across the loop, not re-materialized from a
+        # uniform register at each of its 8 uses per call.
+        table = tl.full((1, 1), 0x76543210, tl.int32) + opaque
+        zl = tl.reshape(tl.broadcast_to(zl[:, :, None], (R, S, GEMV_PACK)), (R, GP))
+        zh = tl.reshape(tl.broadcast_to(zh[:, :, None], (R, S, GEMV_PACK)), (R, GP))
+        sums = tl.inline_asm_elementwise(
+            NM24_GEMV_PTX, "=r" * 1 + ",=r" * 7 + ",r" * 68,
+            [codes_a, codes_b, idx_a, idx_b, x01e[None, :].to(tl.int32, bitcast=True),
+             x23e[None, :].to(tl.int32, bitcast=True), x01o[None, :].to(tl.int32, bitcast=True),
+             x23o[None, :].to(tl.int32, bitcast=True), zl, zh, table],
+            dtype=tl.int32, is_pure=True, pack=GEMV_PACK)
+        run = _lead(tl.reshape(sums, (R, S, GEMV_PACK)))  # (R, S): half2 (row a, row b)
+        part_a = _x_half(run.to(tl.uint32, bitcast=True), False)
+        part_b = _x_half(run.to(tl.uint32, bitcast=True), True)
+    else:
+        ca = codes_a.to(tl.int32)
+        cb = codes_b.to(tl.int32)
+        ia = idx_a.to(tl.int32)
+        ib = idx_b.to(tl.int32)
+        za = tl.reshape(tl.broadcast_to(zero_a.to(tl.int32)[:, :, None], (R, S, GEMV_PACK)), (R, GP))
+        zb = tl.reshape(tl.broadcast_to(zero_b.to(tl.int32)[:, :, None], (R, S, GEMV_PACK)), (R, GP))
+        e01 = x01e[None, :]
+        e23 = x23e[None, :]
+        o01 = x01o[None, :]
+        o23 = x23o[None, :]
+        va = _kept_products(ca & 255, ia & 15, e01, e23, za) + _kept_products(ca >> 8, ia >> 4, o01, o23, za)
+        vb = _kept_products(cb & 255, ib & 15, e01, e23, zb) + _kept_products(cb >> 8, ib >> 4, o01, o23, zb)
+        part_a = tl.sum(tl.reshape(va, (R, S, GEMV_PACK)), axis=2)
+        part_b = tl.sum(tl.reshape(vb, (R, S, GEMV_PACK)), axis=2)
+    return part_a, part_b
+
+
+@triton.jit
+def _run_params(z_ptr, s_ptr, rows, mask, k0, K, stride_g, GROUP: tl.constexpr, NZ: tl.constexpr):
+    """Zero points (R, NZ) uint8 and scales (R, NZ) fp32 of the tile's 64-column runs (NZ = 1: one
+    group holds the tile). Loaded as (R, 1) columns and joined in-thread, in the codes' layout."""
+    g_offs = rows[:, None] * stride_g + ((k0 // GROUP) if GROUP > 0 else 0)  # (R, 1)
+    on = mask[:, None]  # the loop's tiles start below K
+    zero = tl.load(z_ptr + g_offs, mask=on, other=0)
+    scale = tl.load(s_ptr + g_offs, mask=on, other=0.0).to(tl.float32)
+    if NZ == 2:  # the second run's group
+        g_offs = rows[:, None] * stride_g + (k0 + 64) // GROUP
+        on = mask[:, None] & (tl.full((1, 1), k0 + 64, tl.int32) < K)
+        zero = tl.reshape(tl.join(zero, tl.load(z_ptr + g_offs, mask=on, other=0)), (zero.shape[0], 2))
+        scale = tl.reshape(tl.join(scale, tl.load(s_ptr + g_offs, mask=on, other=0.0).to(tl.float32)),
+                           (scale.shape[0], 2))
+    return zero, scale
+
+
+@triton.jit
+def _gemv(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_v, stride_i, stride_g, stride_yb, ws_ptr,
+          ticket_ptr, GROUP: tl.constexpr, EVEN: tl.constexpr, USE_ASM: tl.constexpr, BLOCK_N: tl.constexpr,
+          BLOCK_K: tl.constexpr):
+    """Batch 1: each thread takes two rows (a = even, b = odd row of the tile) over BLOCK_K columns."""
+    HALF: tl.constexpr = BLOCK_N // 2
+    GP: tl.constexpr = BLOCK_K // 8  # group pairs per row: code halfwords, index bytes
+    S: tl.constexpr = BLOCK_K // 64  # runs of kept_pairs
+    NZ: tl.constexpr = 1 if GROUP == 0 or GROUP % BLOCK_K == 0 else S  # scale groups per tile
+    tl.static_assert(S <= 2)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_a = tl.program_id(0) * BLOCK_N + 2 * tl.arange(0, HALF)
+    rows_b = rows_a + 1
+    mask_a = rows_a < N
+    mask_b = rows_b < N
+    ra = rows_a.to(tl.int64)
+    rb = rows_b.to(tl.int64)
+    v16 = v_ptr.to(tl.pointer_type(tl.uint16))  # stride_v is even (K % 8 == 0): halfword rows
+    x32 = x_ptr.to(tl.pointer_type(tl.uint32))
+    acc_a = tl.zeros((HALF, S), dtype=tl.float32)
+    acc_b = tl.zeros((HALF, S), dtype=tl.float32)
+    first, last = k_tile_range(K, BLOCK_K)
+    for t in range(first, last):
+        offs_p = t * GP + tl.arange(0, GP)  # (GP,): halfword of the codes = index byte
+        offs_x = (t * BLOCK_K // 2 + 4 * tl.arange(0, GP))[:, None] + tl.arange(0, 4)[None, :]  # (GP, 4) words
+        if EVEN:
+            codes_a = tl.load(v16 + ra[:, None] * (stride_v // 2) + offs_p[None, :])
+            codes_b = tl.load(v16 + rb[:, None] * (stride_v // 2) + offs_p[None, :])
+            idx_a = tl.load(i_ptr + ra[:, None] * stride_i + offs_p[None, :])
+            idx_b = tl.load(i_ptr + rb[:, None] * stride_i + offs_p[None, :])
+            xw = tl.load(x32 + offs_x)
+        else:  # bytes past the row read 0 (code 0 at position 0), x past K reads 0
+            in_row = offs_p[None, :] < stride_i
+            codes_a = tl.load(v16 + ra[:, None] * (stride_v // 2) + offs_p[None, :], mask=mask_a[:, None] & in_row,
+                              other=0)
+            codes_b = tl.load(v16 + rb[:, None] * (stride_v // 2) + offs_p[None, :], mask=mask_b[:, None] & in_row,
+                              other=0)
+            idx_a = tl.load(i_ptr + ra[:, None] * stride_i + offs_p[None, :], mask=mask_a[:, None] & in_row, other=0)
+            idx_b = tl.load(i_ptr + rb[:, None] * stride_i + offs_p[None, :], mask=mask_b[:, None] & in_row, other=0)
+            xw = tl.load(x32 + offs_x, mask=offs_x < K // 2, other=0)
+        zero_a, scale_a = _run_params(z_ptr, s_ptr, ra, mask_a, t * BLOCK_K, K, stride_g, GROUP, NZ)  # (HALF, NZ)
+        zero_b, scale_b = _run_params(z_ptr, s_ptr, rb, mask_b, t * BLOCK_K, K, stride_g, GROUP, NZ)
+        part_a, part_b = kept_pairs(codes_a, codes_b, idx_a, idx_b, xw, zero_a, zero_b, N >> 31, USE_ASM)
+        acc_a += part_a * scale_a
+        acc_b += part_b * scale_b
+    acc = tl.reshape(tl.join(tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1)), (1, BLOCK_N))  # rows a0 b0 a1 b1 …
+    store_split(y_ptr, ws_ptr, ticket_ptr, acc, tl.arange(0, 1), offs_n, 1, N, stride_yb)
+
+
 @triton.jit
 def _nm_int4_matmul_kernel(
     x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr,
@@ -131,8 +314,13 @@ def _nm_int4_matmul_kernel(
     EVEN: tl.constexpr,  # BLOCK_N | N and BLOCK_K | K: no masks on the weights (LLM shapes)
     USE_ASM: tl.constexpr,  # False under the interpreter
     DOT_F32: tl.constexpr,
+    GEMV: tl.constexpr,  # batch 1, 2:4, fp16 x, g % 64 == 0: kept values times x gathered by index
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    if GEMV:
+        _gemv(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_v, stride_i, stride_g, stride_yb, ws_ptr,
+              ticket_ptr, GROUP, EVEN, USE_ASM, BLOCK_N, BLOCK_K)
+        return
     offs_m, offs_n = block_offsets(B, N, BLOCK_M, BLOCK_N)  # (BLOCK_M,), (BLOCK_N,)
     n_mask = offs_n < N
     rows = offs_n.to(tl.int64)
@@ -195,11 +383,19 @@ def _nm_int4_matmul_kernel(
 
 
 def config(batch: int, group: int) -> triton.Config:
-    """int4's configs (kernels/int4.py), BLOCK_K ≥ 64 so that the four column dots have K ≥ 16."""
+    """Batch 1 with g % 64 == 0 (or one group per row): the GEMV, 256 rows × 128 columns, each thread
+    two rows of 32 groups (2 × 32 code bytes, 2 × 16 index bytes: 128-bit loads). Else int4's
+    configs (kernels/int4.py), BLOCK_K ≥ 64 so that the four column dots have K ≥ 16. The launcher
+    takes the tile config where the GEMV does not apply (bf16 x, other n:m, K % 8 ≠ 0)."""
+    if batch == 1 and group % 64 == 0:
+        return triton.Config(dict(BLOCK_M=1, BLOCK_N=256, BLOCK_K=128, GEMV=True), num_warps=4, num_stages=1)
+    return tile_config(batch, group)
+
+
+def tile_config(batch: int, group: int) -> triton.Config:
     cfg = int4.config(batch, group)
-    if cfg.kwargs["BLOCK_K"] >= 64:
-        return cfg
-    return triton.Config(dict(cfg.kwargs, BLOCK_K=64), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return triton.Config(dict(cfg.kwargs, BLOCK_K=max(64, cfg.kwargs["BLOCK_K"]), GEMV=False),
+                         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor,
@@ -225,6 +421,11 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
         return out.zero_()
     group = 0 if groups == 1 else g
     cfg = config(batch, group)
+    if cfg.kwargs["GEMV"] and not (x.dtype == torch.float16 and (n, m) == (2, 4) and k % 8 == 0):
+        cfg = tile_config(batch, group)
+    if cfg.kwargs["GEMV"]:  # halfword code and 32-bit x loads
+        x = x if x.stride(1) == 1 and x.data_ptr() % 4 == 0 else x.clone(memory_format=torch.contiguous_format)
+        values = values if values.data_ptr() % 2 == 0 else values.clone()
     tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(rows, cfg.kwargs["BLOCK_N"])
     plan = plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"])
     ws, tickets = workspace(x, rows, tiles)
@@ -272,7 +473,7 @@ def _static_specs() -> tuple[CompileSpec, ...]:
             name=f"{FORMAT} 2:4 {label}", kernel=_nm_int4_matmul_kernel,
             pointers=dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16", ws="fp32", ticket="i32"), packed=("v", "i"),
             constexprs=flags,
-            paths={BATCH_1_16: (config(1, group),), LARGE_BATCH: (config(int4.SMALL_BATCH + 1, group),)},
+            paths={BATCH_1_16: (config(1, group), config(2, group)), LARGE_BATCH: (config(int4.SMALL_BATCH + 1, group),)},
             packed_bytes=packed_bytes, ctas=ctas)
 
     return spec("g128", 128), spec("g64", 64), spec("g-1", 0)

@@ -271,6 +271,38 @@ def test_nm24_ptx_gives_dense_columns():
             assert got == want, (c, codes, nibbles, z)
 
 
+def test_nm24_gemv_ptx_gives_kept_products():
+    """Two rows of 16 groups (every 2:4 pattern, and the zero padding against x = 0), random codes and
+    zero points, small integer x so that every fp16 sum is exact: lane r of $0 is row r's
+    Σ x[col]·(q − z)."""
+    rng = np.random.default_rng(3)
+    patterns = [(p0, p1) for p0 in range(4) for p1 in range(p0 + 1, 4)]
+    word = lambda b: int.from_bytes(bytes(int(v) for v in b), "little")  # noqa: E731
+    for _ in range(100):
+        x = rng.integers(-4, 5, (16, 4))
+        codes, zeros = rng.integers(0, 256, (2, 16)), rng.integers(0, 16, 2)
+        pos = [[patterns[i] for i in rng.integers(0, len(patterns), 16)] for _ in range(2)]
+        for g in np.nonzero(rng.random(16) < 0.1)[0]:  # padding: code 0 at position 0, x 0
+            x[g] = 0
+            for r in range(2):
+                codes[r, g], pos[r][g] = 0, (0, 0)
+        nibbles = [[p0 | p1 << 2 for p0, p1 in row] for row in pos]
+        index = [[nib[2 * j] | nib[2 * j + 1] << 4 for j in range(8)] for nib in nibbles]
+        xw = [[_pair(x[g, 0], x[g, 1]), _pair(x[g, 2], x[g, 3])] for g in range(16)]
+        inputs = {**{f"${8 + 4 * r + i}": word(codes[r, 4 * i:4 * i + 4]) for r in range(2) for i in range(4)},
+                  **{f"${16 + 2 * r + i}": word(index[r][4 * i:4 * i + 4]) for r in range(2) for i in range(2)},
+                  **{f"${20 + j}": xw[2 * j][0] for j in range(8)}, **{f"${28 + j}": xw[2 * j][1] for j in range(8)},
+                  **{f"${36 + j}": xw[2 * j + 1][0] for j in range(8)},
+                  **{f"${44 + j}": xw[2 * j + 1][1] for j in range(8)},
+                  **{f"${52 + j}": (0x6400 + zeros[0]) | (0x6400 + zeros[1]) << 16 for j in range(8)},
+                  **{f"${60 + j}": (0xD400 + 16 * zeros[0]) | (0xD400 + 16 * zeros[1]) << 16 for j in range(8)},
+                  **{f"${68 + j}": 0x76543210 for j in range(8)}}
+        out = run_ptx(nm_int4.NM24_GEMV_PTX.value, inputs)
+        want = [sum(x[g, p0] * ((codes[r, g] & 15) - zeros[r]) + x[g, p1] * ((codes[r, g] >> 4) - zeros[r])
+                    for g, (p0, p1) in enumerate(pos[r])) for r in range(2)]
+        assert list(_halves(out["$0"])) == want, (codes, pos, zeros, x)
+
+
 @pytest.mark.parametrize("batch", [1, 17])
 @pytest.mark.parametrize("fmt,group", [("int4", 128), ("int8", 64), ("nm-int4", 128), ("nm-int4", 64), ("int4", -1)])
 def test_unmasked_path_on_llm_like_shapes(fmt, group, batch):
