@@ -13,24 +13,35 @@ Math:
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
 2:4 (the production case) reads one code byte per 4-column group (its two kept values) and one
-index nibble (p0 < p1). Per (BLOCK_N, BLOCK_K) tile, as kernels/int4.py: 128-bit loads of the
-code and index bytes, codes → fp16 (code − zero) by the 0x6400 trick (_common.int4_minus_zero:
-low nibble = slot 0, high = slot 1), the scale once per group on the fp32 partial sums, tensor
-cores from batch 1 (BLOCK_M = 16), split over K to ≥ 264 CTAs. The kept values are not scattered
-into one interleaved dense tile: column c of every group is its own (BLOCK_N, BLOCK_K/4) tile,
-slot 0 where p0 = c, slot 1 where p1 = c, else 0 (slot 0 sits in 0..2, slot 1 in 1..3), and it
-meets x[:, c::4]: four dots of K = BLOCK_K/4, x split by column instead of the weights moved.
+index nibble (p0 < p1), by 128-bit loads, in one of two paths (both split over K to ≥ 264 CTAs):
+- batch 1, fp16 x, g % 64 == 0 or one group per row (the GEMV, CUDA cores): x gathered by the kept
+  indices, as kernels/nm.py does at batch 1, two rows per thread so that each step serves both
+  (NM24_GEMV_PTX, lane 0 = one row, lane 1 = the other). Per group: one PRMT pairs the rows' code
+  bytes, LOP3 and the 0x6400 trick make 1024 + q, HSUB2 / HFMA2 give q − zero exactly, one PRMT per
+  slot gathers half2(x[p] of each row) from the group's x0|x1, x2|x3 with a byte selector looked up
+  by PRMT (four index nibbles at a time), one HFMA2 per slot accumulates. The sums run in fp16 over
+  64 columns (|Σ x·(q − zero)| must stay below 65504), then the scale multiplies them in fp32.
+- otherwise (BLOCK_M = 16 tensor-core tiles, as kernels/int4.py): codes → fp16 (code − zero) by
+  the 0x6400 trick, the scale once per group on the fp32 partial sums. The kept values are not
+  scattered into one interleaved dense tile: column c of every group is its own (BLOCK_N,
+  BLOCK_K/4) tile, slot 0 where p0 = c, slot 1 where p1 = c, else 0 (slot 0 sits in 0..2, slot 1 in
+  1..3), and it meets x[:, c::4]: four dots of K = BLOCK_K/4, x split by column instead of the
+  weights moved.
 Other n:m (1:4, 4:8, …) and groups BLOCK_K does not divide take a generic path: scatter to a
 dense tile in registers, per-element dequantization. Same n:m limits as kernels/nm.py.
 
-Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path: 13.7 main-loop
-instructions per packed byte at g=128, 12.5 at g=64, 13.1 with one group per row: over the
-limit of 6. Each group turns 1.5 packed bytes into 4 fp16 columns: the PTX block costs ≈ 12
-instructions per group (8.2 per byte: pattern key, table-lookup selectors, PRMT, HSUB2), the
-four fp16 column tiles go through shared memory into the MMA layout (≈ 1.7 per byte), HMMA 0.7.
-At g=64, BLOCK_K = 64 leaves 8 index bytes per row: 64-bit index loads. The way under 6 is the
-sparse tensor core (mma.sp reads the 2:4 metadata itself, as Sparse-Marlin does), which Triton
-does not expose.
+Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path, main-loop instructions per
+packed byte, ≥ 288 CTAs at batch 1, packed loads 128-bit but for the g=64 tiles:
+    batch 1 (GEMV)          g=128 5.24   g=64 5.57   one group per row 4.93   (before: 13.7 / 12.5 / 13.1)
+    batch 2-16 (tiles)      g=128 13.7   g=64 12.5 (64-bit index loads)   one group per row 13.1
+GEMV, g=128 (96 packed bytes per thread per iteration, 503 instructions): 3.7 per byte in the
+per-group work above (5.5 instructions per group and row), 0.75 in the selector lookups, 0.3
+loads, 0.5 scale, addressing and loop. The tiles stay over the limit of 6: each group becomes 4
+fp16 columns, ≈ 12 PTX instructions per group (8.2 per byte: pattern key, table-lookup selectors,
+PRMT, HSUB2), the four column tiles go through shared memory into the MMA layout (≈ 1.7 per byte),
+HMMA 0.7. The GEMV's gather does not carry over (the rows of an MMA share their x); the way under
+6 there is the sparse tensor core (mma.sp reads the 2:4 metadata itself, as Sparse-Marlin does),
+which Triton does not expose.
 """
 
 from __future__ import annotations
@@ -120,16 +131,17 @@ def nm24_columns(code_bytes, index_bytes, zero, opaque, USE_ASM: tl.constexpr):
     return col0, col1, col2, col3
 
 
-# Batch-1 GEMV: one call takes 8 group pairs (16 groups, 64 columns) of two rows a, b (pack=8).
+# The GEMV's step: one call takes 8 group pairs (16 groups, 64 columns) of two rows a, b (pack=8).
 # Inputs: code halfwords of rows a ($8-$11) and b ($12-$15), index bytes ($16 $17, $18 $19), the
 # x words of each pair: x0|x1 and x2|x3 of its even group ($20+j, $28+j) and odd group ($36+j,
-# $44+j); zl = 1024 + z and zh = −(64 + z) as fp16 lanes (row a, row b) ($52, $60).
-# Per index word (8 groups) and row: PRMT looks up T(p) = 0x10 + 0x22·p, the byte selector of
-# x[p] among x0|x1, x2|x3, for the four p0 (and four p1) nibbles at once. Per group, both rows
-# (lane 0 = a, lane 1 = b): two PRMTs pair the rows' selectors, one pairs their code bytes; LOP3
-# puts the low (high) nibbles under 0x6400: 1024 + q0 (1024 + 16·q1); HSUB2 / HFMA2 make
-# q0 − z, q1 − z exactly; two PRMTs gather (x[p0] of a, x[p0] of b), (x[p1] …); two HFMA2
-# accumulate. $0 = the half2 sums (row a, row b) of the 16 groups; $1-$7 are unused zeros.
+# $44+j); zl = 1024 + z and zh = −(64 + z) as fp16 lanes (row a, row b) ($52, $60); $68 the table
+# T = 0x76543210, whose byte p is T(p) = 0x10 + 0x22·p: the PRMT selector of x[p] among x0|x1, x2|x3.
+# Per index word (8 groups) and row, PRMT looks up T for four p0 (and four p1) nibbles at once.
+# Per group, both rows (lane 0 = a, lane 1 = b): two PRMTs pair the rows' selectors, one pairs
+# their code bytes; LOP3 puts the low (high) nibbles under 0x6400: 1024 + q0 (1024 + 16·q1);
+# HSUB2 / HFMA2 make q0 − z, q1 − z exactly; two PRMTs gather (x[p0] of a, x[p0] of b), (x[p1] …);
+# two HFMA2 accumulate. $0 = the half2 sums (row a, row b) of the 16 groups; $1-$7 unused zeros.
+# tests/test_kernels.py runs this on a model of the instructions.
 def _gemv_ptx() -> str:
     lines = ["{ .reg .b32 c, k, s, t, l, h, x, acc, Aa0, Aa1, Ab0, Ab1, Ba0, Ba1, Bb0, Bb1;",
              " mov.b32 c, 0x2c002c00; mov.b32 acc, 0;"]  # c: fp16 pair (1/16, 1/16)
@@ -168,7 +180,7 @@ def _x_half(words, HIGH: tl.constexpr):
 
 @triton.jit
 def _kept_products(byte, nibble, x01, x23, zero):
-    """One 2:4 group per element, the torch-free model of the PTX: x[p0]·(q0 − z) + x[p1]·(q1 − z)."""
+    """NM24_GEMV_PTX's math for one 2:4 group per element, in fp32: x[p0]·(q0 − z) + x[p1]·(q1 − z)."""
     xs = (_x_half(x01, False), _x_half(x01, True), _x_half(x23, False), _x_half(x23, True))
     p0 = nibble & 3
     p1 = nibble >> 2
@@ -192,8 +204,8 @@ def _lead(t):
 def kept_pairs(codes_a, codes_b, idx_a, idx_b, xw, zero_a, zero_b, opaque, USE_ASM: tl.constexpr):
     """Σ x[col]·(q − z) of two rows a, b over 64-column runs: codes (R, GP) uint16 (a group pair's
     code bytes), idx (R, GP) uint8 (its index byte), xw (GP, 4) uint32 (its 8 x values), zero
-    (R, S) or (R, 1) → (R, S) fp32 per row, S = GP / 8 runs. The PTX sums each run in fp16. opaque:
-    an int32 0 the compiler cannot see through."""
+    (R, S) or (R, 1) → (R, S) fp32 per row, S = GP / 8 runs. The PTX sums each run in fp16 (the
+    interpreter in fp32). opaque: an int32 0 the compiler cannot see through."""
     R: tl.constexpr = codes_a.shape[0]
     GP: tl.constexpr = codes_a.shape[1]
     S: tl.constexpr = GP // GEMV_PACK
@@ -205,16 +217,15 @@ def kept_pairs(codes_a, codes_b, idx_a, idx_b, xw, zero_a, zero_b, opaque, USE_A
         zb = zero_b.to(tl.uint32)
         zl = ((0x6400 + za) | ((0x6400 + zb) << 16)).to(tl.int32, bitcast=True)  # 1024 + z
         zh = ((0xD400 + 16 * za) | ((0xD400 + 16 * zb) << 16)).to(tl.int32, bitcast=True)  # −(64 + z)
-        # T = 0x76543210 + opaque: kept in a register across the loop, not re-materialized from a
-        # uniform register at each of its 8 uses per call.
+        # T + opaque: kept in a register across the loop, not re-materialized from a uniform
+        # register at each of its 8 uses per call (0.3 instructions per byte).
         table = tl.full((1, 1), 0x76543210, tl.int32) + opaque
         zl = tl.reshape(tl.broadcast_to(zl[:, :, None], (R, S, GEMV_PACK)), (R, GP))
         zh = tl.reshape(tl.broadcast_to(zh[:, :, None], (R, S, GEMV_PACK)), (R, GP))
         sums = tl.inline_asm_elementwise(
             NM24_GEMV_PTX, "=r" * 1 + ",=r" * 7 + ",r" * 68,
-            [codes_a, codes_b, idx_a, idx_b, x01e[None, :].to(tl.int32, bitcast=True),
-             x23e[None, :].to(tl.int32, bitcast=True), x01o[None, :].to(tl.int32, bitcast=True),
-             x23o[None, :].to(tl.int32, bitcast=True), zl, zh, table],
+            [codes_a, codes_b, idx_a, idx_b, x01e[None, :], x23e[None, :], x01o[None, :], x23o[None, :], zl, zh,
+             table],
             dtype=tl.int32, is_pure=True, pack=GEMV_PACK)
         run = _lead(tl.reshape(sums, (R, S, GEMV_PACK)))  # (R, S): half2 (row a, row b)
         part_a = _x_half(run.to(tl.uint32, bitcast=True), False)
