@@ -44,7 +44,8 @@ class Short(NamedTuple):
     reason: str
 
 
-NM_INT4 = ("needs the sparse tensor cores (mma.sp), which Triton does not expose: the 2:4 groups are "
+NM_INT4 = ("batch 1 meets the limits (x gathered by the kept indices, 4.9-5.6 instr/B); the batch 2-16 tiles "
+           "need the sparse tensor cores (mma.sp), which Triton does not expose: the 2:4 groups are "
            "expanded to 4 dense fp16 columns in registers (≈ 8 instructions per packed byte for the "
            "selectors and permutes alone)")
 NM_INT8 = ("not yet on nm's tensor-core path (dense columns from byte permutes): each kept code is dequantized to "
