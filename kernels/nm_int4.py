@@ -26,22 +26,25 @@ index nibble (p0 < p1), by 128-bit loads, in one of two paths (both split over K
   scattered into one interleaved dense tile: column c of every group is its own (BLOCK_N,
   BLOCK_K/4) tile, slot 0 where p0 = c, slot 1 where p1 = c, else 0 (slot 0 sits in 0..2, slot 1 in
   1..3), and it meets x[:, c::4]: four dots of K = BLOCK_K/4, x split by column instead of the
-  weights moved.
+  weights moved. Up to batch 16 the dots compute yᵀ with the column tiles as the A operand, which
+  Hopper's wgmma takes from registers: 0.7-2.4 instructions per byte fewer than as the B operand
+  (at BLOCK_M = 64, 0.3-0.6 more: the large batch keeps y = x·Ŵᵀ).
 Other n:m (1:4, 4:8, …) and groups BLOCK_K does not divide take a generic path: scatter to a
 dense tile in registers, per-element dequantization. Same n:m limits as kernels/nm.py.
 
 Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path, main-loop instructions per
 packed byte, ≥ 288 CTAs at batch 1, packed loads 128-bit but for the g=64 tiles:
     batch 1 (GEMV)          g=128 5.24   g=64 5.57   one group per row 4.93   (before: 13.7 / 12.5 / 13.1)
-    batch 2-16 (tiles)      g=128 13.7   g=64 12.5 (64-bit index loads)   one group per row 13.1
+    batch 2-16 (tiles)      g=128 11.5   g=64 11.8 (64-bit index loads)   one group per row 10.8
+                            (before, with the tiles as the B operand: 13.7 / 12.5 / 13.1)
 GEMV, g=128 (96 packed bytes per thread per iteration, 503 instructions): 3.7 per byte in the
 per-group work above (5.5 instructions per group and row), 0.75 in the selector lookups, 0.3
-loads, 0.5 scale, addressing and loop. The tiles stay over the limit of 6: each group becomes 4
-fp16 columns, ≈ 12 PTX instructions per group (8.2 per byte: pattern key, table-lookup selectors,
-PRMT, HSUB2), the four column tiles go through shared memory into the MMA layout (≈ 1.7 per byte),
-HMMA 0.7. The GEMV's gather does not carry over (the rows of an MMA share their x); the way under
-6 there is the sparse tensor core (mma.sp reads the 2:4 metadata itself, as Sparse-Marlin does),
-which Triton does not expose.
+loads, 0.5 scale, addressing and loop. The tiles stay over the limit of 6 (g=128, 48 bytes, 554
+instructions): each group becomes 4 fp16 columns, ≈ 12 PTX instructions per group (8.0 per byte:
+pattern key, table-lookup selectors, PRMT, HSUB2), the column tiles reach the wgmma register
+layout through shared memory (≈ 1.1 per byte), wgmma and its fences 0.7. The GEMV's gather does
+not carry over (the rows of an MMA share their x); the way under 6 there is the sparse tensor core
+(mma.sp reads the 2:4 metadata itself, as Sparse-Marlin does), which Triton does not expose.
 """
 
 from __future__ import annotations
@@ -315,6 +318,18 @@ def _gemv(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_v, stride_i, st
 
 
 @triton.jit
+def _dot_w(w, x, acc, DOT_F32: tl.constexpr):
+    """acc (BLOCK_N, BLOCK_M) + w (BLOCK_N, BLOCK_K) @ xᵀ, w rounded to x's dtype: yᵀ, with the weight
+    tile as the A operand, which Hopper's wgmma reads from registers (as dot_t's B operand it is
+    staged in shared memory). DOT_F32: in fp32 (the interpreter's bf16 dot multiplies bit patterns)."""
+    if DOT_F32:
+        acc = tl.dot(w.to(tl.float32), tl.trans(x.to(tl.float32)), acc)
+    else:
+        acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
+    return acc
+
+
+@triton.jit
 def _nm_int4_matmul_kernel(
     x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr,
     B, N, K,
@@ -373,12 +388,20 @@ def _nm_int4_matmul_kernel(
             x02, x13 = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 4, 2, 2)))  # column 2a + b of a group
             x0, x2 = tl.split(x02)
             x1, x3 = tl.split(x13)
-            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            part = dot_t(x0, col0, part, DOT_F32)
-            part = dot_t(x1, col1, part, DOT_F32)
-            part = dot_t(x2, col2, part, DOT_F32)
-            part = dot_t(x3, col3, part, DOT_F32)
-            acc += part * scale[None, :]
+            if BLOCK_M == 16:  # yᵀ: the columns are the dot's A operand (2 instr/B fewer; not on larger tiles)
+                part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+                part = _dot_w(col0, x0, part, DOT_F32)
+                part = _dot_w(col1, x1, part, DOT_F32)
+                part = _dot_w(col2, x2, part, DOT_F32)
+                part = _dot_w(col3, x3, part, DOT_F32)
+                acc += tl.trans(part * scale[:, None])
+            else:
+                part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                part = dot_t(x0, col0, part, DOT_F32)
+                part = dot_t(x1, col1, part, DOT_F32)
+                part = dot_t(x2, col2, part, DOT_F32)
+                part = dot_t(x3, col3, part, DOT_F32)
+                acc += part * scale[None, :]
         else:
             codes = unpack(code_bytes, 4)  # (BLOCK_N, BLOCK_KC)
             pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC)

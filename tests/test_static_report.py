@@ -55,9 +55,9 @@ BITMASK = ("version 1 puts each row's kept values at arbitrary {unit} offsets (a
            "no 16-byte loads and a popcount, an address and a predicated gather per column; "
            "docs/formats.md sketches a version 2 (each chunk of 256 columns' values on a 16-byte boundary)")
 SHORT = {
-    "nm-int4 2:4 g128": Short(13.73, 128, NM_INT4),
-    "nm-int4 2:4 g64": Short(12.48, 64, NM_INT4),
-    "nm-int4 2:4 g-1": Short(13.12, 128, NM_INT4),
+    "nm-int4 2:4 g128": Short(11.54, 128, NM_INT4),
+    "nm-int4 2:4 g64": Short(11.77, 64, NM_INT4),
+    "nm-int4 2:4 g-1": Short(10.75, 128, NM_INT4),
     "nm-int8 2:4 g128": Short(19.06, 128, NM_INT8),
     "bitmask 50%": Short(15.25, 16, BITMASK.format(unit="value")),
     "bitmask-int4 50% g128": Short(21.56, 32, BITMASK.format(unit="nibble")),
