@@ -1,11 +1,12 @@
-"""`bitmask` sparse weights at any sparsity (docs/formats.md, version 1): y = x @ Ŵᵀ.
+"""`bitmask` sparse weights at any sparsity (docs/formats.md, version 2): y = x @ Ŵᵀ.
 
-Format, W (N, K):
-    mask         uint8 (N, ceil(K/8))        bit k mod 8 of byte k // 8 is 1 where W[n, k] is kept
-    values       float16/bfloat16 (nnz,)     kept values, row-major
-    row_offsets  int32 (N + 1,)              row n's values are values[row_offsets[n] : row_offsets[n+1]]
+Format, W (N, K), rows cut into chunks of CHUNK = 512 columns, J = ceil(K/512):
+    mask           uint8 (N, ceil(K/8))      bit k mod 8 of byte k // 8 is 1 where W[n, k] is kept
+    values         float16/bfloat16 (L,)     chunk by chunk (row-major), each chunk's kept values
+                                             from a 16-byte boundary, zero padding to the next one
+    chunk_offsets  int32 (N, J)              chunk (n, j) starts at values[8 · chunk_offsets[n, j]]
 Math:
-    slot(n, k) = row_offsets[n] + popcount(mask[n, 0:k])       (kept values before k in the row)
+    slot(n, k) = 8 · chunk_offsets[n, k // 512] + popcount(mask[n, 512·(k // 512) : k])
     Ŵ[n, k]    = values[slot(n, k)] if mask bit (n, k) else 0
     y[b, n]    = Σ_k x[b, k] · Ŵ[n, k]         fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16 (values' dtype), y (B, N).
@@ -21,11 +22,13 @@ Design, per (BLOCK_N, BLOCK_K) tile viewed as (BLOCK_N, W = BLOCK_K/32 words, 32
 - The gather is inline PTX (ld.global.nc under a predicate): a tl.load of those addresses makes
   Triton re-layout the pointers through shared memory. The interpreter runs the same math
   with tl ops (USE_ASM = False).
-- split over K (kernels/_common.py): a program first counts the kept weights of its rows before
-  its split (a byte popcount over the mask prefix, outside the main loop).
+- split over K (kernels/_common.py): a program starts at its chunk's offset; only a split that
+  starts inside a chunk (BLOCK_K < 512) counts the kept weights of the chunk's tiles before it
+  (at most 512/BLOCK_K − 1 tiles, outside the main loop). A tile that starts a chunk in the main
+  loop reloads the offset (the chunk before ends in padding).
 GEMV on CUDA cores for B ≤ 4 (B = 1: one FFMA per weight, reduced after the loop), tl.dot with
 BLOCK_M = 16 above. The quantized bitmask kernel (kernels/bitmask_int4.py) shares these helpers.
-row_offsets and values are trusted (checking them would cost a device sync per call).
+chunk_offsets and values are trusted (checking them would cost a device sync per call).
 
 What it cannot do in this layout: load values 128 bits wide (a value's address depends on the
 mask), or get near 6 instructions per packed byte at 50% sparsity (per column ≈ 8 instructions
@@ -43,6 +46,10 @@ from kernels._common import check_tensor, check_x, k_tile_range, make_out, store
 from kernels._sparse import accumulate_tile, rows_total
 
 FORMAT = "bitmask"
+# Version 2 cuts rows into chunks of this many columns (tasks/formats/packing.py BITMASK_CHUNK);
+# every BLOCK_K divides it, so a K tile lies in one chunk.
+CHUNK_COLUMNS = 512
+CHUNK = tl.constexpr(CHUNK_COLUMNS)
 # What the gather reads: float values (the pointer's dtype says fp16/bf16), 8-bit or 4-bit codes.
 VALUES, CODES8, CODES4 = tl.constexpr(0), tl.constexpr(8), tl.constexpr(4)
 
@@ -73,13 +80,31 @@ def mask_tile(mask_rows, n_mask, t, MB, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def values_before(ro_ptr, mask_rows, offs_n, n_mask, first, MB, BLOCK_K: tl.constexpr):
-    """(BLOCK_N,) int32: index in the value stream of each row's first kept weight at or after
-    K tile `first` (row_offsets + kept weights of tiles 0 … first − 1, all inside K)."""
-    start = tl.load(ro_ptr + offs_n, mask=n_mask, other=0)
-    for t in range(0, first):
+def chunk_offset(co_ptr, offs_n, n_mask, t, NC, UNITS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_N,) int32: stream index of each row's first kept entry in the chunk of K tile t
+    (chunk_offsets are 16-byte units, UNITS entries each). CHUNK.value: the interpreter's ints
+    take no constexpr operand."""
+    return tl.load(co_ptr + offs_n * NC + t * BLOCK_K // CHUNK.value, mask=n_mask, other=0) * UNITS
+
+
+@triton.jit
+def values_before(co_ptr, mask_rows, offs_n, n_mask, first, NC, MB, UNITS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_N,) int32: stream index of each row's first kept entry at or after K tile `first`:
+    its chunk's offset plus the kept weights of the chunk's tiles before `first` (a split starts
+    inside a chunk only when BLOCK_K < CHUNK, and then counts at most CHUNK/BLOCK_K − 1 tiles)."""
+    start = chunk_offset(co_ptr, offs_n, n_mask, first, NC, UNITS, BLOCK_K)
+    for t in range(first - first * BLOCK_K % CHUNK.value // BLOCK_K, first):
         start += tl.sum(popcount8(mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)), axis=1)
     return start
+
+
+@triton.jit
+def next_start(start, count, t, UNITS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Stream index of each row's first kept entry at or after K tile t, given tile t − 1's
+    `start` and kept `count`: where t starts a chunk, rounded up to the next 16-byte boundary
+    (UNITS entries), where a row's next chunk starts. No offset load in the main loop."""
+    pad = tl.where(t * BLOCK_K % CHUNK.value == 0, UNITS - 1, 0)
+    return (start + count + pad) & ~pad
 
 
 @triton.jit
@@ -160,8 +185,8 @@ def tile_bases(words, start):
 
 @triton.jit
 def _bitmask_matmul_kernel(
-    x_ptr, mask_ptr, v_ptr, ro_ptr, y_ptr,
-    B, N, K, MB,  # MB: mask bytes per row
+    x_ptr, mask_ptr, v_ptr, co_ptr, y_ptr,
+    B, N, K, MB, NC,  # MB: mask bytes per row; NC: chunks per row
     stride_xb, stride_mask, stride_yb,
     ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     batch_bucket,  # autotune key only
@@ -177,15 +202,15 @@ def _bitmask_matmul_kernel(
     n_mask = offs_n < N
     mask_rows = mask_ptr + offs_n.to(tl.int64)[:, None] * stride_mask  # (BLOCK_N, 1)
     first, last = k_tile_range(K, BLOCK_K)
-    # int32 value indices suffice: row_offsets are int32, so nnz < 2^31.
-    start = values_before(ro_ptr, mask_rows, offs_n, n_mask, first, MB, BLOCK_K)  # (BLOCK_N,)
+    # int32 value indices suffice: the launcher checks the stream has fewer than 2^31 entries.
+    start = values_before(co_ptr, mask_rows, offs_n, n_mask, first, NC, MB, 8, BLOCK_K)  # (BLOCK_N,)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, W, 32), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
     for t in range(first, last):
         words = mask_words(mask_rows, n_mask, t, K, MB, BLOCK_K)  # (BLOCK_N, W)
         base, count = tile_bases(words, start)
         w = gather_kept(v_ptr, base, words, tl.zeros_like(base), VALUES, USE_ASM)  # (BLOCK_N, W, 32) fp32
-        start += count
+        start = next_start(start, count, t + 1, 8, BLOCK_K)
         acc, acc2 = accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS, DOT_F32)
     acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
@@ -244,25 +269,30 @@ def tuned(kernel, gemv_configs, tiled_configs, interpret_configs, key):
 _GEMV, _TILED = tuned(_bitmask_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS, INTERPRET_CONFIGS, KEY)
 
 
-def check_bitmask(fmt: str, x: torch.Tensor, mask: torch.Tensor, row_offsets: torch.Tensor) -> tuple[int, int, int]:
-    """Checks x, mask (N, ceil(K/8)) and row_offsets (N + 1,); returns (B, K, N)."""
+def check_bitmask(fmt: str, x: torch.Tensor, mask: torch.Tensor, chunk_offsets: torch.Tensor,
+                  values: torch.Tensor) -> tuple[int, int, int]:
+    """Checks x, mask (N, ceil(K/8)), chunk_offsets (N, ceil(K/512)) and a 1-D values stream
+    indexable by int32; returns (B, K, N)."""
     batch, k = check_x(fmt, x)
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
         raise ValueError(f"{fmt}: mask must be a 2-D uint8 (N, ceil(K/8)) tensor")
     rows = mask.shape[0]
     check_tensor(fmt, "mask", mask, torch.uint8, (rows, -(-k // 8)), x, "(N, ceil(K/8))")
-    check_tensor(fmt, "row_offsets", row_offsets, torch.int32, (rows + 1,), x, "(N + 1,)")
+    check_tensor(fmt, "chunk_offsets", chunk_offsets, torch.int32, (rows, -(-k // CHUNK_COLUMNS)), x,
+                 f"(N, ceil(K/{CHUNK_COLUMNS})) (format version 2)")
+    if not isinstance(values, torch.Tensor) or values.dim() != 1:
+        raise ValueError(f"{fmt}: values must be a 1-D tensor (the chunked stream of format version 2)")
+    if values.numel() * 2 >= 2**31:
+        raise ValueError(f"{fmt}: values holds {values.numel()} entries; the kernels index it with int32")
     return batch, k, rows
 
 
-def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tensor, *,
+def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offsets: torch.Tensor, *,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """y (B, N) = x (B, K) @ Ŵᵀ for `bitmask`. values must have x's dtype.
     `out` (B, N) in x's dtype is written if given (else allocated)."""
-    batch, k, rows = check_bitmask(FORMAT, x, mask, row_offsets)
-    if not isinstance(values, torch.Tensor) or values.dim() != 1:
-        raise ValueError(f"{FORMAT}: values must be a 1-D (nnz,) tensor")
-    check_tensor(FORMAT, "values", values, x.dtype, tuple(values.shape), x, "(x's dtype) (nnz,)")
+    batch, k, rows = check_bitmask(FORMAT, x, mask, chunk_offsets, values)
+    check_tensor(FORMAT, "values", values, x.dtype, tuple(values.shape), x, "(x's dtype) (entries,)")
     out = make_out(FORMAT, out, x, rows)
     if batch == 0 or rows == 0:
         return out
@@ -270,31 +300,37 @@ def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_offset
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
     _sparse.launch(_GEMV, _TILED, x, rows,
-                   (x, mask, values, row_offsets, out, batch, rows, k, mask.shape[1],
+                   (x, mask, values, chunk_offsets, out, batch, rows, k, mask.shape[1], chunk_offsets.shape[1],
                     x.stride(0), mask.stride(0), out.stride(0)), USE_ASM=not _common.INTERPRET)
     return out
 
 
-def kept_and_slots(mask: torch.Tensor, row_offsets: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kept flags (N, K) bool and each column's index in the value stream (N, K) int64."""
+def kept_and_slots(mask: torch.Tensor, chunk_offsets: torch.Tensor, k: int, units: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept flags (N, K) bool and each column's index in the stream (N, K) int64: its chunk's
+    offset (16-byte units of `units` entries) plus the kept columns before it in the chunk."""
     shifts = torch.arange(8, device=mask.device, dtype=torch.int32)
     kept = ((mask.to(torch.int32)[:, :, None] >> shifts) & 1).reshape(mask.shape[0], -1)[:, :k]
-    return kept.bool(), row_offsets[:-1, None].long() + kept.cumsum(1) - kept  # exclusive popcount prefix
+    chunk = torch.arange(k, device=mask.device) // CHUNK_COLUMNS
+    rank = torch.zeros_like(kept)
+    for j in range(0, k, CHUNK_COLUMNS):  # exclusive popcount prefix inside each chunk
+        cols = kept[:, j:j + CHUNK_COLUMNS]
+        rank[:, j:j + CHUNK_COLUMNS] = cols.cumsum(1) - cols
+    return kept.bool(), chunk_offsets.long()[:, chunk] * units + rank
 
 
-def dequantize(mask: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tensor, *, k: int) -> torch.Tensor:
+def dequantize(mask: torch.Tensor, values: torch.Tensor, chunk_offsets: torch.Tensor, *, k: int) -> torch.Tensor:
     """Ŵ (N, K) float32 with torch ops (K is needed: the mask rounds it up to bytes)."""
-    kept, slot = kept_and_slots(mask, row_offsets, k)
+    kept, slot = kept_and_slots(mask, chunk_offsets, k, 8)
     gathered = values.float()[slot.clamp(max=max(values.numel() - 1, 0))] if values.numel() else 0.0
     return torch.where(kept, gathered, 0.0)
 
 
-def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tensor) -> torch.Tensor:
+def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offsets: torch.Tensor) -> torch.Tensor:
     """Torch: expand to dense, fp32 matmul, cast to x's dtype."""
-    return (x.float() @ dequantize(mask, values, row_offsets, k=x.shape[1]).T).to(x.dtype)
+    return (x.float() @ dequantize(mask, values, chunk_offsets, k=x.shape[1]).T).to(x.dtype)
 
 
 # 50% sparsity: the mask (1/8 B per weight) and half the weights' values
 STATIC = (_sparse.static_spec(
-    "bitmask 50%", _bitmask_matmul_kernel, dict(x="fp16", mask="u8", v="fp16", ro="i32", y="fp16"), ("mask", "v"),
+    "bitmask 50%", _bitmask_matmul_kernel, dict(x="fp16", mask="u8", v="fp16", co="i32", y="fp16"), ("mask", "v"),
     dict(USE_ASM=True), GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * 2, kept=0.5),)

@@ -1,14 +1,15 @@
-"""`bitmask-int4` / `bitmask-int8` sparse quantized weights (docs/formats.md, version 1): y = x @ Ŵᵀ.
+"""`bitmask-int4` / `bitmask-int8` sparse quantized weights (docs/formats.md, version 2): y = x @ Ŵᵀ.
 
-Format, W (N, K), groups of g consecutive original columns, G = ceil(K/g):
-    mask         uint8 (N, ceil(K/8))       bit k mod 8 of byte k // 8 is 1 where W[n, k] is kept
-    values       uint8 (ceil(nnz/2),)       int4: kept codes two per byte, row-major across rows,
-                                            code i in byte i // 2, low nibble for even i
-                 uint8 (nnz,)               int8: one code per byte
-    row_offsets  int32 (N + 1,)             row n's codes are codes[row_offsets[n] : row_offsets[n+1]]
-    scales       float16 (N, G), zeros uint8 (N, G)
-Math:
-    slot(n, k) = row_offsets[n] + popcount(mask[n, 0:k])
+Format, W (N, K), groups of g consecutive original columns, G = ceil(K/g), chunks of 512 columns,
+J = ceil(K/512):
+    mask           uint8 (N, ceil(K/8))     bit k mod 8 of byte k // 8 is 1 where W[n, k] is kept
+    values         uint8 (L,)               the code stream chunk by chunk (row-major), each chunk's
+                                            kept codes from a 16-byte boundary, zero padding after;
+                                            int4: code i in byte i // 2, low nibble for even i
+    chunk_offsets  int32 (N, J)             chunk (n, j) starts at byte 16 · chunk_offsets[n, j]
+    scales         float16 (N, G), zeros uint8 (N, G)
+Math (U = 128 / bits codes per 16 bytes):
+    slot(n, k) = U · chunk_offsets[n, k // 512] + popcount(mask[n, 512·(k // 512) : k])
     Ŵ[n, k]    = (codes[slot(n, k)] − zeros[n, k // g]) · scales[n, k // g] if kept, else 0
     y[b, n]    = Σ_k x[b, k] · Ŵ[n, k]        fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
@@ -53,8 +54,8 @@ from kernels import _common, _sparse
 from kernels._common import check_group, check_tensor, dot_t, k_tile_range, make_out, store_split
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
-                             check_bitmask, gather_kept, kept_and_slots, mask_tile, mask_words, popcount8,
-                             tile_bases, tuned, values_before)
+                             check_bitmask, gather_kept, kept_and_slots, mask_tile, mask_words, next_start,
+                             popcount8, tile_bases, tuned, values_before)
 from kernels.nm import _split8
 
 FORMAT = "bitmask-int4"
@@ -204,8 +205,8 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
 
 @triton.jit
 def _bitmask_quant_matmul_kernel(
-    x_ptr, mask_ptr, v_ptr, ro_ptr, s_ptr, z_ptr, y_ptr, lut_ptr,
-    B, N, K, MB, NW,  # MB: mask bytes per row; NW: 32-bit words holding the code stream
+    x_ptr, mask_ptr, v_ptr, co_ptr, s_ptr, z_ptr, y_ptr, lut_ptr,
+    B, N, K, MB, NC, NW,  # MB: mask bytes per row; NC: chunks per row; NW: 32-bit words of the code stream
     stride_xb, stride_mask, stride_g, stride_yb,
     ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     batch_bucket,  # autotune key only
@@ -225,7 +226,8 @@ def _bitmask_quant_matmul_kernel(
     rows = offs_n.to(tl.int64)
     mask_rows = mask_ptr + rows[:, None] * stride_mask  # (BLOCK_N, 1)
     first, last = k_tile_range(K, BLOCK_K)
-    start = values_before(ro_ptr, mask_rows, offs_n, n_mask, first, MB, BLOCK_K)  # (BLOCK_N,) code index
+    UNITS: tl.constexpr = 128 // BITS  # codes per 16 bytes
+    start = values_before(co_ptr, mask_rows, offs_n, n_mask, first, NC, MB, UNITS, BLOCK_K)  # (BLOCK_N,) code index
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, W, 32), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
     if BYTE_LUT:
@@ -239,9 +241,10 @@ def _bitmask_quant_matmul_kernel(
                                    start, B, K, MB, NW, stride_xb, stride_g, GROUP, True, USE_ASM, DOT_F32, BLOCK_K)
     else:
         for t in range(first, last):
-            acc, acc2, start = _word_tile(acc, acc2, x_ptr, mask_rows, v_ptr, s_ptr, z_ptr, rows, n_mask, offs_m, t,
+            acc, acc2, count = _word_tile(acc, acc2, x_ptr, mask_rows, v_ptr, s_ptr, z_ptr, rows, n_mask, offs_m, t,
                                           start, B, K, MB, stride_xb, stride_g, BITS, GROUP, USE_ASM, GEMV_ROWS,
                                           DOT_F32, BLOCK_K)
+            start = next_start(start, count, t + 1, UNITS, BLOCK_K)
     acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
@@ -256,7 +259,7 @@ def _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mas
     zero = tl.load(z_ptr + offs_g, mask=n_mask, other=0).to(tl.int32)
     acc, count = lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB,
                           NW, stride_xb, TAIL, USE_ASM, DOT_F32, BLOCK_K)
-    return acc, start + count
+    return acc, next_start(start, count, t + 1, 32, BLOCK_K)
 
 
 @triton.jit
@@ -282,7 +285,7 @@ def _word_tile(acc, acc2, x_ptr, mask_rows, v_ptr, s_ptr, z_ptr, rows, n_mask, o
         kept = ((words[:, :, None] >> tl.arange(0, 32)[None, None, :].to(tl.uint32)) & 1) != 0
         w = tl.where(kept, code_value(q, zero) * scale, 0.0)
     acc, acc2 = accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS, DOT_F32)
-    return acc, acc2, start + count
+    return acc, acc2, count
 
 
 KEY = ["N", "K", "batch_bucket", "BITS", "GROUP", "BYTE_LUT"]
@@ -301,15 +304,12 @@ LUT_BLOCK_K = 128
 
 
 def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor,
-                 row_offsets: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                 chunk_offsets: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
                  out: torch.Tensor | None) -> torch.Tensor:
     """The launcher of both quantized bitmask formats (bits = 4 or 8)."""
-    batch, k, rows = check_bitmask(fmt, x, mask, row_offsets)
+    batch, k, rows = check_bitmask(fmt, x, mask, chunk_offsets, values)
     g, groups = check_group(fmt, group_size, k)
-    if not isinstance(values, torch.Tensor) or values.dim() != 1:
-        raise ValueError(f"{fmt}: values must be a 1-D uint8 tensor of codes")
-    check_tensor(fmt, "values", values, torch.uint8, tuple(values.shape), x,
-                 "(ceil(nnz/2),)" if bits == 4 else "(nnz,)")
+    check_tensor(fmt, "values", values, torch.uint8, tuple(values.shape), x, "(bytes,) of codes")
     check_tensor(fmt, "scales", scales, torch.float16, (rows, groups), x, "(N, ceil(K/g))")
     check_tensor(fmt, "zeros", zeros, torch.uint8, (rows, groups), x, "(N, ceil(K/g))")
     out = make_out(fmt, out, x, rows)
@@ -323,20 +323,20 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
         values = values.clone()
     gemv, tiled = (_LUT, _LUT) if byte_lut else (_GEMV, _TILED)
     _sparse.launch(gemv, tiled, x, rows,
-                   (x, mask, values, row_offsets, scales, zeros, out, selectors(x.device), batch, rows, k,
-                    mask.shape[1], -(-values.numel() // 4), x.stride(0), mask.stride(0), scales.stride(0),
+                   (x, mask, values, chunk_offsets, scales, zeros, out, selectors(x.device), batch, rows, k,
+                    mask.shape[1], chunk_offsets.shape[1], -(-values.numel() // 4), x.stride(0), mask.stride(0), scales.stride(0),
                     out.stride(0)),
                    gemv_max=0 if byte_lut else _sparse.GEMV_MAX_BATCH,
                    BITS=bits, GROUP=0 if groups == 1 else g, BYTE_LUT=byte_lut, USE_ASM=not _common.INTERPRET)
     return out
 
 
-def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tensor,
+def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offsets: torch.Tensor,
            scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """y (B, N) = x (B, K) @ Ŵᵀ for `bitmask-int4`. group_size: g, or -1 for one group per row.
     `out` (B, N) in x's dtype is written if given (else allocated)."""
-    return quant_matmul(FORMAT, 4, x, mask, values, row_offsets, scales, zeros, group_size, out)
+    return quant_matmul(FORMAT, 4, x, mask, values, chunk_offsets, scales, zeros, group_size, out)
 
 
 def codes(values: torch.Tensor, bits: int) -> torch.Tensor:
@@ -345,10 +345,10 @@ def codes(values: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.stack([v & 0xF, v >> 4], dim=-1).reshape(-1) if bits == 4 else v
 
 
-def dequantize_codes(mask: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tensor, scales: torch.Tensor,
+def dequantize_codes(mask: torch.Tensor, values: torch.Tensor, chunk_offsets: torch.Tensor, scales: torch.Tensor,
                      zeros: torch.Tensor, group_size: int, k: int, bits: int) -> torch.Tensor:
     """Ŵ (N, K) float32 with torch ops, for either code width."""
-    kept, slot = kept_and_slots(mask, row_offsets, k)
+    kept, slot = kept_and_slots(mask, chunk_offsets, k, 128 // bits)
     stream = codes(values, bits)
     q = stream[slot.clamp(max=max(stream.numel() - 1, 0))] if stream.numel() else torch.zeros_like(slot)
     group = torch.arange(k, device=mask.device) // (k if group_size == -1 else group_size)
@@ -356,16 +356,16 @@ def dequantize_codes(mask: torch.Tensor, values: torch.Tensor, row_offsets: torc
     return torch.where(kept, w, 0.0)
 
 
-def dequantize(mask: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tensor, scales: torch.Tensor,
+def dequantize(mask: torch.Tensor, values: torch.Tensor, chunk_offsets: torch.Tensor, scales: torch.Tensor,
                zeros: torch.Tensor, *, group_size: int, k: int) -> torch.Tensor:
     """Ŵ (N, K) float32 with torch ops (K is needed: the mask rounds it up to bytes)."""
-    return dequantize_codes(mask, values, row_offsets, scales, zeros, group_size, k, 4)
+    return dequantize_codes(mask, values, chunk_offsets, scales, zeros, group_size, k, 4)
 
 
-def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tensor,
+def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offsets: torch.Tensor,
               scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int) -> torch.Tensor:
     """Torch: dequantize, fp32 matmul, cast to x's dtype."""
-    w = dequantize(mask, values, row_offsets, scales, zeros, group_size=group_size, k=x.shape[1])
+    w = dequantize(mask, values, chunk_offsets, scales, zeros, group_size=group_size, k=x.shape[1])
     return (x.float() @ w.T).to(x.dtype)
 
 
@@ -375,7 +375,7 @@ def static_spec(bits: int):
     lut = bits == 4
     return _sparse.static_spec(
         f"bitmask-int{bits} 50% g128", _bitmask_quant_matmul_kernel,
-        dict(x="fp16", mask="u8", v="u8", ro="i32", s="fp16", z="u8", y="fp16", lut="i32"), ("mask", "v"),
+        dict(x="fp16", mask="u8", v="u8", co="i32", s="fp16", z="u8", y="fp16", lut="i32"), ("mask", "v"),
         dict(BITS=bits, GROUP=128, BYTE_LUT=lut, USE_ASM=True), [] if lut else GEMV_CONFIGS,
         LUT_CONFIGS if lut else TILED_CONFIGS, 1 / 8 + 0.5 * bits / 8, kept=0.5,
         # BYTE_LUT reads two overlapping 32-bit code words per mask byte (8 columns), 1 + 8 bytes

@@ -1,4 +1,4 @@
-"""Plain torch packers for the version-1 layouts of docs/formats.md, for tests and benches.
+"""Plain torch packers for the version-2 layouts of docs/formats.md, for tests and benches.
 
 An executable spec, deliberately short and slow-but-obvious. Each packer takes a dense weight
 W (N, K) and returns the stored tensors (named as in the safetensors files), the launcher's
@@ -109,11 +109,30 @@ def pack_nm_quant(w: torch.Tensor, n: int, m: int, bits: int, group_size: int) -
                   {"n": n, "m": m, "group_size": group_size}, torch.where(keep, w_hat, 0.0))
 
 
-def pack_bitmask(w: torch.Tensor) -> Packed:
-    """`bitmask`: keeps w != 0. mask uint8 (N, ceil(K/8)), values (nnz,) row-major, row_offsets
-    int32 (N + 1,)."""
+BITMASK_CHUNK = 512  # columns per chunk of the bitmask formats (version 2)
+
+
+def chunked(keep: torch.Tensor, entries: torch.Tensor, per: int, fill) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bitmask stream of `entries` (N, K) where `keep`: row by row, chunk by chunk of 512
+    columns, each chunk's kept entries then `fill` up to a multiple of `per` (entries per 16 bytes).
+    Returns (stream 1-D, chunk_offsets int32 (N, ceil(K/512)) in units of `per` entries)."""
+    rows, k = keep.shape
+    parts, offsets, at = [], [], 0
+    for n in range(rows):
+        for j in range(0, k, BITMASK_CHUNK):
+            kept = entries[n, j:j + BITMASK_CHUNK][keep[n, j:j + BITMASK_CHUNK]]
+            pad = -kept.numel() % per
+            parts += [kept, torch.full((pad,), fill, dtype=entries.dtype, device=entries.device)]
+            offsets.append(at)
+            at += (kept.numel() + pad) // per
+    stream = torch.cat(parts) if parts else entries.new_zeros(0)
+    return stream, torch.tensor(offsets, dtype=torch.int32, device=keep.device).view(rows, -(-k // BITMASK_CHUNK))
+
+
+def pack_bitmask(w: torch.Tensor, fill: float = 0.0) -> Packed:
+    """`bitmask`: keeps w != 0. mask uint8 (N, ceil(K/8)), values: kept values chunk by chunk,
+    each chunk padded with `fill` to 16 bytes (8 values), chunk_offsets int32 (N, ceil(K/512))."""
     keep = w != 0
-    row_offsets = torch.zeros(w.shape[0] + 1, dtype=torch.int32, device=w.device)
-    row_offsets[1:] = keep.sum(1).cumsum(0)
-    return Packed("bitmask", {"mask": pack_bits(keep, 1), "values": w[keep], "row_offsets": row_offsets},
+    values, offsets = chunked(keep, w, 8, fill)
+    return Packed("bitmask", {"mask": pack_bits(keep, 1), "values": values, "chunk_offsets": offsets},
                   {}, w.double())

@@ -49,8 +49,8 @@ def random_weight(k: int, dtype: torch.dtype, gen: torch.Generator, sparsity: fl
 
 def bitmask_case(k: int, sparsity: float, dtype: torch.dtype, gen: torch.Generator):
     w = random_weight(k, dtype, gen, sparsity)
-    w[5] = 0.0  # an empty row: row_offsets[5] == row_offsets[6]
-    packed = pack_bitmask(w)
+    w[5] = 0.0  # an empty row: its chunks take no bytes
+    packed = pack_bitmask(w, fill=float("nan"))  # NaN chunk padding: a kernel reading it turns outputs NaN
     if k % 8:  # padding bits past K are unspecified by the format: set them, the kernel must ignore them
         packed.tensors["mask"][:, -1] |= (0xFF << (k % 8)) & 0xFF
     # NaN sentinels just past the last value: using anything beyond nnz turns outputs NaN.
@@ -365,10 +365,10 @@ BAD_CALLS = [
     ("nm-int4 values", "nm-int4", lambda x, t: nm_int4.matmul(x, **{**t, "values": t["values"][:, :-1]}, group_size=24),
      r"values must be uint8 \(N, ceil\(Kc/2\)\)"),
     ("nm-int4 group", "nm-int4", lambda x, t: nm_int4.matmul(x, **t, group_size=-1), "scales must be float16"),
-    ("bitmask offsets", "bitmask", lambda x, t: bitmask.matmul(x, **{**t, "row_offsets": t["row_offsets"][:-1]}),
-     r"row_offsets must be int32 \(N \+ 1,\)"),
+    ("bitmask offsets", "bitmask", lambda x, t: bitmask.matmul(x, **{**t, "chunk_offsets": t["chunk_offsets"][:-1]}),
+     r"chunk_offsets must be int32 \(N, ceil\(K/512\)\) \(format version 2\) = \(37, 1\)"),
     ("bitmask offsets int64", "bitmask",
-     lambda x, t: bitmask.matmul(x, **{**t, "row_offsets": t["row_offsets"].long()}), "row_offsets must be int32"),
+     lambda x, t: bitmask.matmul(x, **{**t, "chunk_offsets": t["chunk_offsets"].long()}), "chunk_offsets must be int32"),
     ("bitmask values 2-D", "bitmask", lambda x, t: bitmask.matmul(x, **{**t, "values": t["values"][None]}),
      "values must be a 1-D"),
     ("bitmask mask K", "bitmask", lambda x, t: bitmask.matmul(x[:, :64], **t), r"mask must be uint8 .*\(37, 8\)"),

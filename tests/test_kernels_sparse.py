@@ -27,7 +27,7 @@ pytest.importorskip("triton", reason="Triton is not installed: the kernels canno
 from kernels import FORMATS, _common, _sparse, bitmask, bitmask_int4, bitmask_int8, launcher, nm, nm_int8  # noqa: E402
 from kernels._common import MIN_CTAS, plan_split_k  # noqa: E402
 from kernel_checks import assert_matches, prmt, seeded  # noqa: E402
-from kernels.testing import Packed, pack_bits, pack_nm, pack_nm_quant, quantize  # noqa: E402
+from kernels.testing import Packed, chunked, pack_bits, pack_nm, pack_nm_quant, quantize  # noqa: E402
 
 if not torch.cuda.is_available() and not _common.INTERPRET:
     pytest.skip("kernels was imported before TRITON_INTERPRET=1 was set and there is no CUDA",
@@ -55,29 +55,30 @@ def with_tail(t: torch.Tensor, fill) -> torch.Tensor:
     return torch.cat([t, torch.full((64,), fill, dtype=t.dtype)])[:t.numel()]
 
 
-def bitmask_tensors(w: torch.Tensor, stream: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-    keep = w != 0
-    row_offsets = torch.zeros(N + 1, dtype=torch.int32)
-    row_offsets[1:] = keep.sum(1).cumsum(0)
-    mask = pack_bits(keep, 1)
+def bitmask_mask(w: torch.Tensor, k: int) -> torch.Tensor:
+    mask = pack_bits(w != 0, 1)
     if k % 8:  # padding bits past K are unspecified by the format: set them, the kernel must ignore them
         mask[:, -1] |= (0xFF << (k % 8)) & 0xFF
-    return {"mask": mask, "values": stream, "row_offsets": row_offsets}
+    return mask
 
 
 def pack_bitmask_float(k: int, sparsity: float, dtype: torch.dtype, gen: torch.Generator) -> Packed:
+    """Chunk padding and the stream's tail are NaN: a kernel that reads either turns outputs NaN."""
     w = sparse_weight(k, sparsity, gen).to(dtype)
-    tensors = bitmask_tensors(w, with_tail(w[w != 0], float("nan")), k)
+    values, offsets = chunked(w != 0, w, 8, float("nan"))
+    tensors = {"mask": bitmask_mask(w, k), "values": with_tail(values, float("nan")), "chunk_offsets": offsets}
     return Packed("bitmask", tensors, {}, w.double())
 
 
 def pack_bitmask_quant(k: int, sparsity: float, bits: int, group_size: int, gen: torch.Generator) -> Packed:
-    """Codes of the kept weights, row-major across rows; int4 two per byte, low nibble first."""
+    """Codes of the kept weights chunk by chunk; int4 two per byte, low nibble first; padding and
+    tail all ones (a code that would show)."""
     w = sparse_weight(k, sparsity, gen)
     q, scales, zeros, w_hat = quantize(w, bits, group_size)
-    codes = q[w != 0]
+    codes, offsets = chunked(w != 0, q, 128 // bits, 2**bits - 1)
     stream = pack_bits(codes[None], 4)[0] if bits == 4 else codes.to(torch.uint8)
-    tensors = bitmask_tensors(w, with_tail(stream, 0xFF), k) | {"scales": scales, "zeros": zeros}
+    tensors = {"mask": bitmask_mask(w, k), "values": with_tail(stream, 0xFF), "chunk_offsets": offsets,
+               "scales": scales, "zeros": zeros}
     return Packed(f"bitmask-int{bits}", tensors, {"group_size": group_size}, torch.where(w != 0, w_hat, 0.0))
 
 
@@ -302,8 +303,8 @@ def _f16(*shape):
     return torch.zeros(*shape, dtype=torch.float16, device=DEVICE)
 
 
-def _ro(n):
-    return torch.zeros(n + 1, dtype=torch.int32, device=DEVICE)
+def _co(n, chunks=1):
+    return torch.zeros(n, chunks, dtype=torch.int32, device=DEVICE)
 
 
 ERRORS = {
@@ -315,17 +316,17 @@ ERRORS = {
                       r"group_size=10 must be a multiple of m=4"),
     "nm-int8-scales": (lambda: nm_int8.matmul(_x(), _u8(4, 32), _u8(4, 8), _f16(4, 3), _u8(4, 2), group_size=32),
                        r"scales must be float16 .*\(4, 2\)"),
-    "bitmask-mask": (lambda: bitmask.matmul(_x(), _u8(4, 7), _f16(10), _ro(4)), r"mask must be uint8 .*\(4, 8\)"),
-    "bitmask-values-dtype": (lambda: bitmask.matmul(_x(), _u8(4, 8), _u8(10), _ro(4)), r"values must be float16"),
-    "bitmask-row-offsets": (lambda: bitmask.matmul(_x(), _u8(4, 8), _f16(10), _ro(3)),
-                            r"row_offsets must be int32 .*\(5,\)"),
-    "bitmask-int4-values": (lambda: bitmask_int4.matmul(_x(), _u8(4, 8), _f16(10), _ro(4), _f16(4, 1), _u8(4, 1),
+    "bitmask-mask": (lambda: bitmask.matmul(_x(), _u8(4, 7), _f16(10), _co(4)), r"mask must be uint8 .*\(4, 8\)"),
+    "bitmask-values-dtype": (lambda: bitmask.matmul(_x(), _u8(4, 8), _u8(10), _co(4)), r"values must be float16"),
+    "bitmask-chunk-offsets": (lambda: bitmask.matmul(_x(), _u8(4, 8), _f16(10), _co(4, 2)),
+                              r"chunk_offsets must be int32 \(N, ceil\(K/512\)\) \(format version 2\) = \(4, 1\)"),
+    "bitmask-int4-values": (lambda: bitmask_int4.matmul(_x(), _u8(4, 8), _f16(10), _co(4), _f16(4, 1), _u8(4, 1),
                                                         group_size=-1), r"values must be uint8"),
-    "bitmask-int4-zeros": (lambda: bitmask_int4.matmul(_x(), _u8(4, 8), _u8(10), _ro(4), _f16(4, 2), _u8(4, 1),
+    "bitmask-int4-zeros": (lambda: bitmask_int4.matmul(_x(), _u8(4, 8), _u8(10), _co(4), _f16(4, 2), _u8(4, 1),
                                                        group_size=32), r"zeros must be uint8 .*\(4, 2\)"),
-    "bitmask-int8-group": (lambda: bitmask_int8.matmul(_x(), _u8(4, 8), _u8(10), _ro(4), _f16(4, 1), _u8(4, 1),
+    "bitmask-int8-group": (lambda: bitmask_int8.matmul(_x(), _u8(4, 8), _u8(10), _co(4), _f16(4, 1), _u8(4, 1),
                                                        group_size=0), r"group_size must be -1"),
-    "bitmask-x-dtype": (lambda: bitmask.matmul(_x(dtype=torch.float32), _u8(2, 8), _f16(1), _ro(2)),
+    "bitmask-x-dtype": (lambda: bitmask.matmul(_x(dtype=torch.float32), _u8(2, 8), _f16(1), _co(2)),
                         r"x must be float16 or bfloat16"),
 }
 

@@ -126,12 +126,14 @@ def test_quantize_pack_and_load_back(stages, method, sparsity, quantize_cfg, fmt
     tol = 1e-5 if fmt != "nm" else 2e-2
     assert (got - want).abs().max() <= tol * want.abs().max()
     meta = json.loads((packed / "metadata.json").read_text())
-    # kept values + 2-bit positions of the kept half (bitmask: 1 bit per weight and an int32 offset per row)
-    # + fp16 scale and uint8 zero per group
+    # kept values + 2-bit positions of the kept half + fp16 scale and uint8 zero per group (bitmask: 1 bit per
+    # weight, each chunk of 512 columns' codes padded to 16 bytes and an int32 offset per chunk)
     expected = {"nm-int4": 0.25 + 0.125 + 3 / 32, "nm-int8": 0.5 + 0.125 + 3 / 72, "nm": 1.125}.get(fmt)
     if fmt == "bitmask-int4":
-        shapes = [w.shape for name, w in fake.state_dict().items() if ".layers." in name and name.endswith("proj.weight")]
-        expected = 0.25 + 0.125 + 3 / 32 + sum(4 * rows for rows, _ in shapes) / sum(r * c for r, c in shapes)
+        weights = [w for name, w in fake.state_dict().items() if ".layers." in name and name.endswith("proj.weight")]
+        kept = [(w != 0)[:, j:j + 512].sum(1) for w in weights for j in range(0, w.shape[1], 512)]
+        stored = sum(16 * int(((c + 31) // 32).sum()) + 4 * c.numel() for c in kept)
+        expected = 0.125 + 3 / 32 + stored / sum(w.numel() for w in weights)
     assert meta["bytes_per_weight"] == pytest.approx(expected, rel=0.03)
 
 

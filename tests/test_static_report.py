@@ -51,17 +51,17 @@ NM_INT4 = ("batch 1 meets the limits (x gathered by the kept indices, 4.9-5.6 in
 NM_INT8 = ("not yet on nm's tensor-core path (dense columns from byte permutes): each kept code is dequantized to "
            "fp32 on its own, then x gathered by the indices (batch 1, 10.3 instr/B) or the codes scattered to "
            "a dense tile (batch 5-16, 19)")
-BITMASK = ("version 1 puts each row's kept values at arbitrary {unit} offsets (a prefix popcount away), so "
-           "no 16-byte loads and a popcount, an address and a predicated gather per column; "
-           "docs/formats.md sketches a version 2 (each chunk of 256 columns' values on a 16-byte boundary)")
+BITMASK = ("the kernels read format version 2 (each chunk of 512 columns' values from a 16-byte boundary) "
+           "value by value as they read version 1: each kept {unit} at a mask-dependent offset, so no 16-byte "
+           "loads and a popcount, an address and a gather per column (or per mask byte)")
 SHORT = {
     "nm-int4 2:4 g128": Short(11.54, 128, NM_INT4),
     "nm-int4 2:4 g64": Short(11.77, 64, NM_INT4),
     "nm-int4 2:4 g-1": Short(10.75, 128, NM_INT4),
     "nm-int8 2:4 g128": Short(19.06, 128, NM_INT8),
-    "bitmask 50%": Short(15.25, 16, BITMASK.format(unit="value")),
-    "bitmask-int4 50% g128": Short(21.56, 32, BITMASK.format(unit="nibble")),
-    "bitmask-int8 50% g128": Short(38.75, 8, BITMASK.format(unit="byte")),
+    "bitmask 50%": Short(15.5, 16, BITMASK.format(unit="value")),
+    "bitmask-int4 50% g128": Short(22.17, 32, BITMASK.format(unit="nibble")),
+    "bitmask-int8 50% g128": Short(39.3, 8, BITMASK.format(unit="byte")),
 }
 SLACK = 1.02  # a listed kernel may move this much above its listed instructions per byte
 

@@ -4,17 +4,19 @@ through tasks/io/artifacts.py (kind "prunepipe-packed", version = the packed for
     <dir>/model.safetensors                      (or model-00001-of-0000S.safetensors, …)
           tensor "<layer>.<tensor>", e.g. "model.layers.0.mlp.up_proj.qweight"
     <dir>/metadata.json
-          {"kind": "prunepipe-packed", "version": 1,
+          {"kind": "prunepipe-packed", "version": 2,
            "layers": {layer: {LayerFormat fields…, "tensors": {tensor: file}}},
            "files":  {file: sha256 hex}, "libraries": {…}, …the caller's metadata…}
 
 A layer's tensors always share one shard. Loading checks the version and every file's
-sha256 before reading, so an altered or truncated file fails loudly, naming the file.
+sha256 before reading, so an altered or truncated file fails loudly, naming the file; an
+artifact of an older version (1: bitmask values not chunked) asks for `dvc repro pack`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -84,7 +86,21 @@ def save_packed(directory: str | os.PathLike, layers: Layers, metadata: dict | N
 
 def load_metadata(directory: str | os.PathLike, verify: bool = False) -> dict:
     """metadata.json of a packed artifact, after checking its kind and version."""
+    check_not_older(Path(directory))
     return read_metadata(Path(directory), PACKED_FORMAT, FORMAT_VERSION, verify=verify)
+
+
+def check_not_older(directory: Path) -> None:
+    """One line for a packed artifact an older prunepipe wrote (its layout changed since): re-pack.
+    Anything else wrong with metadata.json is read_metadata's to name."""
+    try:
+        meta = json.loads((directory / METADATA).read_text())
+    except (OSError, ValueError):
+        return
+    version = meta.get("version") if isinstance(meta, dict) and meta.get("kind") == PACKED_FORMAT else None
+    if isinstance(version, int) and not isinstance(version, bool) and version < FORMAT_VERSION:
+        raise ArtifactError(f"{directory / METADATA}: {PACKED_FORMAT} version {version} is older than the "
+                            f"version {FORMAT_VERSION} this prunepipe reads (docs/formats.md); re-run `dvc repro pack`")
 
 
 def load_packed_tensors(directory: str | os.PathLike) -> Layers:

@@ -1,4 +1,4 @@
-"""Packed weight formats, version 1 (docs/formats.md): one registry entry per format.
+"""Packed weight formats, version 2 (docs/formats.md): one registry entry per format.
 
 Shapes: a Linear weight is W (N, K) = (rows, cols) = (out_features, in_features); masks are
 bool (N, K), True = pruned (tasks/pruning/patterns.py).
@@ -26,7 +26,7 @@ import torch
 
 from tasks.quantization.grid import Quantized, QuantSpec, expand_groups
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bitmask values in 16-byte aligned chunks (version 1 artifacts: re-run the pack stage)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 DENSE_BYTES_PER_WEIGHT = 2.0   # an fp16 weight: what bytes per weight are compared against
 
@@ -155,25 +155,56 @@ def _nm_unpack(stream, tensors, layer, fill):
     return out.reshape(rows, cols)
 
 
+# bitmask (version 2): each row is cut into chunks of BITMASK_CHUNK columns; a chunk's kept entries
+# start on a 16-byte boundary of the stream (zero padding after the previous chunk), at
+# chunk_offsets[n, j] 16-byte units. A kernel starts any chunk, and loads its entries 16 bytes at a
+# time, without counting the mask before it.
+BITMASK_CHUNK = 512
+
+
+def chunk_units(layer: LayerFormat) -> int:
+    """Stream entries per 16 bytes: 8 fp16/bf16 values, 16 int8 codes, 32 int4 codes."""
+    bits = codec_of(layer.format).code_bits
+    return 128 // (bits or 16)
+
+
+def chunk_layout(kept: torch.Tensor, layer: LayerFormat) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """chunk_offsets int32 (N, J) in 16-byte units (J = ceil(K / BITMASK_CHUNK), chunks row-major),
+    every entry's stream position (N, K) int64 (meaningful where kept), and the stream's length."""
+    rows, cols = kept.shape
+    per = chunk_units(layer)
+    chunks = -(-cols // BITMASK_CHUNK)
+    padded = torch.nn.functional.pad(kept.to(torch.int64), (0, chunks * BITMASK_CHUNK - cols))
+    padded = padded.reshape(rows, chunks, BITMASK_CHUNK)
+    units = ((padded.sum(-1) + per - 1) // per).reshape(-1)  # 16-byte units per chunk
+    offsets = (units.cumsum(0) - units).reshape(rows, chunks)
+    rank = padded.cumsum(-1) - padded  # kept entries before each column, inside its chunk
+    position = (offsets[:, :, None] * per + rank).reshape(rows, -1)[:, :cols]
+    return offsets.to(torch.int32), position, int(units.sum()) * per
+
+
 def _bitmask_pack(payload, kept, layer):
-    counts = kept.sum(1, dtype=torch.int64)
-    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32)
-    return payload[kept], {"mask": pack_bits(kept, 1), "row_offsets": offsets}
+    offsets, position, length = chunk_layout(kept, layer)
+    stream = torch.zeros(length, dtype=payload.dtype, device=payload.device)  # zero padding
+    stream[position[kept]] = payload[kept]
+    return stream, {"mask": pack_bits(kept, 1), "chunk_offsets": offsets}
 
 
 def _bitmask_unpack(stream, tensors, layer, fill):
     kept = unpack_bits(tensors["mask"], 1, layer.shape[1]).bool()
-    nnz = int(kept.sum())
-    if int(tensors["row_offsets"][-1]) != nnz or stream.numel() < nnz:
-        raise ValueError(f"bitmask keeps {nnz} weights but row_offsets/values hold a different count")
+    offsets, position, length = chunk_layout(kept, layer)
+    got = tensors["chunk_offsets"]
+    if got.shape != offsets.shape or not torch.equal(got.to(offsets), offsets) or stream.numel() < length:
+        raise ValueError(f"bitmask chunk_offsets {tuple(got.shape)} / values ({stream.numel()} entries) do not "
+                         f"match the mask: {tuple(offsets.shape)} chunks of {BITMASK_CHUNK} columns, {length} entries")
     out = fill.clone()
-    out[kept] = stream[:nnz]
+    out[kept] = stream[position[kept]]
     return out
 
 
 DENSE = Layout(_dense_pack, _dense_unpack, ())
 NM = Layout(_nm_pack, _nm_unpack, ("indices",))
-BITMASK = Layout(_bitmask_pack, _bitmask_unpack, ("mask", "row_offsets"))
+BITMASK = Layout(_bitmask_pack, _bitmask_unpack, ("mask", "chunk_offsets"))
 
 
 # ---------------------------------------------------------------- formats
@@ -216,22 +247,23 @@ FORMATS: dict[str, Codec] = {
         scales  fp16  (N, G), zeros uint8 (N, G)
         B/w = n/(2m) + (n/m)·b_i/8 + 3G/K  (2:4 g=128: 0.25 + 0.125 + 0.023 = 0.398)"""),
     "bitmask": Codec(BITMASK, None, "values", """
-        mask        uint8 (N, ceil(K/8))  bit k mod 8 of byte k//8 = 1 where kept
-        values      fp16|bf16 (nnz,)      kept values, row-major
-        row_offsets int32 (N+1,)          row n: values[row_offsets[n] : row_offsets[n+1]]
-        B/w = 1/8 + 2·d + 4/K  (d = kept fraction; 50%: 1.125 + 4/K)"""),
+        mask          uint8 (N, ceil(K/8))  bit k mod 8 of byte k//8 = 1 where kept
+        values        fp16|bf16 (L,)        per chunk of 512 columns (row-major) its kept values,
+                                            from a 16-byte boundary, zero padding to the next
+        chunk_offsets int32 (N, ceil(K/512)) chunk (n, j) starts at values[8·chunk_offsets[n, j]]
+        B/w = 1/8 + 2·d + (4 + ≈7)/512  (d = kept fraction; 50%: 1.146)"""),
     "bitmask-int8": Codec(BITMASK, 8, "values", """
-        mask        uint8 (N, ceil(K/8))
-        values      uint8 (nnz,)          kept codes, row-major
-        row_offsets int32 (N+1,)
+        mask          uint8 (N, ceil(K/8))
+        values        uint8 (L,)            kept codes, chunked as bitmask (16 codes per 16 bytes)
+        chunk_offsets int32 (N, ceil(K/512))
         scales  fp16  (N, G), zeros uint8 (N, G)
-        B/w = 1/8 + d + 4/K + 3G/K  (50% g=128: 0.648 + 4/K)"""),
+        B/w = 1/8 + d + (4 + ≈7.5)/512 + 3G/K  (50% g=128: 0.671)"""),
     "bitmask-int4": Codec(BITMASK, 4, "values", """
-        mask        uint8 (N, ceil(K/8))
-        values      uint8 (ceil(nnz/2),)  kept codes, two per byte, row-major across rows
-        row_offsets int32 (N+1,)
+        mask          uint8 (N, ceil(K/8))
+        values        uint8 (L,)            kept codes two per byte, chunked as bitmask (32 per 16 bytes)
+        chunk_offsets int32 (N, ceil(K/512))
         scales  fp16  (N, G), zeros uint8 (N, G)
-        B/w = 1/8 + d/2 + 4/K + 3G/K  (50% g=128: 0.398 + 4/K)"""),
+        B/w = 1/8 + d/2 + (4 + ≈7.75)/512 + 3G/K  (50% g=128: 0.421)"""),
 }
 
 
