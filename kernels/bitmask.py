@@ -11,28 +11,32 @@ Math:
     y[b, n]    = Σ_k x[b, k] · Ŵ[n, k]         fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16 (values' dtype), y (B, N).
 
-Design, per (BLOCK_N, BLOCK_K) tile viewed as (BLOCK_N, W = BLOCK_K/32 words, 32 bits):
-- the mask bytes load as a vector per thread and become 32-bit words (padding bits past K
-  cleared); a popcount per word and an exclusive cumsum across the row's words give each word
-  the slot of its first kept weight (the issue's "popcount per word, prefix across the warp");
-- inside a word, bit j's slot is one popcount away: shifting the word left by 31 − j leaves the
-  bits ≤ j, whose count is the inclusive rank and whose sign bit says whether j is kept. So a
-  column costs a shift, a popcount, one address (IMAD.WIDE), a predicated gather load and the
-  multiply: no element-wise cumsum, no shuffles (kernels before: 41–51 instructions per byte).
-- The gather is inline PTX (ld.global.nc under a predicate): a tl.load of those addresses makes
-  Triton re-layout the pointers through shared memory. The interpreter runs the same math
-  with tl ops (USE_ASM = False).
+Design (_bitmask_vec_kernel), tensor cores at every batch (BLOCK_M = 16 up to 16 rows), per
+(BLOCK_N, BLOCK_K = 128) tile, mask byte by mask byte (8 columns):
+- a popcount per byte and a cumsum across the row's bytes give the index of each byte's first
+  value; its (at most 8) values lie in the two 16-byte vectors from index // 8 on, which load as
+  two 128-bit loads (the second only when the values reach it; version 2 keeps every chunk's
+  values 16-byte aligned, so the vectors of a row never straddle a chunk's start);
+- VALUES_PTX (inline PTX; the interpreter picks the same values with integer ops, USE_ASM =
+  False) turns the 16 values into the byte's 8 dense columns: low and high bytes apart, a select
+  and a funnel shift line up the byte's values, two PRMTs per half whose selectors come from a
+  256-entry table indexed by the byte (value_selectors) place each value in its column, +0.0 in
+  the pruned ones; then one tensor-core dot per column against x's columns c, c + 8, ….
 - split over K (kernels/_common.py): a program starts at its chunk's offset; only a split that
   starts inside a chunk (BLOCK_K < 512) counts the kept weights of the chunk's tiles before it
-  (at most 512/BLOCK_K − 1 tiles, outside the main loop). A tile that starts a chunk in the main
-  loop reloads the offset (the chunk before ends in padding).
-GEMV on CUDA cores for B ≤ 4 (B = 1: one FFMA per weight, reduced after the loop), tl.dot with
-BLOCK_M = 16 above. The quantized bitmask kernel (kernels/bitmask_int4.py) shares these helpers.
+  (at most 3 tiles, outside the main loop). In the loop a row's index moves on by the tile's
+  kept count, rounded up to 16 bytes where a tile starts a chunk (no offset load).
+The column-by-column helpers (a rank by shift + popcount per column, a predicated gather in
+inline PTX) serve the quantized kernels' general path (kernels/bitmask_int4.py).
 chunk_offsets and values are trusted (checking them would cost a device sync per call).
 
-What it cannot do in this layout: load values 128 bits wide (a value's address depends on the
-mask), or get near 6 instructions per packed byte at 50% sparsity (per column ≈ 8 instructions
-against 0.56 packed bytes). See the static report and docs/formats.md, "Kernel limits".
+Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel bitmask`), 50% sparsity,
+batch 1-16: 11.4-11.9 main-loop SASS instructions per packed byte (was 10.8-11.2 at batch 1 and
+14.4-15.5 on the tiles column by column, with 16-bit gathers), every packed load 128-bit, ≥ 288
+CTAs at batch 1. Per mask byte (9 packed bytes) ≈ 100 instructions: ≈ 26 PRMT, ≈ 11 SEL/SHF for
+the shift, the popcount, cumsum and addresses, and ≈ 20 for staging the 8 column tiles through
+shared memory for the dots (barriers, STS, LDS). Under 6 would need ≈ 54 per mask byte: the
+staging alone is 40% of that. docs/formats.md, "Kernel limits".
 """
 
 from __future__ import annotations
@@ -42,16 +46,17 @@ import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import check_tensor, check_x, k_tile_range, make_out, store_split
+from kernels._common import check_tensor, check_x, dot_t, k_tile_range, make_out, store_split
 from kernels._sparse import accumulate_tile, rows_total
+from kernels.nm import _split8
 
 FORMAT = "bitmask"
 # Version 2 cuts rows into chunks of this many columns (tasks/formats/packing.py BITMASK_CHUNK);
 # every BLOCK_K divides it, so a K tile lies in one chunk.
 CHUNK_COLUMNS = 512
 CHUNK = tl.constexpr(CHUNK_COLUMNS)
-# What the gather reads: float values (the pointer's dtype says fp16/bf16), 8-bit or 4-bit codes.
-VALUES, CODES8, CODES4 = tl.constexpr(0), tl.constexpr(8), tl.constexpr(4)
+# What the gather reads: 8-bit or 4-bit codes.
+CODES8, CODES4 = tl.constexpr(8), tl.constexpr(4)
 
 
 @triton.jit
@@ -127,14 +132,7 @@ def mask_words(mask_rows, n_mask, t, K, MB, BLOCK_K: tl.constexpr):
 def _gather_asm(v_ptr, first, words, shift, fill, KIND: tl.constexpr):
     """Inline-PTX gather, one column per call (see gather_kept): first = stream index of the word's
     first kept entry − 1 (int32), v_ptr the stream's base."""
-    if KIND == VALUES:
-        cvt: tl.constexpr = "cvt.f32.bf16 $0, h;" if v_ptr.dtype.element_ty == tl.bfloat16 else "cvt.f32.f16 $0, h;"
-        out = tl.inline_asm_elementwise(
-            "{ .reg .pred p; .reg .b32 s, c; .reg .b64 a; .reg .b16 h;"
-            " shl.b32 s, $2, $3; setp.lt.s32 p, s, 0; popc.b32 c, s; add.s32 c, c, $1; mad.wide.s32 a, c, 2, $4;"
-            " mov.b16 h, 0; @p ld.global.nc.b16 h, [a]; " + cvt + " }",
-            "=r,r,r,r,l", [first, words, shift, v_ptr], dtype=tl.float32, is_pure=True, pack=1)
-    elif KIND == CODES8:
+    if KIND == CODES8:
         out = tl.inline_asm_elementwise(
             "{ .reg .pred p; .reg .b32 s, c; .reg .b64 a;"
             " shl.b32 s, $2, $3; setp.lt.s32 p, s, 0; popc.b32 c, s; add.s32 c, c, $1; mad.wide.s32 a, c, 1, $5;"
@@ -154,9 +152,8 @@ def _gather_asm(v_ptr, first, words, shift, fill, KIND: tl.constexpr):
 def gather_kept(v_ptr, base, words, fill, KIND: tl.constexpr, USE_ASM: tl.constexpr):
     """The kept entries of a tile, (BLOCK_N, W, 32): column j of word w of row n reads the value
     stream at base[n, w] + (kept bits of the word up to j) − 1 if bit j is kept; else `fill`
-    (0 for values, the zero code for codes: it dequantizes to exactly 0). base (BLOCK_N, W) int32
-    is the stream index of the word's first kept entry; fill (BLOCK_N, W) int32.
-    VALUES → fp32; CODES8 / CODES4 → int32 codes."""
+    (the zero code: it dequantizes to exactly 0). base (BLOCK_N, W) int32 is the stream index of
+    the word's first kept entry; fill (BLOCK_N, W) int32. Returns int32 codes."""
     shift = 31 - tl.arange(0, 32)[None, None, :]  # bits ≤ j to the top: sign = bit j, count = rank
     w3 = words[:, :, None]
     if USE_ASM:
@@ -165,9 +162,7 @@ def gather_kept(v_ptr, base, words, fill, KIND: tl.constexpr, USE_ASM: tl.conste
         top = w3 << shift.to(tl.uint32)
         kept = (top >> 31) != 0
         index = base[:, :, None] + popcount32(top).to(tl.int32) - 1
-        if KIND == VALUES:
-            out = tl.load(v_ptr + index, mask=kept, other=0.0).to(tl.float32)
-        elif KIND == CODES8:
+        if KIND == CODES8:
             out = tl.where(kept, tl.load(v_ptr + index, mask=kept, other=0).to(tl.int32), fill[:, :, None])
         else:
             byte = tl.load(v_ptr + (index >> 1), mask=kept, other=0).to(tl.int32)
@@ -181,39 +176,6 @@ def tile_bases(words, start):
     per row (BLOCK_N,); start (BLOCK_N,) is the row's index at the tile's first column."""
     count = popcount32(words).to(tl.int32)  # (BLOCK_N, W)
     return start[:, None] + tl.cumsum(count, axis=1) - count, tl.sum(count, axis=1)
-
-
-@triton.jit
-def _bitmask_matmul_kernel(
-    x_ptr, mask_ptr, v_ptr, co_ptr, y_ptr,
-    B, N, K, MB, NC,  # MB: mask bytes per row; NC: chunks per row
-    stride_xb, stride_mask, stride_yb,
-    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
-    batch_bucket,  # autotune key only
-    USE_ASM: tl.constexpr,  # False under the interpreter
-    GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one
-    DOT_F32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    W: tl.constexpr = BLOCK_K // 32
-    num_m = tl.cdiv(B, BLOCK_M)
-    offs_m = (tl.program_id(0) % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-    offs_n = (tl.program_id(0) // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-    n_mask = offs_n < N
-    mask_rows = mask_ptr + offs_n.to(tl.int64)[:, None] * stride_mask  # (BLOCK_N, 1)
-    first, last = k_tile_range(K, BLOCK_K)
-    # int32 value indices suffice: the launcher checks the stream has fewer than 2^31 entries.
-    start = values_before(co_ptr, mask_rows, offs_n, n_mask, first, NC, MB, 8, BLOCK_K)  # (BLOCK_N,)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_N, W, 32), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
-    for t in range(first, last):
-        words = mask_words(mask_rows, n_mask, t, K, MB, BLOCK_K)  # (BLOCK_N, W)
-        base, count = tile_bases(words, start)
-        w = gather_kept(v_ptr, base, words, tl.zeros_like(base), VALUES, USE_ASM)  # (BLOCK_N, W, 32) fp32
-        start = next_start(start, count, t + 1, 8, BLOCK_K)
-        acc, acc2 = accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS, DOT_F32)
-    acc = rows_total(acc, acc2, GEMV_ROWS)
-    store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
 @triton.jit
@@ -231,6 +193,168 @@ def accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS:
         acc, acc2 = accumulate_tile(acc, acc2, tl.reshape(w, (BLOCK_N, W * 32)), x_ptr, offs_m, offs_k, B, K,
                                     stride_xb, GEMV_ROWS, DOT_F32)
     return acc, acc2
+
+
+# 16 fp16/bf16 values (the two 16-byte vectors around a mask byte's values) → the byte's 8 dense
+# columns (pack=2: inputs one register per element, two elements per call; outputs two per
+# register, element 0 low). Per element: $8+2k (k = 0 … 7) the 8 words, $24 s: the index of the
+# byte's first value in them (0 … 7), $26 sel: VALUE_SELECTORS[byte], $28 cnt: its kept count.
+# Low and high bytes of the 16 values go apart (l0-l3, h0-h3: 16 bytes each); a select of three
+# words and two funnel shifts per half line up the byte's 8 values (la lb, ha hb: value r in byte
+# r); when fewer than 8 are kept, byte 7 (value 7, unused then) becomes 0. Two PRMTs per half pick
+# each column's byte (its rank, or byte 7 for a pruned column), and four PRMTs per 4 columns pair
+# low and high bytes, element 0 and element 1: $0 … $7 = columns 0 … 7 (pruned ones +0.0).
+VALUES_PTX = tl.constexpr(
+    "{ .reg .pred p; .reg .b32 l0, l1, l2, l3, h0, h1, h2, h3, r, a, b, c, s2, la, lb, ha, hb;"
+    " .reg .b32 dl0a, dl1a, dh0a, dh1a, dl0b, dl1b, dh0b, dh1b, xl, xh;"
+    + "".join(
+        "".join(f" prmt.b32 l{j}, ${8 + 4 * j + i}, ${10 + 4 * j + i}, 0x6420;"
+                f" prmt.b32 h{j}, ${8 + 4 * j + i}, ${10 + 4 * j + i}, 0x7531;" for j in range(4))
+        + f" setp.lt.u32 p, ${24 + i}, 4; and.b32 r, ${24 + i}, 3; shl.b32 r, r, 3;"
+        " selp.b32 a, l0, l1, p; selp.b32 b, l1, l2, p; selp.b32 c, l2, l3, p;"
+        " shf.r.wrap.b32 la, a, b, r; shf.r.wrap.b32 lb, b, c, r;"
+        " selp.b32 a, h0, h1, p; selp.b32 b, h1, h2, p; selp.b32 c, h2, h3, p;"
+        " shf.r.wrap.b32 ha, a, b, r; shf.r.wrap.b32 hb, b, c, r;"
+        f" setp.lt.u32 p, ${28 + i}, 8; @p and.b32 lb, lb, 0x00FFFFFF; @p and.b32 hb, hb, 0x00FFFFFF;"
+        f" shr.b32 s2, ${26 + i}, 16;"
+        f" prmt.b32 dl0{ab}, la, lb, ${26 + i}; prmt.b32 dl1{ab}, la, lb, s2;"
+        f" prmt.b32 dh0{ab}, ha, hb, ${26 + i}; prmt.b32 dh1{ab}, ha, hb, s2;"
+        for i, ab in ((0, "a"), (1, "b")))
+    + "".join(f" prmt.b32 xl, dl{q}a, dl{q}b, {sel}; prmt.b32 xh, dh{q}a, dh{q}b, {sel};"
+              f" prmt.b32 ${4 * q + 2 * h}, xl, xh, 0x5140; prmt.b32 ${4 * q + 2 * h + 1}, xl, xh, 0x7362;"
+              for q in range(2) for h, sel in ((0, "0x5140"), (1, "0x7362")))
+    + " }")
+
+
+def value_selectors() -> list[int]:
+    """PRMT selectors per mask byte m for VALUES_PTX: column c (bit c) reads byte
+    popcount(m & (2^c − 1)) (its rank), a pruned column byte 7. Columns 0-3 in bits 15:0, 4-7 in 31:16."""
+    table = []
+    for m in range(256):
+        sel = 0
+        for c in range(8):
+            byte = bin(m & ((1 << c) - 1)).count("1") if m >> c & 1 else 7
+            sel |= byte << (4 * (c % 4) + 16 * (c // 4))
+        table.append(sel)
+    return table
+
+
+_tables: dict = {}
+
+
+def table(builder, device) -> torch.Tensor:
+    """builder() (a list of uint32) as int32 on `device`, built once."""
+    if (builder, device) not in _tables:
+        _tables[builder, device] = torch.tensor(builder(), dtype=torch.int64).to(torch.int32).to(device)
+    return _tables[builder, device]
+
+
+@triton.jit
+def popcount(b, USE_ASM: tl.constexpr):
+    """Set bits of each int32 (one POPC; the interpreter counts with SWAR on bytes)."""
+    if USE_ASM:
+        n = tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [b], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        n = popcount8(b)
+    return n
+
+
+@triton.jit
+def split4(x):
+    """x (R, C, 4) → its 4 columns (R, C), in-thread splits."""
+    e, o = tl.split(tl.reshape(x, (x.shape[0], x.shape[1], 2, 2)))  # columns 0 2 / 1 3
+    x0, x2 = tl.split(e)
+    x1, x3 = tl.split(o)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def value_columns(lo, hi, s, sel, cnt, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
+    """The 8 dense columns of each mask byte, 8 × (R, NB) in v_dtype (0 where pruned); see
+    VALUES_PTX. lo, hi: 4 × (R, NB) int32 each, the 16 values from the byte's 16-byte vector on."""
+    if USE_ASM:
+        cols = tl.inline_asm_elementwise(
+            VALUES_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 22,
+            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], s, sel, cnt],
+            dtype=(tl.bfloat16 if v_dtype == tl.bfloat16 else tl.float16,) * 8, is_pure=True, pack=2)
+    else:  # the same choice of values, on integers: value s + rank of the 16
+        cols = ()
+        for c in tl.static_range(8):
+            nib = (sel >> (4 * (c % 4) + 16 * (c // 4))) & 7
+            h = s + nib
+            word = tl.zeros_like(s)
+            for j in tl.static_range(4):
+                word = tl.where((h >> 1) == j, lo[j], word)
+                word = tl.where((h >> 1) == 4 + j, hi[j], word)
+            half = ((word >> ((h & 1) * 16)) & 0xFFFF).to(tl.int16).to(v_dtype, bitcast=True)
+            kept = ((sel >> (4 * (c % 4) + 16 * (c // 4))) & 7) != 7
+            cols = cols + (tl.where(kept | (cnt == 8), half, 0.0).to(v_dtype),)
+    return cols
+
+
+@triton.jit
+def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, stride_xb,
+             TAIL: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One K tile of `bitmask` on the tensor cores: per mask byte the two aligned 16-byte vectors
+    holding its values (the second only when they reach it), its 8 dense columns, one dot per
+    column. Returns acc + x · Ŵᵀ and the tile's kept count per row. TAIL: the tile reaches past K."""
+    NB: tl.constexpr = BLOCK_K // 8
+    b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)  # (BLOCK_N, NB)
+    if TAIL:  # the tile across K's end: clear the padding bits past K (unspecified)
+        valid = K - (t * BLOCK_K + tl.arange(0, NB) * 8)  # columns of each byte inside K
+        b = b & tl.where(valid >= 8, 0xFF, (1 << tl.maximum(valid, 0)) - 1)[None, :]
+    cnt = popcount(b, USE_ASM)
+    idx = start[:, None] + tl.cumsum(cnt, axis=1) - cnt  # value index of each byte's first value
+    s = idx & 7
+    vec = (idx >> 3) * 4  # its 16-byte vector, in words
+    lane = tl.arange(0, 4)[None, None, :]
+    # No `other`: a vector not loaded holds no value the byte keeps (its columns read byte 7, zeroed).
+    lo = tl.load(v32_ptr + vec[:, :, None] + lane, mask=(cnt > 0)[:, :, None])  # (BLOCK_N, NB, 4)
+    hi = tl.load(v32_ptr + vec[:, :, None] + 4 + lane, mask=(s + cnt > 8)[:, :, None])
+    sel = tl.load(lut_ptr + b)
+    cols = value_columns(split4(lo), split4(hi), s, sel, cnt, x_ptr.dtype.element_ty, USE_ASM)
+    offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
+    x_mask = offs_m[:, None, None] < B
+    if TAIL:
+        x_mask = x_mask & (offs_x[None, :, :] < K)
+    x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :], mask=x_mask, other=0.0)
+    xs = _split8(x)  # (BLOCK_M, NB) each
+    for c in tl.static_range(8):  # a dot's K order is free: one per column of the mask bytes
+        acc = dot_t(xs[c], cols[c], acc, DOT_F32)
+    return acc, tl.sum(cnt, axis=1)
+
+
+@triton.jit
+def _bitmask_vec_kernel(
+    x_ptr, mask_ptr, v_ptr, co_ptr, y_ptr, lut_ptr,
+    B, N, K, MB, NC,  # MB: mask bytes per row; NC: chunks per row
+    stride_xb, stride_mask, stride_yb,
+    ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
+    batch_bucket,  # autotune key only
+    USE_ASM: tl.constexpr,  # False under the interpreter
+    GEMV_ROWS: tl.constexpr,  # always 0: tensor cores at every batch
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    num_m = tl.cdiv(B, BLOCK_M)
+    offs_m = (tl.program_id(0) % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    offs_n = (tl.program_id(0) // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    n_mask = offs_n < N
+    mask_rows = mask_ptr + offs_n.to(tl.int64)[:, None] * stride_mask  # (BLOCK_N, 1)
+    v32_ptr = v_ptr.to(tl.pointer_type(tl.int32))  # the stream is 16-byte aligned (format version 2)
+    first, last = k_tile_range(K, BLOCK_K)
+    # int32 value indices suffice: the launcher checks the stream has fewer than 2^31 entries.
+    start = values_before(co_ptr, mask_rows, offs_n, n_mask, first, NC, MB, 8, BLOCK_K)  # (BLOCK_N,)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    whole = tl.maximum(first, tl.minimum(last, K // BLOCK_K))  # tiles inside K, then the one across its end
+    for t in range(first, whole):
+        acc, count = vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB,
+                              stride_xb, False, USE_ASM, DOT_F32, BLOCK_K)
+        start = next_start(start, count, t + 1, 8, BLOCK_K)
+    for t in range(whole, last):
+        acc, count = vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB,
+                              stride_xb, True, USE_ASM, DOT_F32, BLOCK_K)
+    store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
 def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
@@ -266,7 +390,16 @@ def tuned(kernel, gemv_configs, tiled_configs, interpret_configs, key):
             triton.autotune(tiled, key=key, prune_configs_by={"early_config_prune": prune_tiled})(kernel))
 
 
-_GEMV, _TILED = tuned(_bitmask_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS, INTERPRET_CONFIGS, KEY)
+# Mask byte by mask byte on the tensor cores at every batch (BLOCK_M = 16 up to 16 rows), BLOCK_K =
+# 128: 8 dots of K = 16, one per column of a mask byte. bitmask-int4's BYTE_LUT path uses them too.
+VEC_CONFIGS = [
+    _cfg(2, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128),  # 2 warps: 16 mask bytes per thread, one 16-byte load
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
+    _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
+    _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
+]
+VEC_INTERPRET_CONFIGS = ([_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128)],) * 2
+_VEC = tuned(_bitmask_vec_kernel, VEC_CONFIGS, VEC_CONFIGS, VEC_INTERPRET_CONFIGS, KEY)[1]
 
 
 def check_bitmask(fmt: str, x: torch.Tensor, mask: torch.Tensor, chunk_offsets: torch.Tensor,
@@ -299,9 +432,12 @@ def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offs
     if k == 0:
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
-    _sparse.launch(_GEMV, _TILED, x, rows,
-                   (x, mask, values, chunk_offsets, out, batch, rows, k, mask.shape[1], chunk_offsets.shape[1],
-                    x.stride(0), mask.stride(0), out.stride(0)), USE_ASM=not _common.INTERPRET)
+    if values.data_ptr() % 16:  # the stream is read in 16-byte vectors
+        values = values.clone()
+    _sparse.launch(_VEC, _VEC, x, rows,
+                   (x, mask, values, chunk_offsets, out, table(value_selectors, x.device), batch, rows, k,
+                    mask.shape[1], chunk_offsets.shape[1], x.stride(0), mask.stride(0), out.stride(0)),
+                   gemv_max=0, USE_ASM=not _common.INTERPRET)
     return out
 
 
@@ -330,7 +466,9 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_o
     return (x.float() @ dequantize(mask, values, chunk_offsets, k=x.shape[1]).T).to(x.dtype)
 
 
-# 50% sparsity: the mask (1/8 B per weight) and half the weights' values
+# 50% sparsity: the mask (1/8 B per weight) and half the weights' values. The loop loads two
+# 16-byte vectors per mask byte (8 columns) where the values of those columns are 8 bytes on
+# average: the rereads hit L1, so instructions per byte count the 1/8 + 1 bytes per weight streamed.
 STATIC = (_sparse.static_spec(
-    "bitmask 50%", _bitmask_matmul_kernel, dict(x="fp16", mask="u8", v="fp16", co="i32", y="fp16"), ("mask", "v"),
-    dict(USE_ASM=True), GEMV_CONFIGS, TILED_CONFIGS, 1 / 8 + 0.5 * 2, kept=0.5),)
+    "bitmask 50%", _bitmask_vec_kernel, dict(x="fp16", mask="u8", v="fp16", co="i32", y="fp16", lut="i32"),
+    ("mask", "v"), dict(USE_ASM=True), [], VEC_CONFIGS, 1 / 8 + 0.5 * 2, ptx_bytes_per_weight=(1 + 32) / 8),)

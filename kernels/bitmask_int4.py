@@ -55,7 +55,7 @@ from kernels._common import check_group, check_tensor, dot_t, k_tile_range, make
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
                              check_bitmask, gather_kept, kept_and_slots, mask_tile, mask_words, next_start,
-                             popcount8, tile_bases, tuned, values_before)
+                             popcount, table, tile_bases, tuned, values_before)
 from kernels.nm import _split8
 
 FORMAT = "bitmask-int4"
@@ -118,16 +118,6 @@ def byte_selectors() -> list[int]:
     return table
 
 
-_selectors: dict = {}
-
-
-def selectors(device) -> torch.Tensor:
-    """byte_selectors() as int32 on `device`, built once."""
-    if device not in _selectors:
-        _selectors[device] = torch.tensor(byte_selectors(), dtype=torch.int64).to(torch.int32).to(device)
-    return _selectors[device]
-
-
 @triton.jit
 def byte_columns(lo, hi, shift, sel, cnt, zero, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
     """The 8 dense columns (code − zero) of each mask byte, 8 × (R, NB) in v_dtype; see
@@ -158,16 +148,6 @@ def byte_columns(lo, hi, shift, sel, cnt, zero, v_dtype: tl.constexpr, USE_ASM: 
             # via fp32: the interpreter's int → bf16 is not a conversion
             cols = cols + ((byte.to(tl.int32) - zero).to(tl.float32).to(v_dtype),)
     return cols
-
-
-@triton.jit
-def popcount(b, USE_ASM: tl.constexpr):
-    """Set bits of each int32 (one POPC; the interpreter counts with SWAR on bytes)."""
-    if USE_ASM:
-        n = tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [b], dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        n = popcount8(b)
-    return n
 
 
 @triton.jit
@@ -323,7 +303,7 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
         values = values.clone()
     gemv, tiled = (_LUT, _LUT) if byte_lut else (_GEMV, _TILED)
     _sparse.launch(gemv, tiled, x, rows,
-                   (x, mask, values, chunk_offsets, scales, zeros, out, selectors(x.device), batch, rows, k,
+                   (x, mask, values, chunk_offsets, scales, zeros, out, table(byte_selectors, x.device), batch, rows, k,
                     mask.shape[1], chunk_offsets.shape[1], -(-values.numel() // 4), x.stride(0), mask.stride(0), scales.stride(0),
                     out.stride(0)),
                    gemv_max=0 if byte_lut else _sparse.GEMV_MAX_BATCH,

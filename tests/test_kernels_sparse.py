@@ -158,7 +158,7 @@ PRODUCTION = {
     "nm": ("nm-2:4-K1000", nm.GEMV_CONFIGS, nm.TILED_CONFIGS),
     "nm-4:8": ("nm-4:8-K264", nm.GEMV_CONFIGS, nm.TILED_CONFIGS),
     "nm-int8": ("nm-int8-4:8-K264-g128", nm.GEMV_CONFIGS, nm.TILED_CONFIGS),
-    "bitmask": ("bitmask-K1000-70%", bitmask.GEMV_CONFIGS, bitmask.TILED_CONFIGS),
+    "bitmask": ("bitmask-K1000-70%", bitmask.VEC_CONFIGS, bitmask.VEC_CONFIGS),
     "bitmask-int4-lut": ("bitmask-int4-K264-30%-g128", bitmask_int4.LUT_CONFIGS, bitmask_int4.LUT_CONFIGS),
     "bitmask-int8": ("bitmask-int8-K136-50%-g64", bitmask.GEMV_CONFIGS, bitmask.TILED_CONFIGS),
 }
@@ -206,7 +206,7 @@ def _f16x2(a: int, b: int, dtype: torch.dtype, op) -> int:
 PTX_OPS = {"mov.b32": lambda a: a, "shl.b32": lambda a, b: a << b, "shr.b32": lambda a, b: a >> b,
            "and.b32": lambda a, b: a & b, "or.b32": lambda a, b: a | b, "xor.b32": lambda a, b: a ^ b,
            "prmt.b32": prmt, "shf.r.wrap.b32": lambda lo, hi, n: (hi << 32 | lo) >> (n & 31),
-           "setp.lt.u32": lambda a, b: int(a < b),
+           "setp.lt.u32": lambda a, b: int(a < b), "selp.b32": lambda a, b, p: a if p else b,
            "sub.f16x2": lambda a, b: _f16x2(a, b, torch.float16, torch.sub),
            "sub.rn.bf16x2": lambda a, b: _f16x2(a, b, torch.bfloat16, torch.sub)}
 
@@ -276,6 +276,27 @@ def test_codes4_ptx_expands_mask_bytes(dtype):
             reg = out[f"${c}"]
             got = torch.tensor([reg & 0xFFFF, reg >> 16], dtype=torch.int32).to(torch.int16).view(dtype).float()
             assert got.tolist() == [float(want[0][c]), float(want[1][c])], (a, b, c)
+
+
+def test_values_ptx_expands_mask_bytes():
+    """Random mask bytes (all 256 among them), 16 values with the byte's first at any of the first 8:
+    column c of each byte is its value of rank popcount(m & (2^c − 1)) where bit c is kept, else 0."""
+    gen = torch.Generator().manual_seed(6)
+    table = bitmask.value_selectors()
+    masks = list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist()
+    for a, b in zip(masks[0::2], masks[1::2]):
+        inputs, want = {}, []
+        for i, m in enumerate((a, b)):
+            halves = torch.randint(1, 0xFFFF, (16,), generator=gen).tolist()  # never 0: a stray one shows
+            cnt = bin(m).count("1")
+            s = int(torch.randint(0, 8, (), generator=gen))  # its first value: s + 7 < 16 always
+            inputs |= {f"${8 + 2 * j + i}": halves[2 * j] | halves[2 * j + 1] << 16 for j in range(8)}
+            inputs |= {f"${24 + i}": s, f"${26 + i}": table[m], f"${28 + i}": cnt}
+            ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
+            want.append([halves[s + ranks[c]] if m >> c & 1 else 0 for c in range(8)])
+        out = run_ptx(bitmask.VALUES_PTX.value, inputs)
+        for c in range(8):
+            assert out[f"${c}"] == want[0][c] | want[1][c] << 16, (a, b, c)
 
 
 def test_nm24_ptx_places_kept_values_in_their_columns():

@@ -51,15 +51,18 @@ NM_INT4 = ("batch 1 meets the limits (x gathered by the kept indices, 4.9-5.6 in
 NM_INT8 = ("not yet on nm's tensor-core path (dense columns from byte permutes): each kept code is dequantized to "
            "fp32 on its own, then x gathered by the indices (batch 1, 10.3 instr/B) or the codes scattered to "
            "a dense tile (batch 5-16, 19)")
-BITMASK = ("the kernels read format version 2 (each chunk of 512 columns' values from a 16-byte boundary) "
-           "value by value as they read version 1: each kept {unit} at a mask-dependent offset, so no 16-byte "
-           "loads and a popcount, an address and a gather per column (or per mask byte)")
+BITMASK = ("the quantized kernels read format version 2 (each chunk of 512 columns' values from a 16-byte "
+           "boundary) as they read version 1: each kept {unit} at a mask-dependent offset, so no 16-byte loads and "
+           "a popcount, an address and a gather per column (or per mask byte)")
+BITMASK_VEC = ("loads and CTAs met (format version 2: two 16-byte vectors per mask byte), not instructions: each "
+               "mask byte's values become 8 dense fp16 columns in registers (≈ 26 PRMTs) and the 8 column tiles go "
+               "through shared memory for the dots (≈ 20 more), ≈ 100 instructions per 9 packed bytes")
 SHORT = {
     "nm-int4 2:4 g128": Short(11.54, 128, NM_INT4),
     "nm-int4 2:4 g64": Short(11.77, 64, NM_INT4),
     "nm-int4 2:4 g-1": Short(10.75, 128, NM_INT4),
     "nm-int8 2:4 g128": Short(19.06, 128, NM_INT8),
-    "bitmask 50%": Short(15.5, 16, BITMASK.format(unit="value")),
+    "bitmask 50%": Short(11.85, 128, BITMASK_VEC),
     "bitmask-int4 50% g128": Short(22.17, 32, BITMASK.format(unit="nibble")),
     "bitmask-int8 50% g128": Short(39.3, 8, BITMASK.format(unit="byte")),
 }
