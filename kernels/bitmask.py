@@ -31,7 +31,7 @@ inline PTX) serve the quantized kernels' general path (kernels/bitmask_int4.py).
 chunk_offsets and values are trusted (checking them would cost a device sync per call).
 
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel bitmask`), 50% sparsity,
-batch 1-16: 11.4-11.9 main-loop SASS instructions per packed byte (was 10.8-11.2 at batch 1 and
+batch 1-16: 10.9-11.4 main-loop SASS instructions per packed byte (was 10.8-11.2 at batch 1 and
 14.4-15.5 on the tiles column by column, with 16-bit gathers), every packed load 128-bit, ≥ 288
 CTAs at batch 1. Per mask byte (9 packed bytes) ≈ 100 instructions: ≈ 26 PRMT, ≈ 11 SEL/SHF for
 the shift, the popcount, cumsum and addresses, and ≈ 20 for staging the 8 column tiles through
@@ -390,10 +390,11 @@ def tuned(kernel, gemv_configs, tiled_configs, interpret_configs, key):
             triton.autotune(tiled, key=key, prune_configs_by={"early_config_prune": prune_tiled})(kernel))
 
 
-# Mask byte by mask byte on the tensor cores at every batch (BLOCK_M = 16 up to 16 rows), BLOCK_K =
-# 128: 8 dots of K = 16, one per column of a mask byte. bitmask-int4's BYTE_LUT path uses them too.
+# Mask byte by mask byte on the tensor cores at every batch (BLOCK_M = 16 up to 16 rows): 8 dots of
+# K = BLOCK_K/8, one per column of a mask byte. Each thread's mask bytes of a tile load as one
+# 16-byte vector (16 per thread: BLOCK_N · BLOCK_K/8 = 512 · warps).
 VEC_CONFIGS = [
-    _cfg(2, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128),  # 2 warps: 16 mask bytes per thread, one 16-byte load
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256),
     _cfg(4, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
     _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
     _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
@@ -441,7 +442,8 @@ def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offs
     return out
 
 
-def kept_and_slots(mask: torch.Tensor, chunk_offsets: torch.Tensor, k: int, units: int) -> tuple[torch.Tensor, torch.Tensor]:
+def kept_and_slots(mask: torch.Tensor, chunk_offsets: torch.Tensor, k: int,
+                   units: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Kept flags (N, K) bool and each column's index in the stream (N, K) int64: its chunk's
     offset (16-byte units of `units` entries) plus the kept columns before it in the chunk."""
     shifts = torch.arange(8, device=mask.device, dtype=torch.int32)

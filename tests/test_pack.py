@@ -148,8 +148,9 @@ def test_bitmask_chunks_start_on_16_byte_boundaries(fmt):
             count = int(kept[n, chunk].sum())
             start = int(offsets[n, j]) * per
             assert torch.equal(flat[start:start + count].to(entries.dtype), entries[n, chunk][kept[n, chunk]])
-            pad_end = int(offsets[n, j + 1]) * per if j < 2 else (int(offsets[n + 1, 0]) * per if n < 6 else flat.numel())
-            assert pad_end == start + -(-count // per) * per and (flat[start + count:pad_end] == 0).all()
+            follows = offsets.reshape(-1)[n * 3 + j + 1] * per if n * 3 + j + 1 < 21 else flat.numel()
+            end = start + -(-count // per) * per  # padded to 16 bytes, and the next chunk starts there
+            assert end == follows and (flat[start + count:end] == 0).all()
     assert torch.equal(unpack_weight(tensors, layer, torch.float32),
                        W.bfloat16().float().masked_fill(mask, 0) if bits is None else q.dequantize())
     broken = dict(tensors, chunk_offsets=offsets[:, :2].contiguous())
