@@ -15,8 +15,9 @@ Design (_bitmask_vec_kernel), tensor cores at every batch (BLOCK_M = 16 up to 16
 (BLOCK_N, BLOCK_K = 128) tile, mask byte by mask byte (8 columns):
 - a popcount per byte and a cumsum across the row's bytes give the index of each byte's first
   value; its (at most 8) values lie in the two 16-byte vectors from index // 8 on, which load as
-  two 128-bit loads (the second only when the values reach it; version 2 keeps every chunk's
-  values 16-byte aligned, so the vectors of a row never straddle a chunk's start);
+  two 128-bit loads, unmasked: the addresses are clamped to the stream's last vector, and a
+  vector the byte's values do not reach feeds no column (version 2 keeps every chunk's values
+  16-byte aligned and the stream whole 16-byte vectors);
 - VALUES_PTX (inline PTX; the interpreter picks the same values with integer ops, USE_ASM =
   False) turns the 16 values into the byte's 8 dense columns: low and high bytes apart, a select
   and a funnel shift line up the byte's values, two PRMTs per half whose selectors come from a
@@ -31,12 +32,12 @@ inline PTX) serve the quantized kernels' general path (kernels/bitmask_int4.py).
 chunk_offsets and values are trusted (checking them would cost a device sync per call).
 
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel bitmask`), 50% sparsity,
-batch 1-16: 10.9-11.4 main-loop SASS instructions per packed byte (was 10.8-11.2 at batch 1 and
+batch 1-16: 9.6-9.9 main-loop SASS instructions per packed byte (was 10.8-11.2 at batch 1 and
 14.4-15.5 on the tiles column by column, with 16-bit gathers), every packed load 128-bit, ≥ 288
-CTAs at batch 1. Per mask byte (9 packed bytes) ≈ 100 instructions: ≈ 26 PRMT, ≈ 11 SEL/SHF for
-the shift, the popcount, cumsum and addresses, and ≈ 20 for staging the 8 column tiles through
-shared memory for the dots (barriers, STS, LDS). Under 6 would need ≈ 54 per mask byte: the
-staging alone is 40% of that. docs/formats.md, "Kernel limits".
+CTAs at batch 1. Per mask byte (9 packed bytes) ≈ 86 instructions: ≈ 25 PRMTs for the columns,
+≈ 12 register moves (IMAD.MOV) around them, ≈ 12 to stage the 8 column tiles through shared
+memory for the dots, ≈ 10 selects and funnel shifts, the popcount, prefix, addresses and loads.
+Under 6 means ≈ 54. docs/formats.md, "Kernel limits".
 """
 
 from __future__ import annotations
@@ -293,10 +294,10 @@ def value_columns(lo, hi, s, sel, cnt, v_dtype: tl.constexpr, USE_ASM: tl.conste
 
 
 @triton.jit
-def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, stride_xb,
+def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, NV, stride_xb,
              TAIL: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
     """One K tile of `bitmask` on the tensor cores: per mask byte the two aligned 16-byte vectors
-    holding its values (the second only when they reach it), its 8 dense columns, one dot per
+    from its first value on, its 8 dense columns, one dot per
     column. Returns acc + x · Ŵᵀ and the tile's kept count per row. TAIL: the tile reaches past K."""
     NB: tl.constexpr = BLOCK_K // 8
     b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)  # (BLOCK_N, NB)
@@ -306,11 +307,11 @@ def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     cnt = popcount(b, USE_ASM)
     idx = start[:, None] + tl.cumsum(cnt, axis=1) - cnt  # value index of each byte's first value
     s = idx & 7
-    vec = (idx >> 3) * 4  # its 16-byte vector, in words
+    # Its 16-byte vector and the next, clamped to the stream's last (NV vectors): one the byte's
+    # values reach is inside the stream; another one's values land in no column (byte 7, zeroed).
     lane = tl.arange(0, 4)[None, None, :]
-    # No `other`: a vector not loaded holds no value the byte keeps (its columns read byte 7, zeroed).
-    lo = tl.load(v32_ptr + vec[:, :, None] + lane, mask=(cnt > 0)[:, :, None])  # (BLOCK_N, NB, 4)
-    hi = tl.load(v32_ptr + vec[:, :, None] + 4 + lane, mask=(s + cnt > 8)[:, :, None])
+    lo = tl.load(v32_ptr + (tl.minimum(idx >> 3, NV - 1) * 4)[:, :, None] + lane)  # (BLOCK_N, NB, 4)
+    hi = tl.load(v32_ptr + (tl.minimum((idx >> 3) + 1, NV - 1) * 4)[:, :, None] + lane)
     sel = tl.load(lut_ptr + b)
     cols = value_columns(split4(lo), split4(hi), s, sel, cnt, x_ptr.dtype.element_ty, USE_ASM)
     offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
@@ -327,7 +328,7 @@ def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
 @triton.jit
 def _bitmask_vec_kernel(
     x_ptr, mask_ptr, v_ptr, co_ptr, y_ptr, lut_ptr,
-    B, N, K, MB, NC,  # MB: mask bytes per row; NC: chunks per row
+    B, N, K, MB, NC, NV,  # MB: mask bytes per row; NC: chunks per row; NV: 16-byte vectors of values
     stride_xb, stride_mask, stride_yb,
     ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     batch_bucket,  # autotune key only
@@ -348,11 +349,11 @@ def _bitmask_vec_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     whole = tl.maximum(first, tl.minimum(last, K // BLOCK_K))  # tiles inside K, then the one across its end
     for t in range(first, whole):
-        acc, count = vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB,
+        acc, count = vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, NV,
                               stride_xb, False, USE_ASM, DOT_F32, BLOCK_K)
         start = next_start(start, count, t + 1, 8, BLOCK_K)
     for t in range(whole, last):
-        acc, count = vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB,
+        acc, count = vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, NV,
                               stride_xb, True, USE_ASM, DOT_F32, BLOCK_K)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
@@ -430,14 +431,18 @@ def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offs
     out = make_out(FORMAT, out, x, rows)
     if batch == 0 or rows == 0:
         return out
-    if k == 0:
+    if values.numel() % 8:
+        raise ValueError(f"{FORMAT}: values holds {values.numel()} entries, not whole 16-byte chunks "
+                         "(format version 2 pads every chunk to 8 values)")
+    if k == 0 or values.numel() == 0:  # nothing kept
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
     if values.data_ptr() % 16:  # the stream is read in 16-byte vectors
         values = values.clone()
     _sparse.launch(_VEC, _VEC, x, rows,
                    (x, mask, values, chunk_offsets, out, table(value_selectors, x.device), batch, rows, k,
-                    mask.shape[1], chunk_offsets.shape[1], x.stride(0), mask.stride(0), out.stride(0)),
+                    mask.shape[1], chunk_offsets.shape[1], values.numel() // 8, x.stride(0), mask.stride(0),
+                    out.stride(0)),
                    gemv_max=0, USE_ASM=not _common.INTERPRET)
     return out
 

@@ -339,6 +339,8 @@ ERRORS = {
                        r"scales must be float16 .*\(4, 2\)"),
     "bitmask-mask": (lambda: bitmask.matmul(_x(), _u8(4, 7), _f16(10), _co(4)), r"mask must be uint8 .*\(4, 8\)"),
     "bitmask-values-dtype": (lambda: bitmask.matmul(_x(), _u8(4, 8), _u8(10), _co(4)), r"values must be float16"),
+    "bitmask-values-chunks": (lambda: bitmask.matmul(_x(), _u8(4, 8), _f16(10), _co(4)),
+                              r"values holds 10 entries, not whole 16-byte chunks"),
     "bitmask-chunk-offsets": (lambda: bitmask.matmul(_x(), _u8(4, 8), _f16(10), _co(4, 2)),
                               r"chunk_offsets must be int32 \(N, ceil\(K/512\)\) \(format version 2\) = \(4, 1\)"),
     "bitmask-int4-values": (lambda: bitmask_int4.matmul(_x(), _u8(4, 8), _f16(10), _co(4), _f16(4, 1), _u8(4, 1),
