@@ -33,16 +33,16 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.p
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, g = 128,
-SASS instructions per packed byte: bitmask-int4 21.8-22.0 at batch 1-16 (BYTE_LUT; was 128-180,
-21.0-21.6 on format version 1: each row's code index is rounded up to 16 bytes where a tile
-starts a chunk), bitmask-int8 23.7-24.6 at batch 1, 38.3-39.3 on the tiles. Still far above 6: the mask byte's prefix,
+SASS instructions per packed byte: bitmask-int4 21.2-21.3 at batch 1-16 (BYTE_LUT; was 128-180,
+21.0-21.6 on format version 1, whose stream had no 16-byte padding to load unmasked words
+within), bitmask-int8 23.7-24.6 at batch 1, 38.3-39.3 on the tiles. Still far above 6: the mask byte's prefix,
 three 32-bit gathers (two code words, the selector) and their addresses, ≈ 16 permutes and
 masks per 8 columns, and the shared-memory staging of 8 column tiles for the dots. Packed loads
 are 32-bit (int4: a byte's codes start at any nibble; the two words per mask byte overlap, the
 report counts their bytes once) and 8-bit (int8: one predicated gather per column).
 docs/formats.md, "Kernel limits".
-The code stream is read in aligned 32-bit words (the launcher copies a misaligned `values`), each
-only where it holds a kept code (version 2 pads every chunk to 16 bytes: such words lie inside it).
+The code stream is read in aligned 32-bit words (the launcher copies a misaligned `values`),
+unmasked at addresses clamped to its last word: a word holding a kept code lies inside the stream.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def byte_columns(lo, hi, shift, sel, cnt, zero, v_dtype: tl.constexpr, USE_ASM: 
 
 
 @triton.jit
-def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB,
+def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB, NW,
              stride_xb, TAIL: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
     """One K tile of bitmask-int4 on the tensor cores (the tile lies in one quantization group:
     scale, zero (BLOCK_N,)). Returns acc + x · Ŵᵀ and the tile's kept count per row. TAIL: the
@@ -167,10 +167,10 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     idx = start[:, None] + tl.cumsum(cnt, axis=1) - cnt  # nibble index of each byte's first code
     word = idx >> 3
     some = cnt > 0
-    # Each word loads only where it holds a kept code (version 2 pads every chunk to 16 bytes, so
-    # such a word is inside the stream); the funnel shift uses no other bits.
-    lo = tl.load(v32_ptr + word, mask=some, other=0)
-    hi = tl.load(v32_ptr + word + 1, mask=(idx & 7) + cnt > 8, other=0)
+    # Unmasked, at addresses clamped to the stream's last word (NW words): a word holding one of
+    # the byte's codes is inside the stream; another one's bits land in no column.
+    lo = tl.load(v32_ptr + tl.minimum(word, NW - 1))
+    hi = tl.load(v32_ptr + tl.minimum(word + 1, NW - 1))
     sel = tl.load(lut_ptr + b)
     z = tl.broadcast_to(zero[:, None], b.shape)
     cols = byte_columns(lo, hi, (idx & 7) * 4, sel, cnt, z, x_ptr.dtype.element_ty, USE_ASM)
@@ -189,7 +189,7 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
 @triton.jit
 def _bitmask_quant_matmul_kernel(
     x_ptr, mask_ptr, v_ptr, co_ptr, s_ptr, z_ptr, y_ptr, lut_ptr,
-    B, N, K, MB, NC,  # MB: mask bytes per row; NC: chunks per row
+    B, N, K, MB, NC, NW,  # MB: mask bytes per row; NC: chunks per row; NW: 32-bit words of the code stream
     stride_xb, stride_mask, stride_g, stride_yb,
     ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     batch_bucket,  # autotune key only
@@ -218,10 +218,10 @@ def _bitmask_quant_matmul_kernel(
         whole = tl.maximum(first, tl.minimum(last, K // BLOCK_K))  # tiles inside K, then the one across its end
         for t in range(first, whole):
             acc, start = _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t,
-                                   start, B, K, MB, stride_xb, stride_g, GROUP, False, USE_ASM, DOT_F32, BLOCK_K)
+                                   start, B, K, MB, NW, stride_xb, stride_g, GROUP, False, USE_ASM, DOT_F32, BLOCK_K)
         for t in range(whole, last):
             acc, start = _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t,
-                                   start, B, K, MB, stride_xb, stride_g, GROUP, True, USE_ASM, DOT_F32, BLOCK_K)
+                                   start, B, K, MB, NW, stride_xb, stride_g, GROUP, True, USE_ASM, DOT_F32, BLOCK_K)
     else:
         for t in range(first, last):
             acc, acc2, count = _word_tile(acc, acc2, x_ptr, mask_rows, v_ptr, s_ptr, z_ptr, rows, n_mask, offs_m, t,
@@ -233,7 +233,7 @@ def _bitmask_quant_matmul_kernel(
 
 
 @triton.jit
-def _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t, start, B, K, MB,
+def _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t, start, B, K, MB, NW,
               stride_xb, stride_g, GROUP: tl.constexpr, TAIL: tl.constexpr, USE_ASM: tl.constexpr,
               DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
     """lut_tile with the tile's scale and zero (one group holds it); returns acc and the next start."""
@@ -241,7 +241,7 @@ def _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mas
     scale = tl.load(s_ptr + offs_g, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
     zero = tl.load(z_ptr + offs_g, mask=n_mask, other=0).to(tl.int32)
     acc, count = lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB,
-                          stride_xb, TAIL, USE_ASM, DOT_F32, BLOCK_K)
+                          NW, stride_xb, TAIL, USE_ASM, DOT_F32, BLOCK_K)
     return acc, next_start(start, count, t + 1, 32, BLOCK_K)
 
 
@@ -295,10 +295,13 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
     check_tensor(fmt, "values", values, torch.uint8, tuple(values.shape), x, "(bytes,) of codes")
     check_tensor(fmt, "scales", scales, torch.float16, (rows, groups), x, "(N, ceil(K/g))")
     check_tensor(fmt, "zeros", zeros, torch.uint8, (rows, groups), x, "(N, ceil(K/g))")
+    if values.numel() % 16:
+        raise ValueError(f"{fmt}: values holds {values.numel()} bytes, not whole 16-byte chunks "
+                         "(format version 2 pads every chunk to 16 bytes)")
     out = make_out(fmt, out, x, rows)
     if batch == 0 or rows == 0:
         return out
-    if k == 0:
+    if k == 0 or values.numel() == 0:  # nothing kept
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
     byte_lut = bits == 4 and (groups == 1 or g % LUT_BLOCK_K == 0)
@@ -307,7 +310,7 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
     gemv, tiled = (_LUT, _LUT) if byte_lut else (_GEMV, _TILED)
     _sparse.launch(gemv, tiled, x, rows,
                    (x, mask, values, chunk_offsets, scales, zeros, out, table(byte_selectors, x.device), batch, rows, k,
-                    mask.shape[1], chunk_offsets.shape[1], x.stride(0), mask.stride(0), scales.stride(0),
+                    mask.shape[1], chunk_offsets.shape[1], values.numel() // 4, x.stride(0), mask.stride(0), scales.stride(0),
                     out.stride(0)),
                    gemv_max=0 if byte_lut else _sparse.GEMV_MAX_BATCH,
                    BITS=bits, GROUP=0 if groups == 1 else g, BYTE_LUT=byte_lut, USE_ASM=not _common.INTERPRET)

@@ -341,6 +341,8 @@ ERRORS = {
     "bitmask-values-dtype": (lambda: bitmask.matmul(_x(), _u8(4, 8), _u8(10), _co(4)), r"values must be float16"),
     "bitmask-values-chunks": (lambda: bitmask.matmul(_x(), _u8(4, 8), _f16(10), _co(4)),
                               r"values holds 10 entries, not whole 16-byte chunks"),
+    "bitmask-int4-chunks": (lambda: bitmask_int4.matmul(_x(), _u8(4, 8), _u8(10), _co(4), _f16(4, 1), _u8(4, 1),
+                                                        group_size=-1), r"values holds 10 bytes, not whole 16-byte"),
     "bitmask-chunk-offsets": (lambda: bitmask.matmul(_x(), _u8(4, 8), _f16(10), _co(4, 2)),
                               r"chunk_offsets must be int32 \(N, ceil\(K/512\)\) \(format version 2\) = \(4, 1\)"),
     "bitmask-int4-values": (lambda: bitmask_int4.matmul(_x(), _u8(4, 8), _f16(10), _co(4), _f16(4, 1), _u8(4, 1),
