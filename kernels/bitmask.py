@@ -22,7 +22,9 @@ Design (_bitmask_vec_kernel), tensor cores at every batch (BLOCK_M = 16 up to 16
   False) turns the 16 values into the byte's 8 dense columns: low and high bytes apart, a select
   and a funnel shift line up the byte's values, two PRMTs per half whose selectors come from a
   256-entry table indexed by the byte (value_selectors) place each value in its column, +0.0 in
-  the pruned ones; then one tensor-core dot per column against x's columns c, c + 8, ….
+  the pruned ones; then one tensor-core dot per column against x's columns c, c + 8, …, the
+  weight tile as the A operand (yᵀ = Ŵ · xᵀ: Hopper's warpgroup MMA takes the A operand from
+  registers; as the B operand the tile cost 0.2-0.7 instructions per byte more).
 - split over K (kernels/_common.py): a program starts at its chunk's offset; only a split that
   starts inside a chunk (BLOCK_K < 512) counts the kept weights of the chunk's tiles before it
   (at most 3 tiles, outside the main loop). In the loop a row's index moves on by the tile's
@@ -32,12 +34,12 @@ inline PTX) serve the quantized kernels' general path (kernels/bitmask_int4.py).
 chunk_offsets and values are trusted (checking them would cost a device sync per call).
 
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel bitmask`), 50% sparsity,
-batch 1-16: 9.6-9.9 main-loop SASS instructions per packed byte (was 10.8-11.2 at batch 1 and
+batch 1-16: 8.7-8.9 main-loop SASS instructions per packed byte (was 10.8-11.2 at batch 1 and
 14.4-15.5 on the tiles column by column, with 16-bit gathers), every packed load 128-bit, ≥ 288
-CTAs at batch 1. Per mask byte (9 packed bytes) ≈ 86 instructions: ≈ 25 PRMTs for the columns,
-≈ 12 register moves (IMAD.MOV) around them, ≈ 12 to stage the 8 column tiles through shared
-memory for the dots, ≈ 10 selects and funnel shifts, the popcount, prefix, addresses and loads.
-Under 6 means ≈ 54. docs/formats.md, "Kernel limits".
+CTAs at batch 1. Per mask byte (9 packed bytes) ≈ 80 instructions: ≈ 21 PRMTs for the columns,
+≈ 8 register moves around them, ≈ 12 to stage operands through shared memory for the warpgroup
+MMAs, ≈ 11 selects and funnel shifts, the popcount, prefix, addresses and loads. Under 6 means
+≈ 54. docs/formats.md, "Kernel limits".
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import check_tensor, check_x, dot_t, k_tile_range, make_out, store_split
+from kernels._common import check_tensor, check_x, k_tile_range, make_out, store_split
 from kernels._sparse import accumulate_tile, rows_total
 from kernels.nm import _split8
 
@@ -294,11 +296,24 @@ def value_columns(lo, hi, s, sel, cnt, v_dtype: tl.constexpr, USE_ASM: tl.conste
 
 
 @triton.jit
+def dot_w(w, x, acc, DOT_F32: tl.constexpr):
+    """acc (BLOCK_N, BLOCK_M) + w (BLOCK_N, K) @ x (BLOCK_M, K)ᵀ on the tensor cores: the weight tile
+    as the A operand (fewer register moves to stage it than as B). DOT_F32: in fp32 (the
+    interpreter's bf16 dot multiplies bit patterns)."""
+    if DOT_F32:
+        acc = tl.dot(w.to(tl.float32), tl.trans(x.to(tl.float32)), acc)
+    else:
+        acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
+    return acc
+
+
+@triton.jit
 def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, NV, stride_xb,
              TAIL: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
     """One K tile of `bitmask` on the tensor cores: per mask byte the two aligned 16-byte vectors
     from its first value on, its 8 dense columns, one dot per
-    column. Returns acc + x · Ŵᵀ and the tile's kept count per row. TAIL: the tile reaches past K."""
+    column. Returns acc + Ŵ · xᵀ (BLOCK_N, BLOCK_M) and the tile's kept count per row. TAIL: the
+    tile reaches past K."""
     NB: tl.constexpr = BLOCK_K // 8
     b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)  # (BLOCK_N, NB)
     if TAIL:  # the tile across K's end: clear the padding bits past K (unspecified)
@@ -321,7 +336,7 @@ def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :], mask=x_mask, other=0.0)
     xs = _split8(x)  # (BLOCK_M, NB) each
     for c in tl.static_range(8):  # a dot's K order is free: one per column of the mask bytes
-        acc = dot_t(xs[c], cols[c], acc, DOT_F32)
+        acc = dot_w(cols[c], xs[c], acc, DOT_F32)
     return acc, tl.sum(cnt, axis=1)
 
 
@@ -346,7 +361,7 @@ def _bitmask_vec_kernel(
     first, last = k_tile_range(K, BLOCK_K)
     # int32 value indices suffice: the launcher checks the stream has fewer than 2^31 entries.
     start = values_before(co_ptr, mask_rows, offs_n, n_mask, first, NC, MB, 8, BLOCK_K)  # (BLOCK_N,)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # yᵀ
     whole = tl.maximum(first, tl.minimum(last, K // BLOCK_K))  # tiles inside K, then the one across its end
     for t in range(first, whole):
         acc, count = vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, NV,
@@ -355,7 +370,7 @@ def _bitmask_vec_kernel(
     for t in range(whole, last):
         acc, count = vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, NV,
                               stride_xb, True, USE_ASM, DOT_F32, BLOCK_K)
-    store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
+    store_split(y_ptr, ws_ptr, ticket_ptr, tl.trans(acc), offs_m, offs_n, B, N, stride_yb)
 
 
 def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
@@ -396,7 +411,7 @@ def tuned(kernel, gemv_configs, tiled_configs, interpret_configs, key):
 # 16-byte vector (16 per thread: BLOCK_N · BLOCK_K/8 = 512 · warps).
 VEC_CONFIGS = [
     _cfg(4, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256),
-    _cfg(4, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
+    _cfg(8, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=256),
     _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
     _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
 ]

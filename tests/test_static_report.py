@@ -55,14 +55,14 @@ BITMASK = ("the quantized kernels read format version 2 (each chunk of 512 colum
            "boundary) as they read version 1: each kept {unit} at a mask-dependent offset, so no 16-byte loads and "
            "a popcount, an address and a gather per column (or per mask byte)")
 BITMASK_VEC = ("loads and CTAs met (format version 2: two 16-byte vectors per mask byte), not instructions: each "
-               "mask byte's values become 8 dense fp16 columns in registers (≈ 25 PRMTs, ≈ 12 moves) and the 8 "
-               "column tiles go through shared memory for the dots (≈ 12 more), ≈ 86 instructions per 9 packed bytes")
+               "mask byte's values become 8 dense fp16 columns in registers (≈ 21 PRMTs, ≈ 8 moves) and operands go "
+               "through shared memory for the dots (≈ 12 more), ≈ 80 instructions per 9 packed bytes")
 SHORT = {
     "nm-int4 2:4 g128": Short(11.54, 128, NM_INT4),
     "nm-int4 2:4 g64": Short(11.77, 64, NM_INT4),
     "nm-int4 2:4 g-1": Short(10.75, 128, NM_INT4),
     "nm-int8 2:4 g128": Short(19.06, 128, NM_INT8),
-    "bitmask 50%": Short(9.93, 128, BITMASK_VEC),
+    "bitmask 50%": Short(8.92, 128, BITMASK_VEC),
     "bitmask-int4 50% g128": Short(21.29, 32, BITMASK.format(unit="nibble")),
     "bitmask-int8 50% g128": Short(39.3, 8, BITMASK.format(unit="byte")),
 }
