@@ -24,7 +24,8 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.p
   exponent trick and one pair subtraction give code − zero (exactly 0 where pruned). Inline PTX
   (CODES4_COLUMNS_PTX, checked on an instruction model in tests/test_kernels_sparse.py); the
   interpreter runs the same steps on integers. One dot per column of the mask bytes against
-  x's columns c, c + 8, … (a dot's K order is free), the scale once per tile.
+  x's columns c, c + 8, … (a dot's K order is free), the column tile as the A operand (yᵀ), the
+  scale once per tile.
 - otherwise (int8 codes, other groups): column by column with kernels/bitmask.py's helpers (a popcount per
   32-bit mask word, the rank of a column by one shift and popcount, a predicated gather in
   inline PTX) returning the zero code for pruned columns, so (code − zero) · scale is exactly 0
@@ -33,9 +34,10 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.p
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, g = 128,
-SASS instructions per packed byte: bitmask-int4 21.2-21.3 at batch 1-16 (BYTE_LUT; was 128-180,
-21.0-21.6 on format version 1, whose stream had no 16-byte padding to load unmasked words
-within), bitmask-int8 23.7-24.6 at batch 1, 38.3-39.3 on the tiles. Still far above 6: the mask byte's prefix,
+SASS instructions per packed byte: bitmask-int4 19.5-19.8 at batch 1-16 (BYTE_LUT; was 128-180,
+then 21.0-21.6 on format version 1; version 2's whole 16-byte stream lets the code words load
+unmasked, and the column tiles are the dots' A operand, yᵀ = Ŵ · xᵀ, as in kernels/bitmask.py),
+bitmask-int8 23.7-24.6 at batch 1, 38.3-39.3 on the tiles. Still far above 6: the mask byte's prefix,
 three 32-bit gathers (two code words, the selector) and their addresses, ≈ 16 permutes and
 masks per 8 columns, and the shared-memory staging of 8 column tiles for the dots. Packed loads
 are 32-bit (int4: a byte's codes start at any nibble; the two words per mask byte overlap, the
@@ -52,11 +54,11 @@ import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import check_group, check_tensor, dot_t, k_tile_range, make_out, store_split
+from kernels._common import check_group, check_tensor, k_tile_range, make_out, store_split
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
-                             check_bitmask, gather_kept, kept_and_slots, mask_tile, mask_words, next_start,
-                             popcount, table, tile_bases, tuned, values_before)
+                             check_bitmask, dot_w, gather_kept, kept_and_slots, mask_tile, mask_words,
+                             next_start, popcount, table, tile_bases, tuned, values_before)
 from kernels.nm import _split8
 
 FORMAT = "bitmask-int4"
@@ -182,8 +184,8 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     xs = _split8(x)
     part = tl.zeros(acc.shape, dtype=tl.float32)
     for c in tl.static_range(8):  # a dot's K order is free: one per column of the mask bytes
-        part = dot_t(xs[c], cols[c], part, DOT_F32)
-    return acc + part * scale[None, :], tl.sum(cnt, axis=1)
+        part = dot_w(cols[c], xs[c], part, DOT_F32)
+    return acc + part * scale[:, None], tl.sum(cnt, axis=1)
 
 
 @triton.jit
@@ -215,13 +217,17 @@ def _bitmask_quant_matmul_kernel(
     acc2 = tl.zeros((BLOCK_N, W, 32), dtype=tl.float32)  # B = 1: per weight, reduced after the loop
     if BYTE_LUT:
         v32_ptr = v_ptr.to(tl.pointer_type(tl.uint32))
+        acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # yᵀ: the weight tile is the dots' A operand
         whole = tl.maximum(first, tl.minimum(last, K // BLOCK_K))  # tiles inside K, then the one across its end
         for t in range(first, whole):
-            acc, start = _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t,
-                                   start, B, K, MB, NW, stride_xb, stride_g, GROUP, False, USE_ASM, DOT_F32, BLOCK_K)
+            acc_t, start = _lut_step(acc_t, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m,
+                                     t, start, B, K, MB, NW, stride_xb, stride_g, GROUP, False, USE_ASM, DOT_F32,
+                                     BLOCK_K)
         for t in range(whole, last):
-            acc, start = _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t,
-                                   start, B, K, MB, NW, stride_xb, stride_g, GROUP, True, USE_ASM, DOT_F32, BLOCK_K)
+            acc_t, start = _lut_step(acc_t, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m,
+                                     t, start, B, K, MB, NW, stride_xb, stride_g, GROUP, True, USE_ASM, DOT_F32,
+                                     BLOCK_K)
+        acc = tl.trans(acc_t)
     else:
         for t in range(first, last):
             acc, acc2, count = _word_tile(acc, acc2, x_ptr, mask_rows, v_ptr, s_ptr, z_ptr, rows, n_mask, offs_m, t,
@@ -277,7 +283,7 @@ _GEMV, _TILED = tuned(_bitmask_quant_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS,
 # K = 16, one per column of a mask byte; a tile inside one group of 128).
 LUT_CONFIGS = [
     _cfg(4, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128),
-    _cfg(4, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
+    _cfg(8, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
     _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
     _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
 ]

@@ -63,7 +63,7 @@ SHORT = {
     "nm-int4 2:4 g-1": Short(10.75, 128, NM_INT4),
     "nm-int8 2:4 g128": Short(19.06, 128, NM_INT8),
     "bitmask 50%": Short(8.92, 128, BITMASK_VEC),
-    "bitmask-int4 50% g128": Short(21.29, 32, BITMASK.format(unit="nibble")),
+    "bitmask-int4 50% g128": Short(19.83, 32, BITMASK.format(unit="nibble")),
     "bitmask-int8 50% g128": Short(39.3, 8, BITMASK.format(unit="byte")),
 }
 SLACK = 1.02  # a listed kernel may move this much above its listed instructions per byte
