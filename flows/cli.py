@@ -27,6 +27,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from flows.logs import DEBUG_ENV, quiet_user_errors
 from tasks.errors import UserError
 from flows.lock import writer_lock
 from tasks.stages.graph import METRICS, PACKED, QUANTIZED, STAGES
@@ -71,38 +72,6 @@ def run_sweep(params, args: argparse.Namespace) -> int:
         sweep.sweep.with_options(task_runner=sweep.sweep_runner(args.workers, args.address))(params)
         print(sweep.SWEEP_CSV)
     return 0
-
-
-class _UserErrorsInOneLine(logging.Filter):
-    """Prefect logs an exception raised in a task at every level it passes (the task run with
-    its traceback, the task's final state, the flow run with its traceback, the flow's final
-    state). An input error (UserError) is answered by main() in one line, so the console leaves
-    those records out; the API handler still sends them, traceback included, to the Prefect UI,
-    and `--debug` shows them here too."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, UserError):
-            self.messages.add(str(error))
-            return False
-        if self.messages and record.levelno >= logging.INFO and record.name.startswith("prefect."):
-            text = record.getMessage()
-            return not any(message in text for message in self.messages)
-        return True
-
-
-def _quiet_user_errors() -> None:
-    """Install _UserErrorsInOneLine on the console handlers Prefect set up (on the root logger)."""
-    import prefect.main  # noqa: F401  (configures Prefect's logging)
-
-    for handler in logging.getLogger().handlers:
-        if type(handler).__name__ == "PrefectConsoleHandler" and not any(
-                isinstance(f, _UserErrorsInOneLine) for f in handler.filters):
-            handler.addFilter(_UserErrorsInOneLine())
 
 
 def _stop_on_ctrl_c() -> None:
@@ -235,8 +204,10 @@ def run(args: argparse.Namespace) -> int:
 
     _prefect_env()
     _stop_on_ctrl_c()
-    if not args.debug:
-        _quiet_user_errors()
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"   # local Dask workers inherit it: they keep their tracebacks too
+    else:
+        quiet_user_errors()
     from flows.params import load_params
 
     params = load_params(args.params)

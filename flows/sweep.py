@@ -27,6 +27,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.logs import DEBUG_ENV, quiet_user_errors
 from flows.params import ParamsError, load_params
 from flows.stages import run_stage
 from tasks.config import Params
@@ -86,6 +87,8 @@ def point_task(point: SweepPoint, cache: bool) -> dict:
     """One point's stages into data/sweep/<name>/, then results/sweep/<name>.json.
     cache: each stage under its task cache (the `sweep` flow) or uncached (under DVC)."""
     _pin_gpu()
+    if not os.environ.get(DEBUG_ENV):
+        quiet_user_errors()   # on a Dask worker, its console would print Prefect's tracebacks
     start = time.perf_counter()
     p, out = point.params, SWEEP_DATA / point.name
     pruned = run_stage(STAGES["prune"], p, cache=cache,

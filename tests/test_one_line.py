@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from flows.cli import _UserErrorsInOneLine
+from flows.logs import UserErrorsInOneLine
 from tasks.errors import UserError
 
 MESSAGE = "model.source = './no/such/model': not a Hugging Face model folder (no config.json there)"
@@ -22,7 +22,7 @@ def _record(message: str, error: BaseException | None = None, name: str = "prefe
 
 
 def test_filter_drops_the_records_of_a_user_error_and_keeps_others():
-    keep = _UserErrorsInOneLine()
+    keep = UserErrorsInOneLine()
     assert not keep.filter(_record(f"Task run failed with exception: UserError({MESSAGE!r})", UserError(MESSAGE)))
     assert not keep.filter(_record(f'Finished in state Failed("Task run encountered an exception: {MESSAGE}")'))
     assert not keep.filter(_record(f"Encountered exception during execution: {MESSAGE}", UserError(MESSAGE),
@@ -75,3 +75,22 @@ def test_show_with_a_broken_metrics_json(tmp_path, monkeypatch, capsys, text):
     assert main(["show"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("prunepipe: error: metrics.json: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+def test_user_error_in_a_dask_worker_is_one_line(tmp_path, llama_folder, corpus_file):
+    # 24:48 passes the parameter checks; the width check runs in the point's prune task, on a worker
+    import yaml
+    from test_sweep import full_params
+
+    params = full_params(llama_folder, corpus_file, methods=["magnitude"], sparsities=[0.5, "24of48"],
+                         quantize=["none"], quantizers={"none": {}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", "--workers", "2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    message = "prune.sparsity = '24:48': M = 48 does not divide the input width 64"
+    assert done.returncode == 2, out
+    assert "Traceback" not in out and out.count(message) == 1, out
+    assert f"prunepipe: error: {message}" in done.stderr
