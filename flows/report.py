@@ -3,7 +3,8 @@ workspace holds, quality first.
 
     metrics.json                 quality figures, then times and memory in their own table
     dvc metrics/params diff REF  what changed against a git ref (`dvc ... diff --json REF`),
-                                 changes inside the noise band marked, "unchanged" in one line
+                                 changes inside the noise band marked (GPTQ-derived perplexities:
+                                 bench/results/noise-band-cpu.json), "unchanged" in one line
     reports/sweep.csv            the sweep table and plots, only while `dvc status sweep/dvc.yaml`
                                  finds no changed code or params behind them (else one line: stale)
     bench/results/*.json         kernel speedups by batch (rows: kernel, N, K, batch, ms, dense_ms)
@@ -23,11 +24,14 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.errors import UserError
-from tasks.reports.summary import markdown_report, plot_speedup, speedup_table
+from flows.params import load_params
+from tasks.reports.summary import markdown_report, plot_speedup, quality_bands, speedup_table
 from tasks.stages.graph import METRICS, REPORTS, SPARSITY_PNG, SWEEP_CSV, SWEEP_PARETO_PNG, SWEEP_SPARSITY_PNG
 
 REPORT_NAME, SPEEDUP_NAME = "report.md", "bench_speedup.png"
 BENCH_RESULTS = Path("bench") / "results"
+NOISE_BAND = BENCH_RESULTS / "noise-band-cpu.json"   # bench/noise_band.py
+PARAMS = Path("params.yaml")
 SWEEP_DVC_YAML = Path("sweep") / "dvc.yaml"
 PLOTS = {"Sparsity per decoder layer": SPARSITY_PNG, "Perplexity against sparsity": SWEEP_SPARSITY_PNG,
          "Perplexity against bytes per weight": SWEEP_PARETO_PNG}
@@ -76,6 +80,12 @@ def bench_rows(directory: Path = BENCH_RESULTS) -> list[dict]:
     return rows
 
 
+def noise_bands() -> dict[str, float]:
+    """The measured noise bands for params.yaml's GPTQ solver (bench/results/noise-band-cpu.json)."""
+    measured = json.loads(NOISE_BAND.read_text()) if NOISE_BAND.is_file() else {}
+    return quality_bands(measured, load_params(PARAMS).quantize.solver_dtype)
+
+
 def report(against: str = "HEAD", image_base: str = "", out: Path = REPORTS) -> Path:
     """Write out/report.md, with the plots it links beside it."""
     if not METRICS.is_file():
@@ -98,6 +108,6 @@ def report(against: str = "HEAD", image_base: str = "", out: Path = REPORTS) -> 
             shutil.copyfile(path, out / path.name)
     images = {caption: image_base + path.name for caption, path in plots.items()}
     text = markdown_report(json.loads(METRICS.read_text()), against, dvc_diff("metrics", against),
-                           dvc_diff("params", against), sweep, speedups, images)
+                           dvc_diff("params", against), sweep, speedups, images, noise_bands())
     (out / REPORT_NAME).write_text(text)
     return out / REPORT_NAME

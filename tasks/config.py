@@ -128,6 +128,10 @@ class QuantizeConfig(Section):
     joint: bool = False
     blocksize: PositiveInt = 128
     percdamp: float = Field(0.01, ge=0.0)
+    # gptq: the float type of the Hessian inverse, its Cholesky factor and the error feedback.
+    # float32 rounds differently with the thread count, and GPTQ's rounding decisions amplify
+    # that (bench/results/noise-band-cpu.json); float64 gives the same codes on 1 or 2 threads.
+    solver_dtype: Literal["float32", "float64"] = "float64"
     device: Device = "cpu"
 
     @model_validator(mode="after")

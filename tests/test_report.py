@@ -125,3 +125,17 @@ def test_the_sweep_is_stale_when_code_or_params_changed_not_when_outputs_are_mis
         "reports/sweep.csv is stale: 2 of its stages have changed code or params since it ran "
         "(`dvc status sweep/dvc.yaml`), so neither it nor its plots are shown; `dvc repro sweep/dvc.yaml` "
         "makes a current one.")
+
+
+def test_gptq_perplexities_take_the_measured_band_of_their_solver():
+    from tasks.reports.summary import change_rows, quality_bands
+
+    measured = {"spread": {"float32": {"relative": 0.0016}, "float64": {"relative": 0.0}}}
+    diff = {"metrics.json": {"ppl_quantized": {"old": 51.1047, "new": 51.1841},     # +0.155%
+                             "ppl_pruned": {"old": 43.8792, "new": 43.9}}}
+    notes = lambda solver: {r["metric"]: r["note"] for r in change_rows(diff, False, quality_bands(measured, solver))}
+    assert notes("float32") == {"ppl_quantized": "noise", "ppl_pruned": ""}
+    # float64 gave the same codes on 1 and 2 threads: only the general floor is left
+    assert quality_bands(measured, "float64") == {"ppl_quantized": 1e-4, "ppl_packed": 1e-4}
+    assert notes("float64") == {"ppl_quantized": "", "ppl_pruned": ""}
+    assert quality_bands({}, "float64")["ppl_packed"] == 1e-4   # no measurement: the floor

@@ -72,6 +72,7 @@ def sparsegpt(
     row_masks: bool = False,
     max_damp_retries: int = 6,
     log: Callable[[str], None] = lambda s: None,
+    precision: torch.dtype = torch.float32,
 ) -> ObsResult:
     """Prune (and optionally quantize) W with SparseGPT. Neither W nor H is modified.
 
@@ -83,17 +84,17 @@ def sparsegpt(
     rows, cols = W.shape
     _check_inputs(W, H, pattern, blocksize, mask)
     select = pattern if mask is None else None
-    H = H.detach().to(torch.float32, copy=True)
+    H = H.detach().to(precision, copy=True)
     # Work on Wᵀ (cols, rows): a column of W is then a contiguous row, so the per-column rank-1
     # update is one contiguous addr_ (several times faster on CPU than on strided columns).
     # W (rows, cols) below is a view of it for the quantizer hook and the mask selection.
-    Wt = W.detach().to(torch.float32).t().contiguous()
+    Wt = W.detach().to(precision).t().contiguous()
     W = Wt.t()
     _drop_dead_inputs(W, H)
     pruned_t = (torch.zeros(cols, rows, dtype=torch.bool, device=Wt.device) if mask is None
                 else mask.to(Wt.device).t().contiguous())
     pruned = pruned_t.t()  # (rows, cols) view for the quantizer hook
-    loss = torch.zeros((), dtype=torch.float32, device=Wt.device)  # kept on device: no sync per block
+    loss = torch.zeros((), dtype=precision, device=Wt.device)  # kept on device: no sync per block
 
     with _ieee_fp32_matmul():
         U, damp = _damped_inverse_cholesky(H, percdamp, max_damp_retries, log)
@@ -123,7 +124,7 @@ def sparsegpt(
             Wt[i2:] -= U[i1:i2, i2:].T @ Err1
             loss += Err1.pow(2).sum() / 2
 
-    return ObsResult(weight=W.contiguous(), mask=pruned_t.t().contiguous(), damp=damp, error=loss.item())
+    return ObsResult(weight=W.float().contiguous(), mask=pruned_t.t().contiguous(), damp=damp, error=loss.item())
 
 
 def sparsegpt_reference(

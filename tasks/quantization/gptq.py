@@ -24,6 +24,10 @@ def spec_of(cfg: QuantizeConfig) -> QuantSpec:
     return QuantSpec(cfg.bits, cfg.group_size, cfg.symmetric)
 
 
+def solver_dtype(cfg: QuantizeConfig) -> torch.dtype:
+    return getattr(torch, cfg.solver_dtype)
+
+
 def gptq_act_order(W: torch.Tensor, H: torch.Tensor, cfg: QuantizeConfig, pattern: Pattern | None,
                    mask: torch.Tensor | None, row_masks: bool, log: Log) -> tuple[Quantized, torch.Tensor]:
     """GPTQ with the columns in descending order of diag(H) and static groups: every group's
@@ -41,7 +45,8 @@ def gptq_act_order(W: torch.Tensor, H: torch.Tensor, cfg: QuantizeConfig, patter
 
     def run(quantizer: StaticGroupQuantizer | None) -> tuple[torch.Tensor, torch.Tensor]:
         result = sparsegpt(W_order, H_order, pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
-                           quantizer=quantizer, mask=mask_order, row_masks=row_masks, log=log)
+                           quantizer=quantizer, mask=mask_order, row_masks=row_masks, log=log,
+                           precision=solver_dtype(cfg))
         return _unpermute(result.weight, order), _unpermute(result.mask, order)
 
     sized, zero = (W, mask) if pattern is None else run(None)  # a pruned W: nothing left to prune

@@ -31,7 +31,7 @@ from tasks.errors import UserError
 from tasks.pruning.patterns import Unstructured, mask_from_scores
 from tasks.pruning.pruners import owl_layer_sparsities, wanda_scores
 from tasks.pruning.sparsegpt import sparsegpt
-from tasks.quantization.gptq import gptq_act_order, spec_of
+from tasks.quantization.gptq import gptq_act_order, solver_dtype, spec_of
 from tasks.quantization.grid import GroupQuantizer, Quantized, rtn
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def quantize_model(model: nn.Module, tokens: torch.Tensor, cfg: QuantizeConfig, 
             return weight
         hook = GroupQuantizer(spec_of(cfg))
         result = sparsegpt(W, stats.hessian, pattern, blocksize=cfg.blocksize, percdamp=cfg.percdamp,
-                           quantizer=hook, mask=mask, row_masks=row_masks, log=log)
+                           quantizer=hook, mask=mask, row_masks=row_masks, log=log, precision=solver_dtype(cfg))
         quantized[name] = hook.result(result.mask)
         return result.weight
 

@@ -138,10 +138,12 @@ def plot_speedup(table: pd.DataFrame, path: Path) -> None:
 
 REPORT_MARKER = "<!-- prunepipe-report -->"   # how CI finds its own PR comment to edit
 SWEEP_COLUMNS = ["name", "format", "ppl", "sparsity", "bytes_per_weight", "pareto"]
-# Relative changes at most this large are noise. Quality: reruns of unchanged code moved
-# perplexities by up to 1.2e-5 (GPTQ's float sums follow the thread count); machine figures:
+# Relative changes at most this large are noise. Quality: perplexities moved by up to 1.2e-5
+# between two machines of one kind (ppl_dense 16.3101 / 16.3099); the GPTQ-derived ones get the
+# band bench/noise_band.py measures for the solver in use (`quality_bands`). Machine figures:
 # prune_seconds was 82 s and 169 s in two runs a few commits apart on the shared 2-core machine.
 NOISE = {"quality": 1e-4, "machine": 0.5}
+GPTQ_METRICS = ("ppl_quantized", "ppl_packed")
 MACHINE_NOTE = ("Machine-dependent: times and peak memory of whatever machine ran the pipeline; "
                 "compare them only between runs on the same, otherwise idle machine.")
 
@@ -157,10 +159,17 @@ def relative_change(old, new) -> float | None:
     return (new - old) / abs(old) if numeric and old else None
 
 
-def change_rows(diff: dict, machine: bool) -> list[dict]:
+def quality_bands(noise_band: dict, solver_dtype: str) -> dict[str, float]:
+    """Per-metric noise bands from bench/noise_band.py's result: the GPTQ-derived perplexities move
+    as far as they moved between thread counts with this solver, and never less than NOISE."""
+    spread = noise_band.get("spread", {}).get(solver_dtype, {}).get("relative", 0.0)
+    return {name: max(NOISE["quality"], spread) for name in GPTQ_METRICS}
+
+
+def change_rows(diff: dict, machine: bool, bands: dict[str, float] | None = None) -> list[dict]:
     """`dvc metrics diff --json` ({file: {metric: {old, new}}}) → the quality (or, with `machine`,
-    the machine-dependent) changes as rows: metric, before, now, change, note ("noise" within NOISE)."""
-    band = NOISE["machine" if machine else "quality"]
+    the machine-dependent) changes as rows: metric, before, now, change, note ("noise" within the
+    metric's band: `bands`, else NOISE)."""
     rows = []
     for file, metrics in diff.items():
         for name, values in metrics.items():
@@ -168,6 +177,7 @@ def change_rows(diff: dict, machine: bool) -> list[dict]:
                 continue
             old, new = values.get("old"), values.get("new")
             change = relative_change(old, new)
+            band = (bands or {}).get(name, NOISE["machine" if machine else "quality"])
             rows.append({"metric": name if file == "metrics.json" else f"{file}: {name}", "before": old, "now": new,
                          "change": "" if change is None else f"{change:+.4%}",
                          "note": "noise" if change is not None and abs(change) <= band else ""})
@@ -190,18 +200,19 @@ def param_rows(diff: dict) -> list[dict]:
 
 
 def markdown_report(metrics: dict, against: str, metrics_diff: dict | str, params_diff: dict | str,
-                    sweep: pd.DataFrame | str | None, speedups: pd.DataFrame | None, images: dict[str, str]) -> str:
+                    sweep: pd.DataFrame | str | None, speedups: pd.DataFrame | None, images: dict[str, str],
+                    bands: dict[str, float] | None = None) -> str:
     """Quality first (metrics, their changes against `against`, params), then the sweep, kernel
     speedups, the machine-dependent figures, the plots. metrics_diff / params_diff: dvc's --json
     diffs, or the line saying why dvc failed; sweep: its table, or the line saying it is stale;
-    speedups: speedup_table; images: caption → link."""
+    speedups: speedup_table; images: caption → link; bands: quality_bands."""
     flat = flatten(metrics)
     quality = {k: v for k, v in flat.items() if not machine_dependent(k)}
     machine = {k: v for k, v in flat.items() if machine_dependent(k)}
     failed = isinstance(metrics_diff, str)
     parts = [REPORT_MARKER, "## prunepipe report", "### Quality (metrics.json)",
              pd.DataFrame(quality.items(), columns=["metric", "value"]).to_markdown(index=False)]
-    parts += _section(f"Quality against `{against}`", metrics_diff if failed else change_rows(metrics_diff, False))
+    parts += _section(f"Quality against `{against}`", metrics_diff if failed else change_rows(metrics_diff, False, bands))
     parts += _section(f"Parameters against `{against}`",
                       params_diff if isinstance(params_diff, str) else param_rows(params_diff))
     if isinstance(sweep, str):
