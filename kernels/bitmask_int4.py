@@ -15,36 +15,40 @@ Math (U = 128 / bits codes per 16 bytes):
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
 Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.py):
-- BYTE_LUT (int4 codes, tiles inside one quantization group: g = −1 or a multiple of 128, the
-  pipeline's 128 among them), tensor cores at every batch (BLOCK_M = 16 up to 16 rows): per
-  mask byte (8 columns) a popcount and a prefix across the row give the nibble index of its
-  first code; two 32-bit words of the code stream around it are loaded, a funnel shift lines up
-  its codes, and two byte permutes (PRMT) whose selectors come from a 256-entry table indexed by
-  the mask byte place each code in its column, the zero code in the pruned ones; the fp16/bf16
-  exponent trick and one pair subtraction give code − zero (exactly 0 where pruned). Inline PTX
-  (CODES4_COLUMNS_PTX, checked on an instruction model in tests/test_kernels_sparse.py); the
-  interpreter runs the same steps on integers. One dot per column of the mask bytes against
-  x's columns c, c + 8, … (a dot's K order is free), the column tile as the A operand (yᵀ), the
-  scale once per tile.
-- otherwise (int8 codes, other groups): column by column with kernels/bitmask.py's helpers (a popcount per
-  32-bit mask word, the rank of a column by one shift and popcount, a predicated gather in
-  inline PTX) returning the zero code for pruned columns, so (code − zero) · scale is exactly 0
-  there; codes become fp32 by the 2^23 trick, scale and zero once per word when g is a multiple
-  of 32, else per column. GEMV for B ≤ 4, tl.dot above.
+- BYTE_LUT (tiles inside one quantization group: g = −1 or a multiple of 128, the pipeline's
+  128 among them; int4 codes, or int8 codes with fp16 x), tensor cores at every batch
+  (BLOCK_M = 16 up to 16 rows): per mask byte (8 columns) a popcount and a prefix across the row
+  give the index of its first code. int4: two 32-bit words of the code stream around it are
+  loaded, a funnel shift lines up its codes, and two byte permutes (PRMT) whose selectors come
+  from a 256-entry table indexed by the mask byte place each code in its column, the zero code
+  in the pruned ones; the fp16/bf16 exponent trick and one pair subtraction give code − zero
+  (exactly 0 where pruned). int8: as kernels/bitmask.py's values, the two 16-byte vectors from
+  the one holding its first code (128-bit loads), two levels of selects and funnel shifts line
+  up its codes, the same permutes (kernels/bitmask.py's value_selectors) and the 0x6400 trick
+  (fp16 only: bf16's 8 significant bits cannot hold 128 + a code). Inline PTX
+  (CODES4_COLUMNS_PTX, CODES8_COLUMNS_PTX, checked on an instruction model in
+  tests/test_kernels_sparse.py); the interpreter picks the same codes with integer ops. One dot
+  per column of the mask bytes against x's columns c, c + 8, … (a dot's K order is free), the
+  column tile as the A operand (yᵀ), the scale once per tile. Every load unmasked, at addresses
+  clamped to the stream's end (a word or vector the byte's codes reach is inside it).
+- otherwise (other groups, bf16 x with int8 codes): column by column with kernels/bitmask.py's
+  helpers (a popcount per 32-bit mask word, the rank of a column by one shift and popcount, a
+  predicated gather in inline PTX) returning the zero code for pruned columns, so
+  (code − zero) · scale is exactly 0 there; codes become fp32 by the 2^23 trick, scale and zero
+  once per word when g is a multiple of 32, else per column. GEMV for B ≤ 4, tl.dot above.
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, g = 128,
-SASS instructions per packed byte: bitmask-int4 19.5-19.8 at batch 1-16 (BYTE_LUT; was 128-180,
+batch 1-16, SASS instructions per packed byte: bitmask-int4 19.5-19.8 (BYTE_LUT; was 128-180,
 then 21.0-21.6 on format version 1; version 2's whole 16-byte stream lets the code words load
 unmasked, and the column tiles are the dots' A operand, yᵀ = Ŵ · xᵀ, as in kernels/bitmask.py),
-bitmask-int8 23.7-24.6 at batch 1, 38.3-39.3 on the tiles. Still far above 6: the mask byte's prefix,
-three 32-bit gathers (two code words, the selector) and their addresses, ≈ 16 permutes and
-masks per 8 columns, and the shared-memory staging of 8 column tiles for the dots. Packed loads
-are 32-bit (int4: a byte's codes start at any nibble; the two words per mask byte overlap, the
-report counts their bytes once) and 8-bit (int8: one predicated gather per column).
-docs/formats.md, "Kernel limits".
-The code stream is read in aligned 32-bit words (the launcher copies a misaligned `values`),
-unmasked at addresses clamped to its last word: a word holding a kept code lies inside the stream.
+32-bit packed loads; bitmask-int8 19.2 with 128-bit loads (BYTE_LUT; was 23.7-24.6 at batch 1
+and 38.3-39.3 on the tiles column by column, 8-bit gathers). Still far above 6: per mask byte
+(3 packed bytes for int4, 5 for int8) the prefix, the loads and their addresses, ≈ 16-20
+permutes and selects, and the staging of operands for the dots. int4's two words per byte
+overlap (the report counts their bytes once); 16-byte code loads would cost it ≈ 8 more
+instructions per mask byte (docs/formats.md, "Kernel limits").
+The launcher copies a `values` that is not 16-byte aligned.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ from kernels._common import check_group, check_tensor, k_tile_range, make_out, s
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
                              check_bitmask, dot_w, gather_kept, kept_and_slots, mask_tile, mask_words,
-                             next_start, popcount, table, tile_bases, tuned, values_before)
+                             next_start, popcount, split4, table, tile_bases, tuned, value_selectors,
+                             values_before)
 from kernels.nm import _split8
 
 FORMAT = "bitmask-int4"
@@ -121,6 +126,59 @@ def byte_selectors() -> list[int]:
     return table
 
 
+# 8-bit codes of one mask byte → its 8 dense columns, code − zero, as fp16 (pack=2 as
+# CODES4_COLUMNS_PTX): $8+2k (k = 0 … 7) the 8 words (32 bytes) from the 16-byte vector of the
+# byte's first code, $24 s: that code's byte in them (0 … 15), $26 sel: VALUE_SELECTORS[byte]
+# (kernels/bitmask.py), $28 cnt: its kept count, $30 zb: zero << 24, $32 zz: (1024 + zero) as an
+# fp16 pair. Two levels of selects and two funnel shifts line up the byte's codes (rank r in
+# byte r of la lb); byte 7 becomes the zero code when fewer than 8 are kept; two PRMTs pick each
+# column's code, two more per 4 put them under 0x64 (1024 + code), the pair subtraction leaves
+# code − zero (0.0 where pruned), and four PRMTs per call pair the two elements' halves.
+CODES8_COLUMNS_PTX = tl.constexpr(
+    "{ .reg .pred p, p1, p2; .reg .b32 m, t0, t1, u0, u1, v1, a, b, c, r, la, lb, s2, d0, d1, e,"
+    " f0a, f1a, f2a, f3a, f0b, f1b, f2b, f3b; mov.b32 e, 0x64646464;"
+    + "".join(
+        f" and.b32 m, ${24 + i}, 7; setp.lt.u32 p1, m, 4; setp.lt.u32 p2, ${24 + i}, 8;"
+        f" selp.b32 t0, ${8 + i}, ${10 + i}, p1; selp.b32 t1, ${12 + i}, ${14 + i}, p1;"
+        f" selp.b32 u0, ${10 + i}, ${12 + i}, p1; selp.b32 u1, ${14 + i}, ${16 + i}, p1;"
+        f" selp.b32 v1, ${16 + i}, ${18 + i}, p1;"
+        " selp.b32 a, t0, t1, p2; selp.b32 b, u0, u1, p2; selp.b32 c, t1, v1, p2;"
+        f" and.b32 r, ${24 + i}, 3; shl.b32 r, r, 3; shf.r.wrap.b32 la, a, b, r; shf.r.wrap.b32 lb, b, c, r;"
+        f" setp.lt.u32 p, ${28 + i}, 8; @p and.b32 lb, lb, 0x00FFFFFF; @p or.b32 lb, lb, ${30 + i};"
+        f" shr.b32 s2, ${26 + i}, 16; prmt.b32 d0, la, lb, ${26 + i}; prmt.b32 d1, la, lb, s2;"
+        f" prmt.b32 f0{ab}, d0, e, 0x5150; prmt.b32 f1{ab}, d0, e, 0x5352;"
+        f" prmt.b32 f2{ab}, d1, e, 0x5150; prmt.b32 f3{ab}, d1, e, 0x5352;"
+        + "".join(f" sub.f16x2 f{j}{ab}, f{j}{ab}, ${32 + i};" for j in range(4))
+        for i, ab in ((0, "a"), (1, "b")))
+    + "".join(f" prmt.b32 ${2 * j}, f{j}a, f{j}b, 0x5410; prmt.b32 ${2 * j + 1}, f{j}a, f{j}b, 0x7632;"
+              for j in range(4))
+    + " }")
+
+
+@triton.jit
+def code8_columns(lo, hi, s, sel, cnt, zero, USE_ASM: tl.constexpr):
+    """The 8 dense columns (code − zero, fp16) of each mask byte, 8 × (R, NB); see
+    CODES8_COLUMNS_PTX. lo, hi: 4 × (R, NB) int32 each, the 32 code bytes from the byte's vector
+    on; zero (R, NB) int32."""
+    if USE_ASM:
+        cols = tl.inline_asm_elementwise(
+            CODES8_COLUMNS_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 26,
+            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], s, sel, cnt, zero << 24,
+             (0x6400 + zero) * 0x10001], dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+    else:  # the same choice of codes, on integers: byte s + rank of the 32
+        cols = ()
+        for c in tl.static_range(8):
+            nib = (sel >> (4 * (c % 4) + 16 * (c // 4))) & 7
+            h = s + nib
+            word = tl.zeros_like(s)
+            for j in tl.static_range(4):
+                word = tl.where((h >> 2) == j, lo[j], word)
+                word = tl.where((h >> 2) == 4 + j, hi[j], word)
+            code = tl.where((nib == 7) & (cnt < 8), zero, ((word >> ((h & 3) * 8)) & 0xFF).to(tl.int32))
+            cols = cols + ((code - zero).to(tl.float32).to(tl.float16),)
+    return cols
+
+
 @triton.jit
 def byte_columns(lo, hi, shift, sel, cnt, zero, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
     """The 8 dense columns (code − zero) of each mask byte, 8 × (R, NB) in v_dtype; see
@@ -155,10 +213,11 @@ def byte_columns(lo, hi, shift, sel, cnt, zero, v_dtype: tl.constexpr, USE_ASM: 
 
 @triton.jit
 def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB, NW,
-             stride_xb, TAIL: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One K tile of bitmask-int4 on the tensor cores (the tile lies in one quantization group:
-    scale, zero (BLOCK_N,)). Returns acc + x · Ŵᵀ and the tile's kept count per row. TAIL: the
-    tile reaches past K (its mask bits there are cleared, its x masked)."""
+             stride_xb, BITS: tl.constexpr, TAIL: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr,
+             BLOCK_K: tl.constexpr):
+    """One K tile of bitmask-int4 / int8 on the tensor cores (the tile lies in one quantization
+    group: scale, zero (BLOCK_N,)). Returns acc + Ŵ · xᵀ (BLOCK_N, BLOCK_M) and the tile's kept
+    count per row. TAIL: the tile reaches past K (its mask bits there are cleared, its x masked)."""
     BLOCK_M: tl.constexpr = acc.shape[0]
     NB: tl.constexpr = BLOCK_K // 8
     b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)  # (BLOCK_N, NB)
@@ -166,16 +225,23 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
         valid = K - (t * BLOCK_K + tl.arange(0, NB) * 8)  # columns of each byte inside K
         b = b & tl.where(valid >= 8, 0xFF, (1 << tl.maximum(valid, 0)) - 1)[None, :]
     cnt = popcount(b, USE_ASM)
-    idx = start[:, None] + tl.cumsum(cnt, axis=1) - cnt  # nibble index of each byte's first code
-    word = idx >> 3
-    some = cnt > 0
+    idx = start[:, None] + tl.cumsum(cnt, axis=1) - cnt  # code index of each byte's first code
     # Unmasked, at addresses clamped to the stream's last word (NW words): a word holding one of
     # the byte's codes is inside the stream; another one's bits land in no column.
-    lo = tl.load(v32_ptr + tl.minimum(word, NW - 1))
-    hi = tl.load(v32_ptr + tl.minimum(word + 1, NW - 1))
-    sel = tl.load(lut_ptr + b)
-    z = tl.broadcast_to(zero[:, None], b.shape)
-    cols = byte_columns(lo, hi, (idx & 7) * 4, sel, cnt, z, x_ptr.dtype.element_ty, USE_ASM)
+    if BITS == 4:  # the two 32-bit words around the byte's (at most 8) nibbles
+        word = idx >> 3
+        lo = tl.load(v32_ptr + tl.minimum(word, NW - 1))
+        hi = tl.load(v32_ptr + tl.minimum(word + 1, NW - 1))
+        sel = tl.load(lut_ptr + b)
+        z = tl.broadcast_to(zero[:, None], b.shape)
+        cols = byte_columns(lo, hi, (idx & 7) * 4, sel, cnt, z, x_ptr.dtype.element_ty, USE_ASM)
+    else:  # the two 16-byte vectors from the one holding the byte's first code
+        lane = tl.arange(0, 4)[None, None, :]
+        lo = tl.load(v32_ptr + (tl.minimum(idx >> 4, NW // 4 - 1) * 4)[:, :, None] + lane)  # (BLOCK_N, NB, 4)
+        hi = tl.load(v32_ptr + (tl.minimum((idx >> 4) + 1, NW // 4 - 1) * 4)[:, :, None] + lane)
+        sel = tl.load(lut_ptr + b)
+        z = tl.broadcast_to(zero[:, None], b.shape)
+        cols = code8_columns(split4(lo), split4(hi), idx & 15, sel, cnt, z, USE_ASM)
     offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
     x_mask = offs_m[:, None, None] < B
     if TAIL:
@@ -221,11 +287,11 @@ def _bitmask_quant_matmul_kernel(
         whole = tl.maximum(first, tl.minimum(last, K // BLOCK_K))  # tiles inside K, then the one across its end
         for t in range(first, whole):
             acc_t, start = _lut_step(acc_t, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m,
-                                     t, start, B, K, MB, NW, stride_xb, stride_g, GROUP, False, USE_ASM, DOT_F32,
+                                     t, start, B, K, MB, NW, stride_xb, stride_g, BITS, GROUP, False, USE_ASM, DOT_F32,
                                      BLOCK_K)
         for t in range(whole, last):
             acc_t, start = _lut_step(acc_t, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m,
-                                     t, start, B, K, MB, NW, stride_xb, stride_g, GROUP, True, USE_ASM, DOT_F32,
+                                     t, start, B, K, MB, NW, stride_xb, stride_g, BITS, GROUP, True, USE_ASM, DOT_F32,
                                      BLOCK_K)
         acc = tl.trans(acc_t)
     else:
@@ -240,15 +306,15 @@ def _bitmask_quant_matmul_kernel(
 
 @triton.jit
 def _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t, start, B, K, MB, NW,
-              stride_xb, stride_g, GROUP: tl.constexpr, TAIL: tl.constexpr, USE_ASM: tl.constexpr,
-              DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
+              stride_xb, stride_g, BITS: tl.constexpr, GROUP: tl.constexpr, TAIL: tl.constexpr,
+              USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
     """lut_tile with the tile's scale and zero (one group holds it); returns acc and the next start."""
     offs_g = rows * stride_g + (t * BLOCK_K // GROUP if GROUP > 0 else 0)
     scale = tl.load(s_ptr + offs_g, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
     zero = tl.load(z_ptr + offs_g, mask=n_mask, other=0).to(tl.int32)
     acc, count = lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB,
-                          NW, stride_xb, TAIL, USE_ASM, DOT_F32, BLOCK_K)
-    return acc, next_start(start, count, t + 1, 32, BLOCK_K)
+                          NW, stride_xb, BITS, TAIL, USE_ASM, DOT_F32, BLOCK_K)
+    return acc, next_start(start, count, t + 1, 128 // BITS, BLOCK_K)
 
 
 @triton.jit
@@ -287,8 +353,16 @@ LUT_CONFIGS = [
     _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
     _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
 ]
-_LUT = tuned(_bitmask_quant_matmul_kernel, LUT_CONFIGS, LUT_CONFIGS,
-             ([_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128)],) * 2, KEY)[1]
+# int8: 16 mask bytes per thread, so they load as one 16-byte vector.
+LUT8_CONFIGS = [
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
+    _cfg(8, 1, BLOCK_M=16, BLOCK_N=256, BLOCK_K=128),
+    _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
+    _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
+]
+LUT_INTERPRET_CONFIGS = ([_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128)],) * 2
+_LUT = tuned(_bitmask_quant_matmul_kernel, LUT_CONFIGS, LUT_CONFIGS, LUT_INTERPRET_CONFIGS, KEY)[1]
+_LUT8 = tuned(_bitmask_quant_matmul_kernel, LUT8_CONFIGS, LUT8_CONFIGS, LUT_INTERPRET_CONFIGS, KEY)[1]
 LUT_BLOCK_K = 128
 
 
@@ -310,13 +384,16 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
     if k == 0 or values.numel() == 0:  # nothing kept
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
-    byte_lut = bits == 4 and (groups == 1 or g % LUT_BLOCK_K == 0)
-    if byte_lut and values.data_ptr() % 4:  # the code stream is read as 32-bit words
+    # int8 codes go through the 0x6400 fp16 trick: bf16 (8 significant bits) cannot hold 128 + code.
+    byte_lut = (groups == 1 or g % LUT_BLOCK_K == 0) and (bits == 4 or x.dtype == torch.float16)
+    if byte_lut and values.data_ptr() % 16:  # the code stream is read as aligned words / 16-byte vectors
         values = values.clone()
-    gemv, tiled = (_LUT, _LUT) if byte_lut else (_GEMV, _TILED)
+    lut = _LUT if bits == 4 else _LUT8
+    gemv, tiled = (lut, lut) if byte_lut else (_GEMV, _TILED)
+    selectors = table(byte_selectors if bits == 4 else value_selectors, x.device)
     _sparse.launch(gemv, tiled, x, rows,
-                   (x, mask, values, chunk_offsets, scales, zeros, out, table(byte_selectors, x.device), batch, rows, k,
-                    mask.shape[1], chunk_offsets.shape[1], values.numel() // 4, x.stride(0), mask.stride(0), scales.stride(0),
+                   (x, mask, values, chunk_offsets, scales, zeros, out, selectors, batch, rows, k, mask.shape[1],
+                    chunk_offsets.shape[1], values.numel() // 4, x.stride(0), mask.stride(0), scales.stride(0),
                     out.stride(0)),
                    gemv_max=0 if byte_lut else _sparse.GEMV_MAX_BATCH,
                    BITS=bits, GROUP=0 if groups == 1 else g, BYTE_LUT=byte_lut, USE_ASM=not _common.INTERPRET)
@@ -362,18 +439,16 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_o
 
 
 def static_spec(bits: int):
-    """bitmask-int<bits> at 50% sparsity, groups of 128: the mask and half the weights' codes.
-    int4 runs the BYTE_LUT tensor-core path at every batch, int8 the column-by-column one."""
-    lut = bits == 4
+    """bitmask-int<bits> at 50% sparsity, groups of 128: the mask and half the weights' codes, on
+    the BYTE_LUT tensor-core path at every batch. Per mask byte (8 columns, 2 (int4) or 4 (int8)
+    code bytes on average) it reads two overlapping 32-bit code words (int4) or two 16-byte
+    vectors (int8): the rereads hit L1, so instructions per byte count the bytes streamed."""
     return _sparse.static_spec(
         f"bitmask-int{bits} 50% g128", _bitmask_quant_matmul_kernel,
         dict(x="fp16", mask="u8", v="u8", co="i32", s="fp16", z="u8", y="fp16", lut="i32"), ("mask", "v"),
-        dict(BITS=bits, GROUP=128, BYTE_LUT=lut, USE_ASM=True), [] if lut else GEMV_CONFIGS,
-        LUT_CONFIGS if lut else TILED_CONFIGS, 1 / 8 + 0.5 * bits / 8, kept=0.5,
-        # BYTE_LUT reads two overlapping 32-bit code words per mask byte (8 columns), 1 + 8 bytes
-        # per 8 weights where the codes of those columns are 2 on average: the rereads hit L1, so
-        # instructions per byte count the 1/8 + 1/4 bytes per weight the loop streams.
-        ptx_bytes_per_weight=(1 + 8) / 8 if lut else None)
+        dict(BITS=bits, GROUP=128, BYTE_LUT=True, USE_ASM=True), [], LUT_CONFIGS if bits == 4 else LUT8_CONFIGS,
+        1 / 8 + 0.5 * bits / 8,
+        ptx_bytes_per_weight=(1 + (8 if bits == 4 else 32)) / 8)
 
 
 STATIC = (static_spec(4),)

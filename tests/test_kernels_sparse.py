@@ -107,6 +107,7 @@ CASES = {
     "bitmask-int4-K200-50%-g20": (bitmask_int4, 200, lambda dt, g: pack_bitmask_quant(200, 0.5, 4, 20, g)),
     "bitmask-int8-K136-50%-g64": (bitmask_int8, 136, lambda dt, g: pack_bitmask_quant(136, 0.5, 8, 64, g)),
     "bitmask-int8-K75-80%-g-1": (bitmask_int8, 75, lambda dt, g: pack_bitmask_quant(75, 0.8, 8, -1, g)),
+    "bitmask-int8-K1000-50%-g128": (bitmask_int8, 1000, lambda dt, g: pack_bitmask_quant(1000, 0.5, 8, 128, g)),
 }
 
 
@@ -161,6 +162,7 @@ PRODUCTION = {
     "bitmask": ("bitmask-K1000-70%", bitmask.VEC_CONFIGS, bitmask.VEC_CONFIGS),
     "bitmask-int4-lut": ("bitmask-int4-K264-30%-g128", bitmask_int4.LUT_CONFIGS, bitmask_int4.LUT_CONFIGS),
     "bitmask-int8": ("bitmask-int8-K136-50%-g64", bitmask.GEMV_CONFIGS, bitmask.TILED_CONFIGS),
+    "bitmask-int8-lut": ("bitmask-int8-K1000-50%-g128", bitmask_int4.LUT8_CONFIGS, bitmask_int4.LUT8_CONFIGS),
 }
 
 
@@ -276,6 +278,31 @@ def test_codes4_ptx_expands_mask_bytes(dtype):
             reg = out[f"${c}"]
             got = torch.tensor([reg & 0xFFFF, reg >> 16], dtype=torch.int32).to(torch.int16).view(dtype).float()
             assert got.tolist() == [float(want[0][c]), float(want[1][c])], (a, b, c)
+
+
+def test_codes8_ptx_expands_mask_bytes():
+    """Random mask bytes (all 256 among them), 32 code bytes with the byte's first at any of the
+    first 16, zero points: column c is code − zero where bit c is kept (its rank), else 0."""
+    gen = torch.Generator().manual_seed(7)
+    table = bitmask.value_selectors()
+    masks = list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist()
+    for a, b in zip(masks[0::2], masks[1::2]):
+        inputs, want = {}, []
+        for i, m in enumerate((a, b)):
+            codes = torch.randint(0, 256, (32,), generator=gen).tolist()
+            s = int(torch.randint(0, 16, (), generator=gen))
+            z = int(torch.randint(0, 256, (), generator=gen))
+            cnt = bin(m).count("1")
+            inputs |= {f"${8 + 2 * j + i}": sum(codes[4 * j + q] << 8 * q for q in range(4)) for j in range(8)}
+            inputs |= {f"${24 + i}": s, f"${26 + i}": table[m], f"${28 + i}": cnt, f"${30 + i}": z << 24,
+                       f"${32 + i}": (0x6400 + z) * 0x10001}
+            ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
+            want.append([codes[s + ranks[c]] - z if m >> c & 1 else 0 for c in range(8)])
+        out = run_ptx(bitmask_int4.CODES8_COLUMNS_PTX.value, inputs)
+        for c in range(8):
+            reg = out[f"${c}"]
+            got = torch.tensor([reg & 0xFFFF, reg >> 16], dtype=torch.int32).to(torch.int16).view(torch.float16)
+            assert got.float().tolist() == [float(want[0][c]), float(want[1][c])], (a, b, c)
 
 
 def test_values_ptx_expands_mask_bytes():
