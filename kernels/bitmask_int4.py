@@ -42,7 +42,7 @@ Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity
 batch 1-16, SASS instructions per packed byte: bitmask-int4 19.5-19.8 (BYTE_LUT; was 128-180,
 then 21.0-21.6 on format version 1; version 2's whole 16-byte stream lets the code words load
 unmasked, and the column tiles are the dots' A operand, yᵀ = Ŵ · xᵀ, as in kernels/bitmask.py),
-32-bit packed loads; bitmask-int8 19.2 with 128-bit loads (BYTE_LUT; was 23.7-24.6 at batch 1
+32-bit packed loads; bitmask-int8 17.0-17.2 with 128-bit loads (BYTE_LUT; was 23.7-24.6 at batch 1
 and 38.3-39.3 on the tiles column by column, 8-bit gathers). Still far above 6: per mask byte
 (3 packed bytes for int4, 5 for int8) the prefix, the loads and their addresses, ≈ 16-20
 permutes and selects, and the staging of operands for the dots. int4's two words per byte
