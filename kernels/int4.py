@@ -1,4 +1,4 @@
-"""`int4` packed weights (docs/formats.md, version 1): y = x @ Ŵᵀ.
+"""`int4` packed weights (docs/formats.md): y = x @ Ŵᵀ.
 
 Format, W (N, K) = (out_features, in_features), groups of g consecutive inputs, G = ceil(K/g):
     qweight  uint8   (N, ceil(K/2))  code k in byte k // 2: low nibble for even k, high for odd k

@@ -1,4 +1,4 @@
-"""`int8` packed weights (docs/formats.md, version 1): y = x @ Ŵᵀ.
+"""`int8` packed weights (docs/formats.md): y = x @ Ŵᵀ.
 
 Format, W (N, K) = (out_features, in_features), groups of g consecutive inputs, G = ceil(K/g):
     qweight  uint8   (N, K)     one code per byte

@@ -1,4 +1,4 @@
-"""`nm` N:M semi-structured sparse weights (docs/formats.md, version 1): y = x @ Ŵᵀ.
+"""`nm` N:M semi-structured sparse weights (docs/formats.md): y = x @ Ŵᵀ.
 
 Format, W (N, K), n kept of every m consecutive inputs, K % m == 0, Kc = K·n/m:
     values   float16/bfloat16 (N, Kc)                 kept values, group by group

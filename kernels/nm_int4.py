@@ -1,4 +1,4 @@
-"""`nm-int4` N:M sparse + int4 weights (docs/formats.md, version 1): y = x @ Ŵᵀ.
+"""`nm-int4` N:M sparse + int4 weights (docs/formats.md): y = x @ Ŵᵀ.
 
 Format, W (N, K), n kept of every m inputs, K % m == 0, Kc = K·n/m, G = ceil(K/g):
     values   uint8   (N, ceil(Kc/2))        int4 codes of the kept values along Kc: code c in byte

@@ -1,4 +1,4 @@
-"""`nm-int8` N:M sparse weights with 8-bit codes (docs/formats.md, version 1): y = x @ Ŵᵀ.
+"""`nm-int8` N:M sparse weights with 8-bit codes (docs/formats.md): y = x @ Ŵᵀ.
 
 Format, W (N, K), n kept of every m consecutive inputs, K % m == 0, Kc = K·n/m, groups of g
 original columns (g % m == 0 for this kernel), G = ceil(K/g):
