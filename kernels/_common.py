@@ -229,6 +229,18 @@ def dot_t(x, w, acc, DOT_F32: tl.constexpr):
     return acc
 
 
+@triton.jit
+def dot_w(w, x, acc, DOT_F32: tl.constexpr):
+    """acc (BLOCK_N, BLOCK_M) + w (BLOCK_N, BLOCK_K) @ x (BLOCK_M, BLOCK_K)ᵀ, w rounded to x's dtype:
+    yᵀ, with the weight tile as the A operand, which Hopper's wgmma reads from registers (as
+    dot_t's B operand it is staged in shared memory: more register moves). DOT_F32: as dot_t."""
+    if DOT_F32:
+        acc = tl.dot(w.to(tl.float32), tl.trans(x.to(tl.float32)), acc)
+    else:
+        acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
+    return acc
+
+
 # ----------------------------------------------------------------------------- static-compile spec
 
 BATCH_1_16 = "batch 1-16"

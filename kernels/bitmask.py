@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import check_tensor, check_x, k_tile_range, make_out, store_split
+from kernels._common import check_tensor, check_x, dot_w, k_tile_range, make_out, store_split
 from kernels._sparse import accumulate_tile, rows_total
 from kernels.nm import _split8
 
@@ -272,6 +272,16 @@ def split4(x):
 
 
 @triton.jit
+def word_at(lo, hi, w):
+    """Word w (0 … 7, per element) of lo[0..3] then hi[0..3]: the interpreter's side of the PTX's selects."""
+    word = tl.zeros_like(w)
+    for j in tl.static_range(4):
+        word = tl.where(w == j, lo[j], word)
+        word = tl.where(w == 4 + j, hi[j], word)
+    return word
+
+
+@triton.jit
 def value_columns(lo, hi, s, sel, cnt, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
     """The 8 dense columns of each mask byte, 8 × (R, NB) in v_dtype (0 where pruned); see
     VALUES_PTX. lo, hi: 4 × (R, NB) int32 each, the 16 values from the byte's 16-byte vector on."""
@@ -285,26 +295,11 @@ def value_columns(lo, hi, s, sel, cnt, v_dtype: tl.constexpr, USE_ASM: tl.conste
         for c in tl.static_range(8):
             nib = (sel >> (4 * (c % 4) + 16 * (c // 4))) & 7
             h = s + nib
-            word = tl.zeros_like(s)
-            for j in tl.static_range(4):
-                word = tl.where((h >> 1) == j, lo[j], word)
-                word = tl.where((h >> 1) == 4 + j, hi[j], word)
+            word = word_at(lo, hi, h >> 1)
             half = ((word >> ((h & 1) * 16)) & 0xFFFF).to(tl.int16).to(v_dtype, bitcast=True)
             kept = ((sel >> (4 * (c % 4) + 16 * (c // 4))) & 7) != 7
             cols = cols + (tl.where(kept | (cnt == 8), half, 0.0).to(v_dtype),)
     return cols
-
-
-@triton.jit
-def dot_w(w, x, acc, DOT_F32: tl.constexpr):
-    """acc (BLOCK_N, BLOCK_M) + w (BLOCK_N, K) @ x (BLOCK_M, K)ᵀ on the tensor cores: the weight tile
-    as the A operand (fewer register moves to stage it than as B). DOT_F32: in fp32 (the
-    interpreter's bf16 dot multiplies bit patterns)."""
-    if DOT_F32:
-        acc = tl.dot(w.to(tl.float32), tl.trans(x.to(tl.float32)), acc)
-    else:
-        acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
-    return acc
 
 
 @triton.jit

@@ -58,11 +58,11 @@ import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import check_group, check_tensor, k_tile_range, make_out, store_split
+from kernels._common import check_group, check_tensor, dot_w, k_tile_range, make_out, store_split
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
-                             check_bitmask, dot_w, gather_kept, kept_and_slots, mask_tile, mask_words,
-                             next_start, popcount, split4, table, tile_bases, tuned, value_selectors,
+                             check_bitmask, gather_kept, kept_and_slots, mask_tile, mask_words,
+                             next_start, popcount, split4, table, tile_bases, tuned, value_selectors, word_at,
                              values_before)
 from kernels.nm import _split8
 
@@ -170,10 +170,7 @@ def code8_columns(lo, hi, s, sel, cnt, zero, USE_ASM: tl.constexpr):
         for c in tl.static_range(8):
             nib = (sel >> (4 * (c % 4) + 16 * (c // 4))) & 7
             h = s + nib
-            word = tl.zeros_like(s)
-            for j in tl.static_range(4):
-                word = tl.where((h >> 2) == j, lo[j], word)
-                word = tl.where((h >> 2) == 4 + j, hi[j], word)
+            word = word_at(lo, hi, h >> 2)
             code = tl.where((nib == 7) & (cnt < 8), zero, ((word >> ((h & 3) * 8)) & 0xFF).to(tl.int32))
             cols = cols + ((code - zero).to(tl.float32).to(tl.float16),)
     return cols

@@ -55,7 +55,7 @@ import triton.language as tl
 
 from kernels import int4, nm
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
-                             check_tensor, check_x, dot_t, int4_minus_zero, make_out, nm_scatter,
+                             check_tensor, check_x, dot_t, dot_w, int4_minus_zero, make_out, nm_scatter,
                              k_tile_range, plan_split_k, scale_columns, store_split, unpack, workspace)
 
 FORMAT = "nm-int4"
@@ -318,18 +318,6 @@ def _gemv(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_v, stride_i, st
 
 
 @triton.jit
-def _dot_w(w, x, acc, DOT_F32: tl.constexpr):
-    """acc (BLOCK_N, BLOCK_M) + w (BLOCK_N, BLOCK_K) @ xᵀ, w rounded to x's dtype: yᵀ, with the weight
-    tile as the A operand, which Hopper's wgmma reads from registers (as dot_t's B operand it is
-    staged in shared memory). DOT_F32: in fp32 (the interpreter's bf16 dot multiplies bit patterns)."""
-    if DOT_F32:
-        acc = tl.dot(w.to(tl.float32), tl.trans(x.to(tl.float32)), acc)
-    else:
-        acc = tl.dot(w.to(x.dtype), tl.trans(x), acc)
-    return acc
-
-
-@triton.jit
 def _nm_int4_matmul_kernel(
     x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr,
     B, N, K,
@@ -390,10 +378,10 @@ def _nm_int4_matmul_kernel(
             x1, x3 = tl.split(x13)
             if BLOCK_M == 16:  # yᵀ: the columns are the dot's A operand (2 instr/B fewer; not on larger tiles)
                 part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-                part = _dot_w(col0, x0, part, DOT_F32)
-                part = _dot_w(col1, x1, part, DOT_F32)
-                part = _dot_w(col2, x2, part, DOT_F32)
-                part = _dot_w(col3, x3, part, DOT_F32)
+                part = dot_w(col0, x0, part, DOT_F32)
+                part = dot_w(col1, x1, part, DOT_F32)
+                part = dot_w(col2, x2, part, DOT_F32)
+                part = dot_w(col3, x3, part, DOT_F32)
                 acc += tl.trans(part * scale[:, None])
             else:
                 part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
