@@ -16,6 +16,7 @@ from kernels import FORMATS as FORMAT_KERNELS
 from kernels import benchmark as ops
 from kernels.dispatch import Dispatcher
 from kernels.timing import rotation_count
+from tasks.formats.packing import FORMAT_VERSION
 from tasks.stages import benchmark
 
 FORMATS = ["int4", "int8", "nm", "nm-int4", "bitmask", "bitmask-int4"]
@@ -121,7 +122,7 @@ def test_model_shapes_come_from_the_packed_metadata(tmp_path):
     layers = {"model.layers.0.self_attn.q_proj": {"shape": [576, 576]},
               "model.layers.0.self_attn.k_proj": {"shape": [192, 576]},
               "model.layers.1.self_attn.q_proj": {"shape": [576, 576]}}
-    (tmp_path / "metadata.json").write_text(json.dumps({"kind": "prunepipe-packed", "version": 1, "layers": layers}))
+    (tmp_path / "metadata.json").write_text(json.dumps({"kind": "prunepipe-packed", "version": FORMAT_VERSION, "layers": layers}))
     assert benchmark.model_shapes(tmp_path) == [(576, 576), (192, 576)]
 
 

@@ -10,6 +10,7 @@ import torch
 from tasks.config import (CalibrationConfig, EvaluateConfig, ModelConfig, PackConfig, PruneConfig, QuantizeConfig,
                           SequentialConfig)
 from tasks.errors import UserError
+from tasks.formats.packing import FORMAT_VERSION
 from tasks.evaluation.perplexity import read_perplexity
 from tasks.io.artifacts import ArtifactError, read_metadata
 from tasks.io.model import load_model_dir
@@ -213,7 +214,7 @@ def test_pack_takes_spec_and_pattern_from_the_quantized_artifact(stages):
     meta = read_metadata(quantized, "model", 1)
     assert (meta["spec"], meta["nm"]) == ({"bits": 8, "group_size": -1, "symmetric": False}, [2, 4])
     packed = pack(PackConfig(format="nm-int8"), quantized=quantized, out=root / "pk-meta", ctx=CTX)
-    layer = next(iter(read_metadata(packed, "prunepipe-packed", 1)["layers"].values()))
+    layer = next(iter(read_metadata(packed, "prunepipe-packed", FORMAT_VERSION)["layers"].values()))
     assert (layer["bits"], layer["group_size"], layer["n"], layer["m"]) == (8, -1, 2, 4)
     unquantized = run_quantize(QuantizeConfig(method="none"), prune_cfg, model, pruned, calib, root / "q-none")
     with pytest.raises(UserError, match=r"^pack.format = 'bitmask-int4' stores quantized codes but "
