@@ -46,18 +46,18 @@ def expand(params: Params) -> dict[str, SweepPoint]:
         raise ParamsError(f"invalid sweep: {err}") from None
 
 
-POINT_NAME = re.compile(r"[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+")
+POINT_NAME = re.compile(r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+){1,2}")
 
 
 def select(params: Params, name: str) -> SweepPoint:
-    """The point `name` ("<method>-<sparsity>-<quantize>"), or DVC's address of its stage
-    ("sweep/dvc.yaml:point@<name>", which sweep/dvc.yaml's command passes from $DVC_STAGE so
-    that no value from params.yaml is ever part of a shell command)."""
+    """The point `name` ("<method>-<sparsity>-<quantize>" or "dense-<quantize>"), or DVC's
+    address of its stage ("sweep/dvc.yaml:point@<name>", which sweep/dvc.yaml's command passes
+    from $DVC_STAGE so that no value from params.yaml is ever part of a shell command)."""
     if "@" in name:
         name = name.rpartition(":")[2].partition("@")[2]
     if not POINT_NAME.fullmatch(name):
-        raise ParamsError(f"sweep point {name!r}: not a point name (<method>-<sparsity>-<quantize>, "
-                          "letters, digits, '_' and '.' between the dashes)")
+        raise ParamsError(f"sweep point {name!r}: not a point name (<method>-<sparsity>-<quantize> or "
+                          "dense-<quantize>, letters, digits, '_' and '.' between the dashes)")
     points = expand(params)
     if name not in points:
         raise ParamsError(f"no sweep point {name!r}; the sweep's points: {', '.join(points)}")
@@ -93,9 +93,9 @@ def point_task(point: SweepPoint, cache: bool) -> dict:
     p, out = point.params, SWEEP_DATA / point.name
     pruned = run_stage(STAGES["prune"], p, cache=cache,
                        outputs={"out": str(out / "pruned"), "run_stats": str(out / "prune_run.json")})["out"]
-    evals = {"dense": EVAL_DENSE,
-             "pruned": run_stage(PERPLEXITY, p, inputs={"model": pruned}, outputs={"out": str(out / "eval_pruned")},
-                                 cache=cache)["out"]}
+    evals = {"dense": EVAL_DENSE, "pruned": EVAL_DENSE if p.prune.method == "none" else
+             run_stage(PERPLEXITY, p, inputs={"model": pruned}, outputs={"out": str(out / "eval_pruned")},
+                       cache=cache)["out"]}
     # Unquantized points run quantize as `none` and pack their float weights: bytes per weight
     # for the Pareto front.
     quantized = run_stage(STAGES["quantize"], p, inputs={"pruned": pruned},

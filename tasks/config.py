@@ -11,6 +11,7 @@ allowed.
 from __future__ import annotations
 
 import re
+from itertools import product
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
@@ -21,7 +22,7 @@ from tasks.formats.packing import NM as NM_LAYOUT
 from tasks.pruning.patterns import NM, Pattern, parse_pattern
 
 Device = Literal["cpu", "cuda"]
-PruneMethod = Literal["magnitude", "wanda", "sparsegpt", "admm"]
+PruneMethod = Literal["none", "magnitude", "wanda", "sparsegpt", "admm"]
 
 
 class Section(BaseModel):
@@ -102,6 +103,13 @@ class PruneConfig(Section):
     def _valid_pattern(cls, value: float | str) -> float | str:
         parse_pattern(value)
         return value
+
+    @model_validator(mode="after")
+    def _none_prunes_nothing(self) -> "PruneConfig":
+        if self.method == "none" and (self.pattern.fraction != 0 or self.owl.enabled):
+            raise ValueError(f"prune.method = 'none' keeps every weight: it needs prune.sparsity = 0 and "
+                             f"prune.owl.enabled = false, got {self.sparsity!r} and {self.owl.enabled}")
+        return self
 
     @model_validator(mode="after")
     def _owl_needs_unstructured(self) -> "PruneConfig":
@@ -205,25 +213,25 @@ class SweepQuantizer(Section):
         return value
 
 
-class SweepConfig(Section):
-    """methods × sparsities × quantize, each point named "<method>-<sparsity>-<quantize>"
-    (the key DVC's matrix gives it); the other prune, quantize and pack keys come from
-    their own sections."""
+def distinct(value: tuple) -> tuple:
+    if len(set(map(str, value))) < len(value):
+        raise ValueError("entries must be distinct")
+    return value
 
-    methods: tuple[PruneMethod, ...] = ("magnitude", "wanda", "sparsegpt")
+
+class SweepGrid(Section):
+    """methods × sparsities × quantize, each point named "<method>-<sparsity>-<quantize>" (the
+    key DVC's matrix gives it); the other prune, quantize and pack keys come from their own
+    sections. An empty list means no points."""
+
+    methods: tuple[PruneMethod, ...] = ("wanda", "sparsegpt")
     sparsities: tuple[float | str, ...] = (0.5, 0.6, 0.7, "2of4")
     quantize: tuple[str, ...] = ("none",)
-    quantizers: dict[str, SweepQuantizer] = {"none": SweepQuantizer(),
-                                             "gptq4": SweepQuantizer(method="gptq", bits=4, group_size=64)}
 
     @field_validator("methods", "sparsities", "quantize")
     @classmethod
-    def _not_empty(cls, value: tuple) -> tuple:
-        if not value:
-            raise ValueError("needs at least one entry")
-        if len(set(map(str, value))) < len(value):
-            raise ValueError("entries must be distinct")
-        return value
+    def _distinct(cls, value: tuple) -> tuple:
+        return distinct(value)
 
     @field_validator("sparsities")
     @classmethod
@@ -231,6 +239,27 @@ class SweepConfig(Section):
         for entry in value:
             sweep_sparsity(entry)
         return value
+
+    def points(self) -> dict[str, tuple[str, float | str, str]]:
+        """Point name → (method, sparsity entry, quantize), in DVC's matrix order."""
+        return {"-".join(map(str, point)): point for point in product(self.methods, self.sparsities, self.quantize)}
+
+
+class SweepConfig(SweepGrid):
+    """Three grids of points: the pruning grid (this section's methods × sparsities × quantize),
+    `quantized` (a second grid, for pruned-and-quantized points) and `dense` (quantizers with
+    no pruning, the points "dense-<quantize>"): one Pareto front of perplexity against bytes."""
+
+    quantized: SweepGrid = SweepGrid(methods=("sparsegpt", "admm"), sparsities=(0.5, "2of4"), quantize=("gptq4",))
+    dense: tuple[str, ...] = ("gptq4", "gptq3", "gptq2")
+    quantizers: dict[str, SweepQuantizer] = {
+        "none": SweepQuantizer(),
+        **{f"gptq{bits}": SweepQuantizer(method="gptq", bits=bits, group_size=64) for bits in (4, 3, 2)}}
+
+    @field_validator("dense")
+    @classmethod
+    def _dense_distinct(cls, value: tuple) -> tuple:
+        return distinct(value)
 
     @field_validator("quantizers")
     @classmethod
@@ -240,10 +269,20 @@ class SweepConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _quantizers_defined(self) -> "SweepConfig":
-        if missing := [name for name in self.quantize if name not in self.quantizers]:
-            raise ValueError(f"sweep.quantize names {missing} missing from sweep.quantizers "
-                             f"(defined: {', '.join(self.quantizers) or 'none'})")
+    def _points_well_defined(self) -> "SweepConfig":
+        used = {key: list(dict.fromkeys(q for *_, q in grid.points().values()))
+                for key, grid in (("quantize", self), ("quantized.quantize", self.quantized))}
+        for key, names in (*used.items(), ("dense", self.dense)):
+            if missing := [name for name in names if name not in self.quantizers]:
+                raise ValueError(f"sweep.{key} names {missing} missing from sweep.quantizers "
+                                 f"(defined: {', '.join(self.quantizers) or 'none'})")
+        if unquantized := [name for name in self.dense if self.quantizers[name].method == "none"]:
+            raise ValueError(f"sweep.dense names {unquantized}, which quantize nothing: that point would be "
+                             "the dense fp16 model, which every sweep plot already shows")
+        if both := sorted(self.points().keys() & self.quantized.points().keys()):
+            raise ValueError(f"points {both} are in both the sweep's own grid and sweep.quantized")
+        if not (self.points() or self.quantized.points() or self.dense):
+            raise ValueError("the sweep has no points: every grid has an empty list and sweep.dense is empty")
         return self
 
 

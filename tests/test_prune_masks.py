@@ -80,3 +80,24 @@ def test_nm_needs_width_multiple_of_m():
 def test_bad_patterns(value, message):
     with pytest.raises(ValueError, match=message):
         parse_pattern(value)
+
+
+def test_method_none_keeps_every_weight_without_a_calibration_pass():
+    from conftest import tiny_llama
+    from tasks.config import SequentialConfig
+    from tasks.pruning.pruners import prune_model
+
+    model = tiny_llama()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    no_tokens = torch.empty(0, 0, dtype=torch.long)   # a calibration pass would fail on these
+    report = prune_model(model, no_tokens, PruneConfig(method="none", sparsity=0), SequentialConfig(), log=print)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert len(report.records) == 2 * 7 and {r.layer for r in report.records} == {0, 1}
+    assert {(r.target, r.sparsity) for r in report.records} == {(0.0, 0.0)}
+    assert report.records[0].name == "model.layers.0.self_attn.q_proj" and report.records[0].rows == 64
+
+
+@pytest.mark.parametrize("settings", [{"sparsity": 0.5}, {"sparsity": "2:4"}, {"sparsity": 0, "owl": {"enabled": True}}])
+def test_method_none_refuses_a_sparsity(settings):
+    with pytest.raises(ValueError, match=r"prune.method = 'none' keeps every weight: it needs prune.sparsity = 0"):
+        PruneConfig(method="none", **settings)

@@ -28,25 +28,36 @@ GPTQ4 = {"method": "gptq", "bits": 4, "group_size": 32}
 
 
 def full_params(llama_folder: Path, corpus_file: Path, **sweep) -> dict:
-    """tiny_params with a sweep, every key spelled out: DVC tracks sub-keys such as
-    prune.sparsegpt, and only keys present in params.yaml."""
+    """tiny_params with a sweep (no second grid and no dense points unless given), every key
+    spelled out: DVC tracks sub-keys such as prune.sparsegpt, and only keys present in params.yaml."""
+    sweep = {"quantized": {"methods": []}, "dense": [], **sweep}
     return parse_params({**tiny_params(llama_folder, corpus_file), "sweep": sweep}).model_dump(mode="json")
 
 
-def test_points_are_the_product_in_matrix_order():
+def test_points_are_the_grids_in_matrix_order():
     params = Params.model_validate({"quantize": {"group_size": 64, "symmetric": True},
                                     "sweep": {"methods": ["wanda", "sparsegpt"], "sparsities": [0.6, "2of4"],
                                               "quantize": ["none", "gptq4"],
-                                              "quantizers": {"none": {}, "gptq4": GPTQ4}}})
+                                              "quantized": {"methods": ["admm"], "sparsities": [0.5, "2of4"],
+                                                            "quantize": ["gptq2"]},
+                                              "dense": ["gptq2", "gptq4"],
+                                              "quantizers": {"none": {}, "gptq4": GPTQ4,
+                                                             "gptq2": {**GPTQ4, "bits": 2}}}})
     points = sweep_points(params)
     assert list(points)[:4] == ["wanda-0.6-none", "wanda-0.6-gptq4", "wanda-2of4-none", "wanda-2of4-gptq4"]
-    assert len(points) == 8
-    formats = {name: (p.params.prune.sparsity, p.params.quantize.method, p.params.pack.format)
-               for name, p in points.items() if name.startswith("sparsegpt")}
-    assert formats == {"sparsegpt-0.6-none": (0.6, "none", "bitmask"),
-                       "sparsegpt-0.6-gptq4": (0.6, "gptq", "bitmask-int4"),
-                       "sparsegpt-2of4-none": ("2:4", "none", "nm"),
-                       "sparsegpt-2of4-gptq4": ("2:4", "gptq", "nm-int4")}
+    assert list(points)[8:] == ["admm-0.5-gptq2", "admm-2of4-gptq2", "dense-gptq2", "dense-gptq4"]
+    formats = {name: (p.params.prune.method, p.params.prune.sparsity, p.params.quantize.method,
+                      p.params.quantize.bits, p.params.pack.format)
+               for name, p in points.items() if not name.startswith("wanda")}
+    assert formats == {"sparsegpt-0.6-none": ("sparsegpt", 0.6, "none", 4, "bitmask"),
+                       "sparsegpt-0.6-gptq4": ("sparsegpt", 0.6, "gptq", 4, "bitmask-int4"),
+                       "sparsegpt-2of4-none": ("sparsegpt", "2:4", "none", 4, "nm"),
+                       "sparsegpt-2of4-gptq4": ("sparsegpt", "2:4", "gptq", 4, "nm-int4"),
+                       "admm-0.5-gptq2": ("admm", 0.5, "gptq", 2, "bitmask-int4"),
+                       "admm-2of4-gptq2": ("admm", "2:4", "gptq", 2, "nm-int4"),
+                       # nothing pruned: plain int4 codes, 2-bit ones too (no denser format)
+                       "dense-gptq2": ("none", 0.0, "gptq", 2, "int4"),
+                       "dense-gptq4": ("none", 0.0, "gptq", 4, "int4")}
     # the quantizer's entry sets bits, groups and symmetry; everything else comes from the main sections
     assert points["wanda-0.6-none"].params.evaluate == params.evaluate
     quantize = points["wanda-0.6-gptq4"].params.quantize
@@ -63,8 +74,9 @@ def test_dvc_matrix_names_and_params_match_the_points(tmp_path):
     (tmp_path / "sweep").mkdir()
     shutil.copy(ROOT / "sweep" / "dvc.yaml", tmp_path / "sweep")
     Repo.init(tmp_path, no_scm=True)
-    stages = [s for s in Repo(tmp_path).index.stages if s.name.startswith("point@")]
-    assert [s.name.removeprefix("point@") for s in stages] == list(sweep_points(load_params(tmp_path / "params.yaml")))
+    stages = [s for s in Repo(tmp_path).index.stages if s.name != "summary"]
+    assert [s.name.partition("@")[2] for s in stages] == list(sweep_points(load_params(tmp_path / "params.yaml")))
+    assert {s.name.partition("@")[0] for s in stages} == {"point", "quantized", "dense"}
     data = yaml.safe_load((tmp_path / "params.yaml").read_text())
     for dep in (d for s in stages for d in s.deps if isinstance(d, ParamsDependency)):
         for key in dep.params:
@@ -77,8 +89,13 @@ def test_dvc_matrix_names_and_params_match_the_points(tmp_path):
     ({"sparsities": ["2:4"]}, "sweep.sparsities = ['2:4']: write N:M as NofM here (the entry names files), e.g. '2of4'"),
     ({"sparsities": [0.5, 1.5]}, "sweep.sparsities = [0.5, 1.5]: sparsity must be a fraction in [0, 1)"),
     ({"quantize": ["gptq8"]}, "sweep.quantize names ['gptq8'] missing from sweep.quantizers"),
-    ({"methods": ["obs"]}, "sweep.methods.0 = 'obs': Input should be 'magnitude', 'wanda', 'sparsegpt' or 'admm'"),
+    ({"methods": ["obs"]}, "sweep.methods.0 = 'obs': Input should be 'none', 'magnitude', 'wanda', 'sparsegpt' or 'admm'"),
     ({"quantizers": {"a b": {}}}, "names ['a b'] must use only letters, digits"),
+    ({"dense": ["gptq5"]}, "sweep.dense names ['gptq5'] missing from sweep.quantizers"),
+    ({"dense": ["none"]}, "sweep.dense names ['none'], which quantize nothing"),
+    ({"quantized": {"methods": ["wanda"], "sparsities": [0.5], "quantize": ["none"]}},
+     "points ['wanda-0.5-none'] are in both the sweep's own grid and sweep.quantized"),
+    ({"methods": [], "quantized": {"methods": []}, "dense": []}, "the sweep has no points"),
 ])
 def test_bad_sweep_names_key_value_and_allowed(sweep, expected):
     with pytest.raises(ParamsError) as err:
@@ -88,8 +105,8 @@ def test_bad_sweep_names_key_value_and_allowed(sweep, expected):
 
 def test_bad_combination_names_the_point_and_touches_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    sweep = {"methods": ["wanda"], "sparsities": ["2of4", 0.5], "quantize": ["nm4"],
-             "quantizers": {"nm4": {"method": "rtn", "format": "nm-int4"}}}
+    sweep = {"methods": ["wanda"], "sparsities": ["2of4", 0.5], "quantize": ["nm4"], "quantized": {"methods": []},
+             "dense": [], "quantizers": {"nm4": {"method": "rtn", "format": "nm-int4"}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sweep": sweep}))
     assert main(["sweep"]) == 2
     err = capsys.readouterr().err
@@ -163,15 +180,19 @@ def test_sweep_flow_on_a_dask_cluster_matches_the_sequential_run(tmp_path, monke
 @pytest.mark.slow
 def test_dvc_repro_sweep_shares_the_root_stages(tmp_path, llama_folder, corpus_file):
     params = full_params(llama_folder, corpus_file, methods=["wanda"], sparsities=[0.5],
-                         quantize=["none", "gptq4"], quantizers={"none": {}, "gptq4": GPTQ4})
+                         quantize=["none", "gptq4"], quantizers={"none": {}, "gptq4": GPTQ4}, dense=["gptq4"])
     run = dvc_workspace(tmp_path, ("dvc.yaml", "tasks", "kernels", "sweep/dvc.yaml"), params)
     first = run("dvc", "repro", "sweep/dvc.yaml")
     ran = {line.split("'")[1] for line in first.splitlines() if line.startswith("Running stage")}
     assert ran == {"model", "calibrate", "evaluate_dense", "sweep/dvc.yaml:point@wanda-0.5-none",
-                   "sweep/dvc.yaml:point@wanda-0.5-gptq4", "sweep/dvc.yaml:summary"}
+                   "sweep/dvc.yaml:point@wanda-0.5-gptq4", "sweep/dvc.yaml:dense@dense-gptq4", "sweep/dvc.yaml:summary"}
     results = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "results" / "sweep").glob("*.json")}
-    assert set(results) == {"wanda-0.5-none", "wanda-0.5-gptq4"}
+    assert set(results) == {"wanda-0.5-none", "wanda-0.5-gptq4", "dense-gptq4"}
     assert results["wanda-0.5-gptq4"]["ppl_packed"] > 0 and results["wanda-0.5-none"]["format"] == "bitmask"
+    dense = results["dense-gptq4"]   # quantized alone: nothing pruned, the dense perplexity not measured twice
+    assert (dense["method"], dense["format"], dense["target"]) == ("none", "int4", 0.0)
+    assert dense["ppl_pruned"] == dense["ppl_dense"] and dense["ppl_packed"] > 0
+    assert dense["bytes_per_weight"] > results["wanda-0.5-gptq4"]["bytes_per_weight"]
     assert (tmp_path / "reports" / "sweep_pareto.png").is_file()
     assert "Running stage" not in run("dvc", "repro", "sweep/dvc.yaml")
     params["prune"]["sparsity"] = 0.6          # the root pipeline's own prune: no point depends on it

@@ -36,6 +36,7 @@ def test_select_takes_a_dvc_stage_address_and_refuses_other_characters():
     params = parse_params({"sweep": {"methods": ["wanda"], "sparsities": [0.5, "2of4"]}})
     assert select(params, "sweep/dvc.yaml:point@wanda-2of4-none").name == "wanda-2of4-none"
     assert select(params, "wanda-0.5-none").name == "wanda-0.5-none"
+    assert select(params, "sweep/dvc.yaml:dense@dense-gptq3").params.quantize.bits == 3
     with pytest.raises(ParamsError, match=r"sweep point 'wanda-0.5\$\(touch x\)-none': not a point name"):
         select(params, f"sweep/dvc.yaml:point@wanda-{INJECTION}-none")
 

@@ -1,6 +1,7 @@
 """Pruning methods and the model-level pruning pass (tasks/engine/sequential.py runs it).
 
 Methods (scores compared within each output row, or each group of M inputs for N:M):
+- none: every weight kept (sparsity 0), no calibration pass: quantization alone
 - magnitude: |W_ij|
 - wanda (Sun et al. 2023): |W_ij| · ‖X_j‖₂
 - sparsegpt (Frantar & Alistarh 2023): OBS reconstruction, see tasks/pruning/sparsegpt.py
@@ -87,6 +88,16 @@ class PruneReport:
     peak_device_bytes: int
 
 
+def kept_records(model: nn.Module, ignore: tuple[str, ...]) -> list[LinearRecord]:
+    """prune.method none: the report of the weights as they are, without a calibration pass
+    (a dense point of the sweep, or quantization alone)."""
+    prefix, layers = find_decoder_layers(model)
+    return [LinearRecord(index, name, name.rsplit(".", 1)[-1], *weight_view(module).shape,
+                         sparsity=float((weight_view(module) == 0).float().mean()), seconds=0.0, target=0.0)
+            for index, layer in enumerate(layers)
+            for name, module in prunable_modules(layer, f"{prefix}.{index}", ignore).items()]
+
+
 def owl_layer_sparsities(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfig, how: Sequential,
                          log: Log, progress=None) -> list[float]:
     """OWL's first pass over the dense model: each layer's outlier ratio of its Wanda scores."""
@@ -127,6 +138,8 @@ def prune_model(model: nn.Module, tokens: torch.Tensor, cfg: PruneConfig, seq: S
     `progress(total, label)` returns a callable to advance a progress bar by one step.
     """
     start = time.perf_counter()
+    if cfg.method == "none":
+        return PruneReport(kept_records(model, cfg.ignore), time.perf_counter() - start, 0)
     how = sequential_setup(seq, cfg.device, cfg.ignore, cfg.method in NEEDS_HESSIAN)
     targets = None
     if cfg.owl.enabled:

@@ -7,6 +7,7 @@ reruns the sweep's summary only.
 
 from __future__ import annotations
 
+from itertools import cycle
 from pathlib import Path
 
 import pandas as pd
@@ -58,9 +59,13 @@ def sweep_table(results: list[dict]) -> pd.DataFrame:
 
 
 def _styles(table: pd.DataFrame) -> tuple[dict, dict]:
-    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(table["method"]))}
-    lines = dict(zip(dict.fromkeys(table["quantize"]), ("-", "--", ":", "-.")))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(table["method"]))}
+    lines = dict(zip(dict.fromkeys(table["quantize"]), cycle(("-", "--", ":", "-."))))
     return colors, lines
+
+
+def _label(method: str) -> str:
+    return "no pruning" if method == "none" else method
 
 
 def plot_ppl_vs_sparsity(table: pd.DataFrame, path: Path) -> None:
@@ -69,7 +74,7 @@ def plot_ppl_vs_sparsity(table: pd.DataFrame, path: Path) -> None:
     fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     colors, lines = _styles(table)
     for (method, quantize), rows in table.groupby(["method", "quantize"], sort=False):
-        label = method if len(lines) == 1 else f"{method} ({quantize})"
+        label = _label(method) if len(lines) == 1 else f"{_label(method)} ({quantize})"
         nm = rows["pattern"].str.contains(":")
         flat = rows[~nm].sort_values("target")
         ax.plot(flat["target"], flat["ppl"], marker="o", color=colors[method], ls=lines[quantize], label=label)
@@ -90,10 +95,10 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> None:
     better) joined and labelled, the dense fp16 model as a star."""
     fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     colors, _ = _styles(table)
-    markers = dict(zip(dict.fromkeys(table["quantize"]), "o^sDv"))
+    markers = dict(zip(dict.fromkeys(table["quantize"]), cycle("o^sDvP")))
     for (method, quantize), rows in table.groupby(["method", "quantize"], sort=False):
         ax.scatter(rows["bytes_per_weight"], rows["ppl"], color=colors[method], marker=markers[quantize],
-                   label=f"{method} ({quantize})", alpha=0.8)
+                   label=f"{_label(method)} ({quantize})", alpha=0.8)
     front = table[table["pareto"]].sort_values("bytes_per_weight")
     ax.plot(front["bytes_per_weight"], front["ppl"], color="black", lw=1, drawstyle="steps-post", zorder=0)
     for _, row in front.iterrows():

@@ -1,19 +1,21 @@
-"""Sweep points: the product methods × sparsities × quantize of params.yaml's `sweep` section.
+"""Sweep points: params.yaml's `sweep` section, three grids on one Pareto front.
+
+- the pruning grid, methods × sparsities × quantize, and `sweep.quantized`, a second such grid
+  (pruned and quantized): points named "<method>-<sparsity>-<quantize>";
+- `sweep.dense`: quantizers with no pruning (prune.method none), points named "dense-<quantize>".
 
 A point is the whole Params with its own prune (method, sparsity), quantize and pack sections;
 every other key comes from the main sections, so a point and `dvc repro` agree on
-everything they share. A point is named "<method>-<sparsity>-<quantize>", the key DVC's
-`matrix` gives its stage (sweep/dvc.yaml), and owns data/sweep/<name>/ (its artifacts and
-run stats) and results/sweep/<name>.json; it reads the shared model, calibration and dense
-perplexity.
+everything they share. A point's name is the key DVC's `matrix` gives its stage
+(sweep/dvc.yaml); it owns data/sweep/<name>/ (its artifacts and run stats) and
+results/sweep/<name>.json, and reads the shared model, calibration and dense perplexity.
 
     quantize method none:  prune → evaluate pruned → pack (float bitmask / nm: bytes only)
     otherwise:             prune → evaluate pruned → quantize → pack → evaluate packed
+    (a dense point's "pruned" perplexity is the dense model's, not measured again)
 """
 
 from __future__ import annotations
-
-from itertools import product
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -36,14 +38,16 @@ class SweepPoint(BaseModel):
 
 
 def point_format(fmt: str, quantize: QuantizeConfig, pattern: Pattern) -> str:
-    """A point's packed format: `fmt`, or for "auto" the sparse layout of the pattern (nm for
-    N:M, else bitmask) holding float values, or int4 codes (≤ 4 bits), or int8."""
+    """A point's packed format: `fmt`, or for "auto" the layout of the pattern (nm for N:M,
+    bitmask for unstructured, a plain matrix when nothing is pruned) holding float values, or
+    int4 codes (≤ 4 bits), or int8."""
     if fmt != "auto":
         return fmt
+    codes = f"int{4 if quantize.bits <= 4 else 8}"
+    if not pattern.fraction:
+        return "dense" if quantize.method == "none" else codes
     layout = "nm" if isinstance(pattern, NM) else "bitmask"
-    if quantize.method == "none":
-        return layout
-    return f"{layout}-int{4 if quantize.bits <= 4 else 8}"
+    return layout if quantize.method == "none" else f"{layout}-{codes}"
 
 
 def _point_params(params: Params, method: str, sparsity: float | str, quantizer: SweepQuantizer) -> Params:
@@ -57,15 +61,24 @@ def _point_params(params: Params, method: str, sparsity: float | str, quantizer:
     return Params.model_validate(data)
 
 
-def sweep_points(params: Params) -> dict[str, SweepPoint]:
-    """Every point in DVC's matrix order (methods, then sparsities, then quantize).
-    Raises ValueError naming the point whose combination the sections do not allow."""
+DENSE = "dense"   # the method part of a dense point's name
+
+
+def grid_points(params: Params) -> dict[str, tuple[str, float | str, str]]:
+    """Every point's (prune method, sweep sparsity entry, quantize): the pruning grid, then
+    sweep.quantized, then the dense points, each in DVC's matrix order."""
     sweep = params.sweep
+    dense = {f"{DENSE}-{name}": ("none", 0.0, name) for name in sweep.dense}
+    return {**sweep.points(), **sweep.quantized.points(), **dense}
+
+
+def sweep_points(params: Params) -> dict[str, SweepPoint]:
+    """Every point (grid_points' order). Raises ValueError naming the point whose combination
+    the sections do not allow."""
     points = {}
-    for method, entry, quantize in product(sweep.methods, sweep.sparsities, sweep.quantize):
-        name = f"{method}-{entry}-{quantize}"
+    for name, (method, entry, quantize) in grid_points(params).items():
         try:
-            point = _point_params(params, method, sweep_sparsity(entry), sweep.quantizers[quantize])
+            point = _point_params(params, method, sweep_sparsity(entry), params.sweep.quantizers[quantize])
         except ValidationError as err:
             reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
             raise ValueError(f"sweep point {name!r}: {reason}") from None
