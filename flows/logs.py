@@ -8,6 +8,7 @@ worker prints no traceback there either.
 from __future__ import annotations
 
 import logging
+import os
 
 from tasks.errors import UserError
 
@@ -44,3 +45,11 @@ def quiet_user_errors() -> None:
         if type(handler).__name__ == "PrefectConsoleHandler" and not any(
                 isinstance(f, UserErrorsInOneLine) for f in handler.filters):
             handler.addFilter(UserErrorsInOneLine())
+
+
+def quiet_dask() -> None:
+    """distributed logs a cluster's start and stop at INFO, and a worker that closes its
+    connection while the cluster shuts down as an INFO record with a CommClosedError
+    traceback: noise to a sweep's user. Its warnings and errors still show; `--debug` keeps it all."""
+    if not os.environ.get(DEBUG_ENV):
+        logging.getLogger("distributed").setLevel(logging.WARNING)

@@ -27,7 +27,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows.logs import DEBUG_ENV, quiet_user_errors
+from flows.logs import DEBUG_ENV, quiet_dask, quiet_user_errors
 from flows.params import ParamsError, load_params
 from flows.stages import run_stage
 from tasks.config import Params
@@ -135,6 +135,7 @@ def sweep_runner(workers: int = 1, address: str | None = None) -> TaskRunner:
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner
 
+    quiet_dask()
     if address is not None:
         return DaskTaskRunner(address=address)
     # Dask gives each worker OMP_NUM_THREADS=1; a point may use its share of the cores instead.
