@@ -84,6 +84,8 @@ def main() -> None:
         print(f"{solver} {threads} thread(s): ppl_quantized {rows[-1]['ppl_quantized']:.4f}, "
               f"quantize {rows[-1]['quantize_cpu_seconds']} CPU s, weights {rows[-1]['weights_sha256']}", flush=True)
     result = {"machine": machine(), "rows": rows, "spread": {solver: spread(rows, solver) for solver in ("float32", "float64")}}
+    if OUT.is_file():   # recorded from `make run` on two machines, not measured here: kept
+        result["between_machines"] = json.loads(OUT.read_text()).get("between_machines", {})
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -139,3 +139,7 @@ def test_gptq_perplexities_take_the_measured_band_of_their_solver():
     assert quality_bands(measured, "float64") == {"ppl_quantized": 1e-4, "ppl_packed": 1e-4}
     assert notes("float64") == {"ppl_quantized": "", "ppl_pruned": ""}
     assert quality_bands({}, "float64")["ppl_packed"] == 1e-4   # no measurement: the floor
+    # another machine of the same kind moved float64's figure 0.43%: that is noise too
+    machines = {**measured, "between_machines": {"float64": {"relative": 0.0043}}}
+    assert quality_bands(machines, "float64") == {"ppl_quantized": 0.0043, "ppl_packed": 0.0043}
+    assert quality_bands(machines, "float32")["ppl_quantized"] == 0.0016

@@ -165,10 +165,12 @@ def relative_change(old, new) -> float | None:
 
 
 def quality_bands(noise_band: dict, solver_dtype: str) -> dict[str, float]:
-    """Per-metric noise bands from bench/noise_band.py's result: the GPTQ-derived perplexities move
-    as far as they moved between thread counts with this solver, and never less than NOISE."""
-    spread = noise_band.get("spread", {}).get(solver_dtype, {}).get("relative", 0.0)
-    return {name: max(NOISE["quality"], spread) for name in GPTQ_METRICS}
+    """Per-metric noise bands from bench/results/noise-band-cpu.json: the GPTQ-derived perplexities
+    move as far as they moved with this solver between thread counts (`spread`) or between two
+    machines of one kind (`between_machines`), and never less than NOISE."""
+    moved = [noise_band.get(key, {}).get(solver_dtype, {}).get("relative", 0.0)
+             for key in ("spread", "between_machines")]
+    return {name: max(NOISE["quality"], *moved) for name in GPTQ_METRICS}
 
 
 def change_rows(diff: dict, machine: bool, bands: dict[str, float] | None = None) -> list[dict]:
