@@ -16,17 +16,18 @@ the optimum, so conjugate gradients on Z's kept entries finish the least-squares
 The problem is preconditioned by the input norms d_j = √H_jj (W·d, D⁻¹HD⁻¹, unit diagonal),
 so one dampening and one ρ fit every layer, and |Z + U| there is Wanda's score |W_ij|·‖X_j‖.
 
-Mask (unstructured s): gradual, as the paper's ADMM-Grad: over the first `GRADUAL_SHARE` of the
-iterations the sparsity rises as s·(1 − (1 − t/T)³), each step re-choosing each row's lowest
-|Z + U|; the rest refine the final mask. N:M: the pattern from the preconditioned magnitudes
-(Wanda's N:M mask) at the start, then refined. A given `mask` is kept as is.
+Mask: gradual, as the paper's ADMM-Grad: over the first `GRADUAL_SHARE` of the iterations the
+share pruned rises as 1 − (1 − t/T)³ of the target, each step re-choosing the lowest |Z + U|
+of each row (unstructured s: s times the share) or of each group of M (N:M: that share of the
+M − N pruned per group, rounded, so 2:4 passes through 3:4); the rest refine the final mask
+and its weights. A given `mask` is kept as is.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tasks.pruning.patterns import Pattern, Unstructured, mask_from_scores
+from tasks.pruning.patterns import NM, Pattern, Unstructured, mask_from_scores
 
 RHO_START, RHO_GROWTH, RHO_EVERY = 0.1, 1.5, 3
 GRADUAL_SHARE = 0.6
@@ -51,7 +52,7 @@ def admm_prune(W: torch.Tensor, H: torch.Tensor, pattern: Pattern, *, iterations
     target = (W.detach().float() * norm).masked_fill(dead, 0.0).t().contiguous()  # (cols, rows)
     HW = Hn @ target
 
-    schedule = int(iterations * GRADUAL_SHARE) if mask is None and isinstance(pattern, Unstructured) else 0
+    schedule = int(iterations * GRADUAL_SHARE) if mask is None else 0
     if mask is not None:
         keep = ~mask.t()
     elif schedule:
@@ -63,9 +64,8 @@ def admm_prune(W: torch.Tensor, H: torch.Tensor, pattern: Pattern, *, iterations
     step = torch.linalg.inv(Hn + rho * torch.eye(cols, dtype=Hn.dtype, device=Hn.device))
     for t in range(iterations):
         V = step @ (HW + rho * (Z - U))
-        if t < schedule:
-            sparsity = pattern.sparsity * (1 - (1 - (t + 1) / schedule) ** 3)
-            keep = ~mask_from_scores((V + U).abs().t(), Unstructured(sparsity)).t()
+        if t < schedule and (partial := on_the_way(pattern, 1 - (1 - (t + 1) / schedule) ** 3)):
+            keep = ~mask_from_scores((V + U).abs().t(), partial).t()
         Z = (V + U) * keep
         U += V - Z
         if t % RHO_EVERY == RHO_EVERY - 1:
@@ -75,6 +75,14 @@ def admm_prune(W: torch.Tensor, H: torch.Tensor, pattern: Pattern, *, iterations
     Z = _masked_least_squares(Hn, HW, Z * keep, keep, iterations)
     weight = (Z / norm[:, None]).t().contiguous()
     return weight, ~keep.t().contiguous()
+
+
+def on_the_way(pattern: Pattern, share: float) -> Pattern | None:
+    """The pattern that prunes `share` (0 to 1) of what `pattern` prunes; None: nothing yet."""
+    if isinstance(pattern, NM):
+        pruned = round((pattern.m - pattern.n) * share)
+        return NM(pattern.m - pruned, pattern.m) if pruned else None
+    return Unstructured(pattern.sparsity * share)
 
 
 def _masked_least_squares(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, keep: torch.Tensor,
