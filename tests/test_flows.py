@@ -28,7 +28,8 @@ def tiny_params(llama_folder: Path, corpus_file: Path, **prune) -> dict:
 
 
 @pytest.mark.parametrize("section,key,value,expected", [
-    ("prune", "method", "obs", "prune.method = 'obs': Input should be 'magnitude', 'wanda', 'sparsegpt' or 'admm'"),
+    ("prune", "method", "obs", "prune.method = 'obs': Input should be 'none', 'magnitude', 'wanda', 'sparsegpt' or "
+                                  "'admm'"),
     ("prune", "sparsity", 1.2, "prune.sparsity = 1.2: sparsity must be a fraction in [0, 1)"),
     ("prune", "sparsity", "4:2", "prune.sparsity = '4:2': N:M pattern needs 0 < N < M"),
     ("calibration", "nsamples", 0, "calibration.nsamples = 0: Input should be greater than 0"),
