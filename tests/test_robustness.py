@@ -62,7 +62,8 @@ def run_cli(tmp_path, monkeypatch, capsys, params: dict, *argv) -> tuple[int, st
 @pytest.mark.parametrize("params,message", [
     ({"prune": {"sparsity": 1.0}}, "prune.sparsity = 1.0: sparsity must be a fraction in [0, 1)"),
     ({"prune": {"sparsity": "4:4"}}, "prune.sparsity = '4:4': N:M pattern needs 0 < N < M"),
-    ({"prune": {"method": "obd"}}, "prune.method = 'obd': Input should be 'magnitude', 'wanda', 'sparsegpt' or 'admm'"),
+    ({"prune": {"method": "obd"}}, "prune.method = 'obd': Input should be 'none', 'magnitude', 'wanda', 'sparsegpt' "
+                                    "or 'admm'"),
     ({"pack": {"format": "csr"}}, "pack.format = 'csr': unknown format; allowed: dense, int8"),
     ({"prune": {"device": "npu"}}, "prune.device = 'npu': Input should be 'cpu' or 'cuda'"),
     ({"quantize": {"bits": 5}}, "quantize.bits = 5: Input should be 2, 3, 4 or 8"),
