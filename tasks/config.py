@@ -171,6 +171,12 @@ class EvaluateConfig(Section):
     # Prepend the tokenizer's BOS token to every window: true, false, or "auto" (ask the tokenizer).
     add_bos: bool | Literal["auto"] = "auto"
     device: Device = "cpu"
+    # Zero-shot accuracy (lm-evaluation-harness, tasks/evaluation/zero_shot.py) of the dense,
+    # pruned and packed models: "wiki_cloze" (built in, offline), names from lm-eval's registry
+    # (hub datasets: the network or the local cache) or from include_path. () scores nothing.
+    tasks: tuple[str, ...] = ("wiki_cloze",)
+    include_path: str | None = None     # a folder of the user's own lm-eval task YAMLs
+    cloze_items: PositiveInt = 250      # wiki_cloze: the first this many eligible held-out passages
 
     @field_validator("add_bos", mode="before")
     @classmethod
@@ -178,6 +184,13 @@ class EvaluateConfig(Section):
         if value == "auto" or isinstance(value, bool):
             return value
         raise ValueError("allowed: true, false, auto")
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not name.strip() for name in value):
+            raise ValueError("task names must not be empty")
+        return distinct(value)
 
 
 def sweep_sparsity(entry: float | str) -> float | str:

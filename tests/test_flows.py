@@ -66,6 +66,8 @@ def test_compress_flow_runs_and_caches(tmp_path, monkeypatch, llama_folder, corp
     with prefect_test_harness(server_startup_timeout=180):   # a busy 2-core CI machine
         metrics = compress(params)
         assert metrics["sparsity"] == 0.5 and metrics["ppl_pruned"] > 0
+        assert {key: set(metrics[key]) for key in ("acc_dense", "acc_pruned", "acc_packed")} == dict.fromkeys(
+            ("acc_dense", "acc_pruned", "acc_packed"), {"wiki_cloze"})   # the default evaluate.tasks
         assert metrics["ppl_packed"] == pytest.approx(metrics["ppl_quantized"], rel=1e-4)
         assert json.loads(Path("metrics.json").read_text()) == metrics
         assert Path("reports/layer_sparsity.png").stat().st_size > 0

@@ -11,12 +11,13 @@ from tasks.config import (CalibrationConfig, EvaluateConfig, ModelConfig, PackCo
                           SequentialConfig)
 from tasks.errors import UserError
 from tasks.formats.packing import FORMAT_VERSION
-from tasks.evaluation.perplexity import read_perplexity
+from tasks.evaluation import zero_shot
+from tasks.evaluation.perplexity import read_accuracy, read_perplexity
 from tasks.io.artifacts import ArtifactError, read_metadata
 from tasks.io.model import load_model_dir
 from tasks.stages.calibrate import calibrate, load_calibration
 from tasks.stages.common import StageContext
-from tasks.stages.evaluate import build_metrics, evaluate_artifact, layer_table
+from tasks.stages.evaluate import build_metrics, layer_table, measure_artifact
 from tasks.stages.model import model as build_model
 from tasks.stages.pack import pack
 from tasks.stages.prune import prune
@@ -79,13 +80,22 @@ def test_evaluate_and_metrics(stages):
     quantized = run_quantize(qcfg, prune_cfg, model, pruned, calib, root / "q24")
     packed = pack(PackConfig(format="nm-int4"), quantized=quantized, out=root / "pk24", ctx=CTX)
     cfg = EvaluateConfig(dataset=read_metadata(calib, "calibration", 1)["config"]["dataset"], seqlen=32)
-    ppl = {name: read_perplexity(evaluate_artifact(cfg, model=path, out=root / f"eval_{name}", ctx=CTX))
-           for name, path in (("dense", model), ("pruned", pruned), ("quantized", quantized), ("packed", packed))}
+    tasks = zero_shot.load_tasks(cfg)   # the default: wiki_cloze, from the same held-out split
+    evals = {name: measure_artifact(cfg, path, root / f"eval_{name}", CTX, None if name == "quantized" else tasks)
+             for name, path in (("dense", model), ("pruned", pruned), ("quantized", quantized), ("packed", packed))}
+    ppl = {name: read_perplexity(path) for name, path in evals.items()}
+    acc = {name: read_accuracy(evals[name]) for name in ("dense", "pruned", "packed")}
     assert 1.0 < ppl["dense"] < 1e4 and ppl["pruned"] != ppl["dense"]
     assert ppl["packed"] == pytest.approx(ppl["quantized"], rel=1e-5)
-    metrics = build_metrics(ppl, json.loads((root / "p24_run.json").read_text()),
-                            json.loads((packed / "metadata.json").read_text()),
-                            json.loads((quantized / "layers.json").read_text()))
+    assert read_accuracy(evals["quantized"]) == {} and all(set(a) == {"wiki_cloze"} for a in acc.values())
+    args = (ppl, json.loads((root / "p24_run.json").read_text()), json.loads((packed / "metadata.json").read_text()),
+            json.loads((quantized / "layers.json").read_text()))
+    assert not any(key.startswith("acc_") for key in build_metrics(*args))   # no tasks configured
+    metrics = build_metrics(*args, acc)
+    assert [key for key in metrics if key.startswith(("ppl_", "acc_"))] == [
+        "ppl_dense", "ppl_pruned", "ppl_quantized", "ppl_packed", "acc_dense", "acc_pruned", "acc_packed"]
+    assert metrics["acc_packed"] == {"wiki_cloze": round(acc["packed"]["wiki_cloze"], 4)}
+    assert 0 <= metrics["acc_dense"]["wiki_cloze"] <= 1
     assert metrics["sparsity"] == 0.5 and set(metrics["sparsity_per_type"]) == {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert {"ppl_quantized", "ppl_packed", "bytes_per_weight", "size_ratio"} <= metrics.keys()

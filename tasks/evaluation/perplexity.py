@@ -1,4 +1,5 @@
-"""Perplexity with the WikiText-2 protocol.
+"""Perplexity with the WikiText-2 protocol, and the eval artifact that holds it (with the
+zero-shot accuracies of tasks/evaluation/zero_shot.py where evaluate.tasks names any).
 
 Documents of the held-out split are joined with "\\n\\n" and tokenized once; the stream is
 cut into non-overlapping windows of `seqlen` tokens (the tail dropped), each led by BOS
@@ -12,6 +13,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,6 +23,9 @@ from tasks.errors import UserError
 from tasks.text import corpus
 from tasks.io.artifacts import artifact_digest, read_metadata, write_artifact
 from tasks.io.model import expects_bos
+
+if TYPE_CHECKING:
+    from tasks.evaluation.zero_shot import Scores
 
 KIND, VERSION = "perplexity", 1
 
@@ -62,14 +67,19 @@ def evaluation_windows(cfg, tokenizer) -> torch.Tensor:
     return windows[: cfg.max_windows] if cfg.max_windows else windows
 
 
-def measure(cfg, model: nn.Module, tokenizer, model_dir: Path, out: Path, ctx) -> Path:
-    """Perplexity of `model` (loaded from the artifact `model_dir`) → out/perplexity.json.
-    cfg: EvaluateConfig; ctx: tasks/stages/common.StageContext."""
+def measure(cfg, model: nn.Module, tokenizer, model_dir: Path, out: Path, ctx, scores: Scores | None = None) -> Path:
+    """Perplexity of `model` (loaded from the artifact `model_dir`) → out/perplexity.json, with
+    `scores`' accuracies (zero_shot.score) where given. cfg: EvaluateConfig;
+    ctx: tasks/stages/common.StageContext."""
     windows = evaluation_windows(cfg, tokenizer)
     tick = ctx.progress(-(-len(windows) // cfg.batch_size), f"perplexity {model_dir.name}") if ctx.progress else None
     ppl = perplexity(model, windows, cfg.batch_size, torch.device(cfg.device), tick)
     ctx.log(f"{model_dir}: perplexity {ppl:.3f} over {windows.numel()} tokens")
     result = {"perplexity": ppl, "windows": len(windows), "tokens": windows.numel()}
+    if scores is not None:
+        for task, acc in scores.accuracy.items():
+            ctx.log(f"{model_dir}: {task} accuracy {acc:.4f} over {scores.items[task]} items")
+        result |= {"accuracy": scores.accuracy, "items": scores.items}
     meta = {"config": cfg.model_dump(mode="json"), "key": ctx.key, "inputs": {"model": artifact_digest(model_dir)},
             **result}
     return write_artifact(out, KIND, VERSION, meta,
@@ -78,3 +88,8 @@ def measure(cfg, model: nn.Module, tokenizer, model_dir: Path, out: Path, ctx) -
 
 def read_perplexity(directory: Path) -> float:
     return read_metadata(directory, KIND, VERSION)["perplexity"]
+
+
+def read_accuracy(directory: Path) -> dict[str, float]:
+    """Task → zero-shot accuracy of an eval artifact ({} when it scored no task)."""
+    return read_metadata(directory, KIND, VERSION).get("accuracy", {})

@@ -1,6 +1,6 @@
 """Stage `evaluate`: perplexity of the pruned, quantized and packed models on the held-out
-split, then the small, diffable results: metrics.json (atomically) and the per-layer
-sparsity table and plot."""
+split, and zero-shot accuracy (evaluate.tasks) of the pruned and packed ones, then the small,
+diffable results: metrics.json (atomically) and the per-layer sparsity table and plot."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from transformers import AutoTokenizer
 
-from tasks.evaluation.perplexity import measure, read_perplexity
+from tasks.evaluation import zero_shot
+from tasks.evaluation.perplexity import measure, read_accuracy, read_perplexity
 from tasks.formats.artifact import PACKED_FORMAT, load_metadata
 from tasks.formats.packing import DENSE_BYTES_PER_WEIGHT
 from tasks.io.artifacts import METADATA, check_artifact, read_metadata, write_json
@@ -76,12 +77,16 @@ def sparsity_summary(records: list[dict]) -> dict:
             "sparsity_per_type": {k: round(float(v), 6) for k, v in per_kind.items()}}
 
 
-def build_metrics(ppl: dict[str, float], prune_run: dict, packed_meta: dict, records: list[dict]) -> dict:
-    """ppl: perplexity of the "dense", "pruned", "quantized" and "packed" models.
+def build_metrics(ppl: dict[str, float], prune_run: dict, packed_meta: dict, records: list[dict],
+                  acc: dict[str, dict[str, float]] | None = None) -> dict:
+    """ppl: perplexity of the "dense", "pruned", "quantized" and "packed" models; acc: task →
+    zero-shot accuracy of the "dense", "pruned" and "packed" ones (None: no task configured).
     Sparsity comes from the final (quantized) weights; time and peaks are the prune stage's."""
     mib = 1 << 20
     bytes_per_weight = packed_meta["bytes_per_weight"]
     return {**{f"ppl_{name}": round(value, 4) for name, value in ppl.items()},
+            **{f"acc_{name}": {task: round(value, 4) for task, value in tasks.items()}
+               for name, tasks in (acc or {}).items()},
             **sparsity_summary(records),
             "format": packed_meta["config"]["pack"]["format"],
             "bytes_per_weight": round(bytes_per_weight, 4),
@@ -92,13 +97,22 @@ def build_metrics(ppl: dict[str, float], prune_run: dict, packed_meta: dict, rec
 
 
 def evaluate_artifact(cfg: EvaluateConfig, *, model: Path, out: Path, ctx: StageContext) -> Path:
-    """Perplexity of a model artifact, a Hugging Face folder or a packed one → out/."""
+    """Perplexity of a model artifact, a Hugging Face folder or a packed one → out/ (the sweep's
+    `perplexity` stage: no zero-shot tasks)."""
+    return measure_artifact(cfg, model, out, ctx)
+
+
+def measure_artifact(cfg: EvaluateConfig, model: Path, out: Path, ctx: StageContext,
+                     tasks: zero_shot.Tasks | None = None) -> Path:
+    """Perplexity of a model artifact → out/, and its accuracy on `tasks` (zero_shot.load_tasks)
+    where given: the model load_packed returns is the one scored."""
     check_seqlen(cfg.seqlen, model, "evaluate.seqlen")
     if json.loads((model / METADATA).read_text()).get("kind") == PACKED_FORMAT:
         loaded, tokenizer = load_packed(model, decode="load"), AutoTokenizer.from_pretrained(model)
     else:
         loaded, tokenizer, _ = load_model_dir(model)
-    return measure(cfg, loaded, tokenizer, model, out, ctx)
+    scores = zero_shot.score(tasks, loaded, tokenizer, cfg) if tasks else None
+    return measure(cfg, loaded, tokenizer, model, out, ctx, scores)
 
 
 def evaluate(cfg: EvaluateConfig, *, pruned: Path, quantized: Path, packed: Path, eval_dense: Path,
@@ -106,13 +120,16 @@ def evaluate(cfg: EvaluateConfig, *, pruned: Path, quantized: Path, packed: Path
              sparsity_csv: Path, sparsity_png: Path, ctx: StageContext) -> Path:
     for artifact in (pruned, quantized, packed, eval_dense):   # a broken one stops here, not after an hour
         check_artifact(artifact)
+    tasks = zero_shot.load_tasks(cfg)   # so does a bad task name or an unreachable dataset
     evals = {"dense": eval_dense}
+    # Not the quantized model: the packed one holds its weights (exactly, or rounded to pack.dtype).
     for name, model_dir, out in (("pruned", pruned, eval_pruned), ("quantized", quantized, eval_quantized),
                                  ("packed", packed, eval_packed)):
-        evals[name] = evaluate_artifact(cfg, model=model_dir, out=out, ctx=ctx)
+        evals[name] = measure_artifact(cfg, model_dir, out, ctx, None if name == "quantized" else tasks)
     ppl = {name: read_perplexity(path) for name, path in evals.items()}
+    acc = {name: read_accuracy(evals[name]) for name in ("dense", "pruned", "packed")} if tasks else None
     records = json.loads((quantized / "layers.json").read_text())
-    result = build_metrics(ppl, json.loads(prune_run.read_text()), load_metadata(packed), records)
+    result = build_metrics(ppl, json.loads(prune_run.read_text()), load_metadata(packed), records, acc)
     table = layer_table(records)
     sparsity_csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(sparsity_csv, index=False)
