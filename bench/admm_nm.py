@@ -1,7 +1,7 @@
 """ADMM at an N:M pattern on the pipeline's model and calibration (run `dvc repro` first): the
 perplexity of the pruned model on the `evaluate` windows, one row per run, appended to
-bench/results/smollm2-admm-nm.json with the code's git commit, so that mask schedules and
-iteration counts can be compared on the same data. ~7 min per run on 2 cores.
+bench/results/smollm2-admm-nm.json with the git commit of the code it ran, so that mask
+schedules and iteration counts can be compared on the same data. ~7 min per run on 2 cores.
 
     .venv/bin/python bench/admm_nm.py --label gradual [--iterations 30] [--sparsity 2:4] [--data data]
 """
@@ -25,6 +25,7 @@ def run(label: str, iterations: int, sparsity: str, data: Path) -> dict:
     from tasks.stages.evaluate import evaluate_artifact
     from tasks.stages.prune import prune
 
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     params = load_params(Path("params.yaml"), {"prune.method": "admm", "prune.sparsity": sparsity,
                                                 "prune.admm.iterations": iterations})
     ctx = StageContext(log=print)
@@ -36,7 +37,6 @@ def run(label: str, iterations: int, sparsity: str, data: Path) -> dict:
         seconds = time.perf_counter() - start
         evaluate_artifact(params.evaluate, model=out / "pruned", out=out / "eval", ctx=ctx)
         ppl = read_perplexity(out / "eval")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {"label": label, "sparsity": sparsity, "iterations": iterations, "ppl_pruned": round(ppl, 4),
             "prune_seconds": round(seconds, 1), "commit": commit}
 
