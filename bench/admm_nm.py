@@ -49,9 +49,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data"))
     args = parser.parse_args()
     row = run(args.label, args.iterations, args.sparsity, args.data)
-    rows = json.loads(OUT.read_text()) if OUT.is_file() else []
+    rows = json.loads(OUT.read_text())["rows"] if OUT.is_file() else []
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps([*rows, row], indent=1) + "\n")
+    OUT.write_text(json.dumps({"rows": [*rows, row]}, indent=1) + "\n")
     print(json.dumps(row))
 
 
