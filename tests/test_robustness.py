@@ -3,6 +3,7 @@ docs/robustness.md lists every case tried here and the answer a user sees."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors import SafetensorError
 
 from flows.cli import main
 from tasks.config import CalibrationConfig, EvaluateConfig, ModelConfig, PruneConfig, QuantizeConfig, SequentialConfig
@@ -241,6 +243,25 @@ def test_sigkill_half_way_leaves_no_artifact_and_the_next_run_completes(tmp_path
     assert [p.name.split("-")[0] for p in final.parent.iterdir()] == [".pruned.tmp"]
     write_artifact(final, "demo", 1, {}, lambda tmp: (tmp / "part-1.bin").write_bytes(b"y"))
     assert sorted(p.name for p in final.parent.iterdir()) == ["pruned"]  # the stale sibling is gone
+
+
+@pytest.mark.parametrize("fault", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    # what transformers' save_pretrained raises through safetensors' Rust writer
+    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+], ids=["oserror", "safetensors"])
+def test_a_full_disk_is_one_line_and_keeps_the_previous_artifact(tmp_path, fault):
+    final = write_artifact(tmp_path / "data" / "quantized", "demo", 1, {}, lambda tmp: (tmp / "w.bin").write_bytes(b"old"))
+
+    def write(tmp):
+        (tmp / "w.bin").write_bytes(b"half")
+        raise fault
+
+    with pytest.raises(ArtifactError, match=r"data/quantized: the disk is full \(\d+\.\d GiB free after removing the "
+                                            r"partial write; the previous quantized is kept\): free some space .* and re-run$"):
+        write_artifact(final, "demo", 1, {}, write)
+    assert (final / "w.bin").read_bytes() == b"old"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["quantized"]
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ would take as finished. Readers check kind, version and every file's digest.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -26,6 +27,12 @@ _LIBRARIES = ("prunepipe", "torch", "transformers", "safetensors")
 
 class ArtifactError(UserError):
     """A stage artifact is missing, incomplete, altered or of the wrong kind/version."""
+
+
+def _disk_full(err: BaseException) -> bool:
+    """ENOSPC from Python's own writes, or as safetensors' Rust writer words it."""
+    return ((isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT))
+            or "No space left on device" in str(err) or "Disk quota exceeded" in str(err))
 
 
 def file_sha256(path: Path) -> str:
@@ -64,8 +71,14 @@ def write_artifact(final: Path, kind: str, version_: int, metadata: dict,
                   "libraries": library_versions(), "files": files}
         (tmp / METADATA).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         _replace_dir(tmp, final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(err):
+            free = shutil.disk_usage(final.parent).free / 2**30
+            kept = f"the previous {final.name} is kept" if final.exists() else f"nothing was written to {final}"
+            raise ArtifactError(f"{final}: the disk is full ({free:.1f} GiB free after removing the partial write; "
+                                f"{kept}): free some space (old sweep points under data/sweep/, `dvc gc -w`) and "
+                                "re-run") from None
         raise
     return final
 
