@@ -104,3 +104,11 @@ def test_a_missing_chunk_is_named(site, monkeypatch):
 def test_unknown_source_lists_the_short_names():
     with pytest.raises(ModelSourceError, match=r"neither a packaged model \(default, gemma3-270m\)"):
         resolve_source("gemma3")
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(site, tmp_path, monkeypatch):
+    register(monkeypatch, fake_install(site))
+    (tmp_path / "cache").write_text("not a folder")   # XDG_CACHE_HOME names a file
+    with pytest.raises(ModelSourceError, match=r"^model.source = 'fake': cannot assemble .*/cache/prunepipe/fake.gguf: "
+                                               r"\[Errno 20\] Not a directory"):
+        resolve_source("fake")

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from tasks.io.artifacts import ArtifactError, read_metadata, write_artifact
+from tasks.io.artifacts import ArtifactError, file_sha256, read_metadata, write_artifact
 from tasks.errors import UserError
 
 MODEL_KIND, MODEL_VERSION = "model", 1
@@ -71,7 +71,7 @@ class ResolvedSource:
     location: str                  # folder, hub id
     gguf_file: str | None = None
     revision: str | None = None
-    package: str | None = None     # the distribution that ships it ("default")
+    package: str | None = None     # the distribution that ships it (a PACKAGED short name)
 
     def record(self, source: str) -> dict:
         """How an artifact names this source: by package and file, hub id and revision, or the
@@ -109,23 +109,11 @@ def _part_files(name: str, pkg: Packaged) -> list[Path]:
     return files
 
 
-def _sha256(path: Path) -> str:
+def _concatenate(chunks: list[Path], folder: Path, prefix: str) -> tuple[Path, str]:
+    """The chunks joined into a new temporary file in `folder`: its path and sha256 (removed if
+    anything goes wrong on the way)."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _assemble(name: str, pkg: Packaged, chunks: list[Path]) -> Path:
-    """The chunks concatenated into the cache once, checked against the published sha256; written
-    to a temporary file and renamed, so an interrupted copy leaves nothing a later run could trust."""
-    target = cache_dir() / pkg.file
-    if target.is_file() and _sha256(target) == pkg.sha256:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{pkg.file}.", delete=False) as out:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=prefix, delete=False) as out:
         try:
             for chunk in chunks:
                 with chunk.open("rb") as f:
@@ -135,13 +123,27 @@ def _assemble(name: str, pkg: Packaged, chunks: list[Path]) -> Path:
         except BaseException:
             os.unlink(out.name)
             raise
-    if digest.hexdigest() != pkg.sha256:
-        os.unlink(out.name)
+    return Path(out.name), digest.hexdigest()
+
+
+def _assemble(name: str, pkg: Packaged, chunks: list[Path]) -> Path:
+    """The chunks concatenated into the cache once, checked against the published sha256; written
+    to a temporary file and renamed, so an interrupted copy leaves nothing a later run could trust."""
+    target = cache_dir() / pkg.file
+    if target.is_file() and file_sha256(target) == pkg.sha256:
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp, sha256 = _concatenate(chunks, target.parent, f".{pkg.file}.")
+    except OSError as err:   # a full disk, a cache path that is not a folder, an unreadable chunk
+        raise ModelSourceError(f"model.source = {name!r}: cannot assemble {target}: {err}") from None
+    if sha256 != pkg.sha256:
+        tmp.unlink()
         raise ModelSourceError(f"model.source = {name!r}: the chunks of {pkg.distribution} do not assemble to its "
                                f"published sha256 (damaged install?): pip install --force-reinstall "
                                f"{pkg.distribution}=={pkg.version}")
-    os.chmod(out.name, 0o644)   # a cache others may read, as pip's files are
-    os.replace(out.name, target)
+    tmp.chmod(0o644)   # a cache others may read, as pip's files are
+    os.replace(tmp, target)
     return target
 
 
