@@ -17,7 +17,7 @@ from tasks.io.artifacts import ArtifactError, read_metadata
 from tasks.io.model import load_model_dir
 from tasks.stages.calibrate import calibrate, load_calibration
 from tasks.stages.common import StageContext
-from tasks.stages.evaluate import build_metrics, evaluate_artifact, layer_table
+from tasks.stages.evaluate import build_metrics, layer_table, measure_artifact
 from tasks.stages.model import model as build_model
 from tasks.stages.pack import pack
 from tasks.stages.prune import prune
@@ -81,8 +81,7 @@ def test_evaluate_and_metrics(stages):
     packed = pack(PackConfig(format="nm-int4"), quantized=quantized, out=root / "pk24", ctx=CTX)
     cfg = EvaluateConfig(dataset=read_metadata(calib, "calibration", 1)["config"]["dataset"], seqlen=32)
     tasks = zero_shot.load_tasks(cfg)   # the default: wiki_cloze, from the same held-out split
-    evals = {name: evaluate_artifact(cfg, model=path, out=root / f"eval_{name}", ctx=CTX,
-                                       tasks=None if name == "quantized" else tasks)
+    evals = {name: measure_artifact(cfg, path, root / f"eval_{name}", CTX, None if name == "quantized" else tasks)
              for name, path in (("dense", model), ("pruned", pruned), ("quantized", quantized), ("packed", packed))}
     ppl = {name: read_perplexity(path) for name, path in evals.items()}
     acc = {name: read_accuracy(evals[name]) for name in ("dense", "pruned", "packed")}

@@ -148,7 +148,7 @@ def test_packed_model_scores_as_the_weights_it_holds(tmp_path, trained, tok, cor
     Linears rounded to float16."""
     from tasks.io.model import load_model_dir
     from tasks.stages.calibrate import calibrate
-    from tasks.stages.evaluate import evaluate_artifact
+    from tasks.stages.evaluate import measure_artifact
     from tasks.stages.model import model as build_model
     from tasks.stages.pack import pack
     from tasks.stages.prune import prune
@@ -172,7 +172,7 @@ def test_packed_model_scores_as_the_weights_it_holds(tmp_path, trained, tok, cor
     cfg = EvaluateConfig(dataset=str(corpus_file), seqlen=32, max_windows=2, tasks=("tiny_mc", "wiki_cloze"),
                          include_path=str(tmp_path), cloze_items=8)
     tasks = zero_shot.load_tasks(cfg)
-    out = evaluate_artifact(cfg, model=packed, out=data / "eval_packed", ctx=CTX, tasks=tasks)
+    out = measure_artifact(cfg, packed, data / "eval_packed", CTX, tasks)
     assert read_perplexity(out) > 1 and set(read_accuracy(out)) == {"tiny_mc", "wiki_cloze"}
 
     rounded, _, _ = load_model_dir(quantized)

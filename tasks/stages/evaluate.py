@@ -96,11 +96,17 @@ def build_metrics(ppl: dict[str, float], prune_run: dict, packed_meta: dict, rec
             "peak_device_mib": round(prune_run["peak_device_bytes"] / mib, 1)}
 
 
-def evaluate_artifact(cfg: EvaluateConfig, *, model: Path, out: Path, ctx: StageContext,
-                      tasks: zero_shot.Tasks | None = None) -> Path:
-    """Perplexity of a model artifact (a Hugging Face folder or a packed one) → out/, and its
-    accuracy on `tasks` (zero_shot.load_tasks) where given: the model load_packed returns is the
-    one scored. The sweep's `perplexity` stage gives no tasks."""
+def evaluate_artifact(cfg: EvaluateConfig, *, model: Path, out: Path, ctx: StageContext) -> Path:
+    """Perplexity of a model artifact, a Hugging Face folder or a packed one → out/: the sweep's
+    `perplexity` stage, no zero-shot tasks. A stage function takes only its sections, paths and
+    ctx (tests/test_graph.py), so `tasks` stays with measure_artifact."""
+    return measure_artifact(cfg, model, out, ctx)
+
+
+def measure_artifact(cfg: EvaluateConfig, model: Path, out: Path, ctx: StageContext,
+                     tasks: zero_shot.Tasks | None = None) -> Path:
+    """Perplexity of a model artifact → out/, and its accuracy on `tasks` (zero_shot.load_tasks)
+    where given: the model load_packed returns is the one scored."""
     check_seqlen(cfg.seqlen, model, "evaluate.seqlen")
     if json.loads((model / METADATA).read_text()).get("kind") == PACKED_FORMAT:
         loaded, tokenizer = load_packed(model, decode="load"), AutoTokenizer.from_pretrained(model)
@@ -120,8 +126,7 @@ def evaluate(cfg: EvaluateConfig, *, pruned: Path, quantized: Path, packed: Path
     # Not the quantized model: the packed one holds its weights (exactly, or rounded to pack.dtype).
     for name, model_dir, out in (("pruned", pruned, eval_pruned), ("quantized", quantized, eval_quantized),
                                  ("packed", packed, eval_packed)):
-        evals[name] = evaluate_artifact(cfg, model=model_dir, out=out, ctx=ctx,
-                                        tasks=None if name == "quantized" else tasks)
+        evals[name] = measure_artifact(cfg, model_dir, out, ctx, None if name == "quantized" else tasks)
     ppl = {name: read_perplexity(path) for name, path in evals.items()}
     acc = {name: read_accuracy(evals[name]) for name in ("dense", "pruned", "packed")} if tasks else None
     records = json.loads((quantized / "layers.json").read_text())
