@@ -34,12 +34,13 @@ inline PTX) serve the quantized kernels' general path (kernels/bitmask_int4.py).
 chunk_offsets and values are trusted (checking them would cost a device sync per call).
 
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel bitmask`), 50% sparsity,
-batch 1-16: 8.7-8.9 main-loop SASS instructions per packed byte (was 10.8-11.2 at batch 1 and
-14.4-15.5 on the tiles column by column, with 16-bit gathers), every packed load 128-bit, ≥ 288
-CTAs at batch 1. Per mask byte (9 packed bytes) ≈ 80 instructions: ≈ 21 PRMTs for the columns,
-≈ 8 register moves around them, ≈ 12 to stage operands through shared memory for the warpgroup
-MMAs, ≈ 11 selects and funnel shifts, the popcount, prefix, addresses and loads. Under 6 means
-≈ 54. docs/formats.md, "Kernel limits".
+batch 1-16: 6.9-7.1 main-loop SASS instructions per packed byte (was 8.7-8.9 with tl.load's
+vectors, which Triton laid out apart and moved back through shared memory: load16; 10.8-11.2
+at batch 1 and 14.4-15.5 column by column, with 16-bit gathers), every packed load 128-bit,
+≥ 288 CTAs at batch 1. Per mask byte (9 packed bytes) ≈ 63 instructions: 21 PRMTs (16 of them
+VALUES_PTX's), ≈ 11 selects and funnel shifts, ≈ 10 for the popcount, prefix, clamps and
+addresses, 3 loads, ≈ 5 to stage x and the dots. Under 6 means ≈ 54. docs/formats.md, "Kernel
+limits".
 """
 
 from __future__ import annotations
@@ -272,6 +273,20 @@ def split4(x):
 
 
 @triton.jit
+def load16(base, vec, USE_ASM: tl.constexpr):
+    """The 16-byte vectors vec (R, C) of base (int32 words) → 4 × (R, C) int32, one 128-bit load
+    each. tl.load of a (R, C, 4) block picks its own layout and converts back through shared
+    memory; the inline PTX load keeps each thread's vectors in its registers."""
+    if USE_ASM:
+        words = tl.inline_asm_elementwise(
+            "{ .reg .b64 a; mad.wide.s32 a, $4, 16, $5; ld.global.nc.v4.b32 {$0, $1, $2, $3}, [a]; }",
+            "=r,=r,=r,=r,r,l", [vec, base], dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+    else:
+        words = split4(tl.load(base + (vec * 4)[:, :, None] + tl.arange(0, 4)[None, None, :]))
+    return words
+
+
+@triton.jit
 def word_at(lo, hi, w):
     """Word w (0 … 7, per element) of lo[0..3] then hi[0..3]: the interpreter's side of the PTX's selects."""
     word = tl.zeros_like(w)
@@ -319,11 +334,10 @@ def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     s = idx & 7
     # Its 16-byte vector and the next, clamped to the stream's last (NV vectors): one the byte's
     # values reach is inside the stream; another one's values land in no column (byte 7, zeroed).
-    lane = tl.arange(0, 4)[None, None, :]
-    lo = tl.load(v32_ptr + (tl.minimum(idx >> 3, NV - 1) * 4)[:, :, None] + lane)  # (BLOCK_N, NB, 4)
-    hi = tl.load(v32_ptr + (tl.minimum((idx >> 3) + 1, NV - 1) * 4)[:, :, None] + lane)
+    lo = load16(v32_ptr, tl.minimum(idx >> 3, NV - 1), USE_ASM)  # 4 × (BLOCK_N, NB)
+    hi = load16(v32_ptr, tl.minimum((idx >> 3) + 1, NV - 1), USE_ASM)
     sel = tl.load(lut_ptr + b)
-    cols = value_columns(split4(lo), split4(hi), s, sel, cnt, x_ptr.dtype.element_ty, USE_ASM)
+    cols = value_columns(lo, hi, s, sel, cnt, x_ptr.dtype.element_ty, USE_ASM)
     offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
     x_mask = offs_m[:, None, None] < B
     if TAIL:

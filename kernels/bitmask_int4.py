@@ -42,8 +42,8 @@ Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity
 batch 1-16, SASS instructions per packed byte: bitmask-int4 19.5-19.8 (BYTE_LUT; was 128-180,
 then 21.0-21.6 on format version 1; version 2's whole 16-byte stream lets the code words load
 unmasked, and the column tiles are the dots' A operand, yᵀ = Ŵ · xᵀ, as in kernels/bitmask.py),
-32-bit packed loads; bitmask-int8 17.0-17.2 with 128-bit loads (BYTE_LUT; was 23.7-24.6 at batch 1
-and 38.3-39.3 on the tiles column by column, 8-bit gathers). Still far above 6: per mask byte
+32-bit packed loads; bitmask-int8 13.8-13.9 with 128-bit loads (BYTE_LUT and load16; was 17.0-17.2
+with tl.load's vectors, 23.7-24.6 at batch 1 and 38.3-39.3 column by column, 8-bit gathers). Still far above 6: per mask byte
 (3 packed bytes for int4, 5 for int8) the prefix, the loads and their addresses, ≈ 16-20
 permutes and selects, and the staging of operands for the dots. int4's two words per byte
 overlap (the report counts their bytes once); 16-byte code loads would cost it ≈ 8 more
@@ -61,8 +61,8 @@ from kernels import _common, _sparse
 from kernels._common import check_group, check_tensor, dot_w, k_tile_range, make_out, store_split
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
-                             check_bitmask, gather_kept, kept_and_slots, mask_tile, mask_words,
-                             next_start, popcount, split4, table, tile_bases, tuned, value_selectors, word_at,
+                             check_bitmask, gather_kept, kept_and_slots, load16, mask_tile, mask_words,
+                             next_start, popcount, table, tile_bases, tuned, value_selectors, word_at,
                              values_before)
 from kernels.nm import _split8
 
@@ -233,12 +233,11 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
         z = tl.broadcast_to(zero[:, None], b.shape)
         cols = byte_columns(lo, hi, (idx & 7) * 4, sel, cnt, z, x_ptr.dtype.element_ty, USE_ASM)
     else:  # the two 16-byte vectors from the one holding the byte's first code
-        lane = tl.arange(0, 4)[None, None, :]
-        lo = tl.load(v32_ptr + (tl.minimum(idx >> 4, NW // 4 - 1) * 4)[:, :, None] + lane)  # (BLOCK_N, NB, 4)
-        hi = tl.load(v32_ptr + (tl.minimum((idx >> 4) + 1, NW // 4 - 1) * 4)[:, :, None] + lane)
+        lo = load16(v32_ptr, tl.minimum(idx >> 4, NW // 4 - 1), USE_ASM)  # 4 × (BLOCK_N, NB)
+        hi = load16(v32_ptr, tl.minimum((idx >> 4) + 1, NW // 4 - 1), USE_ASM)
         sel = tl.load(lut_ptr + b)
         z = tl.broadcast_to(zero[:, None], b.shape)
-        cols = code8_columns(split4(lo), split4(hi), idx & 15, sel, cnt, z, USE_ASM)
+        cols = code8_columns(lo, hi, idx & 15, sel, cnt, z, USE_ASM)
     offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
     x_mask = offs_m[:, None, None] < B
     if TAIL:

@@ -52,8 +52,8 @@ NM_INT8 = ("not yet on nm's tensor-core path (dense columns from byte permutes):
            "fp32 on its own, then x gathered by the indices (batch 1, 10.3 instr/B) or the codes scattered to "
            "a dense tile (batch 5-16, 19)")
 BITMASK_VEC = ("loads and CTAs met (format version 2: two 16-byte vectors per mask byte), not instructions: each "
-               "mask byte's {what} become 8 dense fp16 columns in registers (permutes, selects, moves) and operands "
-               "go through shared memory for the dots: ≈ {per} instructions per {bytes} packed bytes")
+               "mask byte's {what} become 8 dense fp16 columns in registers ({permutes} permutes, selects, funnel "
+               "shifts): ≈ {per} instructions per {bytes} packed bytes")
 BITMASK_INT4 = ("two overlapping 32-bit code words per mask byte (16-byte vectors would add ≈ 8 instructions per mask "
                 "byte, which its 3 packed bytes cannot carry); ≈ 59 instructions per mask byte for the prefix, the "
                 "loads, ≈ 16 permutes and the staging of operands for the dots")
@@ -62,9 +62,9 @@ SHORT = {
     "nm-int4 2:4 g64": Short(11.77, 64, NM_INT4),
     "nm-int4 2:4 g-1": Short(10.75, 128, NM_INT4),
     "nm-int8 2:4 g128": Short(19.06, 128, NM_INT8),
-    "bitmask 50%": Short(8.92, 128, BITMASK_VEC.format(what="values", per=80, bytes=9)),
+    "bitmask 50%": Short(7.12, 128, BITMASK_VEC.format(what="values", permutes=21, per=63, bytes=9)),
     "bitmask-int4 50% g128": Short(19.83, 32, BITMASK_INT4),
-    "bitmask-int8 50% g128": Short(17.23, 128, BITMASK_VEC.format(what="codes", per=86, bytes=5)),
+    "bitmask-int8 50% g128": Short(13.86, 128, BITMASK_VEC.format(what="codes", permutes=15, per=69, bytes=5)),
 }
 SLACK = 1.02  # a listed kernel may move this much above its listed instructions per byte
 
