@@ -22,9 +22,13 @@ Design (_bitmask_vec_kernel), tensor cores at every batch (BLOCK_M = 16 up to 16
   False) turns the 16 values into the byte's 8 dense columns: low and high bytes apart, a select
   and a funnel shift line up the byte's values, two PRMTs per half whose selectors come from a
   256-entry table indexed by the byte (value_selectors) place each value in its column, +0.0 in
-  the pruned ones; then one tensor-core dot per column against x's columns c, c + 8, …, the
-  weight tile as the A operand (yᵀ = Ŵ · xᵀ: Hopper's warpgroup MMA takes the A operand from
-  registers; as the B operand the tile cost 0.2-0.7 instructions per byte more).
+  the pruned ones, and one PRMT per column pair joins a column's two bytes; then one tensor-core
+  dot per column pair (c, c + 1) against x's columns c, c + 1, c + 8, c + 9, …, the weight tile
+  as the A operand (yᵀ = Ŵ · xᵀ: Hopper's warpgroup MMA takes the A operand from registers; as
+  the B operand the tile cost 0.2-0.7 instructions per byte more). The vectors and the table
+  entry load through inline PTX (load16, load_word): tl.load's (…, 4) vectors took a layout of
+  their own, converted back through shared memory, and its signed indices cost two instructions
+  per 64-bit address where an unsigned one costs one.
 - split over K (kernels/_common.py): a program starts at its chunk's offset; only a split that
   starts inside a chunk (BLOCK_K < 512) counts the kept weights of the chunk's tiles before it
   (at most 3 tiles, outside the main loop). In the loop a row's index moves on by the tile's
@@ -34,12 +38,12 @@ inline PTX) serve the quantized kernels' general path (kernels/bitmask_int4.py).
 chunk_offsets and values are trusted (checking them would cost a device sync per call).
 
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel bitmask`), 50% sparsity,
-batch 1-16: 6.9-7.1 main-loop SASS instructions per packed byte (was 8.7-8.9 with tl.load's
-vectors, which Triton laid out apart and moved back through shared memory: load16; 10.8-11.2
-at batch 1 and 14.4-15.5 column by column, with 16-bit gathers), every packed load 128-bit,
-≥ 288 CTAs at batch 1. Per mask byte (9 packed bytes) ≈ 63 instructions: 21 PRMTs (16 of them
-VALUES_PTX's), ≈ 11 selects and funnel shifts, ≈ 10 for the popcount, prefix, clamps and
-addresses, 3 loads, ≈ 5 to stage x and the dots. Under 6 means ≈ 54. docs/formats.md, "Kernel
+batch 1-16: 5.8-5.9 main-loop SASS instructions per packed byte, under the limit of 6 (was
+8.7-8.9 with tl.load's vectors and indices and a dot per column; 10.8-11.2 at batch 1 and
+14.4-15.5 column by column, with 16-bit gathers), every packed load 128-bit, ≥ 288 CTAs at
+batch 1. Per mask byte (9 packed bytes) ≈ 53 instructions: 17 PRMTs (16 of them VALUES_PTX's),
+≈ 10 selects and funnel shifts, ≈ 10 for the popcount, prefix, clamps and addresses, 3 loads,
+≈ 3 register moves and ≈ 4 to stage the operands and run the dots. docs/formats.md, "Kernel
 limits".
 """
 
@@ -199,34 +203,30 @@ def accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS:
     return acc, acc2
 
 
-# 16 fp16/bf16 values (the two 16-byte vectors around a mask byte's values) → the byte's 8 dense
-# columns (pack=2: inputs one register per element, two elements per call; outputs two per
-# register, element 0 low). Per element: $8+2k (k = 0 … 7) the 8 words, $24 s: the index of the
-# byte's first value in them (0 … 7), $26 sel: VALUE_SELECTORS[byte], $28 cnt: its kept count.
-# Low and high bytes of the 16 values go apart (l0-l3, h0-h3: 16 bytes each); a select of three
-# words and two funnel shifts per half line up the byte's 8 values (la lb, ha hb: value r in byte
-# r); when fewer than 8 are kept, byte 7 (value 7, unused then) becomes 0. Two PRMTs per half pick
-# each column's byte (its rank, or byte 7 for a pruned column), and four PRMTs per 4 columns pair
-# low and high bytes, element 0 and element 1: $0 … $7 = columns 0 … 7 (pruned ones +0.0).
+# 16 fp16/bf16 values (the two 16-byte vectors from the one holding a mask byte's first value)
+# → the byte's 8 dense columns, pack=1: $8 … $15 the 8 words, $16 the index of the byte's first
+# value (its low 3 bits place it among them), $17 sel: value_selectors()[byte], $18 cnt: its kept
+# count; $0 … $7 the columns, 16 bits each. Low and high bytes of the 16 values go apart (l0-l3,
+# h0-h3: 16 bytes each); a select of three words and two funnel shifts per half (shf.r.wrap shifts
+# by the index · 8 mod 32) line up the byte's 8 values (la lb, ha hb: value r in byte r); when fewer
+# than 8 are kept, byte 7 (value 7, unused then) becomes 0. Two PRMTs per half pick each column's
+# byte (its rank, or byte 7 for a pruned column), one PRMT per column pair joins low and high
+# bytes: columns 2q and 2q + 1 in one register, the halves $2q and $2q + 1, which vec_tile joins
+# back into the pair its dot reads (pruned columns +0.0).
 VALUES_PTX = tl.constexpr(
-    "{ .reg .pred p; .reg .b32 l0, l1, l2, l3, h0, h1, h2, h3, r, a, b, c, s2, la, lb, ha, hb;"
-    " .reg .b32 dl0a, dl1a, dh0a, dh1a, dl0b, dl1b, dh0b, dh1b, xl, xh;"
-    + "".join(
-        "".join(f" prmt.b32 l{j}, ${8 + 4 * j + i}, ${10 + 4 * j + i}, 0x6420;"
-                f" prmt.b32 h{j}, ${8 + 4 * j + i}, ${10 + 4 * j + i}, 0x7531;" for j in range(4))
-        + f" setp.lt.u32 p, ${24 + i}, 4; and.b32 r, ${24 + i}, 3; shl.b32 r, r, 3;"
-        " selp.b32 a, l0, l1, p; selp.b32 b, l1, l2, p; selp.b32 c, l2, l3, p;"
-        " shf.r.wrap.b32 la, a, b, r; shf.r.wrap.b32 lb, b, c, r;"
-        " selp.b32 a, h0, h1, p; selp.b32 b, h1, h2, p; selp.b32 c, h2, h3, p;"
-        " shf.r.wrap.b32 ha, a, b, r; shf.r.wrap.b32 hb, b, c, r;"
-        f" setp.lt.u32 p, ${28 + i}, 8; @p and.b32 lb, lb, 0x00FFFFFF; @p and.b32 hb, hb, 0x00FFFFFF;"
-        f" shr.b32 s2, ${26 + i}, 16;"
-        f" prmt.b32 dl0{ab}, la, lb, ${26 + i}; prmt.b32 dl1{ab}, la, lb, s2;"
-        f" prmt.b32 dh0{ab}, ha, hb, ${26 + i}; prmt.b32 dh1{ab}, ha, hb, s2;"
-        for i, ab in ((0, "a"), (1, "b")))
-    + "".join(f" prmt.b32 xl, dl{q}a, dl{q}b, {sel}; prmt.b32 xh, dh{q}a, dh{q}b, {sel};"
-              f" prmt.b32 ${4 * q + 2 * h}, xl, xh, 0x5140; prmt.b32 ${4 * q + 2 * h + 1}, xl, xh, 0x7362;"
-              for q in range(2) for h, sel in ((0, "0x5140"), (1, "0x7362")))
+    "{ .reg .pred p; .reg .b32 l0, l1, l2, l3, h0, h1, h2, h3, r, a, b, c, s2, la, lb, ha, hb, dl0, dl1, dh0, dh1, q;"
+    + "".join(f" prmt.b32 l{j}, ${8 + 2 * j}, ${9 + 2 * j}, 0x6420; prmt.b32 h{j}, ${8 + 2 * j}, ${9 + 2 * j}, 0x7531;"
+              for j in range(4))
+    + " and.b32 r, $16, 4; setp.eq.u32 p, r, 0; shl.b32 r, $16, 3;"
+      " selp.b32 a, l0, l1, p; selp.b32 b, l1, l2, p; selp.b32 c, l2, l3, p;"
+      " shf.r.wrap.b32 la, a, b, r; shf.r.wrap.b32 lb, b, c, r;"
+      " selp.b32 a, h0, h1, p; selp.b32 b, h1, h2, p; selp.b32 c, h2, h3, p;"
+      " shf.r.wrap.b32 ha, a, b, r; shf.r.wrap.b32 hb, b, c, r;"
+      " setp.lt.u32 p, $18, 8; @p and.b32 lb, lb, 0x00FFFFFF; @p and.b32 hb, hb, 0x00FFFFFF;"
+      " shr.b32 s2, $17, 16;"
+      " prmt.b32 dl0, la, lb, $17; prmt.b32 dl1, la, lb, s2; prmt.b32 dh0, ha, hb, $17; prmt.b32 dh1, ha, hb, s2;"
+    + "".join(f" prmt.b32 q, dl{q // 2}, dh{q // 2}, {sel}; mov.b32 {{${2 * q}, ${2 * q + 1}}}, q;"
+              for q, sel in enumerate(("0x5140", "0x7362") * 2))
     + " }")
 
 
@@ -279,11 +279,24 @@ def load16(base, vec, USE_ASM: tl.constexpr):
     memory; the inline PTX load keeps each thread's vectors in its registers."""
     if USE_ASM:
         words = tl.inline_asm_elementwise(
-            "{ .reg .b64 a; mad.wide.s32 a, $4, 16, $5; ld.global.nc.v4.b32 {$0, $1, $2, $3}, [a]; }",
+            "{ .reg .b64 a; mul.wide.u32 a, $4, 16; add.s64 a, $5, a; ld.global.nc.v4.b32 {$0, $1, $2, $3}, [a]; }",
             "=r,=r,=r,=r,r,l", [vec, base], dtype=(tl.int32,) * 4, is_pure=True, pack=1)
     else:
         words = split4(tl.load(base + (vec * 4)[:, :, None] + tl.arange(0, 4)[None, None, :]))
     return words
+
+
+@triton.jit
+def load_word(base, i, USE_ASM: tl.constexpr):
+    """base[i] (int32 words, i ≥ 0): one load whose 64-bit address takes one IMAD.WIDE (tl.load's
+    signed index takes two LEAs)."""
+    if USE_ASM:
+        word = tl.inline_asm_elementwise(
+            "{ .reg .b64 a; mul.wide.u32 a, $1, 4; add.s64 a, $2, a; ld.global.nc.b32 $0, [a]; }",
+            "=r,r,l", [i, base], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        word = tl.load(base + i)
+    return word
 
 
 @triton.jit
@@ -302,14 +315,14 @@ def value_columns(lo, hi, s, sel, cnt, v_dtype: tl.constexpr, USE_ASM: tl.conste
     VALUES_PTX. lo, hi: 4 × (R, NB) int32 each, the 16 values from the byte's 16-byte vector on."""
     if USE_ASM:
         cols = tl.inline_asm_elementwise(
-            VALUES_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 22,
+            VALUES_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 11,
             [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], s, sel, cnt],
-            dtype=(tl.bfloat16 if v_dtype == tl.bfloat16 else tl.float16,) * 8, is_pure=True, pack=2)
+            dtype=(tl.bfloat16 if v_dtype == tl.bfloat16 else tl.float16,) * 8, is_pure=True, pack=1)
     else:  # the same choice of values, on integers: value s + rank of the 16
         cols = ()
         for c in tl.static_range(8):
             nib = (sel >> (4 * (c % 4) + 16 * (c // 4))) & 7
-            h = s + nib
+            h = (s & 7) + nib
             word = word_at(lo, hi, h >> 1)
             half = ((word >> ((h & 1) * 16)) & 0xFFFF).to(tl.int16).to(v_dtype, bitcast=True)
             kept = ((sel >> (4 * (c % 4) + 16 * (c // 4))) & 7) != 7
@@ -318,12 +331,22 @@ def value_columns(lo, hi, s, sel, cnt, v_dtype: tl.constexpr, USE_ASM: tl.conste
 
 
 @triton.jit
+def dot_pairs(cols, xs, acc, DOT_F32: tl.constexpr):
+    """acc + Σ_c cols[c] · xs[c]ᵀ (8 × (BLOCK_N, NB) and 8 × (BLOCK_M, NB)), one dot per column
+    pair: a dot's K order is free, and a pair (c, c + 1) is one register of the A operand."""
+    for c in tl.static_range(0, 8, 2):
+        w = tl.reshape(tl.join(cols[c], cols[c + 1]), (cols[c].shape[0], 2 * cols[c].shape[1]))
+        x = tl.reshape(tl.join(xs[c], xs[c + 1]), (xs[c].shape[0], 2 * xs[c].shape[1]))
+        acc = dot_w(w, x, acc, DOT_F32)
+    return acc
+
+
+@triton.jit
 def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, NV, stride_xb,
              TAIL: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
     """One K tile of `bitmask` on the tensor cores: per mask byte the two aligned 16-byte vectors
-    from its first value on, its 8 dense columns, one dot per
-    column. Returns acc + Ŵ · xᵀ (BLOCK_N, BLOCK_M) and the tile's kept count per row. TAIL: the
-    tile reaches past K."""
+    from its first value on, its 8 dense columns, one dot per column pair. Returns acc + Ŵ · xᵀ
+    (BLOCK_N, BLOCK_M) and the tile's kept count per row. TAIL: the tile reaches past K."""
     NB: tl.constexpr = BLOCK_K // 8
     b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)  # (BLOCK_N, NB)
     if TAIL:  # the tile across K's end: clear the padding bits past K (unspecified)
@@ -331,22 +354,18 @@ def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
         b = b & tl.where(valid >= 8, 0xFF, (1 << tl.maximum(valid, 0)) - 1)[None, :]
     cnt = popcount(b, USE_ASM)
     idx = start[:, None] + tl.cumsum(cnt, axis=1) - cnt  # value index of each byte's first value
-    s = idx & 7
     # Its 16-byte vector and the next, clamped to the stream's last (NV vectors): one the byte's
     # values reach is inside the stream; another one's values land in no column (byte 7, zeroed).
     lo = load16(v32_ptr, tl.minimum(idx >> 3, NV - 1), USE_ASM)  # 4 × (BLOCK_N, NB)
     hi = load16(v32_ptr, tl.minimum((idx >> 3) + 1, NV - 1), USE_ASM)
-    sel = tl.load(lut_ptr + b)
-    cols = value_columns(lo, hi, s, sel, cnt, x_ptr.dtype.element_ty, USE_ASM)
+    sel = load_word(lut_ptr, b, USE_ASM)
+    cols = value_columns(lo, hi, idx, sel, cnt, x_ptr.dtype.element_ty, USE_ASM)
     offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
     x_mask = offs_m[:, None, None] < B
     if TAIL:
         x_mask = x_mask & (offs_x[None, :, :] < K)
     x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :], mask=x_mask, other=0.0)
-    xs = _split8(x)  # (BLOCK_M, NB) each
-    for c in tl.static_range(8):  # a dot's K order is free: one per column of the mask bytes
-        acc = dot_w(cols[c], xs[c], acc, DOT_F32)
-    return acc, tl.sum(cnt, axis=1)
+    return dot_pairs(cols, _split8(x), acc, DOT_F32), tl.sum(cnt, axis=1)
 
 
 @triton.jit
@@ -415,8 +434,8 @@ def tuned(kernel, gemv_configs, tiled_configs, interpret_configs, key):
             triton.autotune(tiled, key=key, prune_configs_by={"early_config_prune": prune_tiled})(kernel))
 
 
-# Mask byte by mask byte on the tensor cores at every batch (BLOCK_M = 16 up to 16 rows): 8 dots of
-# K = BLOCK_K/8, one per column of a mask byte. Each thread's mask bytes of a tile load as one
+# Mask byte by mask byte on the tensor cores at every batch (BLOCK_M = 16 up to 16 rows): 4 dots of
+# K = BLOCK_K/4, one per column pair of a mask byte. Each thread's mask bytes of a tile load as one
 # 16-byte vector (16 per thread: BLOCK_N · BLOCK_K/8 = 512 · warps).
 VEC_CONFIGS = [
     _cfg(4, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256),

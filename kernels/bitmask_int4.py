@@ -28,8 +28,9 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.p
   (fp16 only: bf16's 8 significant bits cannot hold 128 + a code). Inline PTX
   (CODES4_COLUMNS_PTX, CODES8_COLUMNS_PTX, checked on an instruction model in
   tests/test_kernels_sparse.py); the interpreter picks the same codes with integer ops. One dot
-  per column of the mask bytes against x's columns c, c + 8, … (a dot's K order is free), the
-  column tile as the A operand (yᵀ), the scale once per tile. Every load unmasked, at addresses
+  per column pair of the mask bytes against x's columns c, c + 1, c + 8, c + 9, … (a dot's K
+  order is free; kernels/bitmask.py's dot_pairs), the column tile as the A operand (yᵀ), the
+  scale once per tile. Every load unmasked, at addresses
   clamped to the stream's end (a word or vector the byte's codes reach is inside it).
 - otherwise (other groups, bf16 x with int8 codes): column by column with kernels/bitmask.py's
   helpers (a popcount per 32-bit mask word, the rank of a column by one shift and popcount, a
@@ -39,13 +40,14 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.p
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, g = 128,
-batch 1-16, SASS instructions per packed byte: bitmask-int4 19.5-19.8 (BYTE_LUT; was 128-180,
+batch 1-16, SASS instructions per packed byte: bitmask-int4 19.3-19.7 (BYTE_LUT; was 128-180,
 then 21.0-21.6 on format version 1; version 2's whole 16-byte stream lets the code words load
 unmasked, and the column tiles are the dots' A operand, yᵀ = Ŵ · xᵀ, as in kernels/bitmask.py),
-32-bit packed loads; bitmask-int8 13.8-13.9 with 128-bit loads (BYTE_LUT and load16; was 17.0-17.2
-with tl.load's vectors, 23.7-24.6 at batch 1 and 38.3-39.3 column by column, 8-bit gathers). Still far above 6: per mask byte
-(3 packed bytes for int4, 5 for int8) the prefix, the loads and their addresses, ≈ 16-20
-permutes and selects, and the staging of operands for the dots. int4's two words per byte
+32-bit packed loads; bitmask-int8 11.4-11.5 with 128-bit loads (BYTE_LUT, load16 and a column
+pair per output register; was 17.0-17.2 through tl.load's vectors, 23.7-24.6 at batch 1 and
+38.3-39.3 column by column, 8-bit gathers). Still far above 6: per mask byte (3 packed bytes for
+int4, 5 for int8) the prefix, the loads and their addresses, ≈ 11-16 permutes, the selects, and
+the staging of operands for the dots. int4's two words per byte
 overlap (the report counts their bytes once); 16-byte code loads would cost it ≈ 8 more
 instructions per mask byte (docs/formats.md, "Kernel limits").
 The launcher copies a `values` that is not 16-byte aligned.
@@ -58,12 +60,12 @@ import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import check_group, check_tensor, dot_w, k_tile_range, make_out, store_split
+from kernels._common import check_group, check_tensor, k_tile_range, make_out, store_split
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
-                             check_bitmask, gather_kept, kept_and_slots, load16, mask_tile, mask_words,
-                             next_start, popcount, table, tile_bases, tuned, value_selectors, word_at,
-                             values_before)
+                             check_bitmask, dot_pairs, gather_kept, kept_and_slots, load16, load_word, mask_tile,
+                             mask_words, next_start, popcount, table, tile_bases, tuned, value_selectors,
+                             values_before, word_at)
 from kernels.nm import _split8
 
 FORMAT = "bitmask-int4"
@@ -126,32 +128,25 @@ def byte_selectors() -> list[int]:
     return table
 
 
-# 8-bit codes of one mask byte → its 8 dense columns, code − zero, as fp16 (pack=2 as
-# CODES4_COLUMNS_PTX): $8+2k (k = 0 … 7) the 8 words (32 bytes) from the 16-byte vector of the
-# byte's first code, $24 s: that code's byte in them (0 … 15), $26 sel: VALUE_SELECTORS[byte]
-# (kernels/bitmask.py), $28 cnt: its kept count, $30 zb: zero << 24, $32 zz: (1024 + zero) as an
-# fp16 pair. Two levels of selects and two funnel shifts line up the byte's codes (rank r in
-# byte r of la lb); byte 7 becomes the zero code when fewer than 8 are kept; two PRMTs pick each
-# column's code, two more per 4 put them under 0x64 (1024 + code), the pair subtraction leaves
-# code − zero (0.0 where pruned), and four PRMTs per call pair the two elements' halves.
+# 8-bit codes of one mask byte → its 8 dense columns, code − zero, as fp16, pack=1: $8 … $15 the
+# 8 words (32 bytes) from the 16-byte vector of the byte's first code, $16 the index of that code
+# (its low 4 bits place it among them), $17 sel: value_selectors()[byte] (kernels/bitmask.py),
+# $18 cnt: its kept count, $19 zb: zero << 24, $20 zz: (1024 + zero) as an fp16 pair; $0 … $7 the
+# columns, 16 bits each. Two levels of selects and two funnel shifts line up the byte's codes
+# (rank r in byte r of la lb); byte 7 becomes the zero code when fewer than 8 are kept; two PRMTs
+# pick each column's code, one per column pair puts two codes under 0x64 (1024 + code), and the
+# pair subtraction leaves code − zero (0.0 where pruned) in columns 2q and 2q + 1, the halves
+# $2q and $2q + 1 (kernels/bitmask.py's dot_pairs joins them back into one register).
 CODES8_COLUMNS_PTX = tl.constexpr(
-    "{ .reg .pred p, p1, p2; .reg .b32 m, t0, t1, u0, u1, v1, a, b, c, r, la, lb, s2, d0, d1, e,"
-    " f0a, f1a, f2a, f3a, f0b, f1b, f2b, f3b; mov.b32 e, 0x64646464;"
-    + "".join(
-        f" and.b32 m, ${24 + i}, 7; setp.lt.u32 p1, m, 4; setp.lt.u32 p2, ${24 + i}, 8;"
-        f" selp.b32 t0, ${8 + i}, ${10 + i}, p1; selp.b32 t1, ${12 + i}, ${14 + i}, p1;"
-        f" selp.b32 u0, ${10 + i}, ${12 + i}, p1; selp.b32 u1, ${14 + i}, ${16 + i}, p1;"
-        f" selp.b32 v1, ${16 + i}, ${18 + i}, p1;"
-        " selp.b32 a, t0, t1, p2; selp.b32 b, u0, u1, p2; selp.b32 c, t1, v1, p2;"
-        f" and.b32 r, ${24 + i}, 3; shl.b32 r, r, 3; shf.r.wrap.b32 la, a, b, r; shf.r.wrap.b32 lb, b, c, r;"
-        f" setp.lt.u32 p, ${28 + i}, 8; @p and.b32 lb, lb, 0x00FFFFFF; @p or.b32 lb, lb, ${30 + i};"
-        f" shr.b32 s2, ${26 + i}, 16; prmt.b32 d0, la, lb, ${26 + i}; prmt.b32 d1, la, lb, s2;"
-        f" prmt.b32 f0{ab}, d0, e, 0x5150; prmt.b32 f1{ab}, d0, e, 0x5352;"
-        f" prmt.b32 f2{ab}, d1, e, 0x5150; prmt.b32 f3{ab}, d1, e, 0x5352;"
-        + "".join(f" sub.f16x2 f{j}{ab}, f{j}{ab}, ${32 + i};" for j in range(4))
-        for i, ab in ((0, "a"), (1, "b")))
-    + "".join(f" prmt.b32 ${2 * j}, f{j}a, f{j}b, 0x5410; prmt.b32 ${2 * j + 1}, f{j}a, f{j}b, 0x7632;"
-              for j in range(4))
+    "{ .reg .pred p, p1, p2; .reg .b32 m, t0, t1, u0, u1, v1, a, b, c, r, la, lb, s2, d0, d1, e, f;"
+    " mov.b32 e, 0x64646464; and.b32 m, $16, 4; setp.eq.u32 p1, m, 0; and.b32 m, $16, 8; setp.eq.u32 p2, m, 0;"
+    " selp.b32 t0, $8, $9, p1; selp.b32 t1, $10, $11, p1; selp.b32 u0, $9, $10, p1; selp.b32 u1, $11, $12, p1;"
+    " selp.b32 v1, $12, $13, p1; selp.b32 a, t0, t1, p2; selp.b32 b, u0, u1, p2; selp.b32 c, t1, v1, p2;"
+    " shl.b32 r, $16, 3; shf.r.wrap.b32 la, a, b, r; shf.r.wrap.b32 lb, b, c, r;"
+    " setp.lt.u32 p, $18, 8; @p and.b32 lb, lb, 0x00FFFFFF; @p or.b32 lb, lb, $19;"
+    " shr.b32 s2, $17, 16; prmt.b32 d0, la, lb, $17; prmt.b32 d1, la, lb, s2;"
+    + "".join(f" prmt.b32 f, d{q // 2}, e, {sel}; sub.f16x2 f, f, $20; mov.b32 {{${2 * q}, ${2 * q + 1}}}, f;"
+              for q, sel in enumerate(("0x5150", "0x5352") * 2))
     + " }")
 
 
@@ -162,14 +157,14 @@ def code8_columns(lo, hi, s, sel, cnt, zero, USE_ASM: tl.constexpr):
     on; zero (R, NB) int32."""
     if USE_ASM:
         cols = tl.inline_asm_elementwise(
-            CODES8_COLUMNS_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 26,
+            CODES8_COLUMNS_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 13,
             [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], s, sel, cnt, zero << 24,
-             (0x6400 + zero) * 0x10001], dtype=(tl.float16,) * 8, is_pure=True, pack=2)
-    else:  # the same choice of codes, on integers: byte s + rank of the 32
+             (0x6400 + zero) * 0x10001], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+    else:  # the same choice of codes, on integers: byte s mod 16 + rank of the 32
         cols = ()
         for c in tl.static_range(8):
             nib = (sel >> (4 * (c % 4) + 16 * (c // 4))) & 7
-            h = s + nib
+            h = (s & 15) + nib
             word = word_at(lo, hi, h >> 2)
             code = tl.where((nib == 7) & (cnt < 8), zero, ((word >> ((h & 3) * 8)) & 0xFF).to(tl.int32))
             cols = cols + ((code - zero).to(tl.float32).to(tl.float16),)
@@ -235,18 +230,15 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     else:  # the two 16-byte vectors from the one holding the byte's first code
         lo = load16(v32_ptr, tl.minimum(idx >> 4, NW // 4 - 1), USE_ASM)  # 4 × (BLOCK_N, NB)
         hi = load16(v32_ptr, tl.minimum((idx >> 4) + 1, NW // 4 - 1), USE_ASM)
-        sel = tl.load(lut_ptr + b)
+        sel = load_word(lut_ptr, b, USE_ASM)
         z = tl.broadcast_to(zero[:, None], b.shape)
-        cols = code8_columns(lo, hi, idx & 15, sel, cnt, z, USE_ASM)
+        cols = code8_columns(lo, hi, idx, sel, cnt, z, USE_ASM)
     offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
     x_mask = offs_m[:, None, None] < B
     if TAIL:
         x_mask = x_mask & (offs_x[None, :, :] < K)
     x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :], mask=x_mask, other=0.0)  # (BLOCK_M, NB, 8)
-    xs = _split8(x)
-    part = tl.zeros(acc.shape, dtype=tl.float32)
-    for c in tl.static_range(8):  # a dot's K order is free: one per column of the mask bytes
-        part = dot_w(cols[c], xs[c], part, DOT_F32)
+    part = dot_pairs(cols, _split8(x), tl.zeros(acc.shape, dtype=tl.float32), DOT_F32)
     return acc + part * scale[:, None], tl.sum(cnt, axis=1)
 
 
@@ -341,8 +333,8 @@ def _word_tile(acc, acc2, x_ptr, mask_rows, v_ptr, s_ptr, z_ptr, rows, n_mask, o
 
 KEY = ["N", "K", "batch_bucket", "BITS", "GROUP", "BYTE_LUT"]
 _GEMV, _TILED = tuned(_bitmask_quant_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS, INTERPRET_CONFIGS, KEY)
-# BYTE_LUT: tensor cores at every batch (BLOCK_M = 16 up to 16 rows), BLOCK_K = 128 (8 dots of
-# K = 16, one per column of a mask byte; a tile inside one group of 128).
+# BYTE_LUT: tensor cores at every batch (BLOCK_M = 16 up to 16 rows), BLOCK_K = 128 (4 dots of
+# K = 32, one per column pair of a mask byte; a tile inside one group of 128).
 LUT_CONFIGS = [
     _cfg(4, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128),
     _cfg(8, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),

@@ -15,6 +15,7 @@ eps/2: there bf16 gets 2·eps.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -208,7 +209,9 @@ def _f16x2(a: int, b: int, dtype: torch.dtype, op) -> int:
 PTX_OPS = {"mov.b32": lambda a: a, "shl.b32": lambda a, b: a << b, "shr.b32": lambda a, b: a >> b,
            "and.b32": lambda a, b: a & b, "or.b32": lambda a, b: a | b, "xor.b32": lambda a, b: a ^ b,
            "prmt.b32": prmt, "shf.r.wrap.b32": lambda lo, hi, n: (hi << 32 | lo) >> (n & 31),
-           "setp.lt.u32": lambda a, b: int(a < b), "selp.b32": lambda a, b, p: a if p else b,
+           "setp.lt.u32": lambda a, b: int(a < b), "setp.eq.u32": lambda a, b: int(a == b),
+           "selp.b32": lambda a, b, p: a if p else b,
+           "unpack.lo": lambda a: a & 0xFFFF, "unpack.hi": lambda a: a >> 16,
            "sub.f16x2": lambda a, b: _f16x2(a, b, torch.float16, torch.sub),
            "sub.rn.bf16x2": lambda a, b: _f16x2(a, b, torch.bfloat16, torch.sub)}
 
@@ -216,6 +219,7 @@ PTX_OPS = {"mov.b32": lambda a: a, "shl.b32": lambda a, b: a << b, "shr.b32": la
 def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
     """Straight-line PTX of an inline_asm_elementwise string on 32-bit registers (@p predicates)."""
     regs = dict(regs)
+    asm = re.sub(r"mov\.b32 \{(\S+), (\S+)\}, (\w+)", r"unpack.lo \1, \3; unpack.hi \2, \3", asm)  # 2 halves
     for line in asm.replace("{", ";").replace("}", ";").split(";"):
         parts = line.replace(",", " ").split()
         if not parts or parts[0] == ".reg":
@@ -281,49 +285,39 @@ def test_codes4_ptx_expands_mask_bytes(dtype):
 
 
 def test_codes8_ptx_expands_mask_bytes():
-    """Random mask bytes (all 256 among them), 32 code bytes with the byte's first at any of the
-    first 16, zero points: column c is code − zero where bit c is kept (its rank), else 0."""
+    """Every mask byte (and 64 random ones), 32 code bytes with the byte's first at any of the
+    first 16 (the PTX gets the whole code index: only its low 4 bits may count), zero points:
+    column c ($c, 16 bits) is code − zero where bit c is kept (its rank), else 0."""
     gen = torch.Generator().manual_seed(7)
     table = bitmask.value_selectors()
-    masks = list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist()
-    for a, b in zip(masks[0::2], masks[1::2]):
-        inputs, want = {}, []
-        for i, m in enumerate((a, b)):
-            codes = torch.randint(0, 256, (32,), generator=gen).tolist()
-            s = int(torch.randint(0, 16, (), generator=gen))
-            z = int(torch.randint(0, 256, (), generator=gen))
-            cnt = bin(m).count("1")
-            inputs |= {f"${8 + 2 * j + i}": sum(codes[4 * j + q] << 8 * q for q in range(4)) for j in range(8)}
-            inputs |= {f"${24 + i}": s, f"${26 + i}": table[m], f"${28 + i}": cnt, f"${30 + i}": z << 24,
-                       f"${32 + i}": (0x6400 + z) * 0x10001}
-            ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
-            want.append([codes[s + ranks[c]] - z if m >> c & 1 else 0 for c in range(8)])
+    for m in list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist():
+        codes = torch.randint(0, 256, (32,), generator=gen).tolist()
+        idx = int(torch.randint(0, 1 << 20, (), generator=gen))
+        s = idx & 15
+        z = int(torch.randint(0, 256, (), generator=gen))
+        inputs = {f"${8 + j}": sum(codes[4 * j + q] << 8 * q for q in range(4)) for j in range(8)}
+        inputs |= {"$16": idx, "$17": table[m], "$18": bin(m).count("1"), "$19": z << 24, "$20": (0x6400 + z) * 0x10001}
+        ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
         out = run_ptx(bitmask_int4.CODES8_COLUMNS_PTX.value, inputs)
-        for c in range(8):
-            reg = out[f"${c}"]
-            got = torch.tensor([reg & 0xFFFF, reg >> 16], dtype=torch.int32).to(torch.int16).view(torch.float16)
-            assert got.float().tolist() == [float(want[0][c]), float(want[1][c])], (a, b, c)
+        got = torch.tensor([out[f"${c}"] for c in range(8)], dtype=torch.int32).to(torch.int16).view(torch.float16)
+        assert got.float().tolist() == [float(codes[s + ranks[c]] - z if m >> c & 1 else 0) for c in range(8)], m
 
 
 def test_values_ptx_expands_mask_bytes():
-    """Random mask bytes (all 256 among them), 16 values with the byte's first at any of the first 8:
-    column c of each byte is its value of rank popcount(m & (2^c − 1)) where bit c is kept, else 0."""
+    """Every mask byte (and 64 random ones), 16 values with the byte's first at any of the first 8
+    (the PTX gets the whole value index: only its low 3 bits may count): column c ($c, one 16-bit
+    output each, pack=1) is the value of rank popcount(m & (2^c − 1)) where bit c is kept, else 0."""
     gen = torch.Generator().manual_seed(6)
     table = bitmask.value_selectors()
-    masks = list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist()
-    for a, b in zip(masks[0::2], masks[1::2]):
-        inputs, want = {}, []
-        for i, m in enumerate((a, b)):
-            halves = torch.randint(1, 0xFFFF, (16,), generator=gen).tolist()  # never 0: a stray one shows
-            cnt = bin(m).count("1")
-            s = int(torch.randint(0, 8, (), generator=gen))  # its first value: s + 7 < 16 always
-            inputs |= {f"${8 + 2 * j + i}": halves[2 * j] | halves[2 * j + 1] << 16 for j in range(8)}
-            inputs |= {f"${24 + i}": s, f"${26 + i}": table[m], f"${28 + i}": cnt}
-            ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
-            want.append([halves[s + ranks[c]] if m >> c & 1 else 0 for c in range(8)])
+    for m in list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist():
+        halves = torch.randint(1, 0xFFFF, (16,), generator=gen).tolist()  # never 0: a stray one shows
+        idx = int(torch.randint(0, 1 << 20, (), generator=gen))
+        s = idx & 7  # its first value: s + 7 < 16 always
+        inputs = {f"${8 + j}": halves[2 * j] | halves[2 * j + 1] << 16 for j in range(8)}
+        inputs |= {"$16": idx, "$17": table[m], "$18": bin(m).count("1")}
+        ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
         out = run_ptx(bitmask.VALUES_PTX.value, inputs)
-        for c in range(8):
-            assert out[f"${c}"] == want[0][c] | want[1][c] << 16, (a, b, c)
+        assert [out[f"${c}"] for c in range(8)] == [halves[s + ranks[c]] if m >> c & 1 else 0 for c in range(8)], m
 
 
 def test_nm24_ptx_places_kept_values_in_their_columns():
