@@ -40,14 +40,15 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.p
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, g = 128,
-batch 1-16, SASS instructions per packed byte: bitmask-int4 19.3-19.7 (BYTE_LUT; was 128-180,
-then 21.0-21.6 on format version 1; version 2's whole 16-byte stream lets the code words load
-unmasked, and the column tiles are the dots' A operand, yᵀ = Ŵ · xᵀ, as in kernels/bitmask.py),
-32-bit packed loads; bitmask-int8 11.4-11.5 with 128-bit loads (BYTE_LUT, load16 and a column
-pair per output register; was 17.0-17.2 through tl.load's vectors, 23.7-24.6 at batch 1 and
-38.3-39.3 column by column, 8-bit gathers). Still far above 6: per mask byte (3 packed bytes for
-int4, 5 for int8) the prefix, the loads and their addresses, ≈ 11-16 permutes, the selects, and
-the staging of operands for the dots. int4's two words per byte
+batch 1-16, SASS instructions per packed byte: bitmask-int4 15.4-16.2 (BYTE_LUT, a column pair
+per output register, unsigned word addresses; was 19.5-19.8 with a dot per column, 128-180
+column by column, then 21.0-21.6 on format version 1; version 2's whole 16-byte stream lets the
+code words load unmasked, and the column tiles are the dots' A operand, yᵀ = Ŵ · xᵀ, as in
+kernels/bitmask.py), 32-bit packed loads; bitmask-int8 11.4-11.5 with 128-bit loads (BYTE_LUT,
+load16 and a column pair per output register; was 17.0-17.2 through tl.load's vectors,
+23.7-24.6 at batch 1 and 38.3-39.3 column by column, 8-bit gathers). Still far above 6: per mask
+byte (3 packed bytes for int4, 5 for int8) the prefix, the loads and their addresses, ≈ 7-11
+permutes, the selects, and the staging of operands for the dots. int4's two words per byte
 overlap (the report counts their bytes once); 16-byte code loads would cost it ≈ 8 more
 instructions per mask byte (docs/formats.md, "Kernel limits").
 The launcher copies a `values` that is not 16-byte aligned.
@@ -83,31 +84,25 @@ def word_params(s_ptr, z_ptr, rows, n_mask, t, K, stride_g, GROUP: tl.constexpr,
     return scale, zero
 
 
-# 4-bit codes of one mask byte → its 8 dense columns, code − zero, as fp16/bf16 (pack=2: inputs one
-# register per element, two elements per call; outputs two per register, element 0 low):
-#   $8 $9 lo, $10 $11 hi: the two uint32 words of the code stream holding the byte's codes,
-#   $12 $13 shift: 4 · (nibble index of its first code mod 8), $14 $15 sel: BYTE_SELECTORS[byte],
-#   $16 $17 cnt: its kept count, $18 $19 zb: zero << 24, $20 $21 zz: (bias + zero) as a 16-bit pair.
-# The funnel shift leaves the byte's codes as the nibbles of w, rank r in nibble r; the even and
-# odd ranks spread to the bytes of l4 and h4, and when fewer than 8 are kept, h4's top byte (rank
-# 7, unused then) becomes the zero code. Two PRMTs pick each column's byte (its rank, or the zero
-# code for a pruned column); two more per 4 bytes put them under the exponent of `bias` (1024.0
-# fp16 / 128.0 bf16: bias + code exactly), and the pair subtraction leaves code − zero, 0.0 where
-# pruned. Four PRMTs per call pair up the two elements' halves per column: $0 … $7 = columns 0 … 7.
+# 4-bit codes of one mask byte → its 8 dense columns, code − zero, as fp16/bf16, pack=1: $8 lo,
+# $9 hi: the two uint32 words of the code stream holding the byte's codes, $10 the nibble index of
+# its first code (only its low 3 bits count: the funnel shift takes 4 · index mod 32), $11 sel:
+# BYTE_SELECTORS[byte], $12 cnt: its kept count, $13 zb: zero << 24, $14 zz: (bias + zero) as a
+# 16-bit pair; $0 … $7 the columns, 16 bits each. The funnel shift leaves the byte's codes as the
+# nibbles of w, rank r in nibble r; the even and odd ranks spread to the bytes of l4 and h4, and
+# when fewer than 8 are kept, h4's top byte (rank 7, unused then) becomes the zero code. Two PRMTs
+# pick each column's byte (its rank, or the zero code for a pruned column); one per column pair
+# puts two bytes under the exponent of `bias` (1024.0 fp16 / 128.0 bf16: bias + code exactly), and
+# the pair subtraction leaves code − zero (0.0 where pruned) in columns 2q and 2q + 1, the halves
+# $2q and $2q + 1 (kernels/bitmask.py's dot_pairs joins them back into one register).
 CODES4_COLUMNS_PTX = (
-    "{ .reg .pred p; .reg .b32 w, l4, h4, d0, d1, s2, e, f0a, f1a, f2a, f3a, f0b, f1b, f2b, f3b;"
-    " mov.b32 e, EXP;"
-    + "".join(
-        f" shf.r.wrap.b32 w, ${8 + i}, ${10 + i}, ${12 + i};"
-        " and.b32 l4, w, 0x0F0F0F0F; shr.b32 h4, w, 4; and.b32 h4, h4, 0x0F0F0F0F;"
-        f" setp.lt.u32 p, ${16 + i}, 8; @p and.b32 h4, h4, 0x00FFFFFF; @p or.b32 h4, h4, ${18 + i};"
-        f" prmt.b32 d0, l4, h4, ${14 + i}; shr.b32 s2, ${14 + i}, 16; prmt.b32 d1, l4, h4, s2;"
-        f" prmt.b32 f0{ab}, d0, e, 0x5150; prmt.b32 f1{ab}, d0, e, 0x5352;"
-        f" prmt.b32 f2{ab}, d1, e, 0x5150; prmt.b32 f3{ab}, d1, e, 0x5352;"
-        + "".join(f" SUB f{j}{ab}, f{j}{ab}, ${20 + i};" for j in range(4))
-        for i, ab in ((0, "a"), (1, "b")))
-    + "".join(f" prmt.b32 ${2 * j}, f{j}a, f{j}b, 0x5410; prmt.b32 ${2 * j + 1}, f{j}a, f{j}b, 0x7632;"
-              for j in range(4))
+    "{ .reg .pred p; .reg .b32 r, w, l4, h4, d0, d1, s2, e, f; mov.b32 e, EXP;"
+    " shl.b32 r, $10, 2; shf.r.wrap.b32 w, $8, $9, r;"
+    " and.b32 l4, w, 0x0F0F0F0F; shr.b32 h4, w, 4; and.b32 h4, h4, 0x0F0F0F0F;"
+    " setp.lt.u32 p, $12, 8; @p and.b32 h4, h4, 0x00FFFFFF; @p or.b32 h4, h4, $13;"
+    " prmt.b32 d0, l4, h4, $11; shr.b32 s2, $11, 16; prmt.b32 d1, l4, h4, s2;"
+    + "".join(f" prmt.b32 f, d{q // 2}, e, {sel}; SUB f, f, $14; mov.b32 {{${2 * q}, ${2 * q + 1}}}, f;"
+              for q, sel in enumerate(("0x5150", "0x5352") * 2))
     + " }")
 CODES4_FP16_PTX = tl.constexpr(CODES4_COLUMNS_PTX.replace("EXP", "0x64646464").replace("SUB", "sub.f16x2"))
 CODES4_BF16_PTX = tl.constexpr(CODES4_COLUMNS_PTX.replace("EXP", "0x43434343").replace("SUB", "sub.rn.bf16x2"))
@@ -172,24 +167,24 @@ def code8_columns(lo, hi, s, sel, cnt, zero, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def byte_columns(lo, hi, shift, sel, cnt, zero, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
+def byte_columns(lo, hi, idx, sel, cnt, zero, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
     """The 8 dense columns (code − zero) of each mask byte, 8 × (R, NB) in v_dtype; see
-    CODES4_COLUMNS_PTX. zero (R, NB) int32."""
+    CODES4_COLUMNS_PTX. idx: the nibble index of its first code; zero (R, NB) int32."""
     if USE_ASM:
         if v_dtype == tl.bfloat16:
             bias = ((0x4300 + zero) * 0x10001).to(tl.uint32)
             cols = tl.inline_asm_elementwise(
-                CODES4_BF16_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 14,
-                [lo, hi, shift, sel, cnt, (zero << 24).to(tl.uint32), bias],
-                dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
+                CODES4_BF16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 7,
+                [lo, hi, idx, sel, cnt, (zero << 24).to(tl.uint32), bias],
+                dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
         else:
             bias = ((0x6400 + zero) * 0x10001).to(tl.uint32)
             cols = tl.inline_asm_elementwise(
-                CODES4_FP16_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 14,
-                [lo, hi, shift, sel, cnt, (zero << 24).to(tl.uint32), bias],
-                dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+                CODES4_FP16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 7,
+                [lo, hi, idx, sel, cnt, (zero << 24).to(tl.uint32), bias],
+                dtype=(tl.float16,) * 8, is_pure=True, pack=1)
     else:  # the same steps on 64-bit integers
-        w = ((hi.to(tl.uint64) << 32 | lo.to(tl.uint64)) >> shift.to(tl.uint64)) & 0xFFFFFFFF
+        w = ((hi.to(tl.uint64) << 32 | lo.to(tl.uint64)) >> ((idx & 7) * 4).to(tl.uint64)) & 0xFFFFFFFF
         l4 = w & 0x0F0F0F0F
         h4 = (w >> 4) & 0x0F0F0F0F
         h4 = tl.where(cnt < 8, (h4 & 0x00FFFFFF) | (zero.to(tl.uint64) << 24), h4)
@@ -222,11 +217,11 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     # the byte's codes is inside the stream; another one's bits land in no column.
     if BITS == 4:  # the two 32-bit words around the byte's (at most 8) nibbles
         word = idx >> 3
-        lo = tl.load(v32_ptr + tl.minimum(word, NW - 1))
-        hi = tl.load(v32_ptr + tl.minimum(word + 1, NW - 1))
-        sel = tl.load(lut_ptr + b)
+        lo = load_word(v32_ptr, tl.minimum(word, NW - 1), USE_ASM)
+        hi = load_word(v32_ptr, tl.minimum(word + 1, NW - 1), USE_ASM)
+        sel = load_word(lut_ptr, b, USE_ASM)
         z = tl.broadcast_to(zero[:, None], b.shape)
-        cols = byte_columns(lo, hi, (idx & 7) * 4, sel, cnt, z, x_ptr.dtype.element_ty, USE_ASM)
+        cols = byte_columns(lo, hi, idx, sel, cnt, z, x_ptr.dtype.element_ty, USE_ASM)
     else:  # the two 16-byte vectors from the one holding the byte's first code
         lo = load16(v32_ptr, tl.minimum(idx >> 4, NW // 4 - 1), USE_ASM)  # 4 × (BLOCK_N, NB)
         hi = load16(v32_ptr, tl.minimum((idx >> 4) + 1, NW // 4 - 1), USE_ASM)

@@ -257,31 +257,24 @@ def test_nm48_ptx_places_kept_values_in_their_columns():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
 def test_codes4_ptx_expands_mask_bytes(dtype):
-    """Random mask bytes (all 256 among them), codes at any nibble offset, zero points: column c of
-    each byte is code − zero where bit c is kept (its rank among the byte's kept codes), else 0."""
+    """Every mask byte (and 64 random ones), codes at any nibble offset, zero points: column c ($c,
+    16 bits) is code − zero where bit c is kept (its rank among the byte's kept codes), else 0."""
     gen = torch.Generator().manual_seed(4)
     table = bitmask_int4.byte_selectors()
     asm = (bitmask_int4.CODES4_BF16_PTX if dtype == torch.bfloat16 else bitmask_int4.CODES4_FP16_PTX).value
     bias = 0x4300 if dtype == torch.bfloat16 else 0x6400
-    masks = list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist()
-    for a, b in zip(masks[0::2], masks[1::2]):
-        inputs, want = {}, []
-        for i, m in enumerate((a, b)):
-            idx = int(torch.randint(0, 64, (), generator=gen))  # nibble index of the byte's first code
-            stream = torch.randint(0, 16, (80,), generator=gen).tolist()
-            z = int(torch.randint(0, 16, (), generator=gen))
-            word = lambda w: sum(stream[8 * w + j] << 4 * j for j in range(8))  # noqa: E731
-            cnt = bin(m).count("1")
-            inputs |= {f"${8 + i}": word(idx >> 3), f"${10 + i}": word((idx >> 3) + 1), f"${12 + i}": (idx & 7) * 4,
-                       f"${14 + i}": table[m], f"${16 + i}": cnt, f"${18 + i}": z << 24,
-                       f"${20 + i}": (bias + z) * 0x10001}
-            ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
-            want.append([stream[idx + ranks[c]] - z if m >> c & 1 else 0 for c in range(8)])
+    for m in list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist():
+        idx = int(torch.randint(0, 64, (), generator=gen))  # nibble index of the byte's first code
+        stream = torch.randint(0, 16, (80,), generator=gen).tolist()
+        z = int(torch.randint(0, 16, (), generator=gen))
+        word = lambda w: sum(stream[8 * w + j] << 4 * j for j in range(8))  # noqa: E731
+        inputs = {"$8": word(idx >> 3), "$9": word((idx >> 3) + 1), "$10": idx + (int(torch.randint(0, 1 << 20, (),
+                  generator=gen)) << 6), "$11": table[m], "$12": bin(m).count("1"), "$13": z << 24,
+                  "$14": (bias + z) * 0x10001}  # $10: only the index's low 3 bits may count
+        ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
         out = run_ptx(asm, inputs)
-        for c in range(8):
-            reg = out[f"${c}"]
-            got = torch.tensor([reg & 0xFFFF, reg >> 16], dtype=torch.int32).to(torch.int16).view(dtype).float()
-            assert got.tolist() == [float(want[0][c]), float(want[1][c])], (a, b, c)
+        got = torch.tensor([out[f"${c}"] for c in range(8)], dtype=torch.int32).to(torch.int16).view(dtype).float()
+        assert got.tolist() == [float(stream[idx + ranks[c]] - z if m >> c & 1 else 0) for c in range(8)], m
 
 
 def test_codes8_ptx_expands_mask_bytes():
