@@ -62,31 +62,49 @@ FORMAT = "nm-int4"
 
 
 # Per 4 groups (pack=4): code bytes $8 (slot 0 in the low nibble, slot 1 in the high), their
-# index bytes $9 (each group's own copy) and 0xff where the group's nibble is the high one ($10), zc = bytes [0x64, z, 0x64, z]
-# ($11) and the fp16 pair 1024 + z ($15). Per group: key = 2·p0 + p1 − 1 (mod 8) names its
-# pattern (6 valid; 7 = the zero padding p0 = p1 = 0); per pair of groups and column c, one PRMT
-# looks up in table c the byte selector of the value (0 / 1: slot 0 / 1, 5: z) under 0x64, one OR
-# moves the second group's selector onto its own bytes (+2), one PRMT builds the fp16 pair
-# (1024 + value) for both groups and one HSUB2 takes away 1024 + z: a pruned column reads z and
-# becomes exactly 0. The eight table words come in as registers ($19 + 4i: loop-invariant, so
-# they are set once, not per call). Outputs: column c of groups (e0, e1) in ${2c}, (e2, e3) in ${2c+1}.
-NM24_PTX = tl.constexpr(
-    "{ .reg .b32 t, n, k, lo, hi, lh, ks, s;"
-    " shr.b32 t, $9, 4; lop3.b32 n, t, $9, $10, 0xe4; and.b32 n, n, 0x0f0f0f0f;"
-    " and.b32 k, n, 0x03030303; shr.b32 t, n, 2; and.b32 t, t, 0x03030303; mad.lo.u32 k, k, 2, t;"
-    " add.u32 k, k, 0x07070707; and.b32 k, k, 0x07070707;"
-    " and.b32 lo, $8, 0x0f0f0f0f; shr.b32 hi, $8, 4; and.b32 hi, hi, 0x0f0f0f0f;"
-    " shr.b32 t, k, 4; or.b32 ks, k, t;"
-    " prmt.b32 lh, lo, hi, 0x5140;"
-    " prmt.b32 s, $19, $23, ks; or.b32 s, s, 0x2200; prmt.b32 $0, lh, $11, s; sub.f16x2 $0, $0, $15;"
-    " prmt.b32 s, $27, $31, ks; or.b32 s, s, 0x2200; prmt.b32 $2, lh, $11, s; sub.f16x2 $2, $2, $15;"
-    " prmt.b32 s, $35, $39, ks; or.b32 s, s, 0x2200; prmt.b32 $4, lh, $11, s; sub.f16x2 $4, $4, $15;"
-    " prmt.b32 s, $43, $47, ks; or.b32 s, s, 0x2200; prmt.b32 $6, lh, $11, s; sub.f16x2 $6, $6, $15;"
-    " prmt.b32 lh, lo, hi, 0x7362; shr.b32 ks, ks, 16;"
-    " prmt.b32 s, $19, $23, ks; or.b32 s, s, 0x2200; prmt.b32 $1, lh, $11, s; sub.f16x2 $1, $1, $15;"
-    " prmt.b32 s, $27, $31, ks; or.b32 s, s, 0x2200; prmt.b32 $3, lh, $11, s; sub.f16x2 $3, $3, $15;"
-    " prmt.b32 s, $35, $39, ks; or.b32 s, s, 0x2200; prmt.b32 $5, lh, $11, s; sub.f16x2 $5, $5, $15;"
-    " prmt.b32 s, $43, $47, ks; or.b32 s, s, 0x2200; prmt.b32 $7, lh, $11, s; sub.f16x2 $7, $7, $15; }")
+# index bytes $9 (each group's own copy) and 0xff where the group's nibble is the high one ($10),
+# zc = bytes [0x64, z, 0x64, z] ($11) and the fp16 pair 1024 + z ($15). Per group: key = 2·p0 + p1
+# − 1 (mod 8) names its pattern (6 valid; 7 = the zero padding p0 = p1 = 0); per pair of groups
+# and column c, one PRMT looks up in table c the byte selector of the value (0 / 1: slot 0 / 1,
+# 5: z) under 0x64, one OR moves the second group's selector onto its own bytes (+2), one PRMT
+# builds the fp16 pair (1024 + value) for both groups from their code bytes [q0, q1, q0, q1] and
+# zc, and one HSUB2 takes away 1024 + z: a pruned column reads z and becomes exactly 0. The eight
+# table words (nm24_tables) come in as registers (loop-invariant, so they are set once, not per
+# call). Outputs: column c of groups (e0, e1) in ${2c}, (e2, e3) in ${2c+1}. nm-int8 runs the
+# same steps on its code bytes as they load (kernels/nm_int8.py).
+def nm24_ptx(own: int, zc: int, lo_zero: int, table: int, codes: tuple[str, str], split: str = "",
+             setup: tuple[str, str] = ("", "")) -> str:
+    """The PTX above: operands $own (index bytes; $own + 1 the high-nibble mask), $zc, $lo_zero,
+    table t at $table + 4t; codes: the registers holding (e0, e1)'s and (e2, e3)'s code bytes once
+    `split` (after the keys) and setup[h] (before half h) ran."""
+    def half(h: int) -> str:
+        return "".join(f" prmt.b32 s, ${table + 8 * c}, ${table + 8 * c + 4}, ks; or.b32 s, s, 0x2200;"
+                       f" prmt.b32 ${2 * c + h}, {codes[h]}, ${zc}, s;"
+                       f" sub.f16x2 ${2 * c + h}, ${2 * c + h}, ${lo_zero};" for c in range(4))
+    return ("{ .reg .b32 t, n, k, lo, hi, lh, ks, s;"
+            f" shr.b32 t, ${own}, 4; lop3.b32 n, t, ${own}, ${own + 1}, 0xe4; and.b32 n, n, 0x0f0f0f0f;"
+            " and.b32 k, n, 0x03030303; shr.b32 t, n, 2; and.b32 t, t, 0x03030303; mad.lo.u32 k, k, 2, t;"
+            " add.u32 k, k, 0x07070707; and.b32 k, k, 0x07070707;" + split
+            + " shr.b32 t, k, 4; or.b32 ks, k, t;" + setup[0] + half(0) + setup[1] + " shr.b32 ks, ks, 16;" + half(1)
+            + " }")
+
+
+NM24_PTX = tl.constexpr(nm24_ptx(9, 11, 15, 19, ("lh", "lh"),
+                                 split=" and.b32 lo, $8, 0x0f0f0f0f; shr.b32 hi, $8, 4; and.b32 hi, hi, 0x0f0f0f0f;",
+                                 setup=(" prmt.b32 lh, lo, hi, 0x5140;", " prmt.b32 lh, lo, hi, 0x7362;")))
+
+
+@triton.jit
+def nm24_tables(opaque):
+    """nm24_ptx's 8 table words, (1, 1) int32 each. Table c, key k → byte 0x40 | s: s = 0 (slot 0
+    sits in column c), 1 (slot 1 does), 5 (neither: z); keys 0..6 = (p0, p1) = (0,1) (0,2) (0,3)
+    (1,2) (1,3) -, (2,3), 7: padding; low word keys 0-3. + opaque (an int32 0 ptxas cannot see
+    through): the words stay in registers across the loop instead of being re-materialized from
+    uniform registers at every use (≈ 1.3 instructions per byte)."""
+    return (tl.full((1, 1), 0x45404040, tl.int32) + opaque, tl.full((1, 1), 0x45454545, tl.int32) + opaque,
+            tl.full((1, 1), 0x40454541, tl.int32) + opaque, tl.full((1, 1), 0x45454540, tl.int32) + opaque,
+            tl.full((1, 1), 0x41454145, tl.int32) + opaque, tl.full((1, 1), 0x45404545, tl.int32) + opaque,
+            tl.full((1, 1), 0x45414545, tl.int32) + opaque, tl.full((1, 1), 0x45414541, tl.int32) + opaque)
 
 
 @triton.jit
@@ -105,21 +123,10 @@ def nm24_columns(code_bytes, index_bytes, zero, opaque, USE_ASM: tl.constexpr):
         z = zero.to(tl.uint32)
         zc = (0x00640064 + z * 0x01000100).to(tl.int32, bitcast=True)  # bytes [0x64, z, 0x64, z]
         lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)  # fp16 pair 1024 + z
-        # Table c, key k → byte 0x40 | s: s = 0 (slot 0 sits in column c), 1 (slot 1 does), 5 (neither:
-        # z). Keys 0..6 = (p0, p1) = (0,1) (0,2) (0,3) (1,2) (1,3) -, (2,3); 7: padding. Low word: keys 0-3.
-        # + opaque (B >> 31, always 0, unknown to ptxas): the words stay in registers across the loop
-        # instead of being re-materialized from uniform registers at every use (≈ 1.3 per byte).
-        t0 = tl.full((1, 1), 0x45404040, tl.int32) + opaque
-        t1 = tl.full((1, 1), 0x45454545, tl.int32) + opaque
-        t2 = tl.full((1, 1), 0x40454541, tl.int32) + opaque
-        t3 = tl.full((1, 1), 0x45454540, tl.int32) + opaque
-        t4 = tl.full((1, 1), 0x41454145, tl.int32) + opaque
-        t5 = tl.full((1, 1), 0x45404545, tl.int32) + opaque
-        t6 = tl.full((1, 1), 0x45414545, tl.int32) + opaque
-        t7 = tl.full((1, 1), 0x45414541, tl.int32) + opaque
+        t = nm24_tables(opaque)
         col0, col1, col2, col3 = tl.inline_asm_elementwise(
-            NM24_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
-            [code_bytes, own, high, zc, lo_zero, t0, t1, t2, t3, t4, t5, t6, t7],
+            NM24_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 43,
+            [code_bytes, own, high, zc, lo_zero, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]],
             dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=4)
     else:
         slot0, slot1 = int4_minus_zero(code_bytes, zero, USE_ASM)

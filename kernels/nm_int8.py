@@ -10,11 +10,26 @@ Math:
     y[b, r]   = Σ_c (values[r, c] − zeros[r, col // g]) · scales[r, col // g] · x[b, col]
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
-kernels/nm.py's two paths with a dequantization in between: since g is a multiple of m, the
-kept codes of one quantization group are g·n/m consecutive entries of `values`, so the tile of
-codes is dequantized in kept order (one scale and zero per row and group, codes to fp32 by the
-2^23 trick) before x is gathered by the indices (B ≤ 4) or the codes are scattered to a dense
-tile (B > 4).
+2:4 with fp16 x and every tile inside one quantization group (g a multiple of 128, or one group
+per row; the pipeline's case) runs on the tensor cores at every batch (tc_tile; 128-row tiles of
+x keep the scatter below, which costs them fewer instructions): a group's two
+code bytes load as one halfword (8 groups per 128-bit load), kernels/nm_int4.py's byte permutes
+(nm24_ptx, minus its nibble split) turn them into the group's four dense fp16 columns (code −
+zero by the 0x6400 trick, exactly 0 where pruned), one dot per column against x[:, c::4], the
+scale once per tile on the sums. Otherwise kernels/nm.py's two paths with a dequantization in
+between: since g is a multiple of m, the kept codes of one quantization group are g·n/m
+consecutive entries of `values`, so the tile of codes is dequantized in kept order (one scale
+and zero per row and group, codes to fp32 by the 2^23 trick) before x is gathered by the indices
+(B ≤ 4) or the codes are scattered to a dense tile (B > 4).
+
+Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel nm-int8`), 2:4, g = 128,
+batch 1-16: 6.7 main-loop SASS instructions per packed byte (was 10.3 at batch 1 and 18.9-19.1
+on the tiles through the dequantization and scatter), 128-bit packed loads, ≥ 288 CTAs at
+batch 1. Per 4 groups (10 packed bytes) ≈ 44 PTX instructions for the columns (11 per group:
+pattern key, table-lookup selectors, PRMT, HSUB2) and ≈ 5 per group to stage the column tiles
+in the wgmma layout, run the dots and apply the scale: the same build as nm-int4's tiles, whose
+1.5 bytes per group make it 10.8-11.8. Under 6 needs the sparse tensor cores (mma.sp), which
+Triton does not expose.
 """
 
 from __future__ import annotations
@@ -24,9 +39,11 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import check_group, check_tensor, check_x, k_tile_range, make_out, store_split, unpack
+from kernels._common import (INTERPRET, check_group, check_tensor, check_x, dot_t, dot_w, k_tile_range, make_out,
+                             store_split, unpack)
 from kernels._sparse import accumulate_tile, code_value, rows_total
 from kernels.bitmask import tuned
+from kernels.nm_int4 import nm24_ptx, nm24_tables
 from kernels.nm import (GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns,
                         kept_gemv, scatter_dense)
 
@@ -63,6 +80,87 @@ def kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC: tl.co
     return w
 
 
+# nm-int4's NM24_PTX on 8-bit codes (pack=4): the code bytes [q0, q1, q0, q1] of groups (e0, e1)
+# and (e2, e3) come in as loaded ($8, $9), so no nibbles to split; the index bytes at $10, the
+# high-nibble mask at $11, zc at $12, 1024 + z at $16, the tables from $20.
+NM24_CODES8_PTX = tl.constexpr(nm24_ptx(10, 12, 16, 20, ("$8", "$9")))
+
+
+@triton.jit
+def nm24_code8_columns(codes, index_bytes, zero, opaque, USE_ASM: tl.constexpr):
+    """2:4 int8 tile → its four dense columns, fp16 code − zero (kept) or exactly 0 (pruned).
+
+    codes (R, G) uint16: a group's two codes, slot 0 in the low byte; index_bytes (R, G/2): group
+    g's positions p0 | p1 << 2 in nibble g % 2 of byte g // 2; zero (R, 1) int32; opaque: an int32
+    0 the compiler cannot see through. Returns col0..col3, each (R, G): column c of every group."""
+    R: tl.constexpr = codes.shape[0]
+    G: tl.constexpr = codes.shape[1]
+    if USE_ASM:
+        own = tl.reshape(tl.broadcast_to(index_bytes[:, :, None], (R, G // 2, 2)), (R, G))  # byte g // 2
+        high = ((tl.arange(0, G) & 1) * 255).to(tl.uint8)[None, :]  # (1, G): odd groups read the high nibble
+        z = zero.to(tl.uint32)
+        zc = (0x00640064 + z * 0x01000100).to(tl.int32, bitcast=True)  # bytes [0x64, z, 0x64, z]
+        lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)  # fp16 pair 1024 + z
+        t = nm24_tables(opaque)
+        col0, col1, col2, col3 = tl.inline_asm_elementwise(
+            NM24_CODES8_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 44,
+            [codes, own, high, zc, lo_zero, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]],
+            dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=4)
+    else:
+        q = codes.to(tl.int32)
+        slot0 = ((q & 0xFF) - zero).to(tl.float32).to(tl.float16)
+        slot1 = ((q >> 8) - zero).to(tl.float32).to(tl.float16)
+        b = index_bytes.to(tl.int32)
+        pos = tl.interleave(b & 15, b >> 4)  # (R, G): p0 | p1 << 2
+        p0 = pos & 3
+        p1 = pos >> 2
+        none = tl.zeros_like(slot0)
+        col0 = tl.where(p0 == 0, slot0, none)
+        col1 = tl.where(p0 == 1, slot0, tl.where(p1 == 1, slot1, none))
+        col2 = tl.where(p1 == 2, slot1, tl.where(p0 == 2, slot0, none))
+        col3 = tl.where(p1 == 3, slot1, none)
+    return col0, col1, col2, col3
+
+
+@triton.jit
+def tc_tile(acc, x_ptr, v_rows, index_bytes, s_ptr, z_ptr, rows, n_mask, offs_m, t, B, K, KC, stride_xb, stride_g,
+            GROUP_KC: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One 2:4 tile (inside one quantization group) on the tensor cores: acc (BLOCK_M, BLOCK_N) +
+    x · Ŵᵀ. Each group's two code bytes load as one halfword (8 groups per 128-bit load, bytes past
+    Kc read 0), its four dense columns come from nm24_code8_columns, one dot per column against
+    x[:, c::4], the scale once per tile on the sums."""
+    BLOCK_M: tl.constexpr = acc.shape[0]
+    BLOCK_G: tl.constexpr = BLOCK_K // 4
+    offs_g = t * BLOCK_G + tl.arange(0, BLOCK_G)
+    codes = tl.load(v_rows.to(tl.pointer_type(tl.uint16)) + offs_g[None, :],
+                    mask=n_mask[:, None] & (offs_g[None, :] < KC // 2), other=0)  # (BLOCK_N, BLOCK_G)
+    offs = rows * stride_g + (t * (BLOCK_G * 2) // GROUP_KC if GROUP_KC > 0 else 0)
+    scale = tl.load(s_ptr + offs, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
+    zero = tl.load(z_ptr + offs, mask=n_mask, other=0).to(tl.int32)
+    cols = nm24_code8_columns(codes, index_bytes, zero[:, None], B >> 31, USE_ASM)  # 4 × (BLOCK_N, BLOCK_G)
+    offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + offs_m[:, None] * stride_xb + offs_k[None, :],
+                mask=(offs_m[:, None] < B) & (offs_k[None, :] < K), other=0.0)  # (BLOCK_M, BLOCK_K)
+    x02, x13 = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_G, 2, 2)))  # column 2a + b of a group
+    x0, x2 = tl.split(x02)
+    x1, x3 = tl.split(x13)
+    if BLOCK_M == 16:  # yᵀ: the columns are the dots' A operand, which wgmma takes from registers
+        part = tl.zeros((cols[0].shape[0], BLOCK_M), dtype=tl.float32)
+        part = dot_w(cols[0], x0, part, DOT_F32)
+        part = dot_w(cols[1], x1, part, DOT_F32)
+        part = dot_w(cols[2], x2, part, DOT_F32)
+        part = dot_w(cols[3], x3, part, DOT_F32)
+        acc += tl.trans(part * scale[:, None])
+    else:
+        part = tl.zeros(acc.shape, dtype=tl.float32)
+        part = dot_t(x0, cols[0], part, DOT_F32)
+        part = dot_t(x1, cols[1], part, DOT_F32)
+        part = dot_t(x2, cols[2], part, DOT_F32)
+        part = dot_t(x3, cols[3], part, DOT_F32)
+        acc += part * scale[None, :]
+    return acc
+
+
 @triton.jit
 def _nm_int8_matmul_kernel(
     x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr,
@@ -74,12 +172,16 @@ def _nm_int8_matmul_kernel(
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row
     GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one
     DOT_F32: tl.constexpr,
+    TC: tl.constexpr,  # 2:4, fp16 x, a tile inside one group: dense columns by byte permutes at every batch
+    USE_ASM: tl.constexpr,  # False under the interpreter
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     BLOCK_G: tl.constexpr = BLOCK_K // M  # m-groups per tile
     BLOCK_KC: tl.constexpr = BLOCK_G * N_KEEP  # kept codes per tile row
     BLOCK_IB: tl.constexpr = BLOCK_KC * INDEX_BITS // 8  # index bytes per tile row
     GROUP_KC: tl.constexpr = GROUP // M * N_KEEP  # kept codes per quantization group
+    # 128-row tiles keep the scatter: 22.4 instructions per byte there, 25 by the permutes (255 registers)
+    PERMUTES: tl.constexpr = TC and BLOCK_M <= 64
     num_m = tl.cdiv(B, BLOCK_M)
     offs_m = (tl.program_id(0) % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_n = (tl.program_id(0) // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
@@ -91,26 +193,30 @@ def _nm_int8_matmul_kernel(
     acc2 = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)  # B = 1: per row and group
     first, last = k_tile_range(K, BLOCK_K)
     for t in range(first, last):
-        offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
-        q = tl.load(v_rows + offs_c[None, :], mask=n_mask[:, None] & (offs_c[None, :] < KC), other=0)
         offs_ib = t * BLOCK_IB + tl.arange(0, BLOCK_IB)
         index_bytes = tl.load(i_rows + offs_ib[None, :], mask=n_mask[:, None] & (offs_ib[None, :] < IB),
                               other=0)  # (BLOCK_N, BLOCK_IB)
-        pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
-        vals = kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC, BLOCK_KC)  # (BLOCK_N, BLOCK_KC) fp32
-        if GEMV_ROWS > 0:
-            acc, acc2 = kept_gemv(acc, acc2, vals, pos, x_ptr, stride_xb, offs_m, t, K, N_KEEP, M, GEMV_ROWS,
-                                  BLOCK_K, BLOCK_G)
+        if PERMUTES:
+            acc = tc_tile(acc, x_ptr, v_rows, index_bytes, s_ptr, z_ptr, rows, n_mask, offs_m, t, B, K, KC,
+                          stride_xb, stride_g, GROUP_KC, USE_ASM, DOT_F32, BLOCK_K)
         else:
-            w = scatter_dense(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K) fp32, 0 where pruned
-            offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-            acc, acc2 = accumulate_tile(acc, acc2, w, x_ptr, offs_m, offs_k, B, K, stride_xb, 0, DOT_F32)
+            offs_c = t * BLOCK_KC + tl.arange(0, BLOCK_KC)
+            q = tl.load(v_rows + offs_c[None, :], mask=n_mask[:, None] & (offs_c[None, :] < KC), other=0)
+            pos = unpack(index_bytes, INDEX_BITS)  # (BLOCK_N, BLOCK_KC) in 0 … M−1
+            vals = kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC, BLOCK_KC)  # fp32
+            if GEMV_ROWS > 0:
+                acc, acc2 = kept_gemv(acc, acc2, vals, pos, x_ptr, stride_xb, offs_m, t, K, N_KEEP, M, GEMV_ROWS,
+                                      BLOCK_K, BLOCK_G)
+            else:
+                w = scatter_dense(vals, pos, N_KEEP, M)  # (BLOCK_N, BLOCK_K) fp32, 0 where pruned
+                offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+                acc, acc2 = accumulate_tile(acc, acc2, w, x_ptr, offs_m, offs_k, B, K, stride_xb, 0, DOT_F32)
     acc = rows_total(acc, acc2, GEMV_ROWS)
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
 _GEMV, _TILED = tuned(_nm_int8_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS, INTERPRET_CONFIGS,
-                      ["N", "K", "batch_bucket", "N_KEEP", "M", "GROUP"])
+                      ["N", "K", "batch_bucket", "N_KEEP", "M", "GROUP", "TC"])
 
 
 def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -138,10 +244,15 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
     if k == 0:
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
+    # every tile inside one group (the configs' BLOCK_K divides 128); fp16 holds 1024 + a code exactly
+    tc = (n, m) == (2, 4) and x.dtype == torch.float16 and (groups == 1 or g % 128 == 0)
+    if tc and values.data_ptr() % 2:  # halfword code loads
+        values = values.clone()
     _sparse.launch(_GEMV, _TILED, x, rows,
                    (x, values, indices, scales, zeros, out, batch, rows, k, kc, index_bytes,
                     x.stride(0), values.stride(0), indices.stride(0), scales.stride(0), out.stride(0)),
-                   N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], GROUP=0 if groups == 1 else g)
+                   gemv_max=0 if tc else _sparse.GEMV_MAX_BATCH,
+                   N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], GROUP=0 if groups == 1 else g, TC=tc, USE_ASM=not INTERPRET)
     return out
 
 
@@ -165,4 +276,5 @@ def reference(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scal
 
 STATIC = (_sparse.static_spec(
     "nm-int8 2:4 g128", _nm_int8_matmul_kernel, dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16"),
-    ("v", "i"), dict(N_KEEP=2, M=4, INDEX_BITS=2, GROUP=128), GEMV_CONFIGS, TILED_CONFIGS, 0.5 * (1 + 2 / 8)),)
+    ("v", "i"), dict(N_KEEP=2, M=4, INDEX_BITS=2, GROUP=128, TC=True, USE_ASM=True), (), TILED_CONFIGS,
+    0.5 * (1 + 2 / 8)),)

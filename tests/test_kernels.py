@@ -24,7 +24,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run")
 
-from kernels import FORMATS, _common, available, bitmask, int4, int8, launcher, nm, nm_int4  # noqa: E402
+from kernels import FORMATS, _common, available, bitmask, int4, int8, launcher, nm, nm_int4, nm_int8  # noqa: E402
 from kernel_checks import assert_matches, prmt, seeded  # noqa: E402
 from kernels.testing import pack_bitmask, pack_bits, pack_nm, pack_nm_quant, pack_quant  # noqa: E402
 
@@ -247,12 +247,15 @@ def test_int8_ptx_gives_codes_minus_zero():
         assert [h for r in ("$0", "$1") for h in _halves(out[r])] == [c - z for c in codes], (codes, z)
 
 
+# kernels/nm_int4.py's nm24_tables
+NM24_TABLES = (0x45404040, 0x45454545, 0x40454541, 0x45454540, 0x41454145, 0x45404545, 0x45414545, 0x45414541)
+
+
 def test_nm24_ptx_gives_dense_columns():
     """Every 2:4 pattern and the all-zero padding byte, random codes and zero points: column c of
     each group is code − zero where a kept value sits in c, else exactly 0."""
     rng = np.random.default_rng(2)
     patterns = [(p0, p1) for p0 in range(4) for p1 in range(p0 + 1, 4)]
-    tables = [0x45404040, 0x45454545, 0x40454541, 0x45454540, 0x41454145, 0x45404545, 0x45414545, 0x45414541]
     for _ in range(300):
         codes, z = rng.integers(0, 256, 4), int(rng.integers(0, 16))
         nibbles = [(p0 | p1 << 2) if rng.random() < 0.9 else 0 for p0, p1 in
@@ -262,12 +265,35 @@ def test_nm24_ptx_gives_dense_columns():
         inputs = {"$8": word(codes), "$9": word(own), "$10": word([0, 255, 0, 255]),
                   **{f"${i}": 0x00640064 + z * 0x01000100 for i in range(11, 15)},
                   **{f"${i}": (0x6400 + z) * 0x10001 for i in range(15, 19)},
-                  **{f"${19 + 4 * t + j}": tables[t] for t in range(8) for j in range(4)}}
+                  **{f"${19 + 4 * t + j}": w for t, w in enumerate(NM24_TABLES) for j in range(4)}}
         out = run_ptx(nm_int4.NM24_PTX.value, inputs)
         for c in range(4):
             got = [h for r in (f"${2 * c}", f"${2 * c + 1}") for h in _halves(out[r])]
             want = [((codes[g] & 15) - z if nibbles[g] and nibbles[g] & 3 == c else
                      (codes[g] >> 4) - z if nibbles[g] and nibbles[g] >> 2 == c else 0) for g in range(4)]
+            assert got == want, (c, codes, nibbles, z)
+
+
+def test_nm24_codes8_ptx_gives_dense_columns():
+    """nm-int8's tiles: every 2:4 pattern and the all-zero padding byte, random 8-bit codes and
+    zero points: column c of each group is code − zero where a kept value sits in c, else exactly 0."""
+    rng = np.random.default_rng(3)
+    patterns = [(p0, p1) for p0 in range(4) for p1 in range(p0 + 1, 4)]
+    for _ in range(300):
+        codes, z = rng.integers(0, 256, (4, 2)), int(rng.integers(0, 256))
+        nibbles = [(p0 | p1 << 2) if rng.random() < 0.9 else 0 for p0, p1 in
+                   (patterns[i] for i in rng.integers(0, len(patterns), 4))]
+        own = [nibbles[g] << 4 * (g % 2) | nibbles[g ^ 1] << 4 * (1 - g % 2) for g in range(4)]  # byte g // 2
+        word = lambda b: int.from_bytes(bytes(int(v) for v in b), "little")  # noqa: E731
+        inputs = {"$8": word(codes[:2].ravel()), "$9": word(codes[2:].ravel()), "$10": word(own),
+                  "$11": word([0, 255, 0, 255]), **{f"${i}": 0x00640064 + z * 0x01000100 for i in range(12, 16)},
+                  **{f"${i}": (0x6400 + z) * 0x10001 for i in range(16, 20)},
+                  **{f"${20 + 4 * t + j}": w for t, w in enumerate(NM24_TABLES) for j in range(4)}}
+        out = run_ptx(nm_int8.NM24_CODES8_PTX.value, inputs)
+        for c in range(4):
+            got = [h for r in (f"${2 * c}", f"${2 * c + 1}") for h in _halves(out[r])]
+            want = [(codes[g][0] - z if nibbles[g] and nibbles[g] & 3 == c else
+                     codes[g][1] - z if nibbles[g] and nibbles[g] >> 2 == c else 0) for g in range(4)]
             assert got == want, (c, codes, nibbles, z)
 
 
