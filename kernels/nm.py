@@ -119,16 +119,26 @@ def columns24(pairs, index_bytes, v_ptr, USE_ASM: tl.constexpr):
             dtype=(v_ptr.dtype.element_ty, v_ptr.dtype.element_ty, v_ptr.dtype.element_ty, v_ptr.dtype.element_ty),
             is_pure=True, pack=2)
     else:
-        v0 = (pairs & 0xFFFF).to(tl.uint16).to(v_ptr.dtype.element_ty, bitcast=True)
-        v1 = (pairs >> 16).to(tl.uint16).to(v_ptr.dtype.element_ty, bitcast=True)
-        p0 = nibble & 3
-        p1 = nibble >> 2
-        zero = tl.zeros_like(v0)
-        c0 = tl.where(p0 == 0, v0, zero)
-        c1 = tl.where(p0 == 1, v0, tl.where(p1 == 1, v1, zero))
-        c2 = tl.where(p0 == 2, v0, tl.where(p1 == 2, v1, zero))
-        c3 = tl.where(p1 == 3, v1, zero)
+        c0, c1, c2, c3 = place24((pairs & 0xFFFF).to(tl.uint16).to(v_ptr.dtype.element_ty, bitcast=True),
+                                 (pairs >> 16).to(tl.uint16).to(v_ptr.dtype.element_ty, bitcast=True), index_bytes)
     return c0, c1, c2, c3
+
+
+@triton.jit
+def place24(slot0, slot1, index_bytes):
+    """2:4 groups' two values slot0, slot1 (R, G) into their four columns by their index nibbles
+    (index_bytes (R, G/2): group g's p0 | p1 << 2 in nibble g % 2 of byte g // 2), 0 elsewhere:
+    what the byte-permute PTX does (columns24, kernels/nm_int4.py's nm24_asm), on tensors."""
+    b = index_bytes.to(tl.int32)
+    pos = tl.interleave(b & 15, b >> 4)
+    p0 = pos & 3
+    p1 = pos >> 2
+    none = tl.zeros_like(slot0)
+    col0 = tl.where(p0 == 0, slot0, none)
+    col1 = tl.where(p0 == 1, slot0, tl.where(p1 == 1, slot1, none))
+    col2 = tl.where(p1 == 2, slot1, tl.where(p0 == 2, slot0, none))
+    col3 = tl.where(p1 == 3, slot1, none)
+    return col0, col1, col2, col3
 
 
 # 4:8 dense columns by byte permutes, two groups per call (pack=2): $8 $9 / $10 $11 the groups'

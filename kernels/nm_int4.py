@@ -107,38 +107,43 @@ def nm24_tables(opaque):
             tl.full((1, 1), 0x45414545, tl.int32) + opaque, tl.full((1, 1), 0x45414541, tl.int32) + opaque)
 
 
+def nm24_constraints(code_regs: int) -> str:
+    """inline_asm constraints of nm24_ptx at pack=4: 8 outputs; the codes in code_regs registers,
+    then 42 more (index bytes, mask, 4 zc, 4 lo_zero, 32 table words)."""
+    return ",".join(["=r"] * 8 + ["r"] * (code_regs + 42))
+
+
+NM24_CONSTRAINTS = tl.constexpr(nm24_constraints(1))
+
+
+@triton.jit
+def nm24_asm(codes, index_bytes, zero, opaque, PTX: tl.constexpr, CONSTRAINTS: tl.constexpr):
+    """nm24_ptx's four dense columns, fp16 code − zero (kept) or exactly 0 (pruned), each (R, G):
+    codes (R, G) as PTX reads them, index_bytes (R, G/2): group g's positions p0 | p1 << 2 in
+    nibble g % 2 of byte g // 2; zero (R, 1); opaque: an int32 0 the compiler cannot see through."""
+    R: tl.constexpr = codes.shape[0]
+    G: tl.constexpr = codes.shape[1]
+    own = tl.reshape(tl.broadcast_to(index_bytes[:, :, None], (R, G // 2, 2)), (R, G))  # byte g // 2
+    high = ((tl.arange(0, G) & 1) * 255).to(tl.uint8)[None, :]  # (1, G): odd groups read the high nibble
+    z = zero.to(tl.uint32)
+    zc = (0x00640064 + z * 0x01000100).to(tl.int32, bitcast=True)  # bytes [0x64, z, 0x64, z]
+    lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)  # fp16 pair 1024 + z
+    t = nm24_tables(opaque)
+    return tl.inline_asm_elementwise(
+        PTX, CONSTRAINTS, [codes, own, high, zc, lo_zero, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]],
+        dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=4)
+
+
 @triton.jit
 def nm24_columns(code_bytes, index_bytes, zero, opaque, USE_ASM: tl.constexpr):
-    """2:4 int4 tile → its four dense columns, fp16 code − zero (kept) or exactly 0 (pruned).
-
-    code_bytes (R, G) uint8: one group's two codes per byte; index_bytes (R, G/2): group g's
-    positions p0 | p1 << 2 in nibble g % 2 of byte g // 2; zero (R, 1); opaque: an int32 0 the
-    compiler cannot see through. Returns col0..col3, each (R, G): column c of every group.
-    """
-    R: tl.constexpr = code_bytes.shape[0]
-    G: tl.constexpr = code_bytes.shape[1]
+    """2:4 int4 tile → its four dense columns (nm24_asm); code_bytes (R, G) uint8: one group's two
+    codes per byte, slot 0 in the low nibble."""
     if USE_ASM:
-        own = tl.reshape(tl.broadcast_to(index_bytes[:, :, None], (R, G // 2, 2)), (R, G))  # byte g // 2
-        high = ((tl.arange(0, G) & 1) * 255).to(tl.uint8)[None, :]  # (1, G): odd groups read the high nibble
-        z = zero.to(tl.uint32)
-        zc = (0x00640064 + z * 0x01000100).to(tl.int32, bitcast=True)  # bytes [0x64, z, 0x64, z]
-        lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)  # fp16 pair 1024 + z
-        t = nm24_tables(opaque)
-        col0, col1, col2, col3 = tl.inline_asm_elementwise(
-            NM24_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 43,
-            [code_bytes, own, high, zc, lo_zero, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]],
-            dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=4)
+        cols = nm24_asm(code_bytes, index_bytes, zero, opaque, NM24_PTX, NM24_CONSTRAINTS)
     else:
         slot0, slot1 = int4_minus_zero(code_bytes, zero, USE_ASM)
-        pos = tl.interleave(index_bytes & 15, index_bytes >> 4)  # (R, G): p0 | p1 << 2
-        p0 = pos & 3
-        p1 = pos >> 2
-        none = tl.zeros_like(slot0)
-        col0 = tl.where(p0 == 0, slot0, none)
-        col1 = tl.where(p0 == 1, slot0, tl.where(p1 == 1, slot1, none))
-        col2 = tl.where(p1 == 2, slot1, tl.where(p0 == 2, slot0, none))
-        col3 = tl.where(p1 == 3, slot1, none)
-    return col0, col1, col2, col3
+        cols = nm.place24(slot0, slot1, index_bytes)
+    return cols
 
 
 # The GEMV's step: one call takes 8 group pairs (16 groups, 64 columns) of two rows a, b (pack=8).

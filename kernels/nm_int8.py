@@ -43,8 +43,8 @@ from kernels._common import (INTERPRET, check_group, check_tensor, check_x, dot_
                              store_split, unpack)
 from kernels._sparse import accumulate_tile, code_value, rows_total
 from kernels.bitmask import tuned
-from kernels.nm_int4 import nm24_ptx, nm24_tables
-from kernels.nm import (GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns,
+from kernels.nm_int4 import nm24_asm, nm24_constraints, nm24_ptx
+from kernels.nm import (GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns, place24,
                         kept_gemv, scatter_dense)
 
 FORMAT = "nm-int8"
@@ -84,42 +84,20 @@ def kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC: tl.co
 # and (e2, e3) come in as loaded ($8, $9), so no nibbles to split; the index bytes at $10, the
 # high-nibble mask at $11, zc at $12, 1024 + z at $16, the tables from $20.
 NM24_CODES8_PTX = tl.constexpr(nm24_ptx(10, 12, 16, 20, ("$8", "$9")))
+NM24_CODES8_CONSTRAINTS = tl.constexpr(nm24_constraints(2))
 
 
 @triton.jit
 def nm24_code8_columns(codes, index_bytes, zero, opaque, USE_ASM: tl.constexpr):
-    """2:4 int8 tile → its four dense columns, fp16 code − zero (kept) or exactly 0 (pruned).
-
-    codes (R, G) uint16: a group's two codes, slot 0 in the low byte; index_bytes (R, G/2): group
-    g's positions p0 | p1 << 2 in nibble g % 2 of byte g // 2; zero (R, 1) int32; opaque: an int32
-    0 the compiler cannot see through. Returns col0..col3, each (R, G): column c of every group."""
-    R: tl.constexpr = codes.shape[0]
-    G: tl.constexpr = codes.shape[1]
+    """2:4 int8 tile → its four dense columns (kernels/nm_int4.py's nm24_asm); codes (R, G)
+    uint16: a group's two codes, slot 0 in the low byte."""
     if USE_ASM:
-        own = tl.reshape(tl.broadcast_to(index_bytes[:, :, None], (R, G // 2, 2)), (R, G))  # byte g // 2
-        high = ((tl.arange(0, G) & 1) * 255).to(tl.uint8)[None, :]  # (1, G): odd groups read the high nibble
-        z = zero.to(tl.uint32)
-        zc = (0x00640064 + z * 0x01000100).to(tl.int32, bitcast=True)  # bytes [0x64, z, 0x64, z]
-        lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)  # fp16 pair 1024 + z
-        t = nm24_tables(opaque)
-        col0, col1, col2, col3 = tl.inline_asm_elementwise(
-            NM24_CODES8_PTX, "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 44,
-            [codes, own, high, zc, lo_zero, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]],
-            dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=4)
+        cols = nm24_asm(codes, index_bytes, zero, opaque, NM24_CODES8_PTX, NM24_CODES8_CONSTRAINTS)
     else:
         q = codes.to(tl.int32)
-        slot0 = ((q & 0xFF) - zero).to(tl.float32).to(tl.float16)
-        slot1 = ((q >> 8) - zero).to(tl.float32).to(tl.float16)
-        b = index_bytes.to(tl.int32)
-        pos = tl.interleave(b & 15, b >> 4)  # (R, G): p0 | p1 << 2
-        p0 = pos & 3
-        p1 = pos >> 2
-        none = tl.zeros_like(slot0)
-        col0 = tl.where(p0 == 0, slot0, none)
-        col1 = tl.where(p0 == 1, slot0, tl.where(p1 == 1, slot1, none))
-        col2 = tl.where(p1 == 2, slot1, tl.where(p0 == 2, slot0, none))
-        col3 = tl.where(p1 == 3, slot1, none)
-    return col0, col1, col2, col3
+        cols = place24(((q & 0xFF) - zero).to(tl.float32).to(tl.float16),
+                          ((q >> 8) - zero).to(tl.float32).to(tl.float16), index_bytes)
+    return cols
 
 
 @triton.jit
