@@ -35,14 +35,15 @@ dense tile in registers, per-element dequantization. Same n:m limits as kernels/
 Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path, main-loop instructions per
 packed byte, ≥ 288 CTAs at batch 1, packed loads 128-bit but for the g=64 tiles:
     batch 1 (GEMV)          g=128 5.24   g=64 5.57   one group per row 4.93   (before: 13.7 / 12.5 / 13.1)
-    batch 2-16 (tiles)      g=128 11.5   g=64 11.8 (64-bit index loads)   one group per row 10.8
-                            (before, with the tiles as the B operand: 13.7 / 12.5 / 13.1)
+    batch 2-16 (tiles)      g=128 10.1   g=64 10.4 (64-bit index loads)   one group per row 9.4
+                            (before: 11.5 / 11.8 / 10.8 with a 9-instruction pattern key per 4
+                            groups; 13.7 / 12.5 / 13.1 with the tiles as the B operand)
 GEMV, g=128 (96 packed bytes per thread per iteration, 503 instructions): 3.7 per byte in the
 per-group work above (5.5 instructions per group and row), 0.75 in the selector lookups, 0.3
-loads, 0.5 scale, addressing and loop. The tiles stay over the limit of 6 (g=128, 48 bytes, 554
-instructions): each group becomes 4 fp16 columns, ≈ 12 PTX instructions per group (8.0 per byte:
-pattern key, table-lookup selectors, PRMT, HSUB2), the column tiles reach the wgmma register
-layout through shared memory (≈ 1.1 per byte), wgmma and its fences 0.7. The GEMV's gather does
+loads, 0.5 scale, addressing and loop. The tiles stay over the limit of 6 (g=128, 48 bytes, 484
+instructions): each group becomes 4 fp16 columns, ≈ 10 PTX instructions per group (6.8 per byte:
+nibble split, pattern key, table-lookup selectors, PRMT, HSUB2), the column tiles reach the wgmma
+register layout through shared memory (≈ 1.1 per byte), wgmma and its fences 0.7. The GEMV's gather does
 not carry over (the rows of an MMA share their x); the way under 6 there is the sparse tensor core
 (mma.sp reads the 2:4 metadata itself, as Sparse-Marlin does), which Triton does not expose.
 """
@@ -61,32 +62,30 @@ from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, bl
 FORMAT = "nm-int4"
 
 
-# Per 4 groups (pack=4): code bytes $8 (slot 0 in the low nibble, slot 1 in the high), their
-# index bytes $9 (each group's own copy) and 0xff where the group's nibble is the high one ($10),
-# zc = bytes [0x64, z, 0x64, z] ($11) and the fp16 pair 1024 + z ($15). Per group: key = 2·p0 + p1
-# − 1 (mod 8) names its pattern (6 valid; 7 = the zero padding p0 = p1 = 0); per pair of groups
-# and column c, one PRMT looks up in table c the byte selector of the value (0 / 1: slot 0 / 1,
-# 5: z) under 0x64, one OR moves the second group's selector onto its own bytes (+2), one PRMT
-# builds the fp16 pair (1024 + value) for both groups from their code bytes [q0, q1, q0, q1] and
-# zc, and one HSUB2 takes away 1024 + z: a pruned column reads z and becomes exactly 0. The eight
-# table words (nm24_tables) come in as registers (loop-invariant, so they are set once, not per
-# call). Outputs: column c of groups (e0, e1) in ${2c}, (e2, e3) in ${2c+1}. nm-int8 runs the
-# same steps on its code bytes as they load (kernels/nm_int8.py).
-def nm24_ptx(own: int, zc: int, lo_zero: int, table: int, codes: tuple[str, str], split: str = "",
+# Per 4 groups (pack=4): code bytes $8 (slot 0 in the low nibble, slot 1 in the high), their two
+# index bytes as one halfword w (the quad's, in each of the four: $9 = w | w << 16), zc = bytes
+# [0x64, z, 0x64, z] ($11) and the fp16 pair 1024 + z ($15). A group's index nibble n = p0 | p1 << 2
+# names its pattern by key = (n ^ n >> 1) & 7 (distinct for the 6 patterns and the zero padding),
+# so ks = (w ^ w >> 1) & 0x7777 holds the four keys, one per nibble. Per pair of groups and
+# column c, one PRMT looks up in table c the byte selector of the value (0 / 1: slot 0 / 1, 5: z)
+# under 0x64, one OR moves the second group's selector onto its own bytes (+2), one PRMT builds the
+# fp16 pair (1024 + value) for both groups from their code bytes [q0, q1, q0, q1] and zc, and one
+# HSUB2 takes away 1024 + z: a pruned column reads z and becomes exactly 0. The eight table words
+# (NM24_TABLES) come in as registers (loop-invariant, so they are set once, not per call).
+# Outputs: column c of groups (e0, e1) in ${2c}, (e2, e3) in ${2c+1}. nm-int8 runs the same steps
+# on its code bytes as they load (kernels/nm_int8.py).
+def nm24_ptx(index: int, zc: int, lo_zero: int, table: int, codes: tuple[str, str], split: str = "",
              setup: tuple[str, str] = ("", "")) -> str:
-    """The PTX above: operands $own (index bytes; $own + 1 the high-nibble mask), $zc, $lo_zero,
-    table t at $table + 4t; codes: the registers holding (e0, e1)'s and (e2, e3)'s code bytes once
-    `split` (after the keys) and setup[h] (before half h) ran."""
+    """The PTX above: operands $index (the quad's index halfword, twice), $zc, $lo_zero, table t at
+    $table + 4t; codes: the registers holding (e0, e1)'s and (e2, e3)'s code bytes once `split`
+    and setup[h] (before half h) ran."""
     def half(h: int) -> str:
         return "".join(f" prmt.b32 s, ${table + 8 * c}, ${table + 8 * c + 4}, ks; or.b32 s, s, 0x2200;"
                        f" prmt.b32 ${2 * c + h}, {codes[h]}, ${zc}, s;"
                        f" sub.f16x2 ${2 * c + h}, ${2 * c + h}, ${lo_zero};" for c in range(4))
-    return ("{ .reg .b32 t, n, k, lo, hi, lh, ks, s;"
-            f" shr.b32 t, ${own}, 4; lop3.b32 n, t, ${own}, ${own + 1}, 0xe4; and.b32 n, n, 0x0f0f0f0f;"
-            " and.b32 k, n, 0x03030303; shr.b32 t, n, 2; and.b32 t, t, 0x03030303; mad.lo.u32 k, k, 2, t;"
-            " add.u32 k, k, 0x07070707; and.b32 k, k, 0x07070707;" + split
-            + " shr.b32 t, k, 4; or.b32 ks, k, t;" + setup[0] + half(0) + setup[1] + " shr.b32 ks, ks, 16;" + half(1)
-            + " }")
+    return ("{ .reg .b32 t, lo, hi, lh, ks, s;" + split
+            + f" shr.b32 t, ${index}, 1; xor.b32 t, t, ${index}; and.b32 ks, t, 0x7777;"
+            + setup[0] + half(0) + setup[1] + " shr.b32 ks, ks, 8;" + half(1) + " }")
 
 
 NM24_PTX = tl.constexpr(nm24_ptx(9, 11, 15, 19, ("lh", "lh"),
@@ -94,22 +93,36 @@ NM24_PTX = tl.constexpr(nm24_ptx(9, 11, 15, 19, ("lh", "lh"),
                                  setup=(" prmt.b32 lh, lo, hi, 0x5140;", " prmt.b32 lh, lo, hi, 0x7362;")))
 
 
+def nm24_table_words() -> tuple[int, ...]:
+    """Table c (words 2c, 2c + 1: keys 0-3, 4-7), key of pattern (p0, p1) → byte 0x40 | s: s = 0
+    where slot 0 sits in column c, 1 where slot 1 does, 5 (z) elsewhere, in the padding (key 0)
+    and for the unused key 7."""
+    entries = [[0x45] * 8 for _ in range(4)]
+    for p0 in range(4):
+        for p1 in range(p0 + 1, 4):
+            n = p0 | p1 << 2
+            for c in range(4):
+                entries[c][(n ^ n >> 1) & 7] = 0x40 | (0 if c == p0 else 1 if c == p1 else 5)
+    return tuple(int.from_bytes(bytes(e[4 * h:4 * h + 4]), "little") for e in entries for h in range(2))
+
+
+NM24_TABLES = tl.constexpr(nm24_table_words())
+
+
 @triton.jit
 def nm24_tables(opaque):
-    """nm24_ptx's 8 table words, (1, 1) int32 each. Table c, key k → byte 0x40 | s: s = 0 (slot 0
-    sits in column c), 1 (slot 1 does), 5 (neither: z); keys 0..6 = (p0, p1) = (0,1) (0,2) (0,3)
-    (1,2) (1,3) -, (2,3), 7: padding; low word keys 0-3. + opaque (an int32 0 ptxas cannot see
-    through): the words stay in registers across the loop instead of being re-materialized from
-    uniform registers at every use (≈ 1.3 instructions per byte)."""
-    return (tl.full((1, 1), 0x45404040, tl.int32) + opaque, tl.full((1, 1), 0x45454545, tl.int32) + opaque,
-            tl.full((1, 1), 0x40454541, tl.int32) + opaque, tl.full((1, 1), 0x45454540, tl.int32) + opaque,
-            tl.full((1, 1), 0x41454145, tl.int32) + opaque, tl.full((1, 1), 0x45404545, tl.int32) + opaque,
-            tl.full((1, 1), 0x45414545, tl.int32) + opaque, tl.full((1, 1), 0x45414541, tl.int32) + opaque)
+    """NM24_TABLES, (1, 1) int32 each. + opaque (an int32 0 ptxas cannot see through): the words
+    stay in registers across the loop instead of being re-materialized from uniform registers at
+    every use (≈ 1.3 instructions per byte)."""
+    return (tl.full((1, 1), NM24_TABLES[0], tl.int32) + opaque, tl.full((1, 1), NM24_TABLES[1], tl.int32) + opaque,
+            tl.full((1, 1), NM24_TABLES[2], tl.int32) + opaque, tl.full((1, 1), NM24_TABLES[3], tl.int32) + opaque,
+            tl.full((1, 1), NM24_TABLES[4], tl.int32) + opaque, tl.full((1, 1), NM24_TABLES[5], tl.int32) + opaque,
+            tl.full((1, 1), NM24_TABLES[6], tl.int32) + opaque, tl.full((1, 1), NM24_TABLES[7], tl.int32) + opaque)
 
 
 def nm24_constraints(code_regs: int) -> str:
     """inline_asm constraints of nm24_ptx at pack=4: 8 outputs; the codes in code_regs registers,
-    then 42 more (index bytes, mask, 4 zc, 4 lo_zero, 32 table words)."""
+    then 42 more (index halfwords, 4 zc, 4 lo_zero, 32 table words)."""
     return ",".join(["=r"] * 8 + ["r"] * (code_regs + 42))
 
 
@@ -123,14 +136,15 @@ def nm24_asm(codes, index_bytes, zero, opaque, PTX: tl.constexpr, CONSTRAINTS: t
     nibble g % 2 of byte g // 2; zero (R, 1); opaque: an int32 0 the compiler cannot see through."""
     R: tl.constexpr = codes.shape[0]
     G: tl.constexpr = codes.shape[1]
-    own = tl.reshape(tl.broadcast_to(index_bytes[:, :, None], (R, G // 2, 2)), (R, G))  # byte g // 2
-    high = ((tl.arange(0, G) & 1) * 255).to(tl.uint8)[None, :]  # (1, G): odd groups read the high nibble
+    pair = tl.reshape(index_bytes.to(tl.int32), (R, G // 4, 2))
+    lo, hi = tl.split(pair)
+    quad = tl.reshape(tl.broadcast_to((lo | hi << 8)[:, :, None], (R, G // 4, 4)), (R, G)).to(tl.uint16)
     z = zero.to(tl.uint32)
     zc = (0x00640064 + z * 0x01000100).to(tl.int32, bitcast=True)  # bytes [0x64, z, 0x64, z]
     lo_zero = ((0x6400 + z) * 0x10001).to(tl.int32, bitcast=True)  # fp16 pair 1024 + z
     t = nm24_tables(opaque)
     return tl.inline_asm_elementwise(
-        PTX, CONSTRAINTS, [codes, own, high, zc, lo_zero, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]],
+        PTX, CONSTRAINTS, [codes, quad, zc, lo_zero, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]],
         dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=4)
 
 

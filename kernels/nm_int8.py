@@ -23,13 +23,13 @@ and zero per row and group, codes to fp32 by the 2^23 trick) before x is gathere
 (B ≤ 4) or the codes are scattered to a dense tile (B > 4).
 
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel nm-int8`), 2:4, g = 128,
-batch 1-16: 6.7 main-loop SASS instructions per packed byte (was 10.3 at batch 1 and 18.9-19.1
-on the tiles through the dequantization and scatter), 128-bit packed loads, ≥ 288 CTAs at
-batch 1. Per 4 groups (10 packed bytes) ≈ 44 PTX instructions for the columns (11 per group:
-pattern key, table-lookup selectors, PRMT, HSUB2) and ≈ 5 per group to stage the column tiles
-in the wgmma layout, run the dots and apply the scale: the same build as nm-int4's tiles, whose
-1.5 bytes per group make it 10.8-11.8. Under 6 needs the sparse tensor cores (mma.sp), which
-Triton does not expose.
+batch 1-16: 5.9 main-loop SASS instructions per packed byte, under the limit of 6 (was 10.3 at
+batch 1 and 18.9-19.1 on the tiles through the dequantization and scatter), 128-bit packed
+loads, ≥ 288 CTAs at batch 1. Per 4 groups (10 packed bytes) ≈ 36 PTX instructions for the
+columns (3 for the four pattern keys, then per column and pair of groups a table-lookup
+selector, its OR, a PRMT and an HSUB2) and ≈ 5.7 per group to stage the column tiles in the
+wgmma layout, run the dots and apply the scale: the same build as nm-int4's tiles, whose 1.5
+bytes per group leave them at 9.4-10.4.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def kept_dequant(q, s_ptr, z_ptr, rows, n_mask, t, KC, stride_g, GROUP_KC: tl.co
 
 
 # nm-int4's NM24_PTX on 8-bit codes (pack=4): the code bytes [q0, q1, q0, q1] of groups (e0, e1)
-# and (e2, e3) come in as loaded ($8, $9), so no nibbles to split; the index bytes at $10, the
-# high-nibble mask at $11, zc at $12, 1024 + z at $16, the tables from $20.
+# and (e2, e3) come in as loaded ($8, $9), so no nibbles to split; the quad's index halfword at
+# $10, zc at $12, 1024 + z at $16, the tables from $20.
 NM24_CODES8_PTX = tl.constexpr(nm24_ptx(10, 12, 16, 20, ("$8", "$9")))
 NM24_CODES8_CONSTRAINTS = tl.constexpr(nm24_constraints(2))
 

@@ -193,7 +193,8 @@ def _lop3(a: int, b: int, c: int, lut: int) -> int:
     return sum(((lut >> ((a >> i & 1) << 2 | (b >> i & 1) << 1 | (c >> i & 1))) & 1) << i for i in range(32))
 
 
-INTEGER_OPS = {"and.b32": lambda a, b: a & b, "or.b32": lambda a, b: a | b, "shr.b32": lambda a, b: a >> min(b, 32),
+INTEGER_OPS = {"and.b32": lambda a, b: a & b, "or.b32": lambda a, b: a | b, "xor.b32": lambda a, b: a ^ b,
+               "shr.b32": lambda a, b: a >> min(b, 32),
                "add.u32": lambda a, b: a + b, "mul.lo.u32": lambda a, b: a * b,
                "mad.lo.u32": lambda a, b, c: a * b + c}
 
@@ -247,54 +248,47 @@ def test_int8_ptx_gives_codes_minus_zero():
         assert [h for r in ("$0", "$1") for h in _halves(out[r])] == [c - z for c in codes], (codes, z)
 
 
-# kernels/nm_int4.py's nm24_tables
-NM24_TABLES = (0x45404040, 0x45454545, 0x40454541, 0x45454540, 0x41454145, 0x45404545, 0x45414545, 0x45414541)
+def _nm24_cases(seed: int, code_range: int):
+    """Random quads of 2:4 groups (every pattern, and the all-zero padding byte) and zero points,
+    with nm24_ptx's index and table operands: (codes (4, 2) of 0 … code_range − 1, nibbles, z,
+    operands by offset from the index operand)."""
+    rng = np.random.default_rng(seed)
+    patterns = [(p0, p1) for p0 in range(4) for p1 in range(p0 + 1, 4)]
+    for _ in range(300):
+        codes, z = rng.integers(0, code_range, (4, 2)), int(rng.integers(0, code_range))
+        nibbles = [(p0 | p1 << 2) if rng.random() < 0.9 else 0 for p0, p1 in
+                   (patterns[i] for i in rng.integers(0, len(patterns), 4))]
+        w = nibbles[0] | nibbles[1] << 4 | nibbles[2] << 8 | nibbles[3] << 12  # the quad's index halfword
+        operands = {0: w | w << 16, 1: w | w << 16, **{i: 0x00640064 + z * 0x01000100 for i in range(2, 6)},
+                    **{i: (0x6400 + z) * 0x10001 for i in range(6, 10)},
+                    **{10 + 4 * t + j: word for t, word in enumerate(nm_int4.NM24_TABLES) for j in range(4)}}
+        yield codes, nibbles, z, operands
+
+
+def _nm24_check(out: dict, codes, nibbles, z):
+    """Column c of each group is code − zero where a kept value sits in c, else exactly 0."""
+    for c in range(4):
+        got = [h for r in (f"${2 * c}", f"${2 * c + 1}") for h in _halves(out[r])]
+        want = [(codes[g][0] - z if nibbles[g] and nibbles[g] & 3 == c else
+                 codes[g][1] - z if nibbles[g] and nibbles[g] >> 2 == c else 0) for g in range(4)]
+        assert got == want, (c, codes, nibbles, z)
 
 
 def test_nm24_ptx_gives_dense_columns():
-    """Every 2:4 pattern and the all-zero padding byte, random codes and zero points: column c of
-    each group is code − zero where a kept value sits in c, else exactly 0."""
-    rng = np.random.default_rng(2)
-    patterns = [(p0, p1) for p0 in range(4) for p1 in range(p0 + 1, 4)]
-    for _ in range(300):
-        codes, z = rng.integers(0, 256, 4), int(rng.integers(0, 16))
-        nibbles = [(p0 | p1 << 2) if rng.random() < 0.9 else 0 for p0, p1 in
-                   (patterns[i] for i in rng.integers(0, len(patterns), 4))]
-        own = [nibbles[g] << 4 * (g % 2) | nibbles[g ^ 1] << 4 * (1 - g % 2) for g in range(4)]  # byte g // 2
-        word = lambda b: int.from_bytes(bytes(int(v) for v in b), "little")  # noqa: E731
-        inputs = {"$8": word(codes), "$9": word(own), "$10": word([0, 255, 0, 255]),
-                  **{f"${i}": 0x00640064 + z * 0x01000100 for i in range(11, 15)},
-                  **{f"${i}": (0x6400 + z) * 0x10001 for i in range(15, 19)},
-                  **{f"${19 + 4 * t + j}": w for t, w in enumerate(NM24_TABLES) for j in range(4)}}
-        out = run_ptx(nm_int4.NM24_PTX.value, inputs)
-        for c in range(4):
-            got = [h for r in (f"${2 * c}", f"${2 * c + 1}") for h in _halves(out[r])]
-            want = [((codes[g] & 15) - z if nibbles[g] and nibbles[g] & 3 == c else
-                     (codes[g] >> 4) - z if nibbles[g] and nibbles[g] >> 2 == c else 0) for g in range(4)]
-            assert got == want, (c, codes, nibbles, z)
+    """nm-int4's tiles: 4-bit codes, slot 0 in a group's low nibble."""
+    for codes, nibbles, z, operands in _nm24_cases(2, 16):
+        code_bytes = sum(int(codes[g][0] | codes[g][1] << 4) << 8 * g for g in range(4))
+        out = run_ptx(nm_int4.NM24_PTX.value, {"$8": code_bytes, **{f"${9 + i}": v for i, v in operands.items()}})
+        _nm24_check(out, codes, nibbles, z)
 
 
 def test_nm24_codes8_ptx_gives_dense_columns():
-    """nm-int8's tiles: every 2:4 pattern and the all-zero padding byte, random 8-bit codes and
-    zero points: column c of each group is code − zero where a kept value sits in c, else exactly 0."""
-    rng = np.random.default_rng(3)
-    patterns = [(p0, p1) for p0 in range(4) for p1 in range(p0 + 1, 4)]
-    for _ in range(300):
-        codes, z = rng.integers(0, 256, (4, 2)), int(rng.integers(0, 256))
-        nibbles = [(p0 | p1 << 2) if rng.random() < 0.9 else 0 for p0, p1 in
-                   (patterns[i] for i in rng.integers(0, len(patterns), 4))]
-        own = [nibbles[g] << 4 * (g % 2) | nibbles[g ^ 1] << 4 * (1 - g % 2) for g in range(4)]  # byte g // 2
-        word = lambda b: int.from_bytes(bytes(int(v) for v in b), "little")  # noqa: E731
-        inputs = {"$8": word(codes[:2].ravel()), "$9": word(codes[2:].ravel()), "$10": word(own),
-                  "$11": word([0, 255, 0, 255]), **{f"${i}": 0x00640064 + z * 0x01000100 for i in range(12, 16)},
-                  **{f"${i}": (0x6400 + z) * 0x10001 for i in range(16, 20)},
-                  **{f"${20 + 4 * t + j}": w for t, w in enumerate(NM24_TABLES) for j in range(4)}}
-        out = run_ptx(nm_int8.NM24_CODES8_PTX.value, inputs)
-        for c in range(4):
-            got = [h for r in (f"${2 * c}", f"${2 * c + 1}") for h in _halves(out[r])]
-            want = [(codes[g][0] - z if nibbles[g] and nibbles[g] & 3 == c else
-                     codes[g][1] - z if nibbles[g] and nibbles[g] >> 2 == c else 0) for g in range(4)]
-            assert got == want, (c, codes, nibbles, z)
+    """nm-int8's tiles: 8-bit codes, a group's two in a halfword, two groups per register."""
+    for codes, nibbles, z, operands in _nm24_cases(3, 256):
+        pair = lambda g: int(codes[g][0] | codes[g][1] << 8)  # noqa: E731
+        inputs = {"$8": pair(0) | pair(1) << 16, "$9": pair(2) | pair(3) << 16,
+                  **{f"${10 + i}": v for i, v in operands.items()}}
+        _nm24_check(run_ptx(nm_int8.NM24_CODES8_PTX.value, inputs), codes, nibbles, z)
 
 
 def test_nm24_gemv_ptx_gives_kept_products():

@@ -46,11 +46,8 @@ class Short(NamedTuple):
 
 NM_INT4 = ("batch 1 meets the limits (x gathered by the kept indices, 4.9-5.6 instr/B); the batch 2-16 tiles "
            "need the sparse tensor cores (mma.sp), which Triton does not expose: the 2:4 groups are "
-           "expanded to 4 dense fp16 columns in registers (≈ 8 instructions per packed byte for the "
-           "selectors and permutes alone)")
-NM_INT8 = ("nm-int4's byte permutes on its code bytes, on the tensor cores at every batch: ≈ 11 PTX instructions "
-           "per 2:4 group for its four dense fp16 columns and ≈ 5 to stage them and run the dots, against 2.5 packed "
-           "bytes per group; under 6 needs the sparse tensor cores (mma.sp), which Triton does not expose")
+           "expanded to 4 dense fp16 columns in registers (≈ 6.8 instructions per packed byte for the "
+           "nibble split, selectors and permutes alone)")
 BITMASK_INT8 = ("loads and CTAs met (format version 2: two 16-byte vectors per mask byte), not instructions: ≈ 57 "
                 "instructions per mask byte against its 5 packed bytes: ≈ 11 permutes, ≈ 10 selects and funnel shifts "
                 "to line up the codes, 4 pair subtractions, and 8 16-bit stores that move the column tile into the "
@@ -59,10 +56,9 @@ BITMASK_INT4 = ("two overlapping 32-bit code words per mask byte (16-byte vector
                 "byte, which its 3 packed bytes cannot carry); ≈ 46-49 instructions per mask byte for the prefix, the "
                 "loads, ≈ 7 permutes, 4 pair subtractions and the staging of operands for the dots")
 SHORT = {
-    "nm-int4 2:4 g128": Short(11.54, 128, NM_INT4),
-    "nm-int4 2:4 g64": Short(11.77, 64, NM_INT4),
-    "nm-int4 2:4 g-1": Short(10.75, 128, NM_INT4),
-    "nm-int8 2:4 g128": Short(6.74, 128, NM_INT8),
+    "nm-int4 2:4 g128": Short(10.08, 128, NM_INT4),
+    "nm-int4 2:4 g64": Short(10.44, 64, NM_INT4),
+    "nm-int4 2:4 g-1": Short(9.42, 128, NM_INT4),
     "bitmask-int4 50% g128": Short(16.17, 32, BITMASK_INT4),
     "bitmask-int8 50% g128": Short(11.45, 128, BITMASK_INT8),
 }
