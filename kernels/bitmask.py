@@ -38,7 +38,7 @@ inline PTX) serve the quantized kernels' general path (kernels/bitmask_int4.py).
 chunk_offsets and values are trusted (checking them would cost a device sync per call).
 
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel bitmask`), 50% sparsity,
-batch 1-16: 5.8-5.9 main-loop SASS instructions per packed byte, under the limit of 6 (was
+batch 1-16: 5.85-5.95 main-loop SASS instructions per packed byte, under the limit of 6 (was
 8.7-8.9 with tl.load's vectors and indices and a dot per column; 10.8-11.2 at batch 1 and
 14.4-15.5 column by column, with 16-bit gathers), every packed load 128-bit, ≥ 288 CTAs at
 batch 1. Per mask byte (9 packed bytes) ≈ 53 instructions: 17 PRMTs (16 of them VALUES_PTX's),
@@ -56,7 +56,6 @@ import triton.language as tl
 from kernels import _common, _sparse
 from kernels._common import check_tensor, check_x, dot_w, k_tile_range, make_out, store_split
 from kernels._sparse import accumulate_tile, rows_total
-from kernels.nm import _split8
 
 FORMAT = "bitmask"
 # Version 2 cuts rows into chunks of this many columns (tasks/formats/packing.py BITMASK_CHUNK);
@@ -331,12 +330,22 @@ def value_columns(lo, hi, s, sel, cnt, v_dtype: tl.constexpr, USE_ASM: tl.conste
 
 
 @triton.jit
-def dot_pairs(cols, xs, acc, DOT_F32: tl.constexpr):
-    """acc + Σ_c cols[c] · xs[c]ᵀ (8 × (BLOCK_N, NB) and 8 × (BLOCK_M, NB)), one dot per column
-    pair: a dot's K order is free, and a pair (c, c + 1) is one register of the A operand."""
+def dot_pairs(cols, acc, x_ptr, offs_m, t, B, K, stride_xb, TAIL: tl.constexpr, DOT_F32: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """acc (BLOCK_N, BLOCK_M) + Ŵ · xᵀ for K tile t, Ŵ's columns in cols (8 × (BLOCK_N, BLOCK_K/8):
+    column c of every mask byte). One dot per column pair: a dot's K order is free, and a pair
+    (c, c + 1) is one register of the A operand. x's columns c, c + 1, c + 8, c + 9, … load as
+    such (pairs of halves), not as a reshaped (…, 8) tile: Triton 3.6 (the H200's) fails to
+    compile a reshaped dot operand there. TAIL: the tile reaches past K."""
+    NB: tl.constexpr = BLOCK_K // 8
+    k = tl.arange(0, 2 * NB)
     for c in tl.static_range(0, 8, 2):
-        w = tl.reshape(tl.join(cols[c], cols[c + 1]), (cols[c].shape[0], 2 * cols[c].shape[1]))
-        x = tl.reshape(tl.join(xs[c], xs[c + 1]), (xs[c].shape[0], 2 * xs[c].shape[1]))
+        offs_x = t * BLOCK_K + (k // 2) * 8 + c + (k % 2)  # (2 NB,)
+        x_mask = offs_m[:, None] < B
+        if TAIL:
+            x_mask = x_mask & (offs_x[None, :] < K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xb + offs_x[None, :], mask=x_mask, other=0.0)
+        w = tl.reshape(tl.join(cols[c], cols[c + 1]), (cols[c].shape[0], 2 * NB))
         acc = dot_w(w, x, acc, DOT_F32)
     return acc
 
@@ -360,12 +369,7 @@ def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     hi = load16(v32_ptr, tl.minimum((idx >> 3) + 1, NV - 1), USE_ASM)
     sel = load_word(lut_ptr, b, USE_ASM)
     cols = value_columns(lo, hi, idx, sel, cnt, x_ptr.dtype.element_ty, USE_ASM)
-    offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
-    x_mask = offs_m[:, None, None] < B
-    if TAIL:
-        x_mask = x_mask & (offs_x[None, :, :] < K)
-    x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :], mask=x_mask, other=0.0)
-    return dot_pairs(cols, _split8(x), acc, DOT_F32), tl.sum(cnt, axis=1)
+    return dot_pairs(cols, acc, x_ptr, offs_m, t, B, K, stride_xb, TAIL, DOT_F32, BLOCK_K), tl.sum(cnt, axis=1)
 
 
 @triton.jit

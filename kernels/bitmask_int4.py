@@ -40,11 +40,11 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.p
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, g = 128,
-batch 1-16, SASS instructions per packed byte: bitmask-int4 15.4-16.2 (BYTE_LUT, a column pair
+batch 1-16, SASS instructions per packed byte: bitmask-int4 15.6-15.9 (BYTE_LUT, a column pair
 per output register, unsigned word addresses; was 19.5-19.8 with a dot per column, 128-180
 column by column, then 21.0-21.6 on format version 1; version 2's whole 16-byte stream lets the
 code words load unmasked, and the column tiles are the dots' A operand, yᵀ = Ŵ · xᵀ, as in
-kernels/bitmask.py), 32-bit packed loads; bitmask-int8 11.4-11.5 with 128-bit loads (BYTE_LUT,
+kernels/bitmask.py), 32-bit packed loads; bitmask-int8 11.5-11.6 with 128-bit loads (BYTE_LUT,
 load16 and a column pair per output register; was 17.0-17.2 through tl.load's vectors,
 23.7-24.6 at batch 1 and 38.3-39.3 column by column, 8-bit gathers). Still far above 6: per mask
 byte (3 packed bytes for int4, 5 for int8) the prefix, the loads and their addresses, ≈ 7-11
@@ -67,7 +67,6 @@ from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cf
                              check_bitmask, dot_pairs, gather_kept, kept_and_slots, load16, load_word, mask_tile,
                              mask_words, next_start, popcount, table, tile_bases, tuned, value_selectors,
                              values_before, word_at)
-from kernels.nm import _split8
 
 FORMAT = "bitmask-int4"
 
@@ -205,7 +204,6 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     """One K tile of bitmask-int4 / int8 on the tensor cores (the tile lies in one quantization
     group: scale, zero (BLOCK_N,)). Returns acc + Ŵ · xᵀ (BLOCK_N, BLOCK_M) and the tile's kept
     count per row. TAIL: the tile reaches past K (its mask bits there are cleared, its x masked)."""
-    BLOCK_M: tl.constexpr = acc.shape[0]
     NB: tl.constexpr = BLOCK_K // 8
     b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)  # (BLOCK_N, NB)
     if TAIL:  # the tile across K's end: clear the padding bits past K (unspecified)
@@ -228,12 +226,8 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
         sel = load_word(lut_ptr, b, USE_ASM)
         z = tl.broadcast_to(zero[:, None], b.shape)
         cols = code8_columns(lo, hi, idx, sel, cnt, z, USE_ASM)
-    offs_x = t * BLOCK_K + tl.arange(0, NB)[:, None] * 8 + tl.arange(0, 8)[None, :]  # (NB, 8)
-    x_mask = offs_m[:, None, None] < B
-    if TAIL:
-        x_mask = x_mask & (offs_x[None, :, :] < K)
-    x = tl.load(x_ptr + offs_m[:, None, None] * stride_xb + offs_x[None, :, :], mask=x_mask, other=0.0)  # (BLOCK_M, NB, 8)
-    part = dot_pairs(cols, _split8(x), tl.zeros(acc.shape, dtype=tl.float32), DOT_F32)
+    part = dot_pairs(cols, tl.zeros(acc.shape, dtype=tl.float32), x_ptr, offs_m, t, B, K, stride_xb, TAIL, DOT_F32,
+                     BLOCK_K)
     return acc + part * scale[:, None], tl.sum(cnt, axis=1)
 
 

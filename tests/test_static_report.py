@@ -59,8 +59,8 @@ SHORT = {
     "nm-int4 2:4 g128": Short(10.08, 128, NM_INT4),
     "nm-int4 2:4 g64": Short(10.44, 64, NM_INT4),
     "nm-int4 2:4 g-1": Short(9.42, 128, NM_INT4),
-    "bitmask-int4 50% g128": Short(16.17, 32, BITMASK_INT4),
-    "bitmask-int8 50% g128": Short(11.45, 128, BITMASK_INT8),
+    "bitmask-int4 50% g128": Short(15.88, 32, BITMASK_INT4),
+    "bitmask-int8 50% g128": Short(11.64, 128, BITMASK_INT8),
 }
 SLACK = 1.02  # a listed kernel may move this much above its listed instructions per byte
 
