@@ -393,8 +393,10 @@ def report(kernel: str | None = None, paths: tuple[str, ...] = PATHS, workers: i
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kernels import FORMATS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel", help="one format name from kernels.FORMATS (default: all)")
+    parser.add_argument("--kernel", choices=sorted(FORMATS), help="one packed format (default: all)")
     parser.add_argument("--path", choices=PATHS, action="append", help="launch path (default: both)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--jobs", type=int, default=None)

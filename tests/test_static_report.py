@@ -80,6 +80,14 @@ def cases():
         yield pytest.param(name, marks=marks, id=name)
 
 
+def test_unknown_kernel_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    with pytest.raises(SystemExit) as exit_:
+        static_report.main(["--kernel", "nm-int9", "--out", str(out)])
+    assert exit_.value.code == 2 and "invalid choice: 'nm-int9'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_target_shapes_are_params_yaml_benchmark_shapes():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert [tuple(s) for s in params["benchmark"]["shapes"]] == list(static_report.TARGET_SHAPES)
