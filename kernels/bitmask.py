@@ -309,19 +309,20 @@ def word_at(lo, hi, w):
 
 
 @triton.jit
-def value_columns(lo, hi, s, sel, cnt, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
+def value_columns(lo, hi, idx, sel, cnt, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
     """The 8 dense columns of each mask byte, 8 × (R, NB) in v_dtype (0 where pruned); see
-    VALUES_PTX. lo, hi: 4 × (R, NB) int32 each, the 16 values from the byte's 16-byte vector on."""
+    VALUES_PTX. lo, hi: 4 × (R, NB) int32 each, the 16 values from the byte's 16-byte vector on;
+    idx: the index of its first value."""
     if USE_ASM:
         cols = tl.inline_asm_elementwise(
             VALUES_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 11,
-            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], s, sel, cnt],
+            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], idx, sel, cnt],
             dtype=(tl.bfloat16 if v_dtype == tl.bfloat16 else tl.float16,) * 8, is_pure=True, pack=1)
-    else:  # the same choice of values, on integers: value s + rank of the 16
+    else:  # the same choice of values, on integers: value idx mod 8 + rank of the 16
         cols = ()
         for c in tl.static_range(8):
             nib = (sel >> (4 * (c % 4) + 16 * (c // 4))) & 7
-            h = (s & 7) + nib
+            h = (idx & 7) + nib
             word = word_at(lo, hi, h >> 1)
             half = ((word >> ((h & 1) * 16)) & 0xFFFF).to(tl.int16).to(v_dtype, bitcast=True)
             kept = ((sel >> (4 * (c % 4) + 16 * (c // 4))) & 7) != 7

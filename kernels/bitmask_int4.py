@@ -145,20 +145,20 @@ CODES8_COLUMNS_PTX = tl.constexpr(
 
 
 @triton.jit
-def code8_columns(lo, hi, s, sel, cnt, zero, USE_ASM: tl.constexpr):
+def code8_columns(lo, hi, idx, sel, cnt, zero, USE_ASM: tl.constexpr):
     """The 8 dense columns (code − zero, fp16) of each mask byte, 8 × (R, NB); see
     CODES8_COLUMNS_PTX. lo, hi: 4 × (R, NB) int32 each, the 32 code bytes from the byte's vector
-    on; zero (R, NB) int32."""
+    on; idx: the index of its first code; zero (R, NB) int32."""
     if USE_ASM:
         cols = tl.inline_asm_elementwise(
             CODES8_COLUMNS_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 13,
-            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], s, sel, cnt, zero << 24,
+            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], idx, sel, cnt, zero << 24,
              (0x6400 + zero) * 0x10001], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
-    else:  # the same choice of codes, on integers: byte s mod 16 + rank of the 32
+    else:  # the same choice of codes, on integers: byte idx mod 16 + rank of the 32
         cols = ()
         for c in tl.static_range(8):
             nib = (sel >> (4 * (c % 4) + 16 * (c // 4))) & 7
-            h = (s & 15) + nib
+            h = (idx & 15) + nib
             word = word_at(lo, hi, h >> 2)
             code = tl.where((nib == 7) & (cnt < 8), zero, ((word >> ((h & 3) * 8)) & 0xFF).to(tl.int32))
             cols = cols + ((code - zero).to(tl.float32).to(tl.float16),)

@@ -43,9 +43,9 @@ from kernels._common import (INTERPRET, check_group, check_tensor, check_x, dot_
                              store_split, unpack)
 from kernels._sparse import accumulate_tile, code_value, rows_total
 from kernels.bitmask import tuned
-from kernels.nm_int4 import nm24_asm, nm24_constraints, nm24_ptx
 from kernels.nm import (GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns, place24,
                         kept_gemv, scatter_dense)
+from kernels.nm_int4 import nm24_asm, nm24_constraints, nm24_ptx
 
 FORMAT = "nm-int8"
 
@@ -96,7 +96,7 @@ def nm24_code8_columns(codes, index_bytes, zero, opaque, USE_ASM: tl.constexpr):
     else:
         q = codes.to(tl.int32)
         cols = place24(((q & 0xFF) - zero).to(tl.float32).to(tl.float16),
-                          ((q >> 8) - zero).to(tl.float32).to(tl.float16), index_bytes)
+                       ((q >> 8) - zero).to(tl.float32).to(tl.float16), index_bytes)
     return cols
 
 
