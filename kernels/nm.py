@@ -111,9 +111,9 @@ def columns24(pairs, index_bytes, v_ptr, USE_ASM: tl.constexpr):
     """2:4 groups → their 4 dense columns: pairs (R, G) uint32 (a group's two kept 16-bit values,
     first in the low half), index_bytes (R, G/2) → 4 tensors (R, G) in the values' dtype, 0 where
     pruned. Elementwise in (R, G), so it holds whatever registers Triton packs together."""
-    b = index_bytes.to(tl.int32)
-    nibble = tl.interleave(b & 0xF, b >> 4)  # (R, G): p0 | p1 << 2
     if USE_ASM:
+        b = index_bytes.to(tl.int32)
+        nibble = tl.interleave(b & 0xF, b >> 4)  # (R, G): p0 | p1 << 2
         c0, c1, c2, c3 = tl.inline_asm_elementwise(
             NM24_VALUES_PTX, "=r,=r,=r,=r,r,r,r,r", [pairs, nibble],
             dtype=(v_ptr.dtype.element_ty, v_ptr.dtype.element_ty, v_ptr.dtype.element_ty, v_ptr.dtype.element_ty),
