@@ -274,6 +274,10 @@ class CompileSpec:
     # packed_bytes: loads that reread bytes (overlapping code words) count once in packed_bytes,
     # so instructions per byte are per byte streamed from memory, not per byte issued.
     ptx_bytes: Callable = None
+    # Inline-asm strings (PTX text) whose `pack` elements do not depend on one another: any grouping
+    # Triton hands them computes the same. Every other asm with pack > 1 must get runs of `pack`
+    # consecutive elements of one row (kernels.static_report checks the compiled layouts).
+    free_asm: tuple = ()
 
 
 # ----------------------------------------------------------------------------- jit helpers

@@ -101,12 +101,14 @@ def launch(gemv, tiled, x: torch.Tensor, n_out: int, args: tuple, gemv_max: int 
 # ----------------------------------------------------------------------------- static report
 
 def static_spec(name: str, kernel, pointers: dict, packed: tuple, constexprs: dict, gemv_configs, tiled_configs,
-                bytes_per_weight: float, kept: float = 1.0, ptx_bytes_per_weight: float | None = None):
+                bytes_per_weight: float, kept: float = 1.0, ptx_bytes_per_weight: float | None = None,
+                free_asm: tuple = ()):
     """The kernels._common.CompileSpec of a sparse kernel: its GEMV configs at batch 1 and its
     BLOCK_M = 16 tiled configs make the batch 1-16 path, the wider tiled ones the large batch.
     bytes_per_weight: packed bytes per (row, column) of W that the main loop streams; kept: the
     fraction of the predicated gathers that load (the sparsity the bytes assume);
-    ptx_bytes_per_weight: what the loop's loads issue per weight where they reread bytes."""
+    ptx_bytes_per_weight: what the loop's loads issue per weight where they reread bytes;
+    free_asm: CompileSpec.free_asm."""
     from kernels._common import BATCH_1_16, LARGE_BATCH, CompileSpec
 
     def gemv(c):
@@ -129,5 +131,6 @@ def static_spec(name: str, kernel, pointers: dict, packed: tuple, constexprs: di
     return CompileSpec(name=name, kernel=kernel, pointers=dict(pointers, ws="fp32", ticket="i32"), packed=packed,
                        constexprs=constexprs, paths={BATCH_1_16: small, LARGE_BATCH: large},
                        packed_bytes=packed_bytes, ctas=ctas, unaligned=("B", "batch_bucket"), kept=kept,
+                       free_asm=free_asm,
                        ptx_bytes=None if ptx_bytes_per_weight is None else
                        lambda c: packed_bytes(c, ptx_bytes_per_weight))

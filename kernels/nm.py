@@ -485,7 +485,8 @@ def _static(n: int, m: int):
     return _sparse.static_spec(
         f"nm {n}:{m}", _nm_matmul_kernel, dict(x="fp16", v="fp16", i="u8", y="fp16", lut="i32"), ("v", "i"),
         dict(N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], USE_ASM=True), GEMV_CONFIGS, TILED_CONFIGS,
-        n / m * (2 + INDEX_BITS[m] / 8))
+        n / m * (2 + INDEX_BITS[m] / 8),
+        free_asm=(NM24_VALUES_PTX.value, NM48_VALUES_PTX.value))  # each group's columns from its own registers
 
 
 STATIC = (_static(2, 4), _static(4, 8))

@@ -20,7 +20,11 @@ per shape); the report finds them through kernels.FORMATS. For every production 
 3. disassembles the cubin with the wheel's nvdisasm; the SASS main loop is the backward branch
    holding the most global loads (the smallest on ties); counts its instructions (NOPs aside):
    one thread, one iteration, as long as ptxas does not unroll it;
-4. writes one row per config: instr_per_byte = loop instructions / packed bytes that thread loads
+4. reads, in the TTGIR, the layout of every inline-asm call with pack > 1 (see asm_layout_problems):
+   the kernels' asm assumes each call gets `pack` consecutive elements of one row, which Triton
+   does not promise (its lowering takes the thread's next `pack` registers, whatever they hold);
+   the interpreter runs the asm's torch twin, so only the compiled layout can tell;
+5. writes one row per config: instr_per_byte = loop instructions / packed bytes that thread loads
    per iteration (the spec's count of bytes streamed from memory; `ptx_packed_bytes` is what the
    PTX loop loads, gathers under an inline-asm predicate weighted by the kept fraction `spec.kept`;
    it must equal `ptx_expected_bytes`, the spec's count or, where the loop rereads bytes, its
@@ -29,7 +33,8 @@ per shape); the report finds them through kernels.FORMATS. For every production 
    thread) / shared_bytes, ctas = CTAs launched at batch 1 on each target shape, resident_ctas
    per SM (registers, shared memory, threads) and inflight_kb: the packed KB one iteration of the
    CTAs on an SM has in flight at batch 1 (DESIGN.md asks ≈ 25-30 KB to cover DRAM latency;
-   reported, not tested).
+   reported, not tested), asm_calls / asm_layout: the inline-asm calls checked and what would
+   hand any of them other than runs of one row (a wrong answer on the GPU: the report exits 1).
 
 The limits the batch 1-16 path must meet (tests/test_static_report.py): 128-bit packed loads,
 ≤ MAX_INSTR_PER_BYTE instructions per packed byte, ≥ MIN_CTAS CTAs at batch 1 on every shape.
@@ -82,6 +87,8 @@ class Row:
     #   predicated gathers weighted by the kept fraction the spec assumes (spec.kept)
     ptx_gather_bytes: int | None = None  # of those, the gathers' bytes were every predicate true
     ptx_expected_bytes: int | None = None  # what the spec says the PTX loads (= packed_bytes unless it rereads)
+    asm_calls: int | None = None  # inline-asm calls with pack > 1 whose element grouping the report checked
+    asm_layout: list = field(default_factory=list)  # what would hand them other than runs of one row
     error: str | None = None
 
 
@@ -318,6 +325,101 @@ def resources(cubin: bytes) -> tuple[int, int]:
     return int(re.search(r"REG:(\d+)", text).group(1)), int(re.search(r"LOCAL:(\d+)", text).group(1))
 
 
+# Inline asm with pack > 1: Triton's lowering hands each call the next `pack` registers of the
+# thread, in the order its layout keeps them (and pads a short tail with undef). Nothing makes
+# those consecutive elements of one row, yet the kernels' asm assumes it: a quad of 2:4 groups
+# reads its index halfword and zero point once, the GEMV sums a run of 64 columns. The report
+# reads every such call's layout in the TTGIR, as Triton's linear layouts: register i holds the
+# XOR of the register bases of i's set bits, plus the lane, warp and block bases of the thread.
+ASM_OP = re.compile(r'tt\.elementwise_inline_asm "((?:[^"\\]|\\.)*)".*?packed_element = (\d+)')
+TENSOR = re.compile(r"tensor<([\dx]+)x\w+, (#[\w.]+)>")
+LAYOUT = re.compile(r"^(#[\w.]+) = #ttg\.(\w+)<\{(.*)\}>$", re.M)
+
+
+def mlir_string(text: str) -> str:
+    """An MLIR string literal's contents, its \\XX escapes decoded."""
+    return re.sub(r"\\([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def layout_fields(body: str) -> dict:
+    """`sizePerThread = [1, 16], order = [1, 0]` (a #ttg layout's fields) → a dict."""
+    return json.loads("{" + re.sub(r"(\w+) = ", r'"\1": ', body) + "}")
+
+
+def blocked_bases(size: list, threads: list, warps: list, order: list, shape: list) -> tuple[list, list]:
+    """A #ttg.blocked layout over `shape` as linear-layout bases: (register bases, lane + warp
+    bases). Per dimension, fastest first: the thread's own elements, then lanes, then warps; a
+    shape larger than the CTA tile repeats it (more registers, fastest dimension first), a smaller
+    one drops the registers past it and broadcasts the lanes and warps past it (bases 0). What
+    Triton's blockedToLinearLayout gives (tests/test_static_report.py compares the two)."""
+    rank = len(shape)
+    step = [1] * rank
+    bases = {"register": [], "lane": [], "warp": []}
+    for kind, counts in (("register", size), ("lane", threads), ("warp", warps)):
+        for d in order:
+            for _ in range(counts[d].bit_length() - 1):
+                bases[kind].append([step[d] if i == d else 0 for i in range(rank)])
+                step[d] *= 2
+    for d in order:
+        while step[d] < shape[d]:
+            bases["register"].append([step[d] if i == d else 0 for i in range(rank)])
+            step[d] *= 2
+    inside = lambda b: all(v < n for v, n in zip(b, shape))  # noqa: E731
+    return ([b for b in bases["register"] if inside(b)],
+            [b if inside(b) else [0] * rank for b in bases["lane"] + bases["warp"]])
+
+
+def layout_bases(kind: str, fields: dict, shape: list) -> tuple[list, list] | None:
+    """(register bases, the thread's other bases) of a blocked or linear layout; None for others."""
+    if kind == "blocked":
+        return blocked_bases(fields["sizePerThread"], fields["threadsPerWarp"], fields["warpsPerCTA"],
+                             fields["order"], shape)
+    if kind == "linear":
+        return fields["register"], fields["lane"] + fields["warp"] + fields["block"]
+    return None
+
+
+def run_problem(pack: int, registers: list, others: list) -> str | None:
+    """Why calls of `pack` registers would not see runs of `pack` consecutive elements of one row
+    starting at a multiple of `pack` (None: they do). Registers i … i + pack − 1 (i a multiple of
+    pack) differ only in the bits of the first log2(pack) register bases, so those must be the
+    unit steps 1, 2, … along the last dimension, and every other base a multiple of pack there."""
+    if pack & (pack - 1):
+        return f"pack {pack} is not a power of two"
+    k = pack.bit_length() - 1
+    run = [[0] * (len(registers[0]) - 1 if registers else 0) + [1 << j] for j in range(k)]
+    if len(registers) < k or registers[:k] != run:
+        return f"its first registers step by {registers[:k]}, not {run}"
+    off = [b for b in registers[k:] + others if b[-1] % pack]
+    if off:
+        return f"bases {off} start runs off a multiple of {pack}"
+    return None
+
+
+def asm_layout_problems(ttgir: str, free: tuple = ()) -> tuple[int, list[str]]:
+    """(inline-asm calls checked, what is wrong with their layouts) in a TTGIR module: every
+    tt.elementwise_inline_asm with pack > 1 whose PTX is not in `free`, on each of its tensors."""
+    layouts = {name: (kind, layout_fields(body)) for name, kind, body in LAYOUT.findall(ttgir)}
+    checked, problems = 0, []
+    for line in ttgir.splitlines():
+        op = ASM_OP.search(line)
+        if not op:
+            continue
+        ptx, pack = mlir_string(op.group(1)), int(op.group(2))
+        if pack == 1 or ptx in free:
+            continue
+        checked += 1
+        for dims, name in sorted(set(TENSOR.findall(line[op.end():]))):
+            shape = [int(d) for d in dims.split("x")]
+            kind, fields = layouts.get(name, ("undefined", {}))
+            bases = layout_bases(kind, fields, shape)
+            why = (f"the report reads blocked and linear layouts, not {kind}" if bases is None
+                   else run_problem(pack, *bases))
+            if why:
+                problems.append(f"asm (pack {pack}) `{ptx[:48]}…` on tensor<{dims}, {name}>: {why}")
+    return checked, problems
+
+
 def resident_ctas(registers: int, shared: int, threads: int) -> int:
     """CTAs one Hopper SM holds at once: registers are allocated per warp in blocks of 256."""
     per_warp = -(-registers * 32 // 256) * 256
@@ -339,6 +441,7 @@ def analyse(job: tuple) -> Row:
         row.error = f"compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
         return row
     cubin = compiled.asm["cubin"]
+    row.asm_calls, row.asm_layout = asm_layout_problems(compiled.asm["ttgir"], spec.free_asm)
     row.registers, row.spill_bytes = resources(cubin)
     row.shared_bytes = compiled.metadata.shared
     threads = 32 * config.num_warps
@@ -407,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for row in result["rows"]:
-        bad = "; ".join(violations(Row(**row))) if row["path"] == PATHS[0] else row["error"] or ""
+        limits = violations(Row(**row)) if row["path"] == PATHS[0] else [row["error"]] if row["error"] else []
+        bad = "; ".join(limits + row["asm_layout"])
         print(f"{row['kernel']:16s} {row['path']:11s} {row['config']:34s} "
               f"{row['instr_per_byte'] or '-':>6} instr/B {row['load_bits'] or '-':>4} bit "
               f"{row['registers'] or '-':>4} regs {row['spill_bytes'] if row['spill_bytes'] is not None else '-':>4} "
@@ -415,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     for fmt in result["formats_without_spec"]:
         print(f"{fmt}: its kernel module declares no STATIC specs: not compiled")
     print(f"wrote {args.out}")
-    return 1 if any(row["error"] for row in result["rows"]) else 0
+    return 1 if any(row["error"] or row["asm_layout"] for row in result["rows"]) else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ One case per kernel (a static spec: "int4 g128", "bitmask 50%", …) over all it
   list is a ratchet, not a blanket). Only LimitsNotMet counts as the expected failure: a compile
   error or a missing row fails as usual.
 
+On both paths, every inline-asm call that takes `pack` > 1 elements must get runs of `pack`
+consecutive columns of one row (static_report.asm_layout_problems): the asm assumes it, Triton does
+not promise it, and the interpreter cannot see it.
+
 The report runs once per session, in a subprocess: this test session sets TRITON_INTERPRET=1,
 which replaces every @triton.jit function by the interpreter's and leaves nothing to compile.
 """
@@ -103,8 +107,8 @@ def report(tmp_path_factory):
         pytest.skip(f"triton's wheel lacks {', '.join(MISSING)} under {TOOLS}: cannot compile for sm_90")
     out = tmp_path_factory.mktemp("static") / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "kernels.static_report", "--path", static_report.PATHS[0],
-                          "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "kernels.static_report", "--out", str(out)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1200)
     assert out.exists(), f"static_report failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return json.loads(out.read_text())
 
@@ -114,9 +118,23 @@ def test_every_format_declares_its_static_specs(report):
     assert {row["kernel"] for row in report["rows"]} == set(spec_names())
 
 
+def test_every_inline_asm_call_gets_runs_of_one_row(report):
+    """On both paths: a call handed elements of two rows, or a run off its alignment, reads the
+    wrong zero point or index nibbles on the GPU, and the interpreter (which runs the asm's torch
+    twin) cannot see it."""
+    assert not [r for r in report["rows"] if r["error"]]
+    problems = {f"{r['kernel']} {r['path']} {r['config']}": r["asm_layout"] for r in report["rows"] if r["asm_layout"]}
+    assert not problems, problems
+    calls = {}
+    for r in report["rows"]:
+        calls[r["kernel"]] = calls.get(r["kernel"], 0) + r["asm_calls"]
+    # the formats whose asm reads a run at once (zero points, quads of 2:4 groups, the GEMV's 64 columns)
+    assert all(calls[name] > 0 for name in ("int4 g128", "int8 g128", "nm-int4 2:4 g128", "nm-int8 2:4 g128")), calls
+
+
 @pytest.mark.parametrize("kernel", list(cases()))
 def test_batch_1_16_configs_meet_the_limits(report, kernel):
-    rows = [static_report.Row(**r) for r in report["rows"] if r["kernel"] == kernel]
+    rows = [static_report.Row(**r) for r in report["rows"] if r["kernel"] == kernel and r["path"] == static_report.PATHS[0]]
     assert rows, f"{kernel}: no batch 1-16 row in the report"
     errors = {r.config: r.error for r in rows if r.error}
     assert not errors, f"{kernel}: {errors}"
@@ -156,3 +174,130 @@ def test_ptx_scanner_sees_inline_asm_gathers_and_not_table_lookups():
     loads = static_report.ptx_loop_loads(PTX_GATHER, {1})
     assert loads.bits == [128, 16]
     assert (loads.plain_bits, loads.gather_bits) == (128, 16)
+
+
+GLUON_LAYOUTS = """
+import json, random, sys
+from triton._C.libtriton import ir, gluon_ir
+from kernels.static_report import blocked_bases
+
+rng = random.Random(0)
+
+
+def spread(total, rank):  # powers of two over the dimensions, multiplying to total
+    out = [1] * rank
+    while total > 1:
+        out[rng.randrange(rank)] *= 2
+        total //= 2
+    return out
+
+
+context = ir.context()
+ir.load_dialects(context)
+builder = gluon_ir.GluonOpBuilder(context)
+differ = []
+for _ in range(500):
+    rank = rng.choice([1, 2, 3])
+    order = list(range(rank))
+    rng.shuffle(order)
+    case = ([rng.choice([1, 2, 4, 8, 16]) for _ in range(rank)], spread(32, rank),
+            spread(rng.choice([1, 4, 8]), rank), order, [rng.choice([1, 2, 4, 16, 64, 256]) for _ in range(rank)])
+    theirs = builder.to_linear_layout(builder.get_blocked_layout(*case[:4], []), case[4])
+    if list(blocked_bases(*case)) != [theirs.reg_bases, theirs.lane_bases + theirs.warp_bases + theirs.block_bases]:
+        differ.append(case)
+print(json.dumps(differ))
+"""
+
+
+def test_blocked_layouts_read_as_triton_reads_them():
+    """static_report.blocked_bases against Triton's own blockedToLinearLayout (through Gluon's
+    builder), on 500 random layouts and shapes: repeated, broadcast and 3-D ones. In a subprocess:
+    the builder's bindings report leaks at exit."""
+    pytest.importorskip("triton._C.libtriton.gluon_ir", reason="this Triton has no Gluon builder")
+    run = subprocess.run([sys.executable, "-c", GLUON_LAYOUTS], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == []
+
+
+def test_runs_need_unit_register_steps_and_aligned_starts():
+    run = static_report.run_problem
+    # sizePerThread [1, 16] over 128 x 32: registers step 1, 2, 4, 8 along columns, then rows
+    good = static_report.blocked_bases([1, 16], [16, 2], [4, 1], [1, 0], [128, 32])
+    assert run(4, *good) is None and run(8, *good) is None and run(16, *good) is None
+    assert "not [[0, 1], [0, 2], [0, 4], [0, 8], [0, 16]]" in run(32, *good)  # a thread holds 16 columns
+    # one column per thread: pack 2 would pair rows r and r + 8
+    assert run(2, *static_report.blocked_bases([1, 1], [2, 16], [4, 1], [1, 0], [64, 16])) == (
+        "its first registers step by [[8, 0]], not [[0, 1]]")
+    # runs of 4 that start at column 2 (a lane steps by 2) or repeat an element (a broadcast register)
+    assert "start runs off a multiple of 4" in run(4, [[0, 1], [0, 2], [4, 0]], [[0, 2], [1, 0]])
+    assert run(4, [[0, 1], [0, 0]], [[0, 4]]) == "its first registers step by [[0, 1], [0, 0]], not [[0, 1], [0, 2]]"
+    assert run(4, [[0, 1], [0, 2], [0, 0]], [[0, 4]]) is None  # a repeated run is still a run
+    assert run(3, *good) == "pack 3 is not a power of two"
+
+
+TTGIR = r"""#blocked = #ttg.blocked<{sizePerThread = [1, 16], threadsPerWarp = [16, 2], warpsPerCTA = [4, 1], order = [1, 0]}>
+#blocked1 = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [2, 16], warpsPerCTA = [4, 1], order = [1, 0]}>
+#linear = #ttg.linear<{register = [[0, 1], [0, 2], [0, 16], [32, 0]], lane = [[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]], warp = [[8, 0], [16, 0]], block = []}>
+    %a:2 = tt.elementwise_inline_asm "{ quad \22a\22; }" {constraints = "=r,r", packed_element = 4 : i32, pure = true} %x : tensor<128x32xi8, #blocked> -> tensor<128x32xf16, #blocked> loc(#loc1)
+    %b = tt.elementwise_inline_asm "{ lane; }" {constraints = "=r,r", packed_element = 1 : i32, pure = true} %y : tensor<64x16xi32, #blocked1> -> tensor<64x16xi32, #blocked1> loc(#loc2)
+    %c = tt.elementwise_inline_asm "{ pair; }" {constraints = "=r,r", packed_element = 2 : i32, pure = true} %y : tensor<64x16xi32, #blocked1> -> tensor<64x16xi32, #blocked1> loc(#loc3)
+    %d = tt.elementwise_inline_asm "{ lin; }" {constraints = "=r,r", packed_element = 4 : i32, pure = true} %z : tensor<64x32xi32, #linear> -> tensor<64x32xi32, #mma> loc(#loc4)
+"""
+
+
+def test_asm_layouts_are_read_from_the_ttgir():
+    checked, problems = static_report.asm_layout_problems(TTGIR)
+    assert checked == 3  # pack 1 needs nothing
+    assert problems == [
+        "asm (pack 2) `{ pair; }…` on tensor<64x16, #blocked1>: its first registers step by [[8, 0]], not [[0, 1]]",
+        "asm (pack 4) `{ lin; }…` on tensor<64x32, #mma>: the report reads blocked and linear layouts, not undefined",
+    ]
+    # an asm whose elements are independent may take any grouping; the escaped quotes are decoded
+    assert static_report.asm_layout_problems(TTGIR, free=("{ pair; }", "{ lin; }")) == (1, [])
+    assert static_report.asm_layout_problems(TTGIR, free=('{ quad "a"; }',))[0] == 2
+
+
+TOY = """
+import triton
+import triton.language as tl
+
+COPY4 = tl.constexpr("mov.b32 $0, $4; mov.b32 $1, $5; mov.b32 $2, $6; mov.b32 $3, $7;")
+
+
+@triton.jit
+def toy(x_ptr, y_ptr, COLS: tl.constexpr):
+    offs = tl.arange(0, 256)[:, None] * COLS + tl.arange(0, COLS)[None, :]
+    v = tl.load(x_ptr + offs)
+    w = tl.inline_asm_elementwise(COPY4, "=r,=r,=r,=r,r,r,r,r", [v], dtype=tl.int32, is_pure=True, pack=4)
+    tl.store(y_ptr + offs, w)
+"""
+
+DRIVE = """
+import json, sys, triton
+from kernels import static_report
+from kernels._common import CompileSpec
+from toy import toy
+out = {}
+for cols in (16, 1):
+    spec = CompileSpec(name="toy", kernel=toy, pointers=dict(x="i32", y="i32"), packed=("x",), constexprs={},
+                       paths={}, packed_bytes=None, ctas=None)
+    compiled = static_report.compile_config(spec, triton.Config(dict(COLS=cols), num_warps=4, num_stages=1))
+    out[cols] = static_report.asm_layout_problems(compiled.asm["ttgir"])
+print(json.dumps(out))
+"""
+
+
+def test_a_compiled_kernel_whose_asm_would_mix_rows_is_caught(tmp_path):
+    """A real compile: 16 int32 columns load 4 to a thread (runs of 4); with one column, a thread's
+    registers hold rows r, r + 1: pack=4 would mix rows (and pad the call with undef)."""
+    if MISSING:
+        pytest.skip(f"triton's wheel lacks {', '.join(MISSING)}")
+    (tmp_path / "toy.py").write_text(TOY)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    run = subprocess.run([sys.executable, "-c", DRIVE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["16"] == [1, []]
+    checked, problems = found["1"]
+    assert checked == 1 and len(problems) == 1 and "not [[0, 1], [0, 2]]" in problems[0], problems
