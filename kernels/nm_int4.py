@@ -35,13 +35,14 @@ dense tile in registers, per-element dequantization. Same n:m limits as kernels/
 Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path, main-loop instructions per
 packed byte, ≥ 288 CTAs at batch 1, packed loads 128-bit but for the g=64 tiles:
     batch 1 (GEMV)          g=128 5.24   g=64 5.57   one group per row 4.93   (before: 13.7 / 12.5 / 13.1)
-    batch 2-16 (tiles)      g=128 10.1   g=64 10.4 (64-bit index loads)   one group per row 9.4
-                            (before: 11.5 / 11.8 / 10.8 with a 9-instruction pattern key per 4
+    batch 2-16 (tiles)      g=128 9.8    g=64 9.6 (64-bit index loads)    one group per row 9.3
+                            (before: 10.1 / 10.4 / 9.4 with a selector lookup and OR per column
+                            and pair of groups; 11.5 / 11.8 / 10.8 with a 9-instruction pattern key per 4
                             groups; 13.7 / 12.5 / 13.1 with the tiles as the B operand)
 GEMV, g=128 (96 packed bytes per thread per iteration, 503 instructions): 3.7 per byte in the
 per-group work above (5.5 instructions per group and row), 0.75 in the selector lookups, 0.3
-loads, 0.5 scale, addressing and loop. The tiles stay over the limit of 6 (g=128, 48 bytes, 484
-instructions): each group becomes 4 fp16 columns, ≈ 10 PTX instructions per group (6.8 per byte:
+loads, 0.5 scale, addressing and loop. The tiles stay over the limit of 6 (g=128, 48 bytes, 471
+instructions): each group becomes 4 fp16 columns, ≈ 9 PTX instructions per group (6 per byte:
 nibble split, pattern key, table-lookup selectors, PRMT, HSUB2), the column tiles reach the wgmma
 register layout through shared memory (≈ 1.1 per byte), wgmma and its fences 0.7. The GEMV's gather does
 not carry over (the rows of an MMA share their x); the way under 6 there is the sparse tensor core
@@ -66,31 +67,31 @@ FORMAT = "nm-int4"
 # index bytes as one halfword w (the quad's, in each of the four: $9 = w | w << 16), zc = bytes
 # [0x64, z, 0x64, z] ($11) and the fp16 pair 1024 + z ($15). A group's index nibble n = p0 | p1 << 2
 # names its pattern by key = (n ^ n >> 1) & 7 (distinct for the 6 patterns and the zero padding),
-# so ks = (w ^ w >> 1) & 0x7777 holds the four keys, one per nibble. Per pair of groups and
-# column c, one PRMT looks up in table c the byte selector of the value (0 / 1: slot 0 / 1, 5: z)
-# under 0x64, one OR moves the second group's selector onto its own bytes (+2), one PRMT builds the
-# fp16 pair (1024 + value) for both groups from their code bytes [q0, q1, q0, q1] and zc, and one
-# HSUB2 takes away 1024 + z: a pruned column reads z and becomes exactly 0. The eight table words
+# so ks = (w ^ w >> 1) & 0x7777 holds the four keys, one per nibble. Per column c, one PRMT looks
+# up in table c the byte selectors of the four groups' values (0 / 1: slot 0 / 1, 5: z) under 0x64,
+# one OR moves the second group of each pair onto its own bytes (+2); per pair of groups, one PRMT
+# builds the fp16 pair (1024 + value) for both from their code bytes [q0, q1, q0, q1] and zc (the
+# second pair's selectors shifted down: PRMT reads bits 15:0), and one HSUB2 takes away 1024 + z:
+# a pruned column reads z and becomes exactly 0. The eight table words
 # (NM24_TABLES) come in as registers (loop-invariant, so they are set once, not per call).
 # Outputs: column c of groups (e0, e1) in ${2c}, (e2, e3) in ${2c+1}. nm-int8 runs the same steps
 # on its code bytes as they load (kernels/nm_int8.py).
-def nm24_ptx(index: int, zc: int, lo_zero: int, table: int, codes: tuple[str, str], split: str = "",
-             setup: tuple[str, str] = ("", "")) -> str:
+def nm24_ptx(index: int, zc: int, lo_zero: int, table: int, codes: tuple[str, str], setup: str = "") -> str:
     """The PTX above: operands $index (the quad's index halfword, twice), $zc, $lo_zero, table t at
-    $table + 4t; codes: the registers holding (e0, e1)'s and (e2, e3)'s code bytes once `split`
-    and setup[h] (before half h) ran."""
-    def half(h: int) -> str:
-        return "".join(f" prmt.b32 s, ${table + 8 * c}, ${table + 8 * c + 4}, ks; or.b32 s, s, 0x2200;"
-                       f" prmt.b32 ${2 * c + h}, {codes[h]}, ${zc}, s;"
-                       f" sub.f16x2 ${2 * c + h}, ${2 * c + h}, ${lo_zero};" for c in range(4))
-    return ("{ .reg .b32 t, lo, hi, lh, ks, s;" + split
+    $table + 4t; codes: the registers holding (e0, e1)'s and (e2, e3)'s code bytes once `setup` ran."""
+    return ("{ .reg .b32 t, lo, hi, lh0, lh1, ks, s;" + setup
             + f" shr.b32 t, ${index}, 1; xor.b32 t, t, ${index}; and.b32 ks, t, 0x7777;"
-            + setup[0] + half(0) + setup[1] + " shr.b32 ks, ks, 8;" + half(1) + " }")
+            + "".join(f" prmt.b32 s, ${table + 8 * c}, ${table + 8 * c + 4}, ks; or.b32 s, s, 0x22002200;"
+                      f" prmt.b32 ${2 * c}, {codes[0]}, ${zc}, s; sub.f16x2 ${2 * c}, ${2 * c}, ${lo_zero};"
+                      f" shr.b32 s, s, 16;"
+                      f" prmt.b32 ${2 * c + 1}, {codes[1]}, ${zc}, s; sub.f16x2 ${2 * c + 1}, ${2 * c + 1}, ${lo_zero};"
+                      for c in range(4))
+            + " }")
 
 
-NM24_PTX = tl.constexpr(nm24_ptx(9, 11, 15, 19, ("lh", "lh"),
-                                 split=" and.b32 lo, $8, 0x0f0f0f0f; shr.b32 hi, $8, 4; and.b32 hi, hi, 0x0f0f0f0f;",
-                                 setup=(" prmt.b32 lh, lo, hi, 0x5140;", " prmt.b32 lh, lo, hi, 0x7362;")))
+NM24_PTX = tl.constexpr(nm24_ptx(9, 11, 15, 19, ("lh0", "lh1"),
+                                 setup=" and.b32 lo, $8, 0x0f0f0f0f; shr.b32 hi, $8, 4; and.b32 hi, hi, 0x0f0f0f0f;"
+                                       " prmt.b32 lh0, lo, hi, 0x5140; prmt.b32 lh1, lo, hi, 0x7362;"))
 
 
 def nm24_table_words() -> tuple[int, ...]:

@@ -50,7 +50,7 @@ class Short(NamedTuple):
 
 NM_INT4 = ("batch 1 meets the limits (x gathered by the kept indices, 4.9-5.6 instr/B); the batch 2-16 tiles "
            "need the sparse tensor cores (mma.sp), which Triton does not expose: the 2:4 groups are "
-           "expanded to 4 dense fp16 columns in registers (≈ 6.8 instructions per packed byte for the "
+           "expanded to 4 dense fp16 columns in registers (≈ 6 instructions per packed byte for the "
            "nibble split, selectors and permutes alone)")
 BITMASK_INT8 = ("loads and CTAs met (format version 2: two 16-byte vectors per mask byte), not instructions: ≈ 57 "
                 "instructions per mask byte against its 5 packed bytes: ≈ 11 permutes, ≈ 10 selects and funnel shifts "
@@ -60,9 +60,9 @@ BITMASK_INT4 = ("two overlapping 32-bit code words per mask byte (16-byte vector
                 "byte, which its 3 packed bytes cannot carry); ≈ 46-49 instructions per mask byte for the prefix, the "
                 "loads, ≈ 7 permutes, 4 pair subtractions and the staging of operands for the dots")
 SHORT = {
-    "nm-int4 2:4 g128": Short(10.08, 128, NM_INT4),
-    "nm-int4 2:4 g64": Short(10.44, 64, NM_INT4),
-    "nm-int4 2:4 g-1": Short(9.42, 128, NM_INT4),
+    "nm-int4 2:4 g128": Short(9.81, 128, NM_INT4),
+    "nm-int4 2:4 g64": Short(9.6, 64, NM_INT4),
+    "nm-int4 2:4 g-1": Short(9.29, 128, NM_INT4),
     "bitmask-int4 50% g128": Short(15.88, 32, BITMASK_INT4),
     "bitmask-int8 50% g128": Short(11.64, 128, BITMASK_INT8),
 }
