@@ -34,7 +34,10 @@ per shape); the report finds them through kernels.FORMATS. For every production 
    per SM (registers, shared memory, threads) and inflight_kb: the packed KB one iteration of the
    CTAs on an SM has in flight at batch 1 (DESIGN.md asks ≈ 25-30 KB to cover DRAM latency;
    reported, not tested), asm_calls / asm_layout: the inline-asm calls checked and what would
-   hand any of them other than runs of one row (a wrong answer on the GPU: the report exits 1).
+   hand any of them other than runs of one row (a wrong answer on the GPU: the report exits 1),
+   bytes_per_weight (streamed per weight: packed data, scales and zeros) and ceiling_vs_fp16: the
+   speedup over cuBLAS fp16 that bytes and instruction issue leave possible (`ceiling`; a bound
+   to hold the GPU figures against, not a forecast).
 
 The limits the batch 1-16 path must meet (tests/test_static_report.py): 128-bit packed loads,
 ≤ MAX_INSTR_PER_BYTE instructions per packed byte, ≥ MIN_CTAS CTAs at batch 1 on every shape.
@@ -61,7 +64,9 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 TARGET_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 28672))
 LOAD_BITS = 128
 # H200: 3.3e13 thread-instructions/s over 4.27 TB/s is 7.8 per byte at perfect issue, ≈ 5 in practice.
+PEAK_INSTR_PER_BYTE = 7.8
 MAX_INSTR_PER_BYTE = 6.0
+FP16_BYTES_PER_WEIGHT = 2  # what cuBLAS streams for the dense fp16 weight
 MIN_CTAS = 264  # 2 CTAs on each of the H200's 132 SMs
 SMS, REGISTERS_PER_SM, SHARED_PER_SM, THREADS_PER_SM, CTAS_PER_SM = 132, 65536, 228 * 1024, 2048, 32
 OUT = Path(__file__).resolve().parent.parent / "bench" / "results" / "kernels-sm90.json"
@@ -87,6 +92,8 @@ class Row:
     #   predicated gathers weighted by the kept fraction the spec assumes (spec.kept)
     ptx_gather_bytes: int | None = None  # of those, the gathers' bytes were every predicate true
     ptx_expected_bytes: int | None = None  # what the spec says the PTX loads (= packed_bytes unless it rereads)
+    bytes_per_weight: float | None = None  # bytes streamed per weight: packed data, scales and zeros
+    ceiling_vs_fp16: float | None = None  # the most this config can gain on cuBLAS fp16 at batch 1 (see ceiling)
     asm_calls: int | None = None  # inline-asm calls with pack > 1 whose element grouping the report checked
     asm_layout: list = field(default_factory=list)  # what would hand them other than runs of one row
     error: str | None = None
@@ -460,7 +467,24 @@ def analyse(job: tuple) -> Row:
     row.ptx_packed_bytes = round((loads.plain_bits + spec.kept * loads.gather_bits) / 8, 2)
     row.ptx_expected_bytes = spec.ptx_bytes(config) if spec.ptx_bytes else row.packed_bytes
     row.instr_per_byte = round(row.loop_instructions / row.packed_bytes, 2)
+    row.bytes_per_weight = round(row.packed_bytes * threads / (config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"])
+                                 + side_bytes(spec.constexprs.get("GROUP")), 4)
+    row.ceiling_vs_fp16 = ceiling(row.bytes_per_weight, row.instr_per_byte)
     return row
+
+
+def side_bytes(group: int | None) -> float:
+    """Bytes per weight of the scales and zeros (fp16 + uint8 per group of g columns, every
+    quantized format): 3 / g; none for fp16 values (no GROUP) and ≈ 0 for one group per row (0)."""
+    return 3 / group if group else 0.0
+
+
+def ceiling(bytes_per_weight: float, instr_per_byte: float) -> float:
+    """The speedup over cuBLAS fp16 a weight-streaming kernel cannot pass: both stream their
+    weights at the same bandwidth (fp16: 2 bytes per weight), unless instruction issue caps the
+    kernel first (past PEAK_INSTR_PER_BYTE per byte at perfect issue). A bound, not a forecast:
+    no latency, occupancy or cache effects, and cuBLAS taken at full bandwidth."""
+    return round(FP16_BYTES_PER_WEIGHT / bytes_per_weight * min(1.0, PEAK_INSTR_PER_BYTE / instr_per_byte), 2)
 
 
 def violations(row: Row) -> list[str]:
@@ -514,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = "; ".join(limits + row["asm_layout"])
         print(f"{row['kernel']:16s} {row['path']:11s} {row['config']:34s} "
               f"{row['instr_per_byte'] or '-':>6} instr/B {row['load_bits'] or '-':>4} bit "
+              f"{row['ceiling_vs_fp16'] or '-':>5}x fp16 "
               f"{row['registers'] or '-':>4} regs {row['spill_bytes'] if row['spill_bytes'] is not None else '-':>4} "
               f"spill  min {min(row['ctas'].values()) if row['ctas'] else '-':>5} CTAs  {bad}", flush=True)
     for fmt in result["formats_without_spec"]:

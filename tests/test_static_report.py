@@ -169,6 +169,21 @@ $L__BB0_1:
 """
 
 
+def test_ceiling_is_the_byte_ratio_until_issue_caps_it():
+    # int4 g128: 0.5 packed + 3/128 scale and zero bytes per weight, memory-bound at 5.33 instr/B
+    assert static_report.side_bytes(128) == 3 / 128 and static_report.side_bytes(0) == 0.0
+    assert static_report.ceiling(0.5 + 3 / 128, 5.33) == 3.82
+    # past 7.8 instructions per byte issue caps it: 15.6 halves what the bytes allow
+    assert static_report.ceiling(0.375 + 3 / 128, 15.6) == round(2 / 0.3984375 / 2, 2) == 2.51
+
+
+def test_report_rows_carry_their_ceiling(report):
+    for r in report["rows"]:
+        assert r["ceiling_vs_fp16"] == static_report.ceiling(r["bytes_per_weight"], r["instr_per_byte"]), r["kernel"]
+    int4 = [r for r in report["rows"] if r["kernel"] == "int4 g128" and r["path"] == static_report.PATHS[0]]
+    assert [r["bytes_per_weight"] for r in int4] == [0.5234]  # bench/results/format-sizes.json's int4
+
+
 def test_ptx_scanner_sees_inline_asm_gathers_and_not_table_lookups():
     """param 1 is packed; param 2 a table indexed by a packed value (not packed data)."""
     loads = static_report.ptx_loop_loads(PTX_GATHER, {1})
