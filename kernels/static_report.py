@@ -1,7 +1,7 @@
 """What the compiled kernels will cost on Hopper, read from their SASS on the CPU (no GPU needed).
 
     .venv/bin/python -m kernels.static_report                  # every kernel → bench/results/kernels-sm90.json
-    .venv/bin/python -m kernels.static_report --kernel int4    # one format (its name in kernels.FORMATS)
+    .venv/bin/python -m kernels.static_report --kernel int4    # one format's rows updated in that file
     .venv/bin/python -m kernels.static_report --path "batch 1-16" --out /tmp/r.json
 
 Each kernel module declares its `STATIC` specs (kernels._common.CompileSpec: the kernel, pointer
@@ -38,6 +38,9 @@ per shape); the report finds them through kernels.FORMATS. For every production 
    bytes_per_weight (streamed per weight: packed data, scales and zeros) and ceiling_vs_fp16: the
    speedup over cuBLAS fp16 that bytes and instruction issue leave possible (`ceiling`; a bound
    to hold the GPU figures against, not a forecast).
+
+A run narrowed by --kernel or --path updates its rows in an existing report (the same Triton's;
+another's is refused, so nothing is lost) and leaves the other rows as they were.
 
 The limits the batch 1-16 path must meet (tests/test_static_report.py): 128-bit packed loads,
 ≤ MAX_INSTR_PER_BYTE instructions per packed byte, ≥ MIN_CTAS CTAs at batch 1 on every shape.
@@ -519,6 +522,36 @@ def report(kernel: str | None = None, paths: tuple[str, ...] = PATHS, workers: i
             "shapes": [list(s) for s in TARGET_SHAPES], "formats_without_spec": missing, "rows": rows}
 
 
+def previous_report(out: Path, triton_version: str) -> dict | None:
+    """The report a narrowed run (--kernel / --path) updates in place: None when `out` does not
+    exist; exits with a message when it cannot be read or holds another Triton's figures (a merge
+    would mix versions, and overwriting would lose the other rows)."""
+    if not out.exists():
+        return None
+    try:
+        previous = json.loads(out.read_text())
+        rows, version = previous["rows"], previous["triton"]
+    except (ValueError, KeyError, TypeError) as e:
+        sys.exit(f"{out} is not a report this tool can update ({type(e).__name__}: {e}): pass --out for a new file")
+    if version != triton_version:
+        sys.exit(f"{out} holds Triton {version}'s figures and this is Triton {triton_version}: pass --out for a "
+                 "report of its own")
+    return dict(previous, rows=rows)
+
+
+def merged(previous: dict, result: dict) -> dict:
+    """`result`'s rows in place of `previous`'s for the same kernel and path, in the full run's order
+    (rows of specs that no longer exist are dropped)."""
+    ran = {(r["kernel"], r["path"]) for r in result["rows"]}
+    order = {}
+    for _, name, path, _ in jobs(None, PATHS):
+        order.setdefault((name, path), len(order))
+    rows = [r for r in previous["rows"] if (r["kernel"], r["path"]) not in ran] + result["rows"]
+    rows = [r for r in rows if (r["kernel"], r["path"]) in order]
+    return dict(result, rows=sorted(rows, key=lambda r: order[r["kernel"], r["path"]]),
+                formats_without_spec=[fmt for fmt, spec in specs() if spec is None])
+
+
 def main(argv: list[str] | None = None) -> int:
     from kernels import FORMATS
 
@@ -530,9 +563,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("unset TRITON_INTERPRET: the interpreter replaces the kernels this report compiles")
+    import triton
+
+    narrowed = args.kernel is not None or args.path is not None
+    previous = previous_report(args.out, triton.__version__) if narrowed else None
     result = report(args.kernel, tuple(args.path or PATHS), args.jobs)
+    written = merged(previous, result) if previous else result
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    partial = args.out.with_name(args.out.name + ".partial")  # a run killed while writing leaves `out` whole
+    partial.write_text(json.dumps(written, indent=1) + "\n")
+    partial.replace(args.out)
     for row in result["rows"]:
         limits = violations(Row(**row)) if row["path"] == PATHS[0] else [row["error"]] if row["error"] else []
         bad = "; ".join(limits + row["asm_layout"])
@@ -543,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
               f"spill  min {min(row['ctas'].values()) if row['ctas'] else '-':>5} CTAs  {bad}", flush=True)
     for fmt in result["formats_without_spec"]:
         print(f"{fmt}: its kernel module declares no STATIC specs: not compiled")
-    print(f"wrote {args.out}")
+    print(f"updated {len(result['rows'])} of the {len(written['rows'])} rows of {args.out}" if previous
+          else f"wrote {args.out}")
     return 1 if any(row["error"] or row["asm_layout"] for row in result["rows"]) else 0
 
 

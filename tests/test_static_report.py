@@ -92,6 +92,41 @@ def test_unknown_kernel_is_refused_before_anything_is_written(tmp_path, capsys):
     assert not out.exists()
 
 
+def run_report(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "kernels.static_report", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_narrowed_run_refuses_to_touch_another_tritons_report(tmp_path):
+    out = tmp_path / "report.json"
+    for text, said in (('{"triton": "0.1", "rows": []}', "holds Triton 0.1's figures and this is Triton"),
+                       ("not json", "is not a report this tool can update (JSONDecodeError")):
+        out.write_text(text)
+        run = run_report("--kernel", "int8", "--out", str(out))
+        assert run.returncode == 1 and said in run.stderr and "pass --out" in run.stderr
+        assert out.read_text() == text
+
+
+def test_a_narrowed_run_updates_its_rows_and_keeps_the_others(report, tmp_path):
+    """--kernel int8 --path "batch 1-16" into the full report: int8's batch 1-16 rows come back in
+    their place, every other row stays as it was (a marked one included)."""
+    if MISSING:
+        pytest.skip(f"triton's wheel lacks {', '.join(MISSING)}")
+    rows = [dict(r) for r in report["rows"] if not (r["kernel"].startswith("int8 ") and r["path"] == static_report.PATHS[0])]
+    rows[0]["registers"] = -1  # a row the narrowed run must not touch
+    out = tmp_path / "report.json"
+    out.write_text(json.dumps(dict(report, rows=rows)))
+    run = run_report("--kernel", "int8", "--path", static_report.PATHS[0], "--out", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"updated 3 of the {len(report['rows'])} rows" in run.stdout
+    after = json.loads(out.read_text())["rows"]
+    key = lambda r: (r["kernel"], r["path"], r["config"])  # noqa: E731
+    assert [key(r) for r in after] == [key(r) for r in report["rows"]]
+    assert after[0]["registers"] == -1
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_target_shapes_are_params_yaml_benchmark_shapes():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert [tuple(s) for s in params["benchmark"]["shapes"]] == list(static_report.TARGET_SHAPES)
