@@ -530,13 +530,14 @@ def previous_report(out: Path, triton_version: str) -> dict | None:
         return None
     try:
         previous = json.loads(out.read_text())
-        rows, version = previous["rows"], previous["triton"]
+        if not isinstance(previous["rows"], list):
+            raise TypeError("its rows are not a list")
     except (ValueError, KeyError, TypeError) as e:
         sys.exit(f"{out} is not a report this tool can update ({type(e).__name__}: {e}): pass --out for a new file")
-    if version != triton_version:
-        sys.exit(f"{out} holds Triton {version}'s figures and this is Triton {triton_version}: pass --out for a "
-                 "report of its own")
-    return dict(previous, rows=rows)
+    if previous.get("triton") != triton_version:
+        sys.exit(f"{out} holds Triton {previous.get('triton')}'s figures and this is Triton {triton_version}: pass "
+                 "--out for a report of its own")
+    return previous
 
 
 def merged(previous: dict, result: dict) -> dict:
