@@ -35,9 +35,9 @@ per shape); the report finds them through kernels.FORMATS. For every production 
    CTAs on an SM has in flight at batch 1 (DESIGN.md asks ≈ 25-30 KB to cover DRAM latency;
    reported, not tested), asm_calls / asm_layout: the inline-asm calls checked and what would
    hand any of them other than runs of one row (a wrong answer on the GPU: the report exits 1),
-   bytes_per_weight (streamed per weight: packed data, scales and zeros) and ceiling_vs_fp16: the
-   speedup over cuBLAS fp16 that bytes and instruction issue leave possible (`ceiling`; a bound
-   to hold the GPU figures against, not a forecast).
+   bytes_per_weight (streamed per weight: packed data, scales and zeros) and, on the batch 1-16
+   path, ceiling_vs_fp16: the speedup over cuBLAS fp16 that bytes and instruction issue leave
+   possible (`ceiling`; a bound to hold the GPU figures against, not a forecast).
 
 A run narrowed by --kernel or --path updates its rows in an existing report (the same Triton's;
 another's is refused, so nothing is lost) and leaves the other rows as they were.
@@ -96,7 +96,7 @@ class Row:
     ptx_gather_bytes: int | None = None  # of those, the gathers' bytes were every predicate true
     ptx_expected_bytes: int | None = None  # what the spec says the PTX loads (= packed_bytes unless it rereads)
     bytes_per_weight: float | None = None  # bytes streamed per weight: packed data, scales and zeros
-    ceiling_vs_fp16: float | None = None  # the most this config can gain on cuBLAS fp16 at batch 1 (see ceiling)
+    ceiling_vs_fp16: float | None = None  # batch 1-16: the most it can gain on cuBLAS fp16 (see ceiling)
     asm_calls: int | None = None  # inline-asm calls with pack > 1 whose element grouping the report checked
     asm_layout: list = field(default_factory=list)  # what would hand them other than runs of one row
     error: str | None = None
@@ -472,7 +472,8 @@ def analyse(job: tuple) -> Row:
     row.instr_per_byte = round(row.loop_instructions / row.packed_bytes, 2)
     row.bytes_per_weight = round(row.packed_bytes * threads / (config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"])
                                  + side_bytes(spec.constexprs.get("GROUP")), 4)
-    row.ceiling_vs_fp16 = ceiling(row.bytes_per_weight, row.instr_per_byte)
+    if path == PATHS[0]:  # large batches are bound by the math, not by streaming the weights
+        row.ceiling_vs_fp16 = ceiling(row.bytes_per_weight, row.instr_per_byte)
     return row
 
 
@@ -579,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = "; ".join(limits + row["asm_layout"])
         print(f"{row['kernel']:16s} {row['path']:11s} {row['config']:34s} "
               f"{row['instr_per_byte'] or '-':>6} instr/B {row['load_bits'] or '-':>4} bit "
-              f"{row['ceiling_vs_fp16'] or '-':>5}x fp16 "
+              f"{str(row['ceiling_vs_fp16']) + 'x' if row['ceiling_vs_fp16'] else '-':>6} fp16 "
               f"{row['registers'] or '-':>4} regs {row['spill_bytes'] if row['spill_bytes'] is not None else '-':>4} "
               f"spill  min {min(row['ctas'].values()) if row['ctas'] else '-':>5} CTAs  {bad}", flush=True)
     for fmt in result["formats_without_spec"]:
