@@ -95,7 +95,7 @@ def test_unknown_kernel_is_refused_before_anything_is_written(tmp_path, capsys):
 def run_report(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     return subprocess.run([sys.executable, "-m", "kernels.static_report", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1200)
 
 
 def test_a_narrowed_run_refuses_to_touch_another_tritons_report(tmp_path):
@@ -139,9 +139,7 @@ def report(tmp_path_factory):
     if MISSING:
         pytest.skip(f"triton's wheel lacks {', '.join(MISSING)} under {TOOLS}: cannot compile for sm_90")
     out = tmp_path_factory.mktemp("static") / "report.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "kernels.static_report", "--out", str(out)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=1200)
+    run = run_report("--out", str(out))
     assert out.exists(), f"static_report failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return json.loads(out.read_text())
 
