@@ -53,10 +53,11 @@ import importlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import Pool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -513,8 +514,10 @@ def report(kernel: str | None = None, paths: tuple[str, ...] = PATHS, workers: i
     import triton
 
     rows = []
-    with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        for row in pool.map(analyse, jobs(kernel, paths)):
+    # Ctrl-C reaches the workers too: they ignore it, main() says what happened, and leaving the
+    # pool terminates them.
+    with Pool(workers or os.cpu_count() or 1, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+        for row in pool.imap(analyse, jobs(kernel, paths)):
             rows.append(asdict(row))
     missing = [fmt for fmt, spec in specs(kernel) if spec is None]
     return {"triton": triton.__version__, "target": "sm_90",
@@ -569,7 +572,10 @@ def main(argv: list[str] | None = None) -> int:
 
     narrowed = args.kernel is not None or args.path is not None
     previous = previous_report(args.out, triton.__version__) if narrowed else None
-    result = report(args.kernel, tuple(args.path or PATHS), args.jobs)
+    try:
+        result = report(args.kernel, tuple(args.path or PATHS), args.jobs)
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted: {args.out} left as it was")
     written = merged(previous, result) if previous else result
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")  # a run killed while writing leaves `out` whole

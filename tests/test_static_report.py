@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -106,6 +108,24 @@ def test_a_narrowed_run_refuses_to_touch_another_tritons_report(tmp_path):
         run = run_report("--kernel", "int8", "--out", str(out))
         assert run.returncode == 1 and said in run.stderr and "pass --out" in run.stderr
         assert out.read_text() == text
+
+
+def test_an_interrupted_run_says_so_and_leaves_the_report_whole(tmp_path):
+    """Ctrl-C a few seconds into a cold compile: one line, the old report byte for byte, no
+    worker left behind."""
+    if MISSING:
+        pytest.skip(f"triton's wheel lacks {', '.join(MISSING)}")
+    out = tmp_path / "report.json"
+    out.write_text("the previous report")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cold-cache")  # nothing compiled yet: it cannot finish first
+    proc = subprocess.Popen([sys.executable, "-m", "kernels.static_report", "--out", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.strip() == f"interrupted: {out} left as it was"
+    assert out.read_text() == "the previous report" and not list(tmp_path.glob("*.partial"))
 
 
 def test_a_narrowed_run_updates_its_rows_and_keeps_the_others(report, tmp_path):
