@@ -25,7 +25,11 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import ptx_model
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+if INTERPRET:
+    ptx_model.install()  # the interpreter runs the warp-level inline asm (kernels/nm_int4.py) on a model
 MAX_BATCH_BUCKET = 2048
 X_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -124,15 +128,22 @@ def k_tile_range(K, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb):
-    """y[offs_m, offs_n] = acc (BLOCK_M, BLOCK_N) summed over the splits, in y's dtype: a plain
-    store with one split; else fp32 atomic adds into the workspace, and the last split of this
-    tile (axis 0 of the grid) writes y and zeroes the workspace slice and the ticket again."""
-    mask = (offs_m[:, None] < B) & (offs_n[None, :] < N)
-    y_ptrs = y_ptr + offs_m[:, None] * stride_yb + offs_n[None, :]
+    """y[offs_m, offs_n] = acc (BLOCK_M, BLOCK_N) summed over the splits (store_split_at)."""
+    store_split_at(y_ptr, ws_ptr, ticket_ptr, acc, offs_m[:, None], offs_n[None, :], B, N, stride_yb)
+
+
+@triton.jit
+def store_split_at(y_ptr, ws_ptr, ticket_ptr, acc, b, n, B, N, stride_yb):
+    """y[b, n] = acc summed over the splits, in y's dtype; b, n: each element's batch row and
+    weight row (broadcast to acc's shape). A plain store with one split; else fp32 atomic adds
+    into the workspace, and the last split of this tile (axis 0 of the grid) writes y and zeroes
+    the workspace slice and the ticket again."""
+    mask = (b < B) & (n < N)
+    y_ptrs = y_ptr + b * stride_yb + n
     if tl.num_programs(1) == 1:
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
-        ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        ws_ptrs = ws_ptr + b * N + n
         tl.atomic_add(ws_ptrs, acc, mask=mask, sem="relaxed")
         tl.debug_barrier()  # every thread's adds precede the ticket (released by acq_rel)
         ticket = tl.atomic_add(ticket_ptr + tl.program_id(0), 1, sem="acq_rel")

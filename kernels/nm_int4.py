@@ -13,7 +13,7 @@ Math:
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
 2:4 (the production case) reads one code byte per 4-column group (its two kept values) and one
-index nibble (p0 < p1), by 128-bit loads, in one of two paths (both split over K to ≥ 264 CTAs):
+index nibble (p0 < p1), by 128-bit loads, in one of three paths (all split over K to ≥ 264 CTAs):
 - batch 1, fp16 x, g % 64 == 0 or one group per row (the GEMV, CUDA cores): x gathered by the kept
   indices, as kernels/nm.py does at batch 1, two rows per thread so that each step serves both
   (NM24_GEMV_PTX, lane 0 = one row, lane 1 = the other). Per group: one PRMT pairs the rows' code
@@ -21,32 +21,33 @@ index nibble (p0 < p1), by 128-bit loads, in one of two paths (both split over K
   slot gathers half2(x[p] of each row) from the group's x0|x1, x2|x3 with a byte selector looked up
   by PRMT (four index nibbles at a time), one HFMA2 per slot accumulates. The sums run in fp16 over
   64 columns (|Σ x·(q − zero)| must stay below 65504), then the scale multiplies them in fp32.
+- batch 2-16, fp16 x, K % 128 == 0, g = 64, a multiple of 128 or one group per row (SPARSE_MMA):
+  the sparse tensor cores, mma.sp.sync.m16n8k32 in one warp-wide inline asm per 128 columns; the
+  stored index nibbles are its metadata, so nothing is expanded to dense columns (see the comment
+  above sp_ptx). The interpreter runs that asm on kernels/ptx_model.py.
 - otherwise (BLOCK_M = 16 tensor-core tiles, as kernels/int4.py): codes → fp16 (code − zero) by
   the 0x6400 trick, the scale once per group on the fp32 partial sums. The kept values are not
   scattered into one interleaved dense tile: column c of every group is its own (BLOCK_N,
   BLOCK_K/4) tile, slot 0 where p0 = c, slot 1 where p1 = c, else 0 (slot 0 sits in 0..2, slot 1 in
   1..3), and it meets x[:, c::4]: four dots of K = BLOCK_K/4, x split by column instead of the
   weights moved. Up to batch 16 the dots compute yᵀ with the column tiles as the A operand, which
-  Hopper's wgmma takes from registers: 0.7-2.4 instructions per byte fewer than as the B operand
-  (at BLOCK_M = 64, 0.3-0.6 more: the large batch keeps y = x·Ŵᵀ).
+  Hopper's wgmma takes from registers (at BLOCK_M = 64 the large batch keeps y = x·Ŵᵀ).
 Other n:m (1:4, 4:8, …) and groups BLOCK_K does not divide take a generic path: scatter to a
 dense tile in registers, per-element dequantization. Same n:m limits as kernels/nm.py.
 
 Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path, main-loop instructions per
-packed byte, ≥ 288 CTAs at batch 1, packed loads 128-bit but for the g=64 tiles:
+packed byte, 128-bit packed loads, ≥ 288 CTAs at batch 1:
     batch 1 (GEMV)          g=128 5.24   g=64 5.57   one group per row 4.93   (before: 13.7 / 12.5 / 13.1)
-    batch 2-16 (tiles)      g=128 9.8    g=64 9.6 (64-bit index loads)    one group per row 9.3
-                            (before: 10.1 / 10.4 / 9.4 with a selector lookup and OR per column
-                            and pair of groups; 11.5 / 11.8 / 10.8 with a 9-instruction pattern key per 4
-                            groups; 13.7 / 12.5 / 13.1 with the tiles as the B operand)
+    batch 2-8 (mma.sp)      g=128 4.44   g=64 4.58   one group per row 3.31
+    batch 9-16 (mma.sp)     g=128 5.02   g=64 5.6    one group per row 4.02
+                            (the column tiles before it: 9.8 / 9.6 / 9.3, 64-bit index loads at g=64)
 GEMV, g=128 (96 packed bytes per thread per iteration, 503 instructions): 3.7 per byte in the
 per-group work above (5.5 instructions per group and row), 0.75 in the selector lookups, 0.3
-loads, 0.5 scale, addressing and loop. The tiles stay over the limit of 6 (g=128, 48 bytes, 471
-instructions): each group becomes 4 fp16 columns, ≈ 9 PTX instructions per group (6 per byte:
-nibble split, pattern key, table-lookup selectors, PRMT, HSUB2), the column tiles reach the wgmma
-register layout through shared memory (≈ 1.1 per byte), wgmma and its fences 0.7. The GEMV's gather does
-not carry over (the rows of an MMA share their x); the way under 6 there is the sparse tensor core
-(mma.sp reads the 2:4 metadata itself, as Sparse-Marlin does), which Triton does not expose.
+loads, 0.5 scale, addressing and loop. mma.sp, g=128, batch 2-8 (48 packed bytes per thread per
+iteration, 213 instructions): 96 to dequantize 32 a-registers (2 per byte), 8 metadata PRMTs, 8
+mma.sp, 8 FFMAs for the scale, 36 loads (12 packed, 16 x, 8 zero points and scales), 57 for
+addresses, the zs operands and the loop. The column tiles spent ≈ 9 instructions per group on its
+four dense fp16 columns alone.
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import int4, nm
+from kernels import int4, nm, ptx_model
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
                              check_tensor, check_x, dot_t, dot_w, int4_minus_zero, make_out, nm_scatter,
-                             k_tile_range, plan_split_k, scale_columns, store_split, unpack, workspace)
+                             k_tile_range, plan_split_k, scale_columns, store_split, store_split_at, unpack, workspace)
 
 FORMAT = "nm-int4"
 
@@ -344,6 +345,258 @@ def _gemv(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_v, stride_i, st
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, tl.arange(0, 1), offs_n, 1, N, stride_yb)
 
 
+# Batch 2-16 on the sparse tensor cores. Triton has no 2:4 dot, so one inline asm per iteration
+# runs mma.sp.sync.m16n8k32 (ptx_model's docstring has its fragment layouts): the asm is warp-wide,
+# so every operand is a (threads, 4) tensor whose row i is thread i's four registers (lane i % 32 of
+# warp i // 32), which the 128-bit row loads give (kernels.static_report checks the layout). The
+# format needs no change: a row's index nibbles, p0 | p1 << 2 per group, are mma.sp's metadata as
+# stored, and its code bytes are the kept values in order. Warp w takes weight rows 32w … 32w + 31
+# (two m16 tiles), each thread (g, t) = (lane >> 2, lane & 3) the rows g and g + 8 of each tile,
+# which it loads whole (32 code bytes and 16 index bytes per row and iteration, 128 columns); of
+# each k32 step it uses groups t and t + 4, its a-registers. Per a-register: one PRMT copies the
+# code byte to bytes 0 and 2, one LOP3 puts q0 (low nibble) and 16·q1 under 0x6400 (1024 + q0,
+# 1024 + 16·q1), one HFMA2 by (1, 1/16) minus (1024 + z, 64 + z) gives (q0 − z, q1 − z) exactly.
+# Per k32 step and tile, one PRMT picks the metadata (lanes t = 0 / 1: bytes 0-1 / 2-3 of the
+# step's index word of rows g and g + 8) and one mma.sp per 8 batch rows; x comes as B fragments,
+# four 32-bit loads per step. The fp32 sums of a scale group are scaled by one FFMA per element.
+SP_M_TILES = 2  # m16 tiles per warp
+SP_K_STEPS = 4  # k32 steps per iteration: 128 columns
+
+
+@triton.constexpr_function
+def sp_ptx(n_tiles: int, chains: int) -> tuple[str, str]:
+    """(asm, constraints) of one iteration for n_tiles × 8 batch rows; chains: scale groups per
+    iteration (1: g % 128 == 0, 2: g % 64 == 0, 0: one group per row, scaled after the loop).
+    Operands (4 registers each): outputs acc[mt, nt]; inputs acc[mt, nt], codes[mt, h, half] (row
+    g + 8h of tile mt, bytes 16·half …), index[mt, h], x[nt, step] (B fragment), zs[mt, chain] =
+    (−(1024 + z), −(64 + z)) of rows g, g + 8 as fp16 pairs, then their fp32 scales; const = (the
+    code byte selector, the metadata selector, fp16 pair (1, 1/16), unused)."""
+    numbers = iter(range(10_000))
+    take = lambda: [next(numbers) for _ in range(4)]  # noqa: E731
+    tiles = [(mt, nt) for mt in range(SP_M_TILES) for nt in range(n_tiles)]
+    out = {tile: take() for tile in tiles}
+    acc = {tile: take() for tile in tiles}
+    codes = {(mt, h, half): take() for mt in range(SP_M_TILES) for h in range(2) for half in range(2)}
+    index = {(mt, h): take() for mt in range(SP_M_TILES) for h in range(2)}
+    xs = {(nt, s): take() for nt in range(n_tiles) for s in range(SP_K_STEPS)}
+    zs = {(mt, c): take() for mt in range(SP_M_TILES) for c in range(max(chains, 1))}
+    sel, msel, one16, _ = take()
+    partial = {tile: [f"p{4 * j + i}" for i in range(4)] for j, tile in enumerate(tiles)}
+    lines = ["{ .reg .b32 t, e, a0, a1, a2, a3; .reg .f32 zero, " + ", ".join(r for p in partial.values() for r in p)
+             + "; mov.f32 zero, 0f00000000;"]  # a chain's first mma adds zero (ptxas reads RZ)
+    steps = SP_K_STEPS // max(chains, 1)
+    for c in range(max(chains, 1)):
+        for s in range(c * steps, (c + 1) * steps):
+            for mt in range(SP_M_TILES):
+                for a in range(4):  # a-register a: row g + 8·(a % 2), group t + 4·(a // 2)
+                    word = codes[mt, a % 2, s // 2][2 * (s % 2) + a // 2]
+                    lines.append(f" prmt.b32 t, ${word}, ${word}, ${sel}; lop3.b32 t, t, 0x00f0000f, 0x64006400, 0xea;"
+                                 f" fma.rn.f16x2 a{a}, t, ${one16}, ${zs[mt, c][a % 2]};")
+                lines.append(f" prmt.b32 e, ${index[mt, 0][s]}, ${index[mt, 1][s]}, ${msel};")
+                for nt in range(n_tiles):
+                    d = partial[mt, nt] if chains else [f"${r}" for r in out[mt, nt]]
+                    if s > c * steps:
+                        src = d
+                    else:
+                        src = ["zero"] * 4 if chains else [f"${r}" for r in acc[mt, nt]]
+                    b = ", ".join(f"${r}" for r in xs[nt, s])
+                    lines.append(f" {ptx_model.MMA_SP} {{{', '.join(d)}}}, {{a0, a1, a2, a3}}, {{{b}}},"
+                                 f" {{{', '.join(src)}}}, e, 0x0;")
+        for tile in tiles if chains else ():
+            for i in range(4):
+                prev = acc[tile][i] if c == 0 else out[tile][i]
+                lines.append(f" fma.rn.f32 ${out[tile][i]}, {partial[tile][i]}, ${zs[tile[0], c][2 + i // 2]}, ${prev};")
+    n_out = 4 * len(tiles)
+    return "".join(lines) + " }", ",".join(["=r"] * n_out + ["r"] * (next(numbers) - n_out))
+
+
+@triton.constexpr_function
+def sp_asm(n_tiles, chains, part):
+    """sp_ptx's asm (part 0) or constraints (part 1), at compile time."""
+    return sp_ptx(n_tiles, chains)[part]
+
+
+@triton.jit
+def _cols4(a, b, c, d):
+    """Four (T, 1) int32 → (T, 4) = [a, b, c, d], in-thread (join stacks along a new last axis)."""
+    return tl.reshape(tl.join(tl.join(a, c), tl.join(b, d)), (a.shape[0], 4))
+
+
+@triton.jit
+def _row_words(row_ptr, offset, on, other, EVEN: tl.constexpr):
+    """Words offset … offset + 3 from each thread's row pointer (T, 4): one 128-bit load; rows past
+    N read `other`."""
+    ptrs = row_ptr + offset + tl.arange(0, 4)[None, :]
+    return tl.load(ptrs) if EVEN else tl.load(ptrs, mask=on, other=other)
+
+
+@triton.jit
+def _b_fragment(x_row, first):
+    """x words first, first + 4, first + 8, first + 12 of each thread's batch row (T, 4)."""
+    return _cols4(tl.load(x_row + first), tl.load(x_row + first + 4), tl.load(x_row + first + 8),
+                  tl.load(x_row + first + 12))
+
+
+@triton.jit
+def _zs(za, zb, sa, sb):
+    """zs operand (T, 4) of rows a, b: (−(1024 + z), −(64 + z)) as fp16 pairs (one IMAD each: the
+    halves cannot carry into each other), then the fp32 scale bits."""
+    ca = (za.to(tl.uint32) * 0x100001 + 0xD400E400).to(tl.int32, bitcast=True)
+    cb = (zb.to(tl.uint32) * 0x100001 + 0xD400E400).to(tl.int32, bitcast=True)
+    return _cols4(ca, cb, sa.to(tl.float32).to(tl.int32, bitcast=True), sb.to(tl.float32).to(tl.int32, bitcast=True))
+
+
+@triton.jit
+def _load_rows(ptrs, on, EVEN: tl.constexpr):
+    """A load from each thread's row, 0 past N."""
+    return tl.load(ptrs) if EVEN else tl.load(ptrs, mask=on, other=0)
+
+
+@triton.jit
+def _zero_scale(z_row_a, z_row_b, s_row_a, s_row_b, group, on_a, on_b, EVEN: tl.constexpr):
+    """zs of group `group` of rows a, b (row pointers into zeros, scales)."""
+    za = _load_rows(z_row_a + group, on_a, EVEN).to(tl.int32)
+    zb = _load_rows(z_row_b + group, on_b, EVEN).to(tl.int32)
+    return _zs(za, zb, _load_rows(s_row_a + group, on_a, EVEN), _load_rows(s_row_b + group, on_b, EVEN))
+
+
+@triton.jit
+def _zero_scale_pair(z_row_a, z_row_b, s_row_a, s_row_b, group, on_a, on_b, EVEN: tl.constexpr):
+    """zs of groups `group` and `group` + 1 (even, and the rows' group counts even) of rows a, b:
+    the two zero points in one halfword load, the two scales in one word load."""
+    za = _load_rows((z_row_a + group).to(tl.pointer_type(tl.uint16)), on_a, EVEN).to(tl.int32)
+    zb = _load_rows((z_row_b + group).to(tl.pointer_type(tl.uint16)), on_b, EVEN).to(tl.int32)
+    sa = _load_rows((s_row_a + group).to(tl.pointer_type(tl.uint32)), on_a, EVEN)
+    sb = _load_rows((s_row_b + group).to(tl.pointer_type(tl.uint32)), on_b, EVEN)
+    return (_zs(za & 255, zb & 255, _x_half(sa, False), _x_half(sb, False)),
+            _zs(za >> 8, zb >> 8, _x_half(sa, True), _x_half(sb, True)))
+
+
+@triton.jit
+def _sparse_mma(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, B, N, K, stride_xb, stride_v, stride_i, stride_g,
+                stride_yb, ws_ptr, ticket_ptr, GROUP: tl.constexpr, EVEN: tl.constexpr, N_TILES: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    """Batch 2-16, 2:4, fp16 x, K % 128 == 0, g = 64, a multiple of 128 or one group per row (see above).
+    BLOCK_N = 32 × num_warps: one thread per row of the operands."""
+    CHAINS: tl.constexpr = 0 if GROUP == 0 else (1 if GROUP % 128 == 0 else 2)  # 2: g = 64
+    t = tl.arange(0, BLOCK_N)[:, None]  # (T, 1): the thread
+    g = t % 32 // 4
+    tig = t % 4
+    row = tl.program_id(0) * BLOCK_N + t // 32 * 32 + g  # rows g of the warp's first tile
+    r00 = row.to(tl.int64)  # r{mt}{h}: row g + 8h of tile mt
+    r01 = r00 + 8
+    r10 = r00 + 16
+    r11 = r00 + 24
+    on00 = r00 < N
+    on01 = r01 < N
+    on10 = r10 < N
+    on11 = r11 < N
+    v_words = v_ptr.to(tl.pointer_type(tl.int32))
+    i_words = i_ptr.to(tl.pointer_type(tl.int32))
+    v00 = v_words + r00 * (stride_v // 4)  # row pointers: v{mt}{h}, ip{mt}{h}
+    v01 = v_words + r01 * (stride_v // 4)
+    v10 = v_words + r10 * (stride_v // 4)
+    v11 = v_words + r11 * (stride_v // 4)
+    ip00 = i_words + r00 * (stride_i // 4)
+    ip01 = i_words + r01 * (stride_i // 4)
+    ip10 = i_words + r10 * (stride_i // 4)
+    ip11 = i_words + r11 * (stride_i // 4)
+    x_words = x_ptr.to(tl.pointer_type(tl.int32))
+    # B fragments: batch rows g (tile 0) and g + 8 (tile 1); rows past B read row B − 1 (finite; their
+    # sums land in y rows that are not stored), so the loads need no masks.
+    x_row0 = x_words + tl.minimum(g, B - 1).to(tl.int64) * (stride_xb // 2)
+    x_row1 = x_words + tl.minimum(g + 8, B - 1).to(tl.int64) * (stride_xb // 2)
+    none = tl.zeros((BLOCK_N, 1), tl.int32)
+    const = _cols4(tig * 0x1111, tl.where(tig % 2 == 1, 0x7632, 0x5410) + none, 0x2C003C00 + none, none)
+    ASM: tl.constexpr = sp_asm(N_TILES, CHAINS, 0)
+    CONSTRAINTS: tl.constexpr = sp_asm(N_TILES, CHAINS, 1)
+    PAD: tl.constexpr = 0x44444444  # index bytes of rows past N: valid metadata (columns 0, 1)
+    acc00 = tl.zeros((BLOCK_N, 4), tl.float32)  # acc{mt}{nt}
+    acc10 = tl.zeros((BLOCK_N, 4), tl.float32)
+    acc01 = tl.zeros((BLOCK_N, 4), tl.float32)
+    acc11 = tl.zeros((BLOCK_N, 4), tl.float32)
+    z00 = z_ptr + r00 * stride_g  # row pointers: z{mt}{h}, s{mt}{h}
+    z01 = z_ptr + r01 * stride_g
+    z10 = z_ptr + r10 * stride_g
+    z11 = z_ptr + r11 * stride_g
+    s00 = s_ptr + r00 * stride_g
+    s01 = s_ptr + r01 * stride_g
+    s10 = s_ptr + r10 * stride_g
+    s11 = s_ptr + r11 * stride_g
+    if CHAINS == 0:  # one group per row: zero points set once
+        zs0 = _zero_scale(z00, z01, s00, s01, 0, on00, on01, EVEN)
+        zs1 = _zero_scale(z10, z11, s10, s11, 0, on10, on11, EVEN)
+    first, last = k_tile_range(K, 128)
+    for kt in range(first, last):
+        v0 = v00 + 8 * kt  # this iteration's 32 code bytes, 16 index bytes of each row
+        v1 = v01 + 8 * kt
+        v2 = v10 + 8 * kt
+        v3 = v11 + 8 * kt
+        c000 = _row_words(v0, 0, on00, 0, EVEN)  # c{mt}{h}{half}
+        c001 = _row_words(v0, 4, on00, 0, EVEN)
+        c010 = _row_words(v1, 0, on01, 0, EVEN)
+        c011 = _row_words(v1, 4, on01, 0, EVEN)
+        c100 = _row_words(v2, 0, on10, 0, EVEN)
+        c101 = _row_words(v2, 4, on10, 0, EVEN)
+        c110 = _row_words(v3, 0, on11, 0, EVEN)
+        c111 = _row_words(v3, 4, on11, 0, EVEN)
+        i00 = _row_words(ip00, 4 * kt, on00, PAD, EVEN)
+        i01 = _row_words(ip01, 4 * kt, on01, PAD, EVEN)
+        i10 = _row_words(ip10, 4 * kt, on10, PAD, EVEN)
+        i11 = _row_words(ip11, 4 * kt, on11, PAD, EVEN)
+        x_first = 64 * kt + tig  # word of columns 2t, 2t + 1 of the first k32 step
+        x00 = _b_fragment(x_row0, x_first)  # x{nt}{step}
+        x01 = _b_fragment(x_row0, x_first + 16)
+        x02 = _b_fragment(x_row0, x_first + 32)
+        x03 = _b_fragment(x_row0, x_first + 48)
+        if CHAINS == 1:
+            zs0 = _zero_scale(z00, z01, s00, s01, 128 * kt // GROUP, on00, on01, EVEN)
+            zs1 = _zero_scale(z10, z11, s10, s11, 128 * kt // GROUP, on10, on11, EVEN)
+        if CHAINS == 2:  # g = 64: the halves' groups
+            zs0, zs0b = _zero_scale_pair(z00, z01, s00, s01, 2 * kt, on00, on01, EVEN)
+            zs1, zs1b = _zero_scale_pair(z10, z11, s10, s11, 2 * kt, on10, on11, EVEN)
+        if N_TILES == 1:
+            if CHAINS == 2:
+                acc00, acc10 = tl.inline_asm_elementwise(
+                    ASM, CONSTRAINTS, [acc00, acc10, c000, c001, c010, c011, c100, c101, c110, c111, i00, i01, i10, i11,
+                                     x00, x01, x02, x03, zs0, zs0b, zs1, zs1b, const],
+                    dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+            else:
+                acc00, acc10 = tl.inline_asm_elementwise(
+                    ASM, CONSTRAINTS, [acc00, acc10, c000, c001, c010, c011, c100, c101, c110, c111, i00, i01, i10, i11,
+                                     x00, x01, x02, x03, zs0, zs1, const],
+                    dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+        else:
+            x10 = _b_fragment(x_row1, x_first)
+            x11 = _b_fragment(x_row1, x_first + 16)
+            x12 = _b_fragment(x_row1, x_first + 32)
+            x13 = _b_fragment(x_row1, x_first + 48)
+            if CHAINS == 2:
+                acc00, acc01, acc10, acc11 = tl.inline_asm_elementwise(
+                    ASM, CONSTRAINTS, [acc00, acc01, acc10, acc11, c000, c001, c010, c011, c100, c101, c110, c111,
+                                     i00, i01, i10, i11, x00, x01, x02, x03, x10, x11, x12, x13, zs0, zs0b, zs1, zs1b,
+                                     const],
+                    dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=4)
+            else:
+                acc00, acc01, acc10, acc11 = tl.inline_asm_elementwise(
+                    ASM, CONSTRAINTS, [acc00, acc01, acc10, acc11, c000, c001, c010, c011, c100, c101, c110, c111,
+                                     i00, i01, i10, i11, x00, x01, x02, x03, x10, x11, x12, x13, zs0, zs1, const],
+                    dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=4)
+    # Element j of acc (T, 8·N_TILES): fragment element i = j // (2·N_TILES), tile mt = j // N_TILES % 2,
+    # nt = j % N_TILES: batch row 8nt + 2t + i % 2, weight row row + 16mt + 8(i // 2).
+    if N_TILES == 1:
+        acc = tl.reshape(tl.join(acc00, acc10), (BLOCK_N, 8))
+    else:
+        acc = tl.reshape(tl.join(tl.join(acc00, acc10), tl.join(acc01, acc11)), (BLOCK_N, 16))
+    j = tl.arange(0, 8 * N_TILES)[None, :]
+    i = j // (2 * N_TILES)
+    b = 8 * (j % N_TILES) + 2 * tig + i % 2
+    n = row + 16 * (j // N_TILES % 2) + 8 * (i // 2)
+    if CHAINS == 0:
+        acc *= tl.load(s_ptr + n.to(tl.int64) * stride_g, mask=n < N, other=0.0).to(tl.float32)
+    store_split_at(y_ptr, ws_ptr, ticket_ptr, acc, b, n, B, N, stride_yb)
+
+
 @triton.jit
 def _nm_int4_matmul_kernel(
     x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr,
@@ -356,8 +609,14 @@ def _nm_int4_matmul_kernel(
     USE_ASM: tl.constexpr,  # False under the interpreter
     DOT_F32: tl.constexpr,
     GEMV: tl.constexpr,  # batch 1, 2:4, fp16 x, g % 64 == 0: kept values times x gathered by index
+    SPARSE_MMA: tl.constexpr,  # batch 2-16, 2:4, fp16 x, g = 64 or 128·j or one group, K % 128 == 0: mma.sp
+    N_TILES: tl.constexpr,  # SPARSE_MMA: 8 batch rows each
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    if SPARSE_MMA:
+        _sparse_mma(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, B, N, K, stride_xb, stride_v, stride_i, stride_g,
+                    stride_yb, ws_ptr, ticket_ptr, GROUP, EVEN, N_TILES, BLOCK_N)
+        return
     if GEMV:
         _gemv(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_v, stride_i, stride_g, stride_yb, ws_ptr,
               ticket_ptr, GROUP, EVEN, USE_ASM, BLOCK_N, BLOCK_K)
@@ -433,18 +692,23 @@ def _nm_int4_matmul_kernel(
 
 def config(batch: int, group: int) -> triton.Config:
     """Batch 1 with g % 64 == 0 (or one group per row): the GEMV, 256 rows × 128 columns, each thread
-    two rows of 32 groups (2 × 32 code bytes, 2 × 16 index bytes: 128-bit loads). Else int4's
-    configs (kernels/int4.py), BLOCK_K ≥ 64 so that the four column dots have K ≥ 16. The launcher
-    takes the tile config where the GEMV does not apply (bf16 x, other n:m, K % 8 ≠ 0)."""
+    two rows of 32 groups (2 × 32 code bytes, 2 × 16 index bytes: 128-bit loads). Batch 2-16, g = 64,
+    a multiple of 128 or one group per row: mma.sp, 128 rows × 128 columns, 4 warps, 8 or 16 batch rows. Else int4's configs
+    (kernels/int4.py), BLOCK_K ≥ 64 so that the four column dots have K ≥ 16. The launcher takes
+    the tile config where neither applies (bf16 x, other n:m, K % 8 ≠ 0, or K % 128 ≠ 0 for mma.sp)."""
     if batch == 1 and group % 64 == 0:
-        return triton.Config(dict(BLOCK_M=1, BLOCK_N=256, BLOCK_K=128, GEMV=True), num_warps=4, num_stages=1)
+        return triton.Config(dict(BLOCK_M=1, BLOCK_N=256, BLOCK_K=128, GEMV=True, SPARSE_MMA=False, N_TILES=1),
+                             num_warps=4, num_stages=1)
+    if batch <= int4.SMALL_BATCH and (group % 128 == 0 or group == 64):
+        return triton.Config(dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GEMV=False, SPARSE_MMA=True,
+                                  N_TILES=1 if batch <= 8 else 2), num_warps=4, num_stages=1)
     return tile_config(batch, group)
 
 
 def tile_config(batch: int, group: int) -> triton.Config:
     cfg = int4.config(batch, group)
-    return triton.Config(dict(cfg.kwargs, BLOCK_K=max(64, cfg.kwargs["BLOCK_K"]), GEMV=False),
-                         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return triton.Config(dict(cfg.kwargs, BLOCK_K=max(64, cfg.kwargs["BLOCK_K"]), GEMV=False, SPARSE_MMA=False,
+                              N_TILES=1), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor,
@@ -470,11 +734,16 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
         return out.zero_()
     group = 0 if groups == 1 else g
     cfg = config(batch, group)
-    if cfg.kwargs["GEMV"] and not (x.dtype == torch.float16 and (n, m) == (2, 4) and k % 8 == 0):
+    fast = x.dtype == torch.float16 and (n, m) == (2, 4) and k % (128 if cfg.kwargs["SPARSE_MMA"] else 8) == 0
+    if (cfg.kwargs["GEMV"] or cfg.kwargs["SPARSE_MMA"]) and not fast:
         cfg = tile_config(batch, group)
-    if cfg.kwargs["GEMV"]:  # halfword code and 32-bit x loads
-        x = x if x.stride(1) == 1 and x.data_ptr() % 4 == 0 else x.clone(memory_format=torch.contiguous_format)
-        values = values if values.data_ptr() % 2 == 0 else values.clone()
+    if cfg.kwargs["GEMV"] or cfg.kwargs["SPARSE_MMA"]:  # 32-bit x loads; halfword / 128-bit code, index loads
+        words = x.stride(1) == 1 and x.data_ptr() % 4 == 0 and (batch == 1 or x.stride(0) % 2 == 0)
+        x = x if words else x.clone(memory_format=torch.contiguous_format)
+        values = values if values.data_ptr() % 16 == 0 else values.clone()
+        indices = indices if indices.data_ptr() % 16 == 0 else indices.clone()
+        scales = scales if scales.data_ptr() % 4 == 0 else scales.clone()  # g = 64: pairs of groups
+        zeros = zeros if zeros.data_ptr() % 2 == 0 else zeros.clone()
     tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(rows, cfg.kwargs["BLOCK_N"])
     plan = plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"])
     ws, tickets = workspace(x, rows, tiles)
@@ -511,6 +780,9 @@ def _static_specs() -> tuple[CompileSpec, ...]:
     def packed_bytes(cfg: triton.Config) -> int:  # code + index bytes per thread per iteration
         return cfg.kwargs["BLOCK_N"] * cfg.kwargs["BLOCK_K"] * 3 // 8 // (32 * cfg.num_warps)
 
+    def ptx_bytes(cfg: triton.Config) -> int:  # mma.sp: the four threads of a quad each load their rows whole
+        return packed_bytes(cfg) * (4 if cfg.kwargs["SPARSE_MMA"] else 1)
+
     def ctas(cfg: triton.Config, n: int, k: int, batch: int) -> int:
         tiles, splits = int4.grid(cfg, n, k, batch)
         return tiles * splits
@@ -522,8 +794,8 @@ def _static_specs() -> tuple[CompileSpec, ...]:
             name=f"{FORMAT} 2:4 {label}", kernel=_nm_int4_matmul_kernel,
             pointers=dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16", ws="fp32", ticket="i32"), packed=("v", "i"),
             constexprs=flags,
-            paths={BATCH_1_16: (config(1, group), config(2, group)), LARGE_BATCH: (config(int4.SMALL_BATCH + 1, group),)},
-            packed_bytes=packed_bytes, ctas=ctas)
+            paths={BATCH_1_16: (config(1, group), config(2, group), config(16, group)), LARGE_BATCH: (config(int4.SMALL_BATCH + 1, group),)},
+            packed_bytes=packed_bytes, ptx_bytes=ptx_bytes, ctas=ctas)
 
     return spec("g128", 128), spec("g64", 64), spec("g-1", 0)
 

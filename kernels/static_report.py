@@ -407,9 +407,25 @@ def run_problem(pack: int, registers: list, others: list) -> str | None:
     return None
 
 
+WARP_WIDE = re.compile(r"\b(mma|shfl|vote|ldmatrix)\.")  # PTX that reads other lanes' registers
+
+
+def lane_problem(registers: list, others: list) -> str | None:
+    """Why a warp-wide asm would not run with thread i holding row i (lane i % 32 of warp i // 32)
+    and only that row: no register base may step along the rows, and lane and warp bases must be
+    1, 2, 4, … rows (None: they do)."""
+    rows = [[1 << j] + [0] * (len(others[0]) - 1) for j in range(len(others))] if others else []
+    if others != rows:
+        return f"its lane and warp bases are {others}, not {rows}"
+    if any(b[0] for b in registers):
+        return f"a thread holds several rows (register bases {registers})"
+    return None
+
+
 def asm_layout_problems(ttgir: str, free: tuple = ()) -> tuple[int, list[str]]:
     """(inline-asm calls checked, what is wrong with their layouts) in a TTGIR module: every
-    tt.elementwise_inline_asm with pack > 1 whose PTX is not in `free`, on each of its tensors."""
+    tt.elementwise_inline_asm with pack > 1 whose PTX is not in `free`, on each of its tensors;
+    warp-wide ones (mma, shfl, …) must also give thread i row i (lane_problem)."""
     layouts = {name: (kind, layout_fields(body)) for name, kind, body in LAYOUT.findall(ttgir)}
     checked, problems = 0, []
     for line in ttgir.splitlines():
@@ -425,7 +441,7 @@ def asm_layout_problems(ttgir: str, free: tuple = ()) -> tuple[int, list[str]]:
             kind, fields = layouts.get(name, ("undefined", {}))
             bases = layout_bases(kind, fields, shape)
             why = (f"the report reads blocked and linear layouts, not {kind}" if bases is None
-                   else run_problem(pack, *bases))
+                   else run_problem(pack, *bases) or (lane_problem(*bases) if WARP_WIDE.search(ptx) else None))
             if why:
                 problems.append(f"asm (pack {pack}) `{ptx[:48]}…` on tensor<{dims}, {name}>: {why}")
     return checked, problems

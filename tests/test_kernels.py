@@ -25,8 +25,9 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run")
 
 from kernels import FORMATS, _common, available, bitmask, int4, int8, launcher, nm, nm_int4, nm_int8  # noqa: E402
-from kernel_checks import assert_matches, prmt, seeded  # noqa: E402
-from kernels.testing import pack_bitmask, pack_bits, pack_nm, pack_nm_quant, pack_quant  # noqa: E402
+from kernel_checks import assert_matches, seeded  # noqa: E402
+from kernels.ptx_model import run_scalar as run_ptx  # noqa: E402
+from kernels.testing import Packed, pack_bitmask, pack_bits, pack_nm, pack_nm_quant, pack_quant  # noqa: E402
 
 if not torch.cuda.is_available() and not _common.INTERPRET:
     pytest.skip("kernels was imported before TRITON_INTERPRET=1 was set and there is no CUDA",
@@ -85,6 +86,13 @@ CASES = {
                                                                       2, 4, 4, -1)),
     "nm-int4-4:8-K72-g24": (nm_int4, 72, lambda dt, g: pack_nm_quant(random_weight(72, torch.float32, g),
                                                                       4, 8, 4, 24)),
+    # K % 128 == 0: batch 2-16 in fp16 takes the sparse tensor-core path (mma.sp, on kernels.ptx_model here)
+    "nm-int4-2:4-K256-g128": (nm_int4, 256, lambda dt, g: pack_nm_quant(random_weight(256, torch.float32, g),
+                                                                         2, 4, 4, 128)),
+    "nm-int4-2:4-K384-g64": (nm_int4, 384, lambda dt, g: pack_nm_quant(random_weight(384, torch.float32, g),
+                                                                        2, 4, 4, 64)),
+    "nm-int4-2:4-K128-g-1": (nm_int4, 128, lambda dt, g: pack_nm_quant(random_weight(128, torch.float32, g),
+                                                                        2, 4, 4, -1)),
     "bitmask-K136-50%": (bitmask, 136, lambda dt, g: bitmask_case(136, 0.5, dt, g)),
     "bitmask-K75-90%": (bitmask, 75, lambda dt, g: bitmask_case(75, 0.9, dt, g)),
     "bitmask-K264-10%": (bitmask, 264, lambda dt, g: bitmask_case(264, 0.1, dt, g)),
@@ -142,19 +150,42 @@ def test_pack_bits_follows_formats_md():
 
 
 def production_configs(module) -> set[tuple]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of every config in the module's STATIC specs."""
+    """(constexprs, warps, stages) of every config in the module's STATIC specs."""
     return {key(c) for spec in module.STATIC for configs in spec.paths.values() for c in configs}
 
 
 def key(config) -> tuple:
-    return (*(config.kwargs[b] for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K")), config.num_warps, config.num_stages)
+    return (*sorted(config.kwargs.items()), config.num_warps, config.num_stages)
+
+
+SPARSE_MMA_CASES = [case for case in CASES if case.startswith("nm-int4-2:4") and CASES[case][1] % 128 == 0]
+SPARSE_MMA_BATCHES = [9, 16]  # two n8 tiles (batch 3 in BATCHES: one)
+
+
+@pytest.mark.parametrize("rows", [N, 256], ids=["N37", "N256"])
+@pytest.mark.parametrize("batch", SPARSE_MMA_BATCHES)
+@pytest.mark.parametrize("case", SPARSE_MMA_CASES)
+def test_sparse_mma_tiles_match_float64(case, batch, rows):
+    """The mma.sp path with two batch tiles, on rows that fill its 128-row blocks (256) and that do
+    not (37: masked rows, whose index padding must still be valid metadata)."""
+    module, k, make = CASES[case]
+    gen = seeded(case, batch, rows)
+    packed = make(torch.float16, gen)
+    packed = Packed(packed.format, {name: t.repeat(-(-rows // N), 1)[:rows] for name, t in packed.tensors.items()},
+                    packed.params, packed.w_hat.repeat(-(-rows // N), 1)[:rows]).to(DEVICE)
+    assert nm_int4.config(batch, launch_group(make, k)).kwargs["SPARSE_MMA"]
+    x = torch.randn(batch, k, generator=gen).half().to(DEVICE)
+    out = torch.full((batch, rows), float("nan"), dtype=torch.float16, device=DEVICE)
+    assert_matches(nm_int4.matmul(x, **packed.tensors, **packed.params, out=out), x, packed.w_hat)
 
 
 def test_cases_run_every_production_config():
     """The launchers pick one config per (batch path, group): the cases above reach all of them."""
     for module, config in ((int4, int4.config), (int8, int4.config), (nm_int4, nm_int4.config)):
-        run = {key(config(batch, group)) for case, (m, k, make) in CASES.items() if m is module
-               for batch in BATCHES for group in [launch_group(make, k)]}
+        runs = [(case, batch) for case in CASES for batch in BATCHES]
+        runs += [(case, batch) for case in SPARSE_MMA_CASES for batch in SPARSE_MMA_BATCHES]
+        run = {key(config(batch, launch_group(CASES[case][2], CASES[case][1]))) for case, batch in runs
+               if CASES[case][0] is module}
         assert production_configs(module) <= run, f"{module.__name__}: never run: {production_configs(module) - run}"
 
 
@@ -165,9 +196,8 @@ def launch_group(make, k: int) -> int:
 
 
 # ----------------------------------------------------------------------------- inline PTX
-# The interpreter cannot run PTX, so the kernels' inline asm is checked here against a small model
-# of the PTX ISA's instructions it uses (prmt default mode, lop3, f16x2 sub / fma with
-# round-to-nearest), fed as Triton packs it (pack=4: 4 uint8 codes in one register, element 0 in
+# The interpreter does not run the kernels' element-wise asm (their USE_ASM=False twins run
+# instead), so each asm string is checked here on kernels.ptx_model, one thread, fed as Triton packs it (pack=4: 4 uint8 codes in one register, element 0 in
 # the low byte; fp16 outputs two per register, element 0 in the low half; 32-bit inputs one
 # register per element). It checks the asm's logic, not ptxas.
 
@@ -187,42 +217,6 @@ def _pair(lo, hi) -> int:
     return _bits(lo) | _bits(hi) << 16
 
 
-
-
-def _lop3(a: int, b: int, c: int, lut: int) -> int:
-    return sum(((lut >> ((a >> i & 1) << 2 | (b >> i & 1) << 1 | (c >> i & 1))) & 1) << i for i in range(32))
-
-
-INTEGER_OPS = {"and.b32": lambda a, b: a & b, "or.b32": lambda a, b: a | b, "xor.b32": lambda a, b: a ^ b,
-               "shr.b32": lambda a, b: a >> min(b, 32),
-               "add.u32": lambda a, b: a + b, "mul.lo.u32": lambda a, b: a * b,
-               "mad.lo.u32": lambda a, b, c: a * b + c}
-
-
-def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
-    """Execute the straight-line PTX of an inline_asm_elementwise string on 32-bit registers."""
-    regs = dict(regs)
-    value = lambda op: regs[op] if op in regs else int(op, 0)  # noqa: E731
-    for line in asm.replace("{", ";").replace("}", ";").split(";"):
-        parts = line.replace(",", " ").split()
-        if not parts or parts[0] == ".reg":
-            continue
-        op, dest, args = parts[0], parts[1], [value(a) for a in parts[2:]]
-        if op == "mov.b32":
-            regs[dest] = args[0]
-        elif op == "prmt.b32":
-            regs[dest] = prmt(*args)
-        elif op == "lop3.b32":
-            regs[dest] = _lop3(*args)
-        elif op in INTEGER_OPS:
-            regs[dest] = INTEGER_OPS[op](*args) & 0xFFFFFFFF
-        elif op == "sub.f16x2":
-            regs[dest] = _pair(*(x - y for x, y in zip(_halves(args[0]), _halves(args[1]))))
-        elif op == "fma.rn.f16x2":
-            regs[dest] = _pair(*(x * y + z for x, y, z in zip(*map(_halves, args))))
-        else:
-            raise AssertionError(f"no model for PTX instruction {op}")
-    return regs
 
 
 def test_int4_ptx_gives_codes_minus_zero():

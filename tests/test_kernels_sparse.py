@@ -15,7 +15,6 @@ eps/2: there bf16 gets 2·eps.
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 import torch
@@ -27,7 +26,8 @@ pytest.importorskip("triton", reason="Triton is not installed: the kernels canno
 
 from kernels import FORMATS, _common, _sparse, bitmask, bitmask_int4, bitmask_int8, launcher, nm, nm_int8  # noqa: E402
 from kernels._common import MIN_CTAS, plan_split_k  # noqa: E402
-from kernel_checks import assert_matches, prmt, seeded  # noqa: E402
+from kernel_checks import assert_matches, seeded  # noqa: E402
+from kernels.ptx_model import run_scalar as run_ptx  # noqa: E402
 from kernels.testing import Packed, chunked, pack_bits, pack_nm, pack_nm_quant, quantize  # noqa: E402
 
 if not torch.cuda.is_available() and not _common.INTERPRET:
@@ -196,46 +196,9 @@ def test_outgrown_workspace_is_kept_alive():
     assert big[0].numel() > small[0].numel() and any(old[0] is small[0] for old in _common._retired)
 
 
-# The interpreter cannot run PTX: the 2:4 byte-permute asm (kernels/nm.py, NM24_VALUES_PTX) runs
-# here on a model of the few instructions it uses, fed as Triton packs it with pack=2 (32-bit
-# inputs one register per element; 16-bit outputs two per register, element 0 in the low half).
-
-
-
-def _f16x2(a: int, b: int, dtype: torch.dtype, op) -> int:
-    """A 16-bit pair operation, element-wise in `dtype`, rounded to nearest."""
-    x = torch.tensor([a & 0xFFFF, a >> 16, b & 0xFFFF, b >> 16], dtype=torch.int32).to(torch.int16).view(dtype)
-    r = op(x[:2].float(), x[2:].float()).to(dtype).view(torch.int16).to(torch.int32) & 0xFFFF
-    return int(r[0]) | int(r[1]) << 16
-
-
-PTX_OPS = {"mov.b32": lambda a: a, "shl.b32": lambda a, b: a << b, "shr.b32": lambda a, b: a >> b,
-           "and.b32": lambda a, b: a & b, "or.b32": lambda a, b: a | b, "xor.b32": lambda a, b: a ^ b,
-           "prmt.b32": prmt, "shf.r.wrap.b32": lambda lo, hi, n: (hi << 32 | lo) >> (n & 31),
-           "setp.lt.u32": lambda a, b: int(a < b), "setp.eq.u32": lambda a, b: int(a == b),
-           "selp.b32": lambda a, b, p: a if p else b,
-           "unpack.lo": lambda a: a & 0xFFFF, "unpack.hi": lambda a: a >> 16,
-           "sub.f16x2": lambda a, b: _f16x2(a, b, torch.float16, torch.sub),
-           "sub.rn.bf16x2": lambda a, b: _f16x2(a, b, torch.bfloat16, torch.sub)}
-
-
-def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
-    """Straight-line PTX of an inline_asm_elementwise string on 32-bit registers (@p predicates)."""
-    regs = dict(regs)
-    asm = re.sub(r"mov\.b32 \{(\S+), (\S+)\}, (\w+)", r"unpack.lo \1, \3; unpack.hi \2, \3", asm)  # 2 halves
-    for line in asm.replace("{", ";").replace("}", ";").split(";"):
-        parts = line.replace(",", " ").split()
-        if not parts or parts[0] == ".reg":
-            continue
-        if parts[0].startswith("@"):
-            if not regs[parts[0][1:]]:
-                continue
-            parts = parts[1:]
-        assert parts[0] in PTX_OPS, f"no model for PTX instruction {parts[0]}"
-        args = [regs[a] if a in regs else int(a, 0) for a in parts[2:]]
-        regs[parts[1]] = PTX_OPS[parts[0]](*args) & 0xFFFFFFFF
-    return regs
-
+# The element-wise asm (kernels/nm.py's byte permutes, the bitmask kernels' columns) runs here on
+# kernels.ptx_model, one thread, fed as Triton packs it with pack=2 (32-bit inputs one register per
+# element; 16-bit outputs two per register, element 0 in the low half).
 
 
 def test_nm48_ptx_places_kept_values_in_their_columns():

@@ -50,10 +50,6 @@ class Short(NamedTuple):
     reason: str
 
 
-NM_INT4 = ("batch 1 meets the limits (x gathered by the kept indices, 4.9-5.6 instr/B); the batch 2-16 tiles "
-           "need the sparse tensor cores (mma.sp), which Triton does not expose: the 2:4 groups are "
-           "expanded to 4 dense fp16 columns in registers (≈ 6 instructions per packed byte for the "
-           "nibble split, selectors and permutes alone)")
 BITMASK_INT8 = ("loads and CTAs met (format version 2: two 16-byte vectors per mask byte), not instructions: ≈ 57 "
                 "instructions per mask byte against its 5 packed bytes: ≈ 11 permutes, ≈ 10 selects and funnel shifts "
                 "to line up the codes, 4 pair subtractions, and 8 16-bit stores that move the column tile into the "
@@ -62,9 +58,6 @@ BITMASK_INT4 = ("two overlapping 32-bit code words per mask byte (16-byte vector
                 "byte, which its 3 packed bytes cannot carry); ≈ 46-49 instructions per mask byte for the prefix, the "
                 "loads, ≈ 7 permutes, 4 pair subtractions and the staging of operands for the dots")
 SHORT = {
-    "nm-int4 2:4 g128": Short(9.81, 128, NM_INT4),
-    "nm-int4 2:4 g64": Short(9.6, 64, NM_INT4),
-    "nm-int4 2:4 g-1": Short(9.29, 128, NM_INT4),
     "bitmask-int4 50% g128": Short(15.88, 32, BITMASK_INT4),
     "bitmask-int8 50% g128": Short(11.64, 128, BITMASK_INT8),
 }
@@ -300,6 +293,29 @@ def test_runs_need_unit_register_steps_and_aligned_starts():
     assert run(4, [[0, 1], [0, 0]], [[0, 4]]) == "its first registers step by [[0, 1], [0, 0]], not [[0, 1], [0, 2]]"
     assert run(4, [[0, 1], [0, 2], [0, 0]], [[0, 4]]) is None  # a repeated run is still a run
     assert run(3, *good) == "pack 3 is not a power of two"
+
+
+def test_warp_wide_asm_needs_thread_i_on_row_i():
+    """mma.sp reads the other lanes' registers: thread i must hold row i of every operand, alone."""
+    lane = static_report.lane_problem
+    assert lane(*static_report.blocked_bases([1, 4], [32, 1], [4, 1], [1, 0], [128, 4])) is None
+    assert lane(*static_report.blocked_bases([1, 4], [8, 4], [4, 1], [1, 0], [128, 16])) == (
+        "its lane and warp bases are [[0, 4], [0, 8], [1, 0], [2, 0], [4, 0], [8, 0], [16, 0]], "
+        "not [[1, 0], [2, 0], [4, 0], [8, 0], [16, 0], [32, 0], [64, 0]]")
+    assert lane(*static_report.blocked_bases([1, 4], [32, 1], [4, 1], [1, 0], [256, 4])) == (
+        "a thread holds several rows (register bases [[0, 1], [0, 2], [128, 0]])")
+    mma = TTGIR_WARP.replace("OP", "{ mma.sp.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 x; }")
+    checked, problems = static_report.asm_layout_problems(mma)
+    assert checked == 2 and len(problems) == 1 and "#blocked1>: its lane and warp bases" in problems[0]
+    # the same layouts under an asm that stays in its lane: runs of one row are all it needs
+    assert static_report.asm_layout_problems(TTGIR_WARP.replace("OP", "{ lop3.b32 x; }")) == (2, [])
+
+
+TTGIR_WARP = r"""#blocked = #ttg.blocked<{sizePerThread = [1, 4], threadsPerWarp = [32, 1], warpsPerCTA = [4, 1], order = [1, 0]}>
+#blocked1 = #ttg.blocked<{sizePerThread = [1, 4], threadsPerWarp = [8, 4], warpsPerCTA = [4, 1], order = [1, 0]}>
+    %a = tt.elementwise_inline_asm "OP" {constraints = "=r,r", packed_element = 4 : i32, pure = true} %x : tensor<128x4xi32, #blocked> -> tensor<128x4xi32, #blocked> loc(#loc1)
+    %b = tt.elementwise_inline_asm "OP" {constraints = "=r,r", packed_element = 4 : i32, pure = true} %y : tensor<128x16xi32, #blocked1> -> tensor<128x16xi32, #blocked1> loc(#loc2)
+"""
 
 
 TTGIR = r"""#blocked = #ttg.blocked<{sizePerThread = [1, 16], threadsPerWarp = [16, 2], warpsPerCTA = [4, 1], order = [1, 0]}>
