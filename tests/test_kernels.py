@@ -179,6 +179,18 @@ def test_sparse_mma_tiles_match_float64(case, batch, rows):
     assert_matches(nm_int4.matmul(x, **packed.tensors, **packed.params, out=out), x, packed.w_hat)
 
 
+def test_sparse_mma_copies_operands_it_cannot_load_whole():
+    """x rows at an odd stride (2-byte aligned) and packed tensors off their 16-byte alignment (views
+    at an offset) are copied first: the mma.sp path loads x as words and codes 16 bytes at a time."""
+    module, k, make = CASES["nm-int4-2:4-K256-g128"]
+    gen = seeded("unaligned")
+    packed = make(torch.float16, gen).to(DEVICE)
+    shifted = {name: torch.cat([t.flatten()[:1], t.flatten()])[1:].view(t.shape) for name, t in packed.tensors.items()}
+    assert all(t.data_ptr() % 16 for t in shifted.values() if t.element_size() == 1)
+    x = torch.randn(5, k + 1, generator=gen).half().to(DEVICE)[:, :k]  # row stride k + 1
+    assert_matches(nm_int4.matmul(x, **shifted, **packed.params), x, packed.w_hat)
+
+
 def test_cases_run_every_production_config():
     """The launchers pick one config per (batch path, group): the cases above reach all of them."""
     for module, config in ((int4, int4.config), (int8, int4.config), (nm_int4, nm_int4.config)):
