@@ -21,7 +21,8 @@ the point of packing, which is the bytes; the torch and dequant paths decode on 
 timed that way.
 
 Key (one decision each): format and its launcher parameters, (N, K), the batch bucket (powers of
-two up to 2048, as the kernels' autotuner), x's dtype, the GPU's name, torch and triton versions.
+two up to 2048, as the kernels' autotuner), x's dtype, the GPU's name, torch and triton versions,
+and a digest of kernels/*.py (a decision timed against other kernel code is measured again).
 On the first call with a new key every candidate runs on a seeded random x (B, K) and is checked
 against the torch path: max |y − y_ref| ≤ TOLERANCE[dtype] · max |y_ref|. A candidate that fails
 or is off is logged and never chosen; the correct ones are timed (kernels/timing.py: CUDA events,
@@ -34,6 +35,7 @@ timed inside a capture): warm a model up eagerly before capturing it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -174,12 +176,22 @@ def library_version(name: str) -> str:
         return "none"
 
 
+@cache
+def kernels_digest(folder: Path = Path(__file__).parent) -> str:
+    """12 hex digits of SHA-256 over the kernel sources (*.py in `folder`, by name)."""
+    digest = hashlib.sha256()
+    for source in sorted(folder.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def dispatch_key(weight: PackedWeight, batch: int, dtype: torch.dtype, device_name: str) -> str:
     """One line naming everything a decision depends on."""
     params = ",".join(f"{k}={v}" for k, v in sorted(weight.params.items()))
     n, k = weight.shape
     return (f"{weight.format}[{params}] {n}x{k} bucket {batch_bucket(batch)} {str(dtype).removeprefix('torch.')}"
-            f" | {device_name} | torch {torch.__version__} | triton {library_version('triton')}")
+            f" | {device_name} | torch {torch.__version__} | triton {library_version('triton')}"
+            f" | kernels {kernels_digest()}")
 
 
 def read_cache(path: Path) -> dict[str, dict]:

@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from kernels import dispatch
-from kernels.dispatch import Dispatcher, PackedWeight, dispatch_key, read_cache, write_cache
+from kernels.dispatch import Dispatcher, PackedWeight, dispatch_key, kernels_digest, read_cache, write_cache
 from tasks.formats.packing import pack_weight, unpack_weight
 from tasks.serving.packed_model import PackedLinear, kernel_params
 from tasks.pruning.patterns import NM, mask_from_scores
@@ -64,13 +64,28 @@ def test_key_names_format_shape_bucket_dtype_device_and_versions():
     w = weight("int4")
     key = dispatch_key(w, 5, torch.float16, "NVIDIA H200")
     for part in ("int4[group_size=32]", "48x128", "bucket 8", "float16", "NVIDIA H200",
-                 f"torch {torch.__version__}", f"triton {version('triton')}"):
+                 f"torch {torch.__version__}", f"triton {version('triton')}", f"kernels {kernels_digest()}"):
         assert part in key
     assert dispatch_key(w, 7, torch.float16, "NVIDIA H200") == key  # same bucket, same decision
     others = {dispatch_key(w, 9, torch.float16, "NVIDIA H200"), dispatch_key(w, 5, torch.bfloat16, "NVIDIA H200"),
               dispatch_key(w, 5, torch.float16, "NVIDIA H100"), dispatch_key(weight("int4", group_size=128), 5,
                                                                            torch.float16, "NVIDIA H200")}
     assert key not in others and len(others) == 4
+
+
+def test_kernel_digest_changes_with_any_kernel_source(tmp_path):
+    """A decision timed against other kernel code is not reused: every source byte and name counts."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("not a source")
+    first = kernels_digest(tmp_path)
+    assert len(first) == 12 and int(first, 16) >= 0
+    (tmp_path / "notes.txt").write_text("still not a source")
+    assert kernels_digest.__wrapped__(tmp_path) == first
+    (tmp_path / "a.py").write_text("x = 2\n")
+    second = kernels_digest.__wrapped__(tmp_path)
+    assert second != first
+    (tmp_path / "a.py").rename(tmp_path / "b.py")
+    assert kernels_digest.__wrapped__(tmp_path) not in (first, second)
 
 
 def test_kernel_params_follow_the_launchers():
