@@ -1,4 +1,5 @@
-"""Dequantize an `int4` / `int8` packed weight into a dense Ŵ in one Triton pass (docs/formats.md).
+"""Dequantize an `int4` / `int8` / `nm` / `nm-int8` / `nm-int4` packed weight into a dense Ŵ in one
+Triton pass (docs/formats.md).
 
 The dispatcher's large-batch path (kernels/dispatch.py, candidate `dequant`): at prefill-sized
 batches the matmul, not the weight stream, bounds the time, so the fastest use of a packed weight
@@ -12,6 +13,10 @@ Format, W (N, K), groups of g consecutive inputs, G = ceil(K/g):
     zeros    uint8   (N, G)
 Math, exactly as tasks' Quantized.dequantize: Ŵ[n, k] = (q − zeros[n, k//g]) · scales[n, k//g] in
 float32, then cast. Grid: (ceil(N / BLOCK_N), ceil(K / BLOCK_K)) tiles of Ŵ.
+
+The n:m formats (`dequantize_nm`) add `indices` and store only the kept values (`nm`: in x's dtype,
+unscaled; `nm-int8` / `nm-int4`: codes as above, groups over the original columns): each tile's
+kept values go to their columns (kernels._common.nm_scatter), zero elsewhere.
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._common import nm_scatter, scale_columns, unpack
+from kernels.nm import INDEX_BITS, check_nm
+
 BLOCK_N, BLOCK_K = 32, 128
 BITS = {"int4": 4, "int8": 8}
+NM_BITS = {"nm": 16, "nm-int8": 8, "nm-int4": 4}  # 16: values of x's dtype
 
 
 @triton.jit
@@ -55,6 +64,53 @@ def _round(w, dtype: tl.constexpr):
         u += 0x7FFF + ((u >> 16) & 1)
         return (u >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return w.to(dtype)
+
+
+@triton.jit
+def _nm_dequant_kernel(v_ptr, i_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_v, stride_i, stride_g, group,
+                       BITS: tl.constexpr, N_KEEP: tl.constexpr, M: tl.constexpr, INDEX_BITS: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_ok = rows < N
+    KEPT: tl.constexpr = BLOCK_K // M * N_KEEP  # kept values per row of the tile
+    PER_BYTE: tl.constexpr = 8 // BITS if BITS < 8 else 1
+    offs_v = tl.program_id(1) * (KEPT // PER_BYTE) + tl.arange(0, KEPT // PER_BYTE)
+    offs_i = tl.program_id(1) * (KEPT * INDEX_BITS // 8) + tl.arange(0, KEPT * INDEX_BITS // 8)
+    # masked on the rows' byte counts; past them: code / value 0 at position 0, and columns ≥ K unstored
+    vals = tl.load(v_ptr + rows[:, None] * stride_v + offs_v[None, :], mask=row_ok[:, None] & (offs_v[None, :] < stride_v),
+                   other=0)
+    pos = unpack(tl.load(i_ptr + rows[:, None] * stride_i + offs_i[None, :],
+                         mask=row_ok[:, None] & (offs_i[None, :] < stride_i), other=0), INDEX_BITS)
+    if BITS == 16:
+        w = nm_scatter(vals.to(tl.float32), pos, N_KEEP, M)
+    else:
+        codes = unpack(vals, 4) if BITS == 4 else vals.to(tl.int32)
+        dense = nm_scatter(codes + 1, pos, N_KEEP, M)  # 0: pruned
+        w = tl.where(dense > 0, scale_columns(dense - 1, s_ptr, z_ptr, rows, row_ok, cols[None, :], K, stride_g, group),
+                     0.0)
+    ok = row_ok[:, None] & (cols[None, :] < K)
+    tl.store(w_ptr + rows[:, None] * K + cols[None, :], _round(w, w_ptr.dtype.element_ty), mask=ok)
+
+
+def dequantize_nm(fmt: str, values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor | None = None,
+                  zeros: torch.Tensor | None = None, *, k: int, n: int = 2, m: int = 4, group_size: int = -1,
+                  dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Ŵ (N, K) in `dtype` from an n:m format's packed tensors (launcher shapes, checked by
+    kernels.launcher before the dispatcher offers this path)."""
+    bits = NM_BITS[fmt]
+    check_nm(fmt, n, m, k)
+    rows = values.shape[0]
+    w = torch.empty(rows, k, dtype=dtype, device=values.device)
+    group = k if group_size == -1 else group_size
+    stride_g = 0 if scales is None else scales.stride(0)
+    scales = values if scales is None else scales  # unread for `nm`
+    zeros = values if zeros is None else zeros
+    grid = (triton.cdiv(rows, BLOCK_N), triton.cdiv(k, BLOCK_K))
+    _nm_dequant_kernel[grid](values, indices, scales, zeros, w, rows, k, values.stride(0), indices.stride(0),
+                             stride_g, group, BITS=bits, N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], BLOCK_N=BLOCK_N,
+                             BLOCK_K=BLOCK_K)
+    return w
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int, k: int,

@@ -8,7 +8,7 @@ import torch
 
 from kernels import available, dispatch
 from kernels._common import INTERPRET
-from kernels.testing import pack_quant
+from kernels.testing import pack_nm, pack_nm_quant, pack_quant
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs Triton with CUDA or TRITON_INTERPRET=1")
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -28,6 +28,24 @@ def test_fused_dequantize_is_the_reference_bit_for_bit(bits, n, k, group, dtype)
     assert torch.equal(got, want)
     # and the reference is the float64 Ŵ of the packer, rounded once to dtype
     assert torch.equal(want, packed.w_hat.to(dtype))
+
+
+@pytest.mark.parametrize("fmt,n,m,k,group", [("nm", 2, 4, 200, None), ("nm", 4, 8, 264, None), ("nm", 1, 4, 72, None),
+                                             ("nm-int8", 2, 4, 264, 128), ("nm-int4", 2, 4, 200, 64),
+                                             ("nm-int4", 4, 8, 136, 24), ("nm-int4", 2, 4, 72, -1)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_fused_nm_dequantize_is_the_packers_weight(fmt, n, m, k, group, dtype):
+    """Tail tiles past K, rows past a 32-row block, every n:m the launchers take: Ŵ is the packer's
+    float64 weight rounded once to dtype, bit for bit, pruned columns exactly 0."""
+    from kernels import dequant
+
+    w = torch.randn(37, k, generator=torch.Generator().manual_seed(k + n)).to(dtype)
+    packed = (pack_nm(w, n, m) if fmt == "nm" else
+              pack_nm_quant(w.float(), n, m, 8 if fmt == "nm-int8" else 4, group)).to(DEVICE)
+    got = dequant.dequantize_nm(fmt, **packed.tensors, **packed.params, k=k, dtype=dtype)
+    assert got.shape == (37, k) and torch.isfinite(got).all()
+    assert torch.equal(got, packed.w_hat.to(dtype))
+    assert int((got == 0).sum(1).min()) >= k // m * (m - n)
 
 
 def test_fused_dequantize_names_a_bad_tensor():

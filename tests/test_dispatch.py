@@ -157,11 +157,11 @@ def test_cpu_forward_is_exactly_the_reference_and_never_measures(tmp_path, monke
 def offered(fmt: str) -> set[str]:
     """The candidates for packed_layer(fmt) (groups of 32) and fp16 x, at every batch."""
     return ({"torch"} | ({"triton"} if fmt in dispatch.KERNEL_FORMATS else set())
-            | ({"dequant"} if fmt in ("int4", "int8") else set()) | ({"tinygemm"} if fmt == "int4" else set())
+            | ({"dequant"} if fmt in dispatch.DEQUANT_FORMATS else set()) | ({"tinygemm"} if fmt == "int4" else set())
             | ({"cusparselt"} if fmt == "nm" else set()))
 
 
-@pytest.mark.parametrize("fmt", ["int4", "int8", "nm", "nm-int4", "bitmask", "bitmask-int4"])
+@pytest.mark.parametrize("fmt", ["int4", "int8", "nm", "nm-int8", "nm-int4", "bitmask", "bitmask-int4"])
 @pytest.mark.parametrize("batch", [1, 16, 2048])
 def test_every_peer_is_offered_at_every_batch(fmt, batch):
     x = torch.randn(batch, 128, dtype=torch.float16)
@@ -169,8 +169,9 @@ def test_every_peer_is_offered_at_every_batch(fmt, batch):
     assert set(dispatch.candidates(weight(fmt), x.float())) == {"torch"}
 
 
-@pytest.mark.parametrize("fmt", ["int4", "int8"])
-def test_fused_dequant_path_matches_the_reference(fmt):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("fmt", ["int4", "int8", "nm", "nm-int8", "nm-int4"])
+def test_fused_dequant_path_matches_the_reference(fmt, dtype):
     """Under TRITON_INTERPRET (conftest) the `dequant` candidate runs on the CPU: Ŵ written by the
     Triton kernel equals the torch fallback's bit for bit, so y does too."""
     from kernels import available
@@ -178,8 +179,9 @@ def test_fused_dequant_path_matches_the_reference(fmt):
     if not available():
         pytest.skip("needs Triton with CUDA or TRITON_INTERPRET=1")
     w = weight(fmt)
-    x = torch.randn(5, 128, dtype=torch.float16)
-    assert torch.equal(dispatch.candidates(w, x)["dequant"](x), dispatch.reference(x, w))
+    x = torch.randn(5, 128, dtype=dtype)
+    y = dispatch.candidates(w, x)["dequant"](x)
+    assert torch.isfinite(y).all() and torch.equal(y, dispatch.reference(x, w))
 
 
 # ----------------------------------------------------------------------------- CUDA only
