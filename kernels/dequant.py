@@ -1,5 +1,5 @@
-"""Dequantize an `int4` / `int8` / `nm` / `nm-int8` / `nm-int4` packed weight into a dense Ŵ in one
-Triton pass (docs/formats.md).
+"""Dequantize a packed weight of any format with a kernel into a dense Ŵ in one Triton pass
+(docs/formats.md).
 
 The dispatcher's large-batch path (kernels/dispatch.py, candidate `dequant`): at prefill-sized
 batches the matmul, not the weight stream, bounds the time, so the fastest use of a packed weight
@@ -7,7 +7,7 @@ is to write Ŵ once in x's dtype and hand it to cuBLAS. The torch fallback does 
 or more float32 passes (unpack, gather zeros, gather scales, subtract-multiply, cast); this is one
 read of the packed bytes and one write of Ŵ.
 
-Format, W (N, K), groups of g consecutive inputs, G = ceil(K/g):
+`int4` / `int8`, W (N, K), groups of g consecutive inputs, G = ceil(K/g):
     qweight  uint8   (N, ceil(K·b/8))   b = 4: element k in byte k // 2, low nibble for even k
     scales   float16 (N, G)
     zeros    uint8   (N, G)
@@ -16,7 +16,9 @@ float32, then cast. Grid: (ceil(N / BLOCK_N), ceil(K / BLOCK_K)) tiles of Ŵ.
 
 The n:m formats (`dequantize_nm`) add `indices` and store only the kept values (`nm`: in x's dtype,
 unscaled; `nm-int8` / `nm-int4`: codes as above, groups over the original columns): each tile's
-kept values go to their columns (kernels._common.nm_scatter), zero elsewhere.
+kept values go to their columns (kernels._common.nm_scatter), zero elsewhere. The bitmask formats
+(`dequantize_bitmask`) take one 512-column chunk per tile: its values start at its chunk offset,
+and a kept column's is the chunk's kept columns before it (an exclusive cumsum of the mask bits).
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ import triton
 import triton.language as tl
 
 from kernels._common import nm_scatter, scale_columns, unpack
+from kernels.bitmask import CHUNK_COLUMNS
 from kernels.nm import INDEX_BITS, check_nm
 
 BLOCK_N, BLOCK_K = 32, 128
 BITS = {"int4": 4, "int8": 8}
 NM_BITS = {"nm": 16, "nm-int8": 8, "nm-int4": 4}  # 16: values of x's dtype
+BITMASK_BITS = {"bitmask": 16, "bitmask-int8": 8, "bitmask-int4": 4}
+BITMASK_ROWS = 8
 
 
 @triton.jit
@@ -110,6 +115,54 @@ def dequantize_nm(fmt: str, values: torch.Tensor, indices: torch.Tensor, scales:
     _nm_dequant_kernel[grid](values, indices, scales, zeros, w, rows, k, values.stride(0), indices.stride(0),
                              stride_g, group, BITS=bits, N_KEEP=n, M=m, INDEX_BITS=INDEX_BITS[m], BLOCK_N=BLOCK_N,
                              BLOCK_K=BLOCK_K)
+    return w
+
+
+@triton.jit
+def _bitmask_dequant_kernel(m_ptr, v_ptr, co_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_m, stride_co, stride_g, group,
+                            BITS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    chunk = tl.program_id(1)
+    cols = chunk * CHUNK + tl.arange(0, CHUNK)
+    row_ok = rows < N
+    offs_m = chunk * (CHUNK // 8) + tl.arange(0, CHUNK // 8)
+    bits = unpack(tl.load(m_ptr + rows[:, None] * stride_m + offs_m[None, :],
+                          mask=row_ok[:, None] & (offs_m[None, :] < stride_m), other=0), 1)
+    kept = (bits > 0) & (cols[None, :] < K)  # mask bits past K are unspecified
+    rank = tl.cumsum(kept.to(tl.int32), axis=1) - kept.to(tl.int32)
+    UNITS: tl.constexpr = 128 // BITS  # entries per 16 bytes of the stream
+    start = tl.load(co_ptr + rows * stride_co + chunk, mask=row_ok, other=0).to(tl.int64) * UNITS
+    idx = start[:, None] + rank
+    if BITS == 4:
+        byte = tl.load(v_ptr + idx // 2, mask=kept, other=0).to(tl.int32)
+        codes = (byte >> (4 * (idx % 2)).to(tl.int32)) & 15
+    else:
+        codes = tl.load(v_ptr + idx, mask=kept, other=0)
+    if BITS == 16:
+        w = codes.to(tl.float32)
+    else:
+        w = scale_columns(codes.to(tl.int32), s_ptr, z_ptr, rows, row_ok, cols[None, :], K, stride_g, group)
+    ok = row_ok[:, None] & (cols[None, :] < K)
+    tl.store(w_ptr + rows[:, None] * K + cols[None, :], _round(tl.where(kept, w, 0.0), w_ptr.dtype.element_ty), mask=ok)
+
+
+def dequantize_bitmask(fmt: str, mask: torch.Tensor, values: torch.Tensor, chunk_offsets: torch.Tensor,
+                       scales: torch.Tensor | None = None, zeros: torch.Tensor | None = None, *, k: int,
+                       group_size: int = -1, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Ŵ (N, K) in `dtype` from a bitmask format's packed tensors (launcher shapes, checked by
+    kernels.launcher before the dispatcher offers this path)."""
+    rows = mask.shape[0]
+    w = torch.empty(rows, k, dtype=dtype, device=mask.device)
+    if rows == 0 or k == 0:
+        return w
+    stride_g = 0 if scales is None else scales.stride(0)
+    scales = mask if scales is None else scales  # unread for `bitmask`
+    zeros = mask if zeros is None else zeros
+    values = values if values.numel() else torch.zeros(1, dtype=values.dtype, device=values.device)  # all pruned
+    grid = (triton.cdiv(rows, BITMASK_ROWS), triton.cdiv(k, CHUNK_COLUMNS))
+    _bitmask_dequant_kernel[grid](mask, values, chunk_offsets, scales, zeros, w, rows, k, mask.stride(0),
+                                  chunk_offsets.stride(0), stride_g, k if group_size == -1 else group_size,
+                                  BITS=BITMASK_BITS[fmt], BLOCK_N=BITMASK_ROWS, CHUNK=CHUNK_COLUMNS)
     return w
 
 

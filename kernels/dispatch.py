@@ -8,9 +8,9 @@ Candidates (name → path), every one offered at every batch where it applies:
                 file), so CPU numbers are exactly the reference's.
     triton      the format's Triton kernel (kernels.launcher), on CUDA only and for fp16/bf16 x:
                 TRITON_INTERPRET is for the tests, never for inference.
-    dequant     `int4`, `int8`, `nm`, `nm-int8`, `nm-int4`: one fused Triton pass writes Ŵ in x's
-                dtype (kernels/dequant.py), then cuBLAS; what large batches want, where the matmul,
-                not the bytes, bounds time.
+    dequant     every format with a kernel: one fused Triton pass writes Ŵ in x's dtype
+                (kernels/dequant.py), then cuBLAS; what large batches want, where the matmul, not
+                the bytes, bounds time.
     tinygemm    `int4` with groups of 32–256: torch._weight_int4pack_mm (bf16; x is cast) on our
                 codes repacked once into its tile layout, with z' = (8 − z)·s.
     cusparselt  2:4 `nm` with values of x's dtype: torch._cslt_sparse_mm on a cuSPARSELt-compressed
@@ -60,7 +60,7 @@ DEFAULT_CACHE = "~/.cache/prunepipe/dispatch.json"
 CACHE_VERSION = 1
 TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 4e-2, torch.float32: 1e-4}
 TINYGEMM_GROUPS = (32, 64, 128, 256)
-DEQUANT_FORMATS = ("int4", "int8", "nm", "nm-int8", "nm-int4")  # kernels/dequant.py
+DEQUANT_FORMATS = ("int4", "int8", "nm", "nm-int8", "nm-int4", "bitmask", "bitmask-int8", "bitmask-int4")
 WARMUP, REPS = 5, 20
 REFERENCE = "torch"
 
@@ -144,6 +144,8 @@ def _dequant_cublas(weight: PackedWeight, x: torch.Tensor) -> torch.Tensor:
     k = weight.shape[1]
     if weight.format in dequant.NM_BITS:
         w = dequant.dequantize_nm(weight.format, **weight.tensors, **weight.params, k=k, dtype=x.dtype)
+    elif weight.format in dequant.BITMASK_BITS:
+        w = dequant.dequantize_bitmask(weight.format, **weight.tensors, **weight.params, k=k, dtype=x.dtype)
     else:
         w = dequant.dequantize(**weight.tensors, **weight.params, k=k, bits=dequant.BITS[weight.format], dtype=x.dtype)
     return F.linear(x, w)

@@ -161,7 +161,8 @@ def offered(fmt: str) -> set[str]:
             | ({"cusparselt"} if fmt == "nm" else set()))
 
 
-@pytest.mark.parametrize("fmt", ["int4", "int8", "nm", "nm-int8", "nm-int4", "bitmask", "bitmask-int4"])
+@pytest.mark.parametrize("fmt", ["int4", "int8", "nm", "nm-int8", "nm-int4", "bitmask", "bitmask-int8",
+                                 "bitmask-int4"])
 @pytest.mark.parametrize("batch", [1, 16, 2048])
 def test_every_peer_is_offered_at_every_batch(fmt, batch):
     x = torch.randn(batch, 128, dtype=torch.float16)
@@ -170,7 +171,7 @@ def test_every_peer_is_offered_at_every_batch(fmt, batch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("fmt", ["int4", "int8", "nm", "nm-int8", "nm-int4"])
+@pytest.mark.parametrize("fmt", ["int4", "int8", "nm", "nm-int8", "nm-int4", "bitmask", "bitmask-int8", "bitmask-int4"])
 def test_fused_dequant_path_matches_the_reference(fmt, dtype):
     """Under TRITON_INTERPRET (conftest) the `dequant` candidate runs on the CPU: Ŵ written by the
     Triton kernel equals the torch fallback's bit for bit, so y does too."""

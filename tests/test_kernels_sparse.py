@@ -135,6 +135,21 @@ def test_kernel_matches_float64(case, batch, dtype):
     assert_matches(y, x, packed.w_hat, truncating_bf16=True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("bitmask")])
+def test_fused_bitmask_dequantize_is_the_packers_weight(case, dtype):
+    """The dispatcher's one-pass dequantization (kernels/dequant.py): Ŵ bit for bit the packer's
+    float64 weight rounded once to dtype (float values are stored in dtype already), with NaN /
+    all-ones chunk padding and stream tails and set mask bits past K that it must not read."""
+    from kernels import dequant
+
+    _, k, make = CASES[case]
+    packed = make(dtype, seeded(case, str(dtype))).to(DEVICE)
+    got = dequant.dequantize_bitmask(packed.format, **packed.tensors, **packed.params, k=k, dtype=dtype)
+    assert got.shape == (N, k) and torch.isfinite(got).all()
+    assert torch.equal(got, packed.w_hat.to(dtype))
+
+
 def test_split_workspace_is_left_zeroed():
     """A second call with the same workspace gives the same y (the last split zeroes it again)."""
     x, y, packed = run_case("bitmask-K1000-70%", 1, torch.float16)
