@@ -101,12 +101,13 @@ def _nm_dequant_kernel(v_ptr, i_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_v, stride
 def dequantize_nm(fmt: str, values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor | None = None,
                   zeros: torch.Tensor | None = None, *, k: int, n: int = 2, m: int = 4, group_size: int = -1,
                   dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """Ŵ (N, K) in `dtype` from an n:m format's packed tensors (launcher shapes, checked by
-    kernels.launcher before the dispatcher offers this path)."""
+    """Ŵ (N, K) in `dtype` from an n:m format's packed tensors, as its launcher takes them."""
     bits = NM_BITS[fmt]
     check_nm(fmt, n, m, k)
     rows = values.shape[0]
     w = torch.empty(rows, k, dtype=dtype, device=values.device)
+    if rows == 0 or k == 0:
+        return w
     group = k if group_size == -1 else group_size
     stride_g = 0 if scales is None else scales.stride(0)
     scales = values if scales is None else scales  # unread for `nm`
@@ -149,8 +150,7 @@ def _bitmask_dequant_kernel(m_ptr, v_ptr, co_ptr, s_ptr, z_ptr, w_ptr, N, K, str
 def dequantize_bitmask(fmt: str, mask: torch.Tensor, values: torch.Tensor, chunk_offsets: torch.Tensor,
                        scales: torch.Tensor | None = None, zeros: torch.Tensor | None = None, *, k: int,
                        group_size: int = -1, dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """Ŵ (N, K) in `dtype` from a bitmask format's packed tensors (launcher shapes, checked by
-    kernels.launcher before the dispatcher offers this path)."""
+    """Ŵ (N, K) in `dtype` from a bitmask format's packed tensors, as its launcher takes them."""
     rows = mask.shape[0]
     w = torch.empty(rows, k, dtype=dtype, device=mask.device)
     if rows == 0 or k == 0:
