@@ -1,4 +1,4 @@
-"""A model of the PTX instructions the kernels' warp-level inline asm uses, for the interpreter.
+"""A model of the PTX instructions the kernels' inline asm uses: the interpreter's and the tests'.
 
 Triton's interpreter (TRITON_INTERPRET=1) cannot run inline asm. Most kernels here take a plain
 Triton path there instead (USE_ASM=False); the 2:4 sparse tensor-core path of kernels/nm_int4.py
