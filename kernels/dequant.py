@@ -166,6 +166,15 @@ def dequantize_bitmask(fmt: str, mask: torch.Tensor, values: torch.Tensor, chunk
     return w
 
 
+def dequantize_packed(fmt: str, tensors: dict, params: dict, *, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """Ŵ (N, K) in `dtype` of any format with a kernel, from its launcher's tensors and parameters."""
+    if fmt in NM_BITS:
+        return dequantize_nm(fmt, **tensors, **params, k=k, dtype=dtype)
+    if fmt in BITMASK_BITS:
+        return dequantize_bitmask(fmt, **tensors, **params, k=k, dtype=dtype)
+    return dequantize(**tensors, **params, k=k, bits=BITS[fmt], dtype=dtype)
+
+
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int, k: int,
                bits: int = 4, dtype: torch.dtype = torch.float16) -> torch.Tensor:
     """Ŵ (N, K) in `dtype` from the packed tensors; group_size -1 means one group per row."""

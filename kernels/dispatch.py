@@ -60,7 +60,6 @@ DEFAULT_CACHE = "~/.cache/prunepipe/dispatch.json"
 CACHE_VERSION = 1
 TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 4e-2, torch.float32: 1e-4}
 TINYGEMM_GROUPS = (32, 64, 128, 256)
-DEQUANT_FORMATS = ("int4", "int8", "nm", "nm-int8", "nm-int4", "bitmask", "bitmask-int8", "bitmask-int4")
 WARMUP, REPS = 5, 20
 REFERENCE = "torch"
 
@@ -141,13 +140,7 @@ def _tinygemm(weight: PackedWeight, x: torch.Tensor) -> torch.Tensor:
 def _dequant_cublas(weight: PackedWeight, x: torch.Tensor) -> torch.Tensor:
     from kernels import dequant
 
-    k = weight.shape[1]
-    if weight.format in dequant.NM_BITS:
-        w = dequant.dequantize_nm(weight.format, **weight.tensors, **weight.params, k=k, dtype=x.dtype)
-    elif weight.format in dequant.BITMASK_BITS:
-        w = dequant.dequantize_bitmask(weight.format, **weight.tensors, **weight.params, k=k, dtype=x.dtype)
-    else:
-        w = dequant.dequantize(**weight.tensors, **weight.params, k=k, bits=dequant.BITS[weight.format], dtype=x.dtype)
+    w = dequant.dequantize_packed(weight.format, weight.tensors, weight.params, k=weight.shape[1], dtype=x.dtype)
     return F.linear(x, w)
 
 
@@ -160,7 +153,6 @@ def candidates(weight: PackedWeight, x: torch.Tensor) -> dict[str, Candidate]:
     if fmt in KERNEL_FORMATS:
         kernel = launcher(fmt)
         paths["triton"] = lambda x: kernel(x, **weight.tensors, **params)
-    if fmt in DEQUANT_FORMATS:
         paths["dequant"] = partial(_dequant_cublas, weight)
     if fmt == "int4" and params.get("group_size") in TINYGEMM_GROUPS and tinygemm_tiles(k):
         paths["tinygemm"] = partial(_tinygemm, weight)

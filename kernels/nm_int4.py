@@ -368,9 +368,10 @@ def sp_ptx(n_tiles: int, chains: int) -> tuple[str, str]:
     """(asm, constraints) of one iteration for n_tiles × 8 batch rows; chains: scale groups per
     iteration (1: g % 128 == 0, 2: g % 64 == 0, 0: one group per row, scaled after the loop).
     Operands (4 registers each): outputs acc[mt, nt]; inputs acc[mt, nt], codes[mt, h, half] (row
-    g + 8h of tile mt, bytes 16·half …), index[mt, h], x[nt, step] (B fragment), zs[mt, chain] =
-    (−(1024 + z), −(64 + z)) of rows g, g + 8 as fp16 pairs, then their fp32 scales; const = (the
-    code byte selector, the metadata selector, fp16 pair (1, 1/16), unused)."""
+    g + 8h of tile mt, bytes 16·half …), index[mt, h], x[nt, step] (B fragment), zs[mt, half] =
+    (−(1024 + z), −(64 + z)) of rows g, g + 8 as fp16 pairs, then their fp32 scales, for the
+    iteration's first and second 64 columns (the same unless g = 64); const = (the code byte
+    selector, the metadata selector, fp16 pair (1, 1/16), unused)."""
     numbers = iter(range(10_000))
     take = lambda: [next(numbers) for _ in range(4)]  # noqa: E731
     tiles = [(mt, nt) for mt in range(SP_M_TILES) for nt in range(n_tiles)]
@@ -379,7 +380,7 @@ def sp_ptx(n_tiles: int, chains: int) -> tuple[str, str]:
     codes = {(mt, h, half): take() for mt in range(SP_M_TILES) for h in range(2) for half in range(2)}
     index = {(mt, h): take() for mt in range(SP_M_TILES) for h in range(2)}
     xs = {(nt, s): take() for nt in range(n_tiles) for s in range(SP_K_STEPS)}
-    zs = {(mt, c): take() for mt in range(SP_M_TILES) for c in range(max(chains, 1))}
+    zs = {(mt, c): take() for mt in range(SP_M_TILES) for c in range(2)}
     sel, msel, one16, _ = take()
     partial = {tile: [f"p{4 * j + i}" for i in range(4)] for j, tile in enumerate(tiles)}
     lines = ["{ .reg .b32 t, e, a0, a1, a2, a3; .reg .f32 zero, " + ", ".join(r for p in partial.values() for r in p)
@@ -555,33 +556,24 @@ def _sparse_mma(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, B, N, K, stride_xb, st
         if CHAINS == 2:  # g = 64: the halves' groups
             zs0, zs0b = _zero_scale_pair(z00, z01, s00, s01, 2 * kt, on00, on01, EVEN)
             zs1, zs1b = _zero_scale_pair(z10, z11, s10, s11, 2 * kt, on10, on11, EVEN)
+        else:  # one group over the 128 columns: the second half's operands are the first's
+            zs0b = zs0
+            zs1b = zs1
         if N_TILES == 1:
-            if CHAINS == 2:
-                acc00, acc10 = tl.inline_asm_elementwise(
-                    ASM, CONSTRAINTS, [acc00, acc10, c000, c001, c010, c011, c100, c101, c110, c111, i00, i01, i10, i11,
-                                     x00, x01, x02, x03, zs0, zs0b, zs1, zs1b, const],
-                    dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
-            else:
-                acc00, acc10 = tl.inline_asm_elementwise(
-                    ASM, CONSTRAINTS, [acc00, acc10, c000, c001, c010, c011, c100, c101, c110, c111, i00, i01, i10, i11,
-                                     x00, x01, x02, x03, zs0, zs1, const],
-                    dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+            acc00, acc10 = tl.inline_asm_elementwise(
+                ASM, CONSTRAINTS, [acc00, acc10, c000, c001, c010, c011, c100, c101, c110, c111, i00, i01, i10, i11,
+                                   x00, x01, x02, x03, zs0, zs0b, zs1, zs1b, const],
+                dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
         else:
             x10 = _b_fragment(x_row1, x_first)
             x11 = _b_fragment(x_row1, x_first + 16)
             x12 = _b_fragment(x_row1, x_first + 32)
             x13 = _b_fragment(x_row1, x_first + 48)
-            if CHAINS == 2:
-                acc00, acc01, acc10, acc11 = tl.inline_asm_elementwise(
-                    ASM, CONSTRAINTS, [acc00, acc01, acc10, acc11, c000, c001, c010, c011, c100, c101, c110, c111,
-                                     i00, i01, i10, i11, x00, x01, x02, x03, x10, x11, x12, x13, zs0, zs0b, zs1, zs1b,
-                                     const],
-                    dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=4)
-            else:
-                acc00, acc01, acc10, acc11 = tl.inline_asm_elementwise(
-                    ASM, CONSTRAINTS, [acc00, acc01, acc10, acc11, c000, c001, c010, c011, c100, c101, c110, c111,
-                                     i00, i01, i10, i11, x00, x01, x02, x03, x10, x11, x12, x13, zs0, zs1, const],
-                    dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=4)
+            acc00, acc01, acc10, acc11 = tl.inline_asm_elementwise(
+                ASM, CONSTRAINTS, [acc00, acc01, acc10, acc11, c000, c001, c010, c011, c100, c101, c110, c111,
+                                   i00, i01, i10, i11, x00, x01, x02, x03, x10, x11, x12, x13, zs0, zs0b, zs1, zs1b,
+                                   const],
+                dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=4)
     # Element j of acc (T, 8·N_TILES): fragment element i = j // (2·N_TILES), tile mt = j // N_TILES % 2,
     # nt = j % N_TILES: batch row 8nt + 2t + i % 2, weight row row + 16mt + 8(i // 2).
     if N_TILES == 1:

@@ -157,7 +157,7 @@ def test_cpu_forward_is_exactly_the_reference_and_never_measures(tmp_path, monke
 def offered(fmt: str) -> set[str]:
     """The candidates for packed_layer(fmt) (groups of 32) and fp16 x, at every batch."""
     return ({"torch"} | ({"triton"} if fmt in dispatch.KERNEL_FORMATS else set())
-            | ({"dequant"} if fmt in dispatch.DEQUANT_FORMATS else set()) | ({"tinygemm"} if fmt == "int4" else set())
+            | ({"dequant"} if fmt in dispatch.KERNEL_FORMATS else set()) | ({"tinygemm"} if fmt == "int4" else set())
             | ({"cusparselt"} if fmt == "nm" else set()))
 
 
