@@ -15,23 +15,24 @@ Math (U = 128 / bits codes per 16 bytes):
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
 Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.py):
-- BYTE_LUT (tiles inside one quantization group: g = −1 or a multiple of 128, the pipeline's
-  128 among them; int4 codes, or int8 codes with fp16 x), tensor cores at every batch
-  (BLOCK_M = 16 up to 16 rows): per mask byte (8 columns) a popcount and a prefix across the row
-  give the index of its first code. int4: two 32-bit words of the code stream around it are
-  loaded, a funnel shift lines up its codes, and two byte permutes (PRMT) whose selectors come
-  from a 256-entry table indexed by the mask byte place each code in its column, the zero code
-  in the pruned ones; the fp16/bf16 exponent trick and one pair subtraction give code − zero
-  (exactly 0 where pruned). int8: as kernels/bitmask.py's values, the two 16-byte vectors from
-  the one holding its first code (128-bit loads), two levels of selects and funnel shifts line
-  up its codes, the same permutes (kernels/bitmask.py's value_selectors) and the 0x6400 trick
-  (fp16 only: bf16's 8 significant bits cannot hold 128 + a code). Inline PTX
-  (CODES4_COLUMNS_PTX, CODES8_COLUMNS_PTX, checked on an instruction model in
+- BYTE_LUT (tiles inside one quantization group; int4 codes with g = −1 or a multiple of 64, the
+  pipeline's 64 and the benchmark's 128 among them; int8 codes with fp16 x and g = −1 or a
+  multiple of 64), tensor cores at every batch (BLOCK_M = 16 up to 16 rows): per mask byte (8
+  columns) one 128-bit load of its 16-byte entry in a 256-entry table (BYTE_TABLE / CODE8_TABLE:
+  two PRMT selectors, a zero-code selector, its kept count) and a prefix of the counts across the
+  row give the index of its first code. int4: two 32-bit words of the code stream around it are
+  loaded, a funnel shift lines up its codes, and two byte permutes (PRMT) with the table's
+  selectors place each code in its column, the zero code in the pruned ones; the fp16/bf16
+  exponent trick and one pair subtraction give code − zero (exactly 0 where pruned). int8: as
+  kernels/bitmask.py's values, the two 16-byte vectors from the one holding its first code
+  (128-bit loads), two levels of selects and funnel shifts line up its codes, the same permutes
+  and the 0x6400 trick (fp16 only: bf16's 8 significant bits cannot hold 128 + a code). Inline
+  PTX (CODES4_COLUMNS_PTX, CODES8_COLUMNS_PTX, checked on an instruction model in
   tests/test_kernels_sparse.py); the interpreter picks the same codes with integer ops. One dot
   per column pair of the mask bytes against x's columns c, c + 1, c + 8, c + 9, … (a dot's K
   order is free; kernels/bitmask.py's dot_pairs), the column tile as the A operand (yᵀ), the
-  scale once per tile. Every load unmasked, at addresses
-  clamped to the stream's end (a word or vector the byte's codes reach is inside it).
+  scale once per tile. Every load unmasked, at addresses clamped to the stream's end (a word or
+  vector the byte's codes reach is inside it).
 - otherwise (other groups, bf16 x with int8 codes): column by column with kernels/bitmask.py's
   helpers (a popcount per 32-bit mask word, the rank of a column by one shift and popcount, a
   predicated gather in inline PTX) returning the zero code for pruned columns, so
@@ -39,18 +40,18 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.p
   once per word when g is a multiple of 32, else per column. GEMV for B ≤ 4, tl.dot above.
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
-Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, g = 128,
-batch 1-16, SASS instructions per packed byte: bitmask-int4 15.6-15.9 (BYTE_LUT, a column pair
-per output register, unsigned word addresses; was 19.5-19.8 with a dot per column, 128-180
-column by column, then 21.0-21.6 on format version 1; version 2's whole 16-byte stream lets the
-code words load unmasked, and the column tiles are the dots' A operand, yᵀ = Ŵ · xᵀ, as in
-kernels/bitmask.py), 32-bit packed loads; bitmask-int8 11.5-11.6 with 128-bit loads (BYTE_LUT,
-load16 and a column pair per output register; was 17.0-17.2 through tl.load's vectors,
-23.7-24.6 at batch 1 and 38.3-39.3 column by column, 8-bit gathers). Still far above 6: per mask
-byte (3 packed bytes for int4, 5 for int8) the prefix, the loads and their addresses, ≈ 7-11
-permutes, the selects, and the staging of operands for the dots. int4's two words per byte
-overlap (the report counts their bytes once); 16-byte code loads would cost it ≈ 8 more
-instructions per mask byte (docs/formats.md, "Kernel limits").
+Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, batch 1-16,
+SASS instructions per packed byte: bitmask-int4 12.7-12.8 at g = 128 and 64 (BYTE_LUT, 32-bit
+code loads; was 15.6-15.9 at g = 128 with 64 rows per CTA and the zero code, popcount and second
+selector computed per byte, and groups of 64 went column by column at 55-75; 19.5-19.8 with a dot
+per column, 21.0-21.6 on format version 1); bitmask-int8 8.9 at g = 128 with 128-bit loads, 8.7
+at g = 64 with 64-bit mask loads (a row's 8 mask bytes of a 64-column tile; was 11.5-11.6, 17.0-17.2
+through tl.load's vectors, 38.3-39.3 column by column). 256 rows per 4 warps share the x tile and
+the dots' synchronization, paid once per tile, over 16 mask bytes per thread. Still above 6: per
+mask byte (3 packed bytes for int4, 5 for int8) the prefix, the loads and their addresses, 7
+permutes, the selects, and the staging of operands for the dots. int4's two words per byte overlap
+(the report counts their bytes once); 16-byte code loads would cost it ≈ 8 more instructions per
+mask byte (docs/formats.md, "Kernel limits").
 The launcher copies a `values` that is not 16-byte aligned.
 """
 
@@ -65,7 +66,7 @@ from kernels._common import check_group, check_tensor, k_tile_range, make_out, s
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
                              check_bitmask, dot_pairs, gather_kept, kept_and_slots, load16, load_word, mask_tile,
-                             mask_words, next_start, popcount, table, tile_bases, tuned, value_selectors,
+                             mask_words, next_start, table, tile_bases, tuned, value_selectors,
                              values_before, word_at)
 
 FORMAT = "bitmask-int4"
@@ -84,114 +85,123 @@ def word_params(s_ptr, z_ptr, rows, n_mask, t, K, stride_g, GROUP: tl.constexpr,
 
 
 # 4-bit codes of one mask byte → its 8 dense columns, code − zero, as fp16/bf16, pack=1: $8 lo,
-# $9 hi: the two uint32 words of the code stream holding the byte's codes, $10 the nibble index of
-# its first code (only its low 3 bits count: the funnel shift takes 4 · index mod 32), $11 sel:
-# BYTE_SELECTORS[byte], $12 cnt: its kept count, $13 zb: zero << 24, $14 zz: (bias + zero) as a
-# 16-bit pair; $0 … $7 the columns, 16 bits each. The funnel shift leaves the byte's codes as the
-# nibbles of w, rank r in nibble r; the even and odd ranks spread to the bytes of l4 and h4, and
-# when fewer than 8 are kept, h4's top byte (rank 7, unused then) becomes the zero code. Two PRMTs
-# pick each column's byte (its rank, or the zero code for a pruned column); one per column pair
-# puts two bytes under the exponent of `bias` (1024.0 fp16 / 128.0 bf16: bias + code exactly), and
-# the pair subtraction leaves code − zero (0.0 where pruned) in columns 2q and 2q + 1, the halves
-# $2q and $2q + 1 (kernels/bitmask.py's dot_pairs joins them back into one register).
+# $9 hi: the two uint32 words of the code stream holding the byte's codes, $10 the bit index of its
+# first code (only its low 5 bits count: the funnel shift takes it mod 32), $11 … $13 the byte's
+# entry in BYTE_TABLE (selectors of columns 0-3 and 4-7, the zero-code selector), $14 the zero
+# code, $15 zz: (bias + zero) as a 16-bit pair; $0 … $7 the columns, 16 bits each. The funnel shift
+# leaves the byte's codes as the nibbles of w, rank r in nibble r; the even and odd ranks spread to
+# the bytes of l4 and h4, and when fewer than 8 are kept one PRMT puts the zero code in h4's top
+# byte (rank 7, unused then). Two PRMTs pick each column's byte (its rank, or the zero code for a
+# pruned column); one per column pair puts two bytes under the exponent of `bias` (1024.0 fp16 /
+# 128.0 bf16: bias + code exactly), and the pair subtraction leaves code − zero (0.0 where pruned)
+# in columns 2q and 2q + 1, the halves $2q and $2q + 1 (kernels/bitmask.py's dot_pairs joins them
+# back into one register).
 CODES4_COLUMNS_PTX = (
-    "{ .reg .pred p; .reg .b32 r, w, l4, h4, d0, d1, s2, e, f; mov.b32 e, EXP;"
-    " shl.b32 r, $10, 2; shf.r.wrap.b32 w, $8, $9, r;"
+    "{ .reg .b32 w, l4, h4, d0, d1, e, f; mov.b32 e, EXP;"
+    " shf.r.wrap.b32 w, $8, $9, $10;"
     " and.b32 l4, w, 0x0F0F0F0F; shr.b32 h4, w, 4; and.b32 h4, h4, 0x0F0F0F0F;"
-    " setp.lt.u32 p, $12, 8; @p and.b32 h4, h4, 0x00FFFFFF; @p or.b32 h4, h4, $13;"
-    " prmt.b32 d0, l4, h4, $11; shr.b32 s2, $11, 16; prmt.b32 d1, l4, h4, s2;"
-    + "".join(f" prmt.b32 f, d{q // 2}, e, {sel}; SUB f, f, $14; mov.b32 {{${2 * q}, ${2 * q + 1}}}, f;"
+    " prmt.b32 h4, h4, $14, $13; prmt.b32 d0, l4, h4, $11; prmt.b32 d1, l4, h4, $12;"
+    + "".join(f" prmt.b32 f, d{q // 2}, e, {sel}; SUB f, f, $15; mov.b32 {{${2 * q}, ${2 * q + 1}}}, f;"
               for q, sel in enumerate(("0x5150", "0x5352") * 2))
     + " }")
 CODES4_FP16_PTX = tl.constexpr(CODES4_COLUMNS_PTX.replace("EXP", "0x64646464").replace("SUB", "sub.f16x2"))
 CODES4_BF16_PTX = tl.constexpr(CODES4_COLUMNS_PTX.replace("EXP", "0x43434343").replace("SUB", "sub.rn.bf16x2"))
 
 
-def byte_selectors() -> list[int]:
-    """PRMT selectors per mask byte m: column c (bit c) reads rank popcount(m & (2^c − 1)) of the
-    byte's codes, at byte r // 2 of l4 (even r) or 4 + r // 2 of h4 (odd r); a pruned column reads
-    byte 7 (the zero code). Columns 0-3 in bits 15:0, 4-7 in bits 31:16."""
+def byte_table() -> list[int]:
+    """16 bytes per mask byte m, one 128-bit load: the PRMT selectors of columns 0-3 and of 4-7
+    (bits 15:0; column c reads rank popcount(m & (2^c − 1)) of the byte's codes, at byte r // 2 of
+    l4 (even r) or 4 + r // 2 of h4 (odd r); a pruned column reads byte 7, the zero code), the
+    zero-code selector (0x4210: byte 3 of h4 becomes the zero code, unless all 8 are kept) and 4 ·
+    popcount(m), the bits its codes take in the stream."""
     table = []
     for m in range(256):
-        sel = 0
+        sel = [0, 0]
         for c in range(8):
             r = bin(m & ((1 << c) - 1)).count("1")
-            byte = (r // 2 + 4 * (r % 2)) if m >> c & 1 else 7
-            sel |= byte << (4 * (c % 4) + 16 * (c // 4))
-        table.append(sel)
+            sel[c // 4] |= ((r // 2 + 4 * (r % 2)) if m >> c & 1 else 7) << (4 * (c % 4))
+        table += [*sel, 0x3210 if m == 0xFF else 0x4210, 4 * bin(m).count("1")]
     return table
 
 
 # 8-bit codes of one mask byte → its 8 dense columns, code − zero, as fp16, pack=1: $8 … $15 the
 # 8 words (32 bytes) from the 16-byte vector of the byte's first code, $16 the index of that code
-# (its low 4 bits place it among them), $17 sel: value_selectors()[byte] (kernels/bitmask.py),
-# $18 cnt: its kept count, $19 zb: zero << 24, $20 zz: (1024 + zero) as an fp16 pair; $0 … $7 the
-# columns, 16 bits each. Two levels of selects and two funnel shifts line up the byte's codes
-# (rank r in byte r of la lb); byte 7 becomes the zero code when fewer than 8 are kept; two PRMTs
-# pick each column's code, one per column pair puts two codes under 0x64 (1024 + code), and the
-# pair subtraction leaves code − zero (0.0 where pruned) in columns 2q and 2q + 1, the halves
-# $2q and $2q + 1 (kernels/bitmask.py's dot_pairs joins them back into one register).
+# (its low 4 bits place it among them), $17 … $19 the byte's entry in CODE8_TABLE (selectors of
+# columns 0-3 and 4-7, the zero-code selector), $20 the zero code, $21 zz: (1024 + zero) as an fp16
+# pair; $0 … $7 the columns, 16 bits each. Two levels of selects and two funnel shifts line up the
+# byte's codes (rank r in byte r of la lb); one PRMT makes byte 7 the zero code when fewer than 8
+# are kept; two PRMTs pick each column's code, one per column pair puts two codes under 0x64
+# (1024 + code), and the pair subtraction leaves code − zero (0.0 where pruned) in columns 2q and
+# 2q + 1, the halves $2q and $2q + 1 (kernels/bitmask.py's dot_pairs joins them back into one register).
 CODES8_COLUMNS_PTX = tl.constexpr(
-    "{ .reg .pred p, p1, p2; .reg .b32 m, t0, t1, u0, u1, v1, a, b, c, r, la, lb, s2, d0, d1, e, f;"
+    "{ .reg .pred p1, p2; .reg .b32 m, t0, t1, u0, u1, v1, a, b, c, r, la, lb, d0, d1, e, f;"
     " mov.b32 e, 0x64646464; and.b32 m, $16, 4; setp.eq.u32 p1, m, 0; and.b32 m, $16, 8; setp.eq.u32 p2, m, 0;"
     " selp.b32 t0, $8, $9, p1; selp.b32 t1, $10, $11, p1; selp.b32 u0, $9, $10, p1; selp.b32 u1, $11, $12, p1;"
     " selp.b32 v1, $12, $13, p1; selp.b32 a, t0, t1, p2; selp.b32 b, u0, u1, p2; selp.b32 c, t1, v1, p2;"
     " shl.b32 r, $16, 3; shf.r.wrap.b32 la, a, b, r; shf.r.wrap.b32 lb, b, c, r;"
-    " setp.lt.u32 p, $18, 8; @p and.b32 lb, lb, 0x00FFFFFF; @p or.b32 lb, lb, $19;"
-    " shr.b32 s2, $17, 16; prmt.b32 d0, la, lb, $17; prmt.b32 d1, la, lb, s2;"
-    + "".join(f" prmt.b32 f, d{q // 2}, e, {sel}; sub.f16x2 f, f, $20; mov.b32 {{${2 * q}, ${2 * q + 1}}}, f;"
+    " prmt.b32 lb, lb, $20, $19; prmt.b32 d0, la, lb, $17; prmt.b32 d1, la, lb, $18;"
+    + "".join(f" prmt.b32 f, d{q // 2}, e, {sel}; sub.f16x2 f, f, $21; mov.b32 {{${2 * q}, ${2 * q + 1}}}, f;"
               for q, sel in enumerate(("0x5150", "0x5352") * 2))
     + " }")
 
 
+def code8_table() -> list[int]:
+    """BYTE_TABLE's layout for 8-bit codes: per mask byte m the PRMT selectors of columns 0-3 and of
+    4-7 (column c reads byte r of la lb, its rank r = popcount(m & (2^c − 1)); a pruned column byte
+    7, the zero code), the zero-code selector and popcount(m), the codes it takes."""
+    table = []
+    for m, sel in enumerate(value_selectors()):
+        table += [sel & 0xFFFF, sel >> 16, 0x3210 if m == 0xFF else 0x4210, bin(m).count("1")]
+    return table
+
+
 @triton.jit
-def code8_columns(lo, hi, idx, sel, cnt, zero, USE_ASM: tl.constexpr):
+def code8_columns(lo, hi, idx, entry, zero, USE_ASM: tl.constexpr):
     """The 8 dense columns (code − zero, fp16) of each mask byte, 8 × (R, NB); see
     CODES8_COLUMNS_PTX. lo, hi: 4 × (R, NB) int32 each, the 32 code bytes from the byte's vector
-    on; idx: the index of its first code; zero (R, NB) int32."""
+    on; idx: the index of its first code; entry: its 4 CODE8_TABLE words; zero (R, NB) int32."""
     if USE_ASM:
         cols = tl.inline_asm_elementwise(
-            CODES8_COLUMNS_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 13,
-            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], idx, sel, cnt, zero << 24,
+            CODES8_COLUMNS_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 14,
+            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], idx, entry[0], entry[1], entry[2], zero,
              (0x6400 + zero) * 0x10001], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
     else:  # the same choice of codes, on integers: byte idx mod 16 + rank of the 32
         cols = ()
         for c in tl.static_range(8):
-            nib = (sel >> (4 * (c % 4) + 16 * (c // 4))) & 7
+            nib = (entry[c // 4] >> (4 * (c % 4))) & 7
             h = (idx & 15) + nib
             word = word_at(lo, hi, h >> 2)
-            code = tl.where((nib == 7) & (cnt < 8), zero, ((word >> ((h & 3) * 8)) & 0xFF).to(tl.int32))
+            code = tl.where((nib == 7) & (entry[2] == 0x4210), zero, ((word >> ((h & 3) * 8)) & 0xFF).to(tl.int32))
             cols = cols + ((code - zero).to(tl.float32).to(tl.float16),)
     return cols
 
 
 @triton.jit
-def byte_columns(lo, hi, idx, sel, cnt, zero, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
+def byte_columns(lo, hi, bit, entry, zero, v_dtype: tl.constexpr, USE_ASM: tl.constexpr):
     """The 8 dense columns (code − zero) of each mask byte, 8 × (R, NB) in v_dtype; see
-    CODES4_COLUMNS_PTX. idx: the nibble index of its first code; zero (R, NB) int32."""
+    CODES4_COLUMNS_PTX. bit: the bit index of its first code; entry: its 4 BYTE_TABLE words;
+    zero (R, NB) int32."""
     if USE_ASM:
         if v_dtype == tl.bfloat16:
-            bias = ((0x4300 + zero) * 0x10001).to(tl.uint32)
             cols = tl.inline_asm_elementwise(
-                CODES4_BF16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 7,
-                [lo, hi, idx, sel, cnt, (zero << 24).to(tl.uint32), bias],
+                CODES4_BF16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 8,
+                [lo, hi, bit, entry[0], entry[1], entry[2], zero, ((0x4300 + zero) * 0x10001).to(tl.uint32)],
                 dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
         else:
-            bias = ((0x6400 + zero) * 0x10001).to(tl.uint32)
             cols = tl.inline_asm_elementwise(
-                CODES4_FP16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 7,
-                [lo, hi, idx, sel, cnt, (zero << 24).to(tl.uint32), bias],
+                CODES4_FP16_PTX, "=h,=h,=h,=h,=h,=h,=h,=h" + ",r" * 8,
+                [lo, hi, bit, entry[0], entry[1], entry[2], zero, ((0x6400 + zero) * 0x10001).to(tl.uint32)],
                 dtype=(tl.float16,) * 8, is_pure=True, pack=1)
     else:  # the same steps on 64-bit integers
-        w = ((hi.to(tl.uint64) << 32 | lo.to(tl.uint64)) >> ((idx & 7) * 4).to(tl.uint64)) & 0xFFFFFFFF
+        w = ((hi.to(tl.uint64) << 32 | lo.to(tl.uint64)) >> (bit & 31).to(tl.uint64)) & 0xFFFFFFFF
         l4 = w & 0x0F0F0F0F
         h4 = (w >> 4) & 0x0F0F0F0F
-        h4 = tl.where(cnt < 8, (h4 & 0x00FFFFFF) | (zero.to(tl.uint64) << 24), h4)
+        h4 = tl.where(entry[2] == 0x4210, (h4 & 0x00FFFFFF) | (zero.to(tl.uint64) << 24), h4)
         pool = l4 | (h4 << 32)
-        s = sel.to(tl.uint64)
         cols = ()
         for c in tl.static_range(8):
-            byte = (pool >> (8 * ((s >> (4 * (c % 4) + 16 * (c // 4))) & 7))) & 0xFF
+            s = entry[c // 4].to(tl.uint64)
+            byte = (pool >> (8 * ((s >> (4 * (c % 4))) & 7))) & 0xFF
             # via fp32: the interpreter's int → bf16 is not a conversion
             cols = cols + ((byte.to(tl.int32) - zero).to(tl.float32).to(v_dtype),)
     return cols
@@ -209,26 +219,28 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     if TAIL:  # the tile across K's end: clear the padding bits past K (unspecified)
         valid = K - (t * BLOCK_K + tl.arange(0, NB) * 8)  # columns of each byte inside K
         b = b & tl.where(valid >= 8, 0xFF, (1 << tl.maximum(valid, 0)) - 1)[None, :]
-    cnt = popcount(b, USE_ASM)
-    idx = start[:, None] + tl.cumsum(cnt, axis=1) - cnt  # code index of each byte's first code
+    z = tl.broadcast_to(zero[:, None], b.shape)
     # Unmasked, at addresses clamped to the stream's last word (NW words): a word holding one of
     # the byte's codes is inside the stream; another one's bits land in no column.
     if BITS == 4:  # the two 32-bit words around the byte's (at most 8) nibbles
-        word = idx >> 3
+        entry = load16(lut_ptr, b, USE_ASM)  # BYTE_TABLE[b]: its last word is 4 · its kept count
+        # its first code: bit `bit` mod 32 of word `word` (start: the row's code index)
+        bit = ((start & 7) << 2)[:, None] + tl.cumsum(entry[3], axis=1) - entry[3]
+        word = (start >> 3)[:, None] + (bit >> 5)
         lo = load_word(v32_ptr, tl.minimum(word, NW - 1), USE_ASM)
         hi = load_word(v32_ptr, tl.minimum(word + 1, NW - 1), USE_ASM)
-        sel = load_word(lut_ptr, b, USE_ASM)
-        z = tl.broadcast_to(zero[:, None], b.shape)
-        cols = byte_columns(lo, hi, idx, sel, cnt, z, x_ptr.dtype.element_ty, USE_ASM)
+        cols = byte_columns(lo, hi, bit, entry, z, x_ptr.dtype.element_ty, USE_ASM)
+        count = tl.sum(entry[3], axis=1) >> 2
     else:  # the two 16-byte vectors from the one holding the byte's first code
+        entry = load16(lut_ptr, b, USE_ASM)  # CODE8_TABLE[b]: its last word is its kept count
+        idx = start[:, None] + tl.cumsum(entry[3], axis=1) - entry[3]  # code index of each byte's first code
         lo = load16(v32_ptr, tl.minimum(idx >> 4, NW // 4 - 1), USE_ASM)  # 4 × (BLOCK_N, NB)
         hi = load16(v32_ptr, tl.minimum((idx >> 4) + 1, NW // 4 - 1), USE_ASM)
-        sel = load_word(lut_ptr, b, USE_ASM)
-        z = tl.broadcast_to(zero[:, None], b.shape)
-        cols = code8_columns(lo, hi, idx, sel, cnt, z, USE_ASM)
+        cols = code8_columns(lo, hi, idx, entry, z, USE_ASM)
+        count = tl.sum(entry[3], axis=1)
     part = dot_pairs(cols, tl.zeros(acc.shape, dtype=tl.float32), x_ptr, offs_m, t, B, K, stride_xb, TAIL, DOT_F32,
                      BLOCK_K)
-    return acc + part * scale[:, None], tl.sum(cnt, axis=1)
+    return acc + part * scale[:, None], count
 
 
 @triton.jit
@@ -322,25 +334,46 @@ def _word_tile(acc, acc2, x_ptr, mask_rows, v_ptr, s_ptr, z_ptr, rows, n_mask, o
 
 KEY = ["N", "K", "batch_bucket", "BITS", "GROUP", "BYTE_LUT"]
 _GEMV, _TILED = tuned(_bitmask_quant_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS, INTERPRET_CONFIGS, KEY)
-# BYTE_LUT: tensor cores at every batch (BLOCK_M = 16 up to 16 rows), BLOCK_K = 128 (4 dots of
-# K = 32, one per column pair of a mask byte; a tile inside one group of 128).
+# BYTE_LUT: tensor cores at every batch (BLOCK_M = 16 up to 16 rows), 4 dots of K = BLOCK_K / 4, one
+# per column pair of a mask byte, in tiles inside one quantization group. Batch 1-16 takes 256 rows
+# per 4 warps: the x tile and the dots' synchronization, paid once per tile, are shared by 16 mask
+# bytes per thread (sm_90: 38.5 instructions per int4 mask byte; 64 rows and 128 columns took 43).
+# int4: BLOCK_K = 64, so that groups of 64 (the pipeline's default) take this path too.
 LUT_CONFIGS = [
-    _cfg(4, 1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128),
-    _cfg(8, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
-    _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
-    _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=256, BLOCK_K=64),
+    _cfg(8, 1, BLOCK_M=16, BLOCK_N=512, BLOCK_K=64),
+    _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
+    _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
 ]
-# int8: 16 mask bytes per thread, so they load as one 16-byte vector.
+# int8, g a multiple of 128 or one group per row: each thread's 16 mask bytes of a row load as one
+# 16-byte vector (BLOCK_K = 128).
 LUT8_CONFIGS = [
-    _cfg(4, 1, BLOCK_M=16, BLOCK_N=128, BLOCK_K=128),
-    _cfg(8, 1, BLOCK_M=16, BLOCK_N=256, BLOCK_K=128),
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=256, BLOCK_K=128),
     _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
     _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
 ]
-LUT_INTERPRET_CONFIGS = ([_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128)],) * 2
-_LUT = tuned(_bitmask_quant_matmul_kernel, LUT_CONFIGS, LUT_CONFIGS, LUT_INTERPRET_CONFIGS, KEY)[1]
-_LUT8 = tuned(_bitmask_quant_matmul_kernel, LUT8_CONFIGS, LUT8_CONFIGS, LUT_INTERPRET_CONFIGS, KEY)[1]
-LUT_BLOCK_K = 128
+# int8, groups of 64: a row's 8 mask bytes of a tile load as one 8-byte vector.
+LUT8_64_CONFIGS = [
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=256, BLOCK_K=64),
+    _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
+    _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
+]
+_LUT_INTERPRET = ([_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)],) * 2
+_LUT = tuned(_bitmask_quant_matmul_kernel, LUT_CONFIGS, LUT_CONFIGS, _LUT_INTERPRET, KEY)[1]
+_LUT8 = tuned(_bitmask_quant_matmul_kernel, LUT8_CONFIGS, LUT8_CONFIGS,
+              ([_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128)],) * 2, KEY)[1]
+_LUT8_64 = tuned(_bitmask_quant_matmul_kernel, LUT8_64_CONFIGS, LUT8_64_CONFIGS, _LUT_INTERPRET, KEY)[1]
+
+
+def lut_kernel(bits: int, groups: int, g: int, dtype: torch.dtype):
+    """The BYTE_LUT entry point for these codes and groups, or None (the column-by-column path):
+    a tile must lie in one group, and int8 codes need fp16 x (bf16's 8 significant bits cannot hold
+    128 + a code for the exponent trick)."""
+    if bits == 4:
+        return _LUT if groups == 1 or g % 64 == 0 else None
+    if dtype != torch.float16:
+        return None
+    return _LUT8 if groups == 1 or g % 128 == 0 else _LUT8_64 if g % 64 == 0 else None
 
 
 def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor,
@@ -361,19 +394,17 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
     if k == 0 or values.numel() == 0:  # nothing kept
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
-    # int8 codes go through the 0x6400 fp16 trick: bf16 (8 significant bits) cannot hold 128 + code.
-    byte_lut = (groups == 1 or g % LUT_BLOCK_K == 0) and (bits == 4 or x.dtype == torch.float16)
-    if byte_lut and values.data_ptr() % 16:  # the code stream is read as aligned words / 16-byte vectors
+    lut = lut_kernel(bits, groups, g, x.dtype)
+    if lut is not None and values.data_ptr() % 16:  # the code stream is read as aligned words / 16-byte vectors
         values = values.clone()
-    lut = _LUT if bits == 4 else _LUT8
-    gemv, tiled = (lut, lut) if byte_lut else (_GEMV, _TILED)
-    selectors = table(byte_selectors if bits == 4 else value_selectors, x.device)
+    gemv, tiled = (lut, lut) if lut is not None else (_GEMV, _TILED)
+    selectors = table(byte_table if bits == 4 else code8_table, x.device)
     _sparse.launch(gemv, tiled, x, rows,
                    (x, mask, values, chunk_offsets, scales, zeros, out, selectors, batch, rows, k, mask.shape[1],
                     chunk_offsets.shape[1], values.numel() // 4, x.stride(0), mask.stride(0), scales.stride(0),
                     out.stride(0)),
-                   gemv_max=0 if byte_lut else _sparse.GEMV_MAX_BATCH,
-                   BITS=bits, GROUP=0 if groups == 1 else g, BYTE_LUT=byte_lut, USE_ASM=not _common.INTERPRET)
+                   gemv_max=0 if lut is not None else _sparse.GEMV_MAX_BATCH,
+                   BITS=bits, GROUP=0 if groups == 1 else g, BYTE_LUT=lut is not None, USE_ASM=not _common.INTERPRET)
     return out
 
 
@@ -415,17 +446,18 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_o
     return (x.float() @ w.T).to(x.dtype)
 
 
-def static_spec(bits: int):
-    """bitmask-int<bits> at 50% sparsity, groups of 128: the mask and half the weights' codes, on
-    the BYTE_LUT tensor-core path at every batch. Per mask byte (8 columns, 2 (int4) or 4 (int8)
-    code bytes on average) it reads two overlapping 32-bit code words (int4) or two 16-byte
-    vectors (int8): the rereads hit L1, so instructions per byte count the bytes streamed."""
+def static_spec(bits: int, group: int):
+    """bitmask-int<bits> at 50% sparsity, groups of `group` (128: the benchmark's, 64: the pipeline's
+    default): the mask and half the weights' codes, on the BYTE_LUT tensor-core path at every batch.
+    Per mask byte (8 columns, 2 (int4) or 4 (int8) code bytes on average) it reads two overlapping
+    32-bit code words (int4) or two 16-byte vectors (int8): the rereads hit L1, so instructions per
+    byte count the bytes streamed."""
+    configs = LUT_CONFIGS if bits == 4 else LUT8_CONFIGS if group % 128 == 0 else LUT8_64_CONFIGS
     return _sparse.static_spec(
-        f"bitmask-int{bits} 50% g128", _bitmask_quant_matmul_kernel,
+        f"bitmask-int{bits} 50% g{group}", _bitmask_quant_matmul_kernel,
         dict(x="fp16", mask="u8", v="u8", co="i32", s="fp16", z="u8", y="fp16", lut="i32"), ("mask", "v"),
-        dict(BITS=bits, GROUP=128, BYTE_LUT=True, USE_ASM=True), [], LUT_CONFIGS if bits == 4 else LUT8_CONFIGS,
-        1 / 8 + 0.5 * bits / 8,
+        dict(BITS=bits, GROUP=group, BYTE_LUT=True, USE_ASM=True), [], configs, 1 / 8 + 0.5 * bits / 8,
         ptx_bytes_per_weight=(1 + (8 if bits == 4 else 32)) / 8)
 
 
-STATIC = (static_spec(4),)
+STATIC = (static_spec(4, 128), static_spec(4, 64))

@@ -47,4 +47,4 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_o
     return (x.float() @ w.T).to(x.dtype)
 
 
-STATIC = (bitmask_int4.static_spec(8),)
+STATIC = (bitmask_int4.static_spec(8, 128), bitmask_int4.static_spec(8, 64))

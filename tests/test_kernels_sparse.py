@@ -107,6 +107,7 @@ CASES = {
     "bitmask-int4-K136-50%-g32": (bitmask_int4, 136, lambda dt, g: pack_bitmask_quant(136, 0.5, 4, 32, g)),
     "bitmask-int4-K75-90%-g-1": (bitmask_int4, 75, lambda dt, g: pack_bitmask_quant(75, 0.9, 4, -1, g)),
     "bitmask-int4-K264-30%-g128": (bitmask_int4, 264, lambda dt, g: pack_bitmask_quant(264, 0.3, 4, 128, g)),
+    "bitmask-int4-K600-50%-g64": (bitmask_int4, 600, lambda dt, g: pack_bitmask_quant(600, 0.5, 4, 64, g)),
     "bitmask-int4-K200-50%-g20": (bitmask_int4, 200, lambda dt, g: pack_bitmask_quant(200, 0.5, 4, 20, g)),
     "bitmask-int8-K136-50%-g64": (bitmask_int8, 136, lambda dt, g: pack_bitmask_quant(136, 0.5, 8, 64, g)),
     "bitmask-int8-K75-80%-g-1": (bitmask_int8, 75, lambda dt, g: pack_bitmask_quant(75, 0.8, 8, -1, g)),
@@ -180,8 +181,9 @@ PRODUCTION = {
     "nm-int8-tc": ("nm-int8-2:4-K1000-g128", nm.TILED_CONFIGS, nm.TILED_CONFIGS),  # fp16: tensor cores at every batch
     "bitmask": ("bitmask-K1000-70%", bitmask.VEC_CONFIGS, bitmask.VEC_CONFIGS),
     "bitmask-int4-lut": ("bitmask-int4-K264-30%-g128", bitmask_int4.LUT_CONFIGS, bitmask_int4.LUT_CONFIGS),
-    "bitmask-int8": ("bitmask-int8-K136-50%-g64", bitmask.GEMV_CONFIGS, bitmask.TILED_CONFIGS),
+    "bitmask-int4": ("bitmask-int4-K136-50%-g32", bitmask.GEMV_CONFIGS, bitmask.TILED_CONFIGS),
     "bitmask-int8-lut": ("bitmask-int8-K1000-50%-g128", bitmask_int4.LUT8_CONFIGS, bitmask_int4.LUT8_CONFIGS),
+    "bitmask-int8-lut-g64": ("bitmask-int8-K136-50%-g64", bitmask_int4.LUT8_64_CONFIGS, bitmask_int4.LUT8_64_CONFIGS),
 }
 
 
@@ -241,7 +243,7 @@ def test_codes4_ptx_expands_mask_bytes(dtype):
     """Every mask byte (and 64 random ones), codes at any nibble offset, zero points: column c ($c,
     16 bits) is code − zero where bit c is kept (its rank among the byte's kept codes), else 0."""
     gen = torch.Generator().manual_seed(4)
-    table = bitmask_int4.byte_selectors()
+    table = bitmask_int4.byte_table()
     asm = (bitmask_int4.CODES4_BF16_PTX if dtype == torch.bfloat16 else bitmask_int4.CODES4_FP16_PTX).value
     bias = 0x4300 if dtype == torch.bfloat16 else 0x6400
     for m in list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist():
@@ -249,9 +251,11 @@ def test_codes4_ptx_expands_mask_bytes(dtype):
         stream = torch.randint(0, 16, (80,), generator=gen).tolist()
         z = int(torch.randint(0, 16, (), generator=gen))
         word = lambda w: sum(stream[8 * w + j] << 4 * j for j in range(8))  # noqa: E731
-        inputs = {"$8": word(idx >> 3), "$9": word((idx >> 3) + 1), "$10": idx + (int(torch.randint(0, 1 << 20, (),
-                  generator=gen)) << 6), "$11": table[m], "$12": bin(m).count("1"), "$13": z << 24,
-                  "$14": (bias + z) * 0x10001}  # $10: only the index's low 3 bits may count
+        entry = table[4 * m:4 * m + 4]
+        assert entry[3] == 4 * bin(m).count("1")
+        inputs = {"$8": word(idx >> 3), "$9": word((idx >> 3) + 1),  # $10: only the bit index mod 32 may count
+                  "$10": 4 * (idx & 7) + (int(torch.randint(0, 1 << 20, (), generator=gen)) << 5),
+                  "$11": entry[0], "$12": entry[1], "$13": entry[2], "$14": z, "$15": (bias + z) * 0x10001}
         ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
         out = run_ptx(asm, inputs)
         got = torch.tensor([out[f"${c}"] for c in range(8)], dtype=torch.int32).to(torch.int16).view(dtype).float()
@@ -263,14 +267,17 @@ def test_codes8_ptx_expands_mask_bytes():
     first 16 (the PTX gets the whole code index: only its low 4 bits may count), zero points:
     column c ($c, 16 bits) is code − zero where bit c is kept (its rank), else 0."""
     gen = torch.Generator().manual_seed(7)
-    table = bitmask.value_selectors()
+    table = bitmask_int4.code8_table()
     for m in list(range(256)) + torch.randint(0, 256, (64,), generator=gen).tolist():
         codes = torch.randint(0, 256, (32,), generator=gen).tolist()
         idx = int(torch.randint(0, 1 << 20, (), generator=gen))
         s = idx & 15
         z = int(torch.randint(0, 256, (), generator=gen))
+        entry = table[4 * m:4 * m + 4]
+        assert entry[3] == bin(m).count("1")
         inputs = {f"${8 + j}": sum(codes[4 * j + q] << 8 * q for q in range(4)) for j in range(8)}
-        inputs |= {"$16": idx, "$17": table[m], "$18": bin(m).count("1"), "$19": z << 24, "$20": (0x6400 + z) * 0x10001}
+        inputs |= {"$16": idx, "$17": entry[0], "$18": entry[1], "$19": entry[2], "$20": z,
+                   "$21": (0x6400 + z) * 0x10001}
         ranks = [bin(m & ((1 << c) - 1)).count("1") for c in range(8)]
         out = run_ptx(bitmask_int4.CODES8_COLUMNS_PTX.value, inputs)
         got = torch.tensor([out[f"${c}"] for c in range(8)], dtype=torch.int32).to(torch.int16).view(torch.float16)
