@@ -12,7 +12,7 @@ Math:
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
 The kernel is kernels/bitmask_int4.py's `_bitmask_quant_matmul_kernel` with BITS=8 (a code is
-its byte; with fp16 x and g a multiple of 128 or one group per row, mask byte by mask byte on
+its byte; with fp16 x and g a multiple of 64 or one group per row, mask byte by mask byte on
 the tensor cores from 16-byte code vectors), so this file holds only the launcher and the torch
 reference.
 """

@@ -10,8 +10,9 @@ Math:
     y[b, r]   = Σ_c (values[r, c] − zeros[r, col // g]) · scales[r, col // g] · x[b, col]
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
-2:4 with fp16 x and every tile inside one quantization group (g a multiple of 128, or one group
-per row; the pipeline's case) runs on the tensor cores at every batch (tc_tile; 128-row tiles of
+2:4 with fp16 x and every tile inside one quantization group (g a multiple of 64, or one group
+per row; 64-column tiles for g = 64, the pipeline's default) runs on the tensor cores at every
+batch (tc_tile; 128-row tiles of
 x keep the scatter below, which costs them fewer instructions): a group's two
 code bytes load as one halfword (8 groups per 128-bit load), kernels/nm_int4.py's byte permutes
 (nm24_ptx, minus its nibble split) turn them into the group's four dense fp16 columns (code −
@@ -30,7 +31,9 @@ tiles through the dequantization and scatter), 128-bit packed loads, ≥ 288 CTA
 then per column a table lookup of the four groups' selectors, its OR and one shift, and per pair
 of groups a PRMT and an HSUB2) and ≈ 6.6 per group to stage the column tiles in the wgmma
 layout, run the dots and apply the scale: the same build as nm-int4's tiles, whose 1.5 bytes per
-group leave them at 9.3-9.8.
+group leave them at 9.3-9.8. g = 64: 5.76-5.83 on 64-column tiles of 256 rows per 4 warps (was
+9.6 at batch 1-4 and 17.4-18.3 at 5-16 through the dequantization), 64-bit index loads (a row's
+4 index bytes per tile).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from kernels import _sparse
 from kernels._common import (INTERPRET, check_group, check_tensor, check_x, dot_t, dot_w, k_tile_range, make_out,
                              store_split, unpack)
 from kernels._sparse import accumulate_tile, code_value, rows_total
-from kernels.bitmask import tuned
+from kernels.bitmask import _cfg, tuned
 from kernels.nm import (GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns, place24,
                         kept_gemv, scatter_dense)
 from kernels.nm_int4 import nm24_asm, nm24_constraints, nm24_ptx
@@ -194,8 +197,17 @@ def _nm_int8_matmul_kernel(
     store_split(y_ptr, ws_ptr, ticket_ptr, acc, offs_m, offs_n, B, N, stride_yb)
 
 
-_GEMV, _TILED = tuned(_nm_int8_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS, INTERPRET_CONFIGS,
-                      ["N", "K", "batch_bucket", "N_KEEP", "M", "GROUP", "TC"])
+KEY = ["N", "K", "batch_bucket", "N_KEEP", "M", "GROUP", "TC"]
+_GEMV, _TILED = tuned(_nm_int8_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS, INTERPRET_CONFIGS, KEY)
+# The tensor-core path for groups of 64 (the pipeline's default): 64-column tiles, one group each;
+# 256 rows per 4 warps share a tile's x and its dots' synchronization over twice the rows.
+TC64_CONFIGS = [
+    _cfg(4, 1, BLOCK_M=16, BLOCK_N=256, BLOCK_K=64),
+    _cfg(8, 1, BLOCK_M=16, BLOCK_N=512, BLOCK_K=64),
+    _cfg(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
+    _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
+]
+_TC64 = tuned(_nm_int8_matmul_kernel, TC64_CONFIGS, TC64_CONFIGS, INTERPRET_CONFIGS, KEY)[1]
 
 
 def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -223,11 +235,13 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
     if k == 0:
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
-    # every tile inside one group (the configs' BLOCK_K divides 128); fp16 holds 1024 + a code exactly
-    tc = (n, m) == (2, 4) and x.dtype == torch.float16 and (groups == 1 or g % 128 == 0)
+    # every tile inside one group (TILED_CONFIGS' BLOCK_K divides 128, TC64_CONFIGS' is 64); fp16
+    # holds 1024 + a code exactly
+    tc = (n, m) == (2, 4) and x.dtype == torch.float16 and (groups == 1 or g % 64 == 0)
     if tc and values.data_ptr() % 2:  # halfword code loads
         values = values.clone()
-    _sparse.launch(_GEMV, _TILED, x, rows,
+    tiled = _TC64 if tc and groups > 1 and g % 128 else _TILED
+    _sparse.launch(_GEMV, tiled, x, rows,
                    (x, values, indices, scales, zeros, out, batch, rows, k, kc, index_bytes,
                     x.stride(0), values.stride(0), indices.stride(0), scales.stride(0), out.stride(0)),
                    gemv_max=0 if tc else _sparse.GEMV_MAX_BATCH,
@@ -253,7 +267,12 @@ def reference(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scal
     return (x.float() @ w.T).to(x.dtype)
 
 
-STATIC = (_sparse.static_spec(
-    "nm-int8 2:4 g128", _nm_int8_matmul_kernel, dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16"),
-    ("v", "i"), dict(N_KEEP=2, M=4, INDEX_BITS=2, GROUP=128, TC=True, USE_ASM=True), (), TILED_CONFIGS,
-    0.5 * (1 + 2 / 8)),)
+def static_spec(group: int, configs):
+    """2:4 with fp16 x on the tensor-core path, groups of `group`."""
+    return _sparse.static_spec(
+        f"nm-int8 2:4 g{group}", _nm_int8_matmul_kernel, dict(x="fp16", v="u8", i="u8", s="fp16", z="u8", y="fp16"),
+        ("v", "i"), dict(N_KEEP=2, M=4, INDEX_BITS=2, GROUP=group, TC=True, USE_ASM=True), (), configs,
+        0.5 * (1 + 2 / 8))
+
+
+STATIC = (static_spec(128, TILED_CONFIGS), static_spec(64, TC64_CONFIGS))

@@ -99,6 +99,7 @@ CASES = {
     "nm-int8-2:4-K72-g-1": (nm_int8, 72, lambda dt, g: pack_nm_quant(torch.randn(N, 72, generator=g), 2, 4, 8, -1)),
     "nm-int8-2:4-K1000-g128": (nm_int8, 1000,
                                lambda dt, g: pack_nm_quant(torch.randn(N, 1000, generator=g), 2, 4, 8, 128)),
+    "nm-int8-2:4-K200-g64": (nm_int8, 200, lambda dt, g: pack_nm_quant(torch.randn(N, 200, generator=g), 2, 4, 8, 64)),
     "nm-int8-4:8-K72-g24": (nm_int8, 72, lambda dt, g: pack_nm_quant(torch.randn(N, 72, generator=g), 4, 8, 8, 24)),
     "bitmask-K136-50%": (bitmask, 136, lambda dt, g: pack_bitmask_float(136, 0.5, dt, g)),
     "bitmask-K75-90%": (bitmask, 75, lambda dt, g: pack_bitmask_float(75, 0.9, dt, g)),
@@ -179,6 +180,7 @@ PRODUCTION = {
     "nm-4:8": ("nm-4:8-K264", nm.GEMV_CONFIGS, nm.TILED_CONFIGS),
     "nm-int8": ("nm-int8-4:8-K264-g128", nm.GEMV_CONFIGS, nm.TILED_CONFIGS),
     "nm-int8-tc": ("nm-int8-2:4-K1000-g128", nm.TILED_CONFIGS, nm.TILED_CONFIGS),  # fp16: tensor cores at every batch
+    "nm-int8-tc64": ("nm-int8-2:4-K200-g64", nm_int8.TC64_CONFIGS, nm_int8.TC64_CONFIGS),
     "bitmask": ("bitmask-K1000-70%", bitmask.VEC_CONFIGS, bitmask.VEC_CONFIGS),
     "bitmask-int4-lut": ("bitmask-int4-K264-30%-g128", bitmask_int4.LUT_CONFIGS, bitmask_int4.LUT_CONFIGS),
     "bitmask-int4": ("bitmask-int4-K136-50%-g32", bitmask.GEMV_CONFIGS, bitmask.TILED_CONFIGS),
