@@ -338,10 +338,16 @@ _GEMV, _TILED = tuned(_bitmask_quant_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS,
 # per column pair of a mask byte, in tiles inside one quantization group. Batch 1-16 takes 256 rows
 # per 4 warps: the x tile and the dots' synchronization, paid once per tile, are shared by 16 mask
 # bytes per thread (sm_90: 38.5 instructions per int4 mask byte; 64 rows and 128 columns took 43).
-# int4: BLOCK_K = 64, so that groups of 64 (the pipeline's default) take this path too.
+# int4: BLOCK_K = 64 at batch 1-16; at large batches 128 where a group holds it (BLOCK_K = 64 costs
+# 26-29 instructions per byte there, against 22-23).
 LUT_CONFIGS = [
     _cfg(4, 1, BLOCK_M=16, BLOCK_N=256, BLOCK_K=64),
     _cfg(8, 1, BLOCK_M=16, BLOCK_N=512, BLOCK_K=64),
+    _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
+    _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
+]
+# int4, groups of 64 (the pipeline's default): BLOCK_K = 64 at every batch.
+LUT64_CONFIGS = LUT_CONFIGS[:2] + [
     _cfg(4, 2, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
     _cfg(8, 2, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
 ]
@@ -360,6 +366,7 @@ LUT8_64_CONFIGS = [
 ]
 _LUT_INTERPRET = ([_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)],) * 2
 _LUT = tuned(_bitmask_quant_matmul_kernel, LUT_CONFIGS, LUT_CONFIGS, _LUT_INTERPRET, KEY)[1]
+_LUT64 = tuned(_bitmask_quant_matmul_kernel, LUT64_CONFIGS, LUT64_CONFIGS, _LUT_INTERPRET, KEY)[1]
 _LUT8 = tuned(_bitmask_quant_matmul_kernel, LUT8_CONFIGS, LUT8_CONFIGS,
               ([_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128)],) * 2, KEY)[1]
 _LUT8_64 = tuned(_bitmask_quant_matmul_kernel, LUT8_64_CONFIGS, LUT8_64_CONFIGS, _LUT_INTERPRET, KEY)[1]
@@ -369,11 +376,10 @@ def lut_kernel(bits: int, groups: int, g: int, dtype: torch.dtype):
     """The BYTE_LUT entry point for these codes and groups, or None (the column-by-column path):
     a tile must lie in one group, and int8 codes need fp16 x (bf16's 8 significant bits cannot hold
     128 + a code for the exponent trick)."""
-    if bits == 4:
-        return _LUT if groups == 1 or g % 64 == 0 else None
-    if dtype != torch.float16:
+    if bits == 8 and dtype != torch.float16:
         return None
-    return _LUT8 if groups == 1 or g % 128 == 0 else _LUT8_64 if g % 64 == 0 else None
+    wide, narrow = (_LUT, _LUT64) if bits == 4 else (_LUT8, _LUT8_64)
+    return wide if groups == 1 or g % 128 == 0 else narrow if g % 64 == 0 else None
 
 
 def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor,
@@ -452,7 +458,10 @@ def static_spec(bits: int, group: int):
     Per mask byte (8 columns, 2 (int4) or 4 (int8) code bytes on average) it reads two overlapping
     32-bit code words (int4) or two 16-byte vectors (int8): the rereads hit L1, so instructions per
     byte count the bytes streamed."""
-    configs = LUT_CONFIGS if bits == 4 else LUT8_CONFIGS if group % 128 == 0 else LUT8_64_CONFIGS
+    if bits == 4:
+        configs = LUT_CONFIGS if group % 128 == 0 else LUT64_CONFIGS
+    else:
+        configs = LUT8_CONFIGS if group % 128 == 0 else LUT8_64_CONFIGS
     return _sparse.static_spec(
         f"bitmask-int{bits} 50% g{group}", _bitmask_quant_matmul_kernel,
         dict(x="fp16", mask="u8", v="u8", co="i32", s="fp16", z="u8", y="fp16", lut="i32"), ("mask", "v"),

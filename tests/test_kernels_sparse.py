@@ -183,6 +183,7 @@ PRODUCTION = {
     "nm-int8-tc64": ("nm-int8-2:4-K200-g64", nm_int8.TC64_CONFIGS, nm_int8.TC64_CONFIGS),
     "bitmask": ("bitmask-K1000-70%", bitmask.VEC_CONFIGS, bitmask.VEC_CONFIGS),
     "bitmask-int4-lut": ("bitmask-int4-K264-30%-g128", bitmask_int4.LUT_CONFIGS, bitmask_int4.LUT_CONFIGS),
+    "bitmask-int4-lut-g64": ("bitmask-int4-K600-50%-g64", bitmask_int4.LUT64_CONFIGS, bitmask_int4.LUT64_CONFIGS),
     "bitmask-int4": ("bitmask-int4-K136-50%-g32", bitmask.GEMV_CONFIGS, bitmask.TILED_CONFIGS),
     "bitmask-int8-lut": ("bitmask-int8-K1000-50%-g128", bitmask_int4.LUT8_CONFIGS, bitmask_int4.LUT8_CONFIGS),
     "bitmask-int8-lut-g64": ("bitmask-int8-K136-50%-g64", bitmask_int4.LUT8_64_CONFIGS, bitmask_int4.LUT8_64_CONFIGS),
