@@ -437,6 +437,28 @@ def accumulate(acc, w, x_ptr, offs_m, offs_k, B, K, stride_xb, stride_xk,
 
 # ----------------------------------------------------------------------------- launcher checks
 
+# The bitmask kernels read a stream's words or 16-byte vectors around each mask byte's first entry:
+# up to 32 bytes past the stream's end. Where the tensor's storage holds that many more bytes (any
+# bytes: what they read there lands in no column) they load without clamping each address.
+STREAM_SLACK = 32
+
+
+def has_slack(t: torch.Tensor) -> bool:
+    """Whether STREAM_SLACK bytes of t's storage follow its last element (t contiguous)."""
+    end = (t.storage_offset() + t.numel()) * t.element_size()
+    return t.untyped_storage().nbytes() - end >= STREAM_SLACK
+
+
+def with_slack(t: torch.Tensor, copy: bool = False) -> torch.Tensor:
+    """t (1-D) with STREAM_SLACK zero bytes of storage after it: t itself if it has them and no
+    copy is asked for, else a copy in a fresh, larger buffer."""
+    if has_slack(t) and not copy:
+        return t
+    buf = t.new_zeros(t.numel() + -(-STREAM_SLACK // t.element_size()))
+    buf[:t.numel()].copy_(t)
+    return buf[:t.numel()]
+
+
 def describe(t: torch.Tensor) -> str:
     return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
 

@@ -38,11 +38,12 @@ inline PTX) serve the quantized kernels' general path (kernels/bitmask_int4.py).
 chunk_offsets and values are trusted (checking them would cost a device sync per call).
 
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel bitmask`), 50% sparsity,
-batch 1-16: 5.85-5.95 main-loop SASS instructions per packed byte, under the limit of 6 (was
+batch 1-16: 5.72-5.85 main-loop SASS instructions per packed byte, under the limit of 6 (5.85-5.95
+clamping each address, where the stream's storage ends with it; was
 8.7-8.9 with tl.load's vectors and indices and a dot per column; 10.8-11.2 at batch 1 and
 14.4-15.5 column by column, with 16-bit gathers), every packed load 128-bit, ≥ 288 CTAs at
 batch 1. Per mask byte (9 packed bytes) ≈ 53 instructions: 17 PRMTs (16 of them VALUES_PTX's),
-≈ 10 selects and funnel shifts, ≈ 10 for the popcount, prefix, clamps and addresses, 3 loads,
+≈ 10 selects and funnel shifts, ≈ 9 for the popcount, prefix and addresses, 3 loads,
 ≈ 3 register moves and ≈ 4 to stage the operands and run the dots. docs/formats.md, "Kernel
 limits".
 """
@@ -299,6 +300,27 @@ def load_word(base, i, USE_ASM: tl.constexpr):
 
 
 @triton.jit
+def in_stream(i, n, SLACK: tl.constexpr):
+    """Word or vector index i, clamped to the stream's last (n of them) unless SLACK."""
+    return i if SLACK else tl.minimum(i, n - 1)
+
+
+@triton.jit
+def load_pair(base, i, n, SLACK: tl.constexpr, USE_ASM: tl.constexpr):
+    """base[i], base[i + 1] (int32 words, i ≥ 0, each clamped to the n words unless SLACK): with
+    SLACK one 64-bit address for both loads."""
+    if SLACK and USE_ASM:
+        lo, hi = tl.inline_asm_elementwise(
+            "{ .reg .b64 a; mul.wide.u32 a, $2, 4; add.s64 a, $3, a; ld.global.nc.b32 $0, [a];"
+            " ld.global.nc.b32 $1, [a+4]; }",
+            "=r,=r,r,l", [i, base], dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+    else:
+        lo = load_word(base, in_stream(i, n, SLACK), USE_ASM)
+        hi = load_word(base, in_stream(i + 1, n, SLACK), USE_ASM)
+    return lo, hi
+
+
+@triton.jit
 def word_at(lo, hi, w):
     """Word w (0 … 7, per element) of lo[0..3] then hi[0..3]: the interpreter's side of the PTX's selects."""
     word = tl.zeros_like(w)
@@ -353,10 +375,12 @@ def dot_pairs(cols, acc, x_ptr, offs_m, t, B, K, stride_xb, TAIL: tl.constexpr, 
 
 @triton.jit
 def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, NV, stride_xb,
-             TAIL: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
+             TAIL: tl.constexpr, SLACK: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr,
+             BLOCK_K: tl.constexpr):
     """One K tile of `bitmask` on the tensor cores: per mask byte the two aligned 16-byte vectors
     from its first value on, its 8 dense columns, one dot per column pair. Returns acc + Ŵ · xᵀ
-    (BLOCK_N, BLOCK_M) and the tile's kept count per row. TAIL: the tile reaches past K."""
+    (BLOCK_N, BLOCK_M) and the tile's kept count per row. TAIL: the tile reaches past K; SLACK:
+    the stream's storage holds STREAM_SLACK more bytes (kernels/_common.py)."""
     NB: tl.constexpr = BLOCK_K // 8
     b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)  # (BLOCK_N, NB)
     if TAIL:  # the tile across K's end: clear the padding bits past K (unspecified)
@@ -364,10 +388,11 @@ def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
         b = b & tl.where(valid >= 8, 0xFF, (1 << tl.maximum(valid, 0)) - 1)[None, :]
     cnt = popcount(b, USE_ASM)
     idx = start[:, None] + tl.cumsum(cnt, axis=1) - cnt  # value index of each byte's first value
-    # Its 16-byte vector and the next, clamped to the stream's last (NV vectors): one the byte's
-    # values reach is inside the stream; another one's values land in no column (byte 7, zeroed).
-    lo = load16(v32_ptr, tl.minimum(idx >> 3, NV - 1), USE_ASM)  # 4 × (BLOCK_N, NB)
-    hi = load16(v32_ptr, tl.minimum((idx >> 3) + 1, NV - 1), USE_ASM)
+    # Its 16-byte vector and the next, clamped to the stream's last (NV vectors) unless its storage
+    # goes on: one the byte's values reach is inside the stream; another one's values land in no
+    # column (byte 7, zeroed).
+    lo = load16(v32_ptr, in_stream(idx >> 3, NV, SLACK), USE_ASM)  # 4 × (BLOCK_N, NB)
+    hi = load16(v32_ptr, in_stream((idx >> 3) + 1, NV, SLACK), USE_ASM)
     sel = load_word(lut_ptr, b, USE_ASM)
     cols = value_columns(lo, hi, idx, sel, cnt, x_ptr.dtype.element_ty, USE_ASM)
     return dot_pairs(cols, acc, x_ptr, offs_m, t, B, K, stride_xb, TAIL, DOT_F32, BLOCK_K), tl.sum(cnt, axis=1)
@@ -380,6 +405,7 @@ def _bitmask_vec_kernel(
     stride_xb, stride_mask, stride_yb,
     ws_ptr, ticket_ptr,  # split-K workspace (kernels/_common.py, "split over K")
     batch_bucket,  # autotune key only
+    SLACK: tl.constexpr,  # the stream's storage holds STREAM_SLACK more bytes: loads need no clamp
     USE_ASM: tl.constexpr,  # False under the interpreter
     GEMV_ROWS: tl.constexpr,  # always 0: tensor cores at every batch
     DOT_F32: tl.constexpr,
@@ -398,11 +424,11 @@ def _bitmask_vec_kernel(
     whole = tl.maximum(first, tl.minimum(last, K // BLOCK_K))  # tiles inside K, then the one across its end
     for t in range(first, whole):
         acc, count = vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, NV,
-                              stride_xb, False, USE_ASM, DOT_F32, BLOCK_K)
+                              stride_xb, False, SLACK, USE_ASM, DOT_F32, BLOCK_K)
         start = next_start(start, count, t + 1, 8, BLOCK_K)
     for t in range(whole, last):
         acc, count = vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, B, K, MB, NV,
-                              stride_xb, True, USE_ASM, DOT_F32, BLOCK_K)
+                              stride_xb, True, SLACK, USE_ASM, DOT_F32, BLOCK_K)
     store_split(y_ptr, ws_ptr, ticket_ptr, tl.trans(acc), offs_m, offs_n, B, N, stride_yb)
 
 
@@ -491,7 +517,7 @@ def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offs
                    (x, mask, values, chunk_offsets, out, table(value_selectors, x.device), batch, rows, k,
                     mask.shape[1], chunk_offsets.shape[1], values.numel() // 8, x.stride(0), mask.stride(0),
                     out.stride(0)),
-                   gemv_max=0, USE_ASM=not _common.INTERPRET)
+                   gemv_max=0, SLACK=_common.has_slack(values), USE_ASM=not _common.INTERPRET)
     return out
 
 
@@ -524,6 +550,8 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_o
 # 50% sparsity: the mask (1/8 B per weight) and half the weights' values. The loop loads two
 # 16-byte vectors per mask byte (8 columns) where the values of those columns are 8 bytes on
 # average: the rereads hit L1, so instructions per byte count the 1/8 + 1 bytes per weight streamed.
+# SLACK: a packed model's streams have it (tasks/serving/packed_model.py); a bare one clamps.
 STATIC = (_sparse.static_spec(
     "bitmask 50%", _bitmask_vec_kernel, dict(x="fp16", mask="u8", v="fp16", co="i32", y="fp16", lut="i32"),
-    ("mask", "v"), dict(USE_ASM=True), [], VEC_CONFIGS, 1 / 8 + 0.5 * 2, ptx_bytes_per_weight=(1 + 32) / 8),)
+    ("mask", "v"), dict(SLACK=True, USE_ASM=True), [], VEC_CONFIGS, 1 / 8 + 0.5 * 2,
+    ptx_bytes_per_weight=(1 + 32) / 8),)

@@ -41,11 +41,12 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.p
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, batch 1-16,
-SASS instructions per packed byte: bitmask-int4 12.7-12.8 at g = 128 and 64 (BYTE_LUT, 32-bit
-code loads; was 15.6-15.9 at g = 128 with 64 rows per CTA and the zero code, popcount and second
+SASS instructions per packed byte: bitmask-int4 11.7-11.8 at g = 128 and 64 (BYTE_LUT, 32-bit
+code loads, both words from one address; 12.7-12.8 clamping each address, where the stream's
+storage ends with it; was 15.6-15.9 at g = 128 with 64 rows per CTA and the zero code, popcount and second
 selector computed per byte, and groups of 64 went column by column at 55-75; 19.5-19.8 with a dot
-per column, 21.0-21.6 on format version 1); bitmask-int8 8.9 at g = 128 with 128-bit loads, 8.7
-at g = 64 with 64-bit mask loads (a row's 8 mask bytes of a 64-column tile; was 11.5-11.6, 17.0-17.2
+per column, 21.0-21.6 on format version 1); bitmask-int8 8.5 at g = 128 with 128-bit loads, 8.45
+at g = 64 with 64-bit mask loads (8.9 and 8.65 clamped) (a row's 8 mask bytes of a 64-column tile; was 11.5-11.6, 17.0-17.2
 through tl.load's vectors, 38.3-39.3 column by column). 256 rows per 4 warps share the x tile and
 the dots' synchronization, paid once per tile, over 16 mask bytes per thread. Still above 6: per
 mask byte (3 packed bytes for int4, 5 for int8) the prefix, the loads and their addresses, 7
@@ -65,8 +66,8 @@ from kernels import _common, _sparse
 from kernels._common import check_group, check_tensor, k_tile_range, make_out, store_split
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
-                             check_bitmask, dot_pairs, gather_kept, kept_and_slots, load16, load_word, mask_tile,
-                             mask_words, next_start, table, tile_bases, tuned, value_selectors,
+                             check_bitmask, dot_pairs, gather_kept, in_stream, kept_and_slots, load16, load_pair,
+                             mask_tile, mask_words, next_start, table, tile_bases, tuned, value_selectors,
                              values_before, word_at)
 
 FORMAT = "bitmask-int4"
@@ -209,33 +210,34 @@ def byte_columns(lo, hi, bit, entry, zero, v_dtype: tl.constexpr, USE_ASM: tl.co
 
 @triton.jit
 def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB, NW,
-             stride_xb, BITS: tl.constexpr, TAIL: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr,
-             BLOCK_K: tl.constexpr):
+             stride_xb, BITS: tl.constexpr, TAIL: tl.constexpr, SLACK: tl.constexpr, USE_ASM: tl.constexpr,
+             DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
     """One K tile of bitmask-int4 / int8 on the tensor cores (the tile lies in one quantization
     group: scale, zero (BLOCK_N,)). Returns acc + Ŵ · xᵀ (BLOCK_N, BLOCK_M) and the tile's kept
-    count per row. TAIL: the tile reaches past K (its mask bits there are cleared, its x masked)."""
+    count per row. TAIL: the tile reaches past K (its mask bits there are cleared, its x masked);
+    SLACK: the stream's storage holds STREAM_SLACK more bytes (kernels/_common.py)."""
     NB: tl.constexpr = BLOCK_K // 8
     b = mask_tile(mask_rows, n_mask, t, MB, BLOCK_K).to(tl.int32)  # (BLOCK_N, NB)
     if TAIL:  # the tile across K's end: clear the padding bits past K (unspecified)
         valid = K - (t * BLOCK_K + tl.arange(0, NB) * 8)  # columns of each byte inside K
         b = b & tl.where(valid >= 8, 0xFF, (1 << tl.maximum(valid, 0)) - 1)[None, :]
     z = tl.broadcast_to(zero[:, None], b.shape)
-    # Unmasked, at addresses clamped to the stream's last word (NW words): a word holding one of
-    # the byte's codes is inside the stream; another one's bits land in no column.
+    # Unmasked, at addresses clamped to the stream's last word (NW words) unless its storage goes
+    # on: a word holding one of the byte's codes is inside the stream; another one's bits land in
+    # no column.
     if BITS == 4:  # the two 32-bit words around the byte's (at most 8) nibbles
         entry = load16(lut_ptr, b, USE_ASM)  # BYTE_TABLE[b]: its last word is 4 · its kept count
         # its first code: bit `bit` mod 32 of word `word` (start: the row's code index)
         bit = ((start & 7) << 2)[:, None] + tl.cumsum(entry[3], axis=1) - entry[3]
         word = (start >> 3)[:, None] + (bit >> 5)
-        lo = load_word(v32_ptr, tl.minimum(word, NW - 1), USE_ASM)
-        hi = load_word(v32_ptr, tl.minimum(word + 1, NW - 1), USE_ASM)
+        lo, hi = load_pair(v32_ptr, word, NW, SLACK, USE_ASM)
         cols = byte_columns(lo, hi, bit, entry, z, x_ptr.dtype.element_ty, USE_ASM)
         count = tl.sum(entry[3], axis=1) >> 2
     else:  # the two 16-byte vectors from the one holding the byte's first code
         entry = load16(lut_ptr, b, USE_ASM)  # CODE8_TABLE[b]: its last word is its kept count
         idx = start[:, None] + tl.cumsum(entry[3], axis=1) - entry[3]  # code index of each byte's first code
-        lo = load16(v32_ptr, tl.minimum(idx >> 4, NW // 4 - 1), USE_ASM)  # 4 × (BLOCK_N, NB)
-        hi = load16(v32_ptr, tl.minimum((idx >> 4) + 1, NW // 4 - 1), USE_ASM)
+        lo = load16(v32_ptr, in_stream(idx >> 4, NW // 4, SLACK), USE_ASM)  # 4 × (BLOCK_N, NB)
+        hi = load16(v32_ptr, in_stream((idx >> 4) + 1, NW // 4, SLACK), USE_ASM)
         cols = code8_columns(lo, hi, idx, entry, z, USE_ASM)
         count = tl.sum(entry[3], axis=1)
     part = dot_pairs(cols, tl.zeros(acc.shape, dtype=tl.float32), x_ptr, offs_m, t, B, K, stride_xb, TAIL, DOT_F32,
@@ -253,6 +255,7 @@ def _bitmask_quant_matmul_kernel(
     BITS: tl.constexpr,  # 4 or 8
     GROUP: tl.constexpr,  # g, or 0 when there is one group per row
     BYTE_LUT: tl.constexpr,  # int4, tiles inside one group: mask bytes → columns on the tensor cores
+    SLACK: tl.constexpr,  # BYTE_LUT: the stream's storage holds STREAM_SLACK more bytes: loads need no clamp
     USE_ASM: tl.constexpr,  # False under the interpreter
     GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one
     DOT_F32: tl.constexpr,
@@ -276,12 +279,12 @@ def _bitmask_quant_matmul_kernel(
         whole = tl.maximum(first, tl.minimum(last, K // BLOCK_K))  # tiles inside K, then the one across its end
         for t in range(first, whole):
             acc_t, start = _lut_step(acc_t, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m,
-                                     t, start, B, K, MB, NW, stride_xb, stride_g, BITS, GROUP, False, USE_ASM, DOT_F32,
-                                     BLOCK_K)
+                                     t, start, B, K, MB, NW, stride_xb, stride_g, BITS, GROUP, False, SLACK, USE_ASM,
+                                     DOT_F32, BLOCK_K)
         for t in range(whole, last):
             acc_t, start = _lut_step(acc_t, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m,
-                                     t, start, B, K, MB, NW, stride_xb, stride_g, BITS, GROUP, True, USE_ASM, DOT_F32,
-                                     BLOCK_K)
+                                     t, start, B, K, MB, NW, stride_xb, stride_g, BITS, GROUP, True, SLACK, USE_ASM,
+                                     DOT_F32, BLOCK_K)
         acc = tl.trans(acc_t)
     else:
         for t in range(first, last):
@@ -296,13 +299,13 @@ def _bitmask_quant_matmul_kernel(
 @triton.jit
 def _lut_step(acc, x_ptr, v32_ptr, lut_ptr, s_ptr, z_ptr, mask_rows, rows, n_mask, offs_m, t, start, B, K, MB, NW,
               stride_xb, stride_g, BITS: tl.constexpr, GROUP: tl.constexpr, TAIL: tl.constexpr,
-              USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
+              SLACK: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):
     """lut_tile with the tile's scale and zero (one group holds it); returns acc and the next start."""
     offs_g = rows * stride_g + (t * BLOCK_K // GROUP if GROUP > 0 else 0)
     scale = tl.load(s_ptr + offs_g, mask=n_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
     zero = tl.load(z_ptr + offs_g, mask=n_mask, other=0).to(tl.int32)
     acc, count = lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, scale, zero, B, K, MB,
-                          NW, stride_xb, BITS, TAIL, USE_ASM, DOT_F32, BLOCK_K)
+                          NW, stride_xb, BITS, TAIL, SLACK, USE_ASM, DOT_F32, BLOCK_K)
     return acc, next_start(start, count, t + 1, 128 // BITS, BLOCK_K)
 
 
@@ -337,7 +340,7 @@ _GEMV, _TILED = tuned(_bitmask_quant_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS,
 # BYTE_LUT: tensor cores at every batch (BLOCK_M = 16 up to 16 rows), 4 dots of K = BLOCK_K / 4, one
 # per column pair of a mask byte, in tiles inside one quantization group. Batch 1-16 takes 256 rows
 # per 4 warps: the x tile and the dots' synchronization, paid once per tile, are shared by 16 mask
-# bytes per thread (sm_90: 38.5 instructions per int4 mask byte; 64 rows and 128 columns took 43).
+# bytes per thread (sm_90: 38.5 instructions per int4 mask byte clamped; 64 rows and 128 columns took 43).
 # int4: BLOCK_K = 64 at batch 1-16; at large batches 128 where a group holds it (BLOCK_K = 64 costs
 # 26-29 instructions per byte there, against 22-23).
 LUT_CONFIGS = [
@@ -410,7 +413,8 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
                     chunk_offsets.shape[1], values.numel() // 4, x.stride(0), mask.stride(0), scales.stride(0),
                     out.stride(0)),
                    gemv_max=0 if lut is not None else _sparse.GEMV_MAX_BATCH,
-                   BITS=bits, GROUP=0 if groups == 1 else g, BYTE_LUT=lut is not None, USE_ASM=not _common.INTERPRET)
+                   BITS=bits, GROUP=0 if groups == 1 else g, BYTE_LUT=lut is not None,
+                   SLACK=lut is not None and _common.has_slack(values), USE_ASM=not _common.INTERPRET)
     return out
 
 
@@ -457,7 +461,8 @@ def static_spec(bits: int, group: int):
     default): the mask and half the weights' codes, on the BYTE_LUT tensor-core path at every batch.
     Per mask byte (8 columns, 2 (int4) or 4 (int8) code bytes on average) it reads two overlapping
     32-bit code words (int4) or two 16-byte vectors (int8): the rereads hit L1, so instructions per
-    byte count the bytes streamed."""
+    byte count the bytes streamed. SLACK: a packed model's streams have it
+    (tasks/serving/packed_model.py); a bare one clamps each address."""
     if bits == 4:
         configs = LUT_CONFIGS if group % 128 == 0 else LUT64_CONFIGS
     else:
@@ -465,7 +470,7 @@ def static_spec(bits: int, group: int):
     return _sparse.static_spec(
         f"bitmask-int{bits} 50% g{group}", _bitmask_quant_matmul_kernel,
         dict(x="fp16", mask="u8", v="u8", co="i32", s="fp16", z="u8", y="fp16", lut="i32"), ("mask", "v"),
-        dict(BITS=bits, GROUP=group, BYTE_LUT=True, USE_ASM=True), [], configs, 1 / 8 + 0.5 * bits / 8,
+        dict(BITS=bits, GROUP=group, BYTE_LUT=True, SLACK=True, USE_ASM=True), [], configs, 1 / 8 + 0.5 * bits / 8,
         ptx_bytes_per_weight=(1 + (8 if bits == 4 else 32)) / 8)
 
 

@@ -52,6 +52,7 @@ from torch.nn import functional as F
 
 from kernels import FORMATS as KERNEL_FORMATS
 from kernels import launcher
+from kernels._common import has_slack, with_slack
 from kernels.timing import cuda_median_ms, l2_bytes, rotation_count
 
 LOG = logging.getLogger("prunepipe.dispatch")
@@ -83,8 +84,9 @@ class PackedWeight:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
     def copy(self) -> "PackedWeight":
-        """The same weight in fresh memory (for timing past L2)."""
-        return replace(self, tensors={name: t.clone() for name, t in self.tensors.items()}, derived={})
+        """The same weight in fresh memory (for timing past L2), with a stream's slack if it had it."""
+        return replace(self, tensors={name: with_slack(t, copy=True) if t.dim() == 1 and has_slack(t) else t.clone()
+                                      for name, t in self.tensors.items()}, derived={})
 
 
 def reference(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -212,3 +212,22 @@ def test_cuda_dispatch_picks_a_correct_path_once(tmp_path, fmt, batch):
     again = x[:-1] if dispatch.batch_bucket(batch - 1) == dispatch.batch_bucket(batch) else x
     dispatcher.linear(again, module.packed_weight(), module.bias)  # same key: decided, not raced again
     assert len(timed) == count
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "bitmask-int4", "bitmask-int8"])
+def test_bitmask_streams_keep_their_slack_off_the_cpu(fmt):
+    """Moved off the CPU (here to `meta`), a PackedLinear's bitmask stream has STREAM_SLACK bytes of
+    storage after it (the kernels' unclamped loads), and a PackedWeight copy keeps them; on the CPU
+    nothing is copied."""
+    from kernels._common import has_slack, with_slack
+
+    layer = packed_layer(fmt)
+    assert not has_slack(layer.values)
+    moved = layer.to("meta")
+    assert has_slack(moved.values) and moved.values.shape == layer.values.shape
+    weight = packed_layer(fmt).packed_weight()
+    padded = PackedWeight(weight.format, weight.shape, dict(weight.tensors, values=with_slack(weight.tensors["values"])),
+                          weight.params, weight.dense)
+    copied = padded.copy().tensors["values"]
+    assert has_slack(copied) and torch.equal(copied, weight.tensors["values"])
+    assert copied.data_ptr() != padded.tensors["values"].data_ptr()

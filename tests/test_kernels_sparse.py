@@ -152,6 +152,43 @@ def test_fused_bitmask_dequantize_is_the_packers_weight(case, dtype):
     assert torch.equal(got, packed.w_hat.to(dtype))
 
 
+def test_stream_slack_helpers():
+    values = torch.arange(48, dtype=torch.uint8)
+    assert not _common.has_slack(values) and _common.has_slack(values[:16])  # 32 bytes of its buffer follow
+    padded = _common.with_slack(values)
+    assert _common.has_slack(padded) and torch.equal(padded, values)
+    assert _common.with_slack(padded) is padded
+    assert _common.with_slack(padded, copy=True).data_ptr() != padded.data_ptr()
+    halves = _common.with_slack(torch.ones(8, dtype=torch.float16))  # 16 more halves: 32 bytes
+    assert _common.has_slack(halves) and halves.untyped_storage().nbytes() == 48
+
+
+@pytest.mark.parametrize("case", ["bitmask-K1000-70%", "bitmask-K75-90%", "bitmask-int4-K600-50%-g64",
+                                  "bitmask-int4-K264-30%-g128", "bitmask-int4-K75-90%-g-1",
+                                  "bitmask-int8-K1000-50%-g128", "bitmask-int8-K136-50%-g64"])
+@pytest.mark.parametrize("batch", [1, 17])
+def test_streams_with_slack_load_unclamped_to_the_same_y(case, batch):
+    """A stream whose storage goes on for STREAM_SLACK bytes (a packed model's, on a GPU) is read
+    without clamping each address: what lies there (NaN or all-ones codes here) lands in no column,
+    and y is the clamped path's, bit for bit."""
+    module, k, make = CASES[case]
+    gen = seeded(case, batch)
+    packed = make(torch.float16, gen).to(DEVICE)
+    x = torch.randn(batch, k, generator=gen).half().to(DEVICE)
+    values = packed.tensors["values"]
+    poison = float("nan") if values.is_floating_point() else 0xFF
+    buf = torch.full((values.numel() + _common.STREAM_SLACK // values.element_size(),), poison, dtype=values.dtype,
+                     device=DEVICE)
+    buf[:values.numel()] = values
+    slack = buf[:values.numel()]
+    exact = values.clone()  # storage of its own size: every address clamped
+    assert _common.has_slack(slack) and not _common.has_slack(exact)
+    clamped = module.matmul(x, **dict(packed.tensors, values=exact), **packed.params)
+    unclamped = module.matmul(x, **dict(packed.tensors, values=slack), **packed.params)
+    assert torch.equal(unclamped, clamped)
+    assert_matches(unclamped, x, packed.w_hat, truncating_bf16=True)
+
+
 def test_split_workspace_is_left_zeroed():
     """A second call with the same workspace gives the same y (the last split zeroes it again)."""
     x, y, packed = run_case("bitmask-K1000-70%", 1, torch.float16)

@@ -56,18 +56,18 @@ BITMASK_INT8 = ("CTAs met, not instructions: ≈ 48 instructions per mask byte a
 BITMASK_INT8_G64 = BITMASK_INT8 + ("; and loads: a 64-column tile (one group) holds a row's 8 mask bytes, one "
                                    "64-bit load")
 BITMASK_INT4 = ("two overlapping 32-bit code words per mask byte (16-byte vectors would add ≈ 8 instructions per mask "
-                "byte, which its 3 packed bytes cannot carry); ≈ 38 instructions per mask byte for the table entry, "
-                "the prefix, the code loads with their clamped addresses, 7 permutes, 4 pair subtractions and the "
+                "byte, which its 3 packed bytes cannot carry); ≈ 35 instructions per mask byte for the table entry, "
+                "the prefix, the code loads and their address, 7 permutes, 4 pair subtractions and the "
                 "staging of operands for the dots")
 NM_INT8_G64 = ("instructions and CTAs met, not loads: a 64-column tile (one group of 64) holds a row's 4 index "
                "bytes, so a thread's 8 load as one 64-bit vector; a 128-column tile would need a second set of dots "
                "per column for the second group's scale")
 SHORT = {
     "nm-int8 2:4 g64": Short(5.83, 64, NM_INT8_G64),
-    "bitmask-int4 50% g128": Short(12.83, 32, BITMASK_INT4),
-    "bitmask-int4 50% g64": Short(12.81, 32, BITMASK_INT4),
-    "bitmask-int8 50% g128": Short(8.89, 128, BITMASK_INT8),
-    "bitmask-int8 50% g64": Short(8.65, 64, BITMASK_INT8_G64),
+    "bitmask-int4 50% g128": Short(11.83, 32, BITMASK_INT4),
+    "bitmask-int4 50% g64": Short(11.81, 32, BITMASK_INT4),
+    "bitmask-int8 50% g128": Short(8.5, 128, BITMASK_INT8),
+    "bitmask-int8 50% g64": Short(8.45, 64, BITMASK_INT8_G64),
 }
 SLACK = 1.02  # a listed kernel may move this much above its listed instructions per byte
 

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from kernels import dispatch
+from kernels._common import with_slack
 from tasks.formats.artifact import REST_FILE, load_packed_tensors
 from tasks.io.artifacts import ArtifactError
 from tasks.formats.packing import LayerFormat, unpack_weight
@@ -48,6 +49,19 @@ class PackedLinear(nn.Module):
         self.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias is not None else None
         self.derived: dict = {}  # what a dispatch path builds once (kernels/dispatch.PackedWeight)
         self.register_buffer("decoded", None, persistent=False)  # Ŵ (out, in) once decoded, or None
+        self._keep_slack()
+
+    def _keep_slack(self) -> None:
+        """Off the CPU (where kernels run), a bitmask stream keeps STREAM_SLACK bytes of storage
+        after it: the kernels then load it without clamping each address (kernels/_common.py)."""
+        if (self.layer.format.startswith("bitmask") and "values" in self.tensor_names
+                and self.values.device.type != "cpu"):
+            self.values = with_slack(self.values)
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): each copies the stream exactly
+        super()._apply(fn, recurse)
+        self._keep_slack()
+        return self
 
     def decode_once(self, dtype: torch.dtype) -> None:
         """Keep Ŵ dense from now on: every call becomes one matmul (the packed tensors stay)."""
