@@ -41,18 +41,22 @@ Two ways through a (BLOCK_N, BLOCK_K) tile, both split over K (kernels/_common.p
 BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, batch 1-16,
-SASS instructions per packed byte: bitmask-int4 11.7-11.8 at g = 128 and 64 (BYTE_LUT, 32-bit
-code loads, both words from one address; 12.7-12.8 clamping each address, where the stream's
-storage ends with it; was 15.6-15.9 at g = 128 with 64 rows per CTA and the zero code, popcount and second
-selector computed per byte, and groups of 64 went column by column at 55-75; 19.5-19.8 with a dot
-per column, 21.0-21.6 on format version 1); bitmask-int8 8.5 at g = 128 with 128-bit loads, 8.45
-at g = 64 with 64-bit mask loads (8.9 and 8.65 clamped) (a row's 8 mask bytes of a 64-column tile; was 11.5-11.6, 17.0-17.2
-through tl.load's vectors, 38.3-39.3 column by column). 256 rows per 4 warps share the x tile and
-the dots' synchronization, paid once per tile, over 16 mask bytes per thread. Still above 6: per
-mask byte (3 packed bytes for int4, 5 for int8) the prefix, the loads and their addresses, 7
-permutes, the selects, and the staging of operands for the dots. int4's two words per byte overlap
-(the report counts their bytes once); 16-byte code loads would cost it ≈ 8 more instructions per
-mask byte (docs/formats.md, "Kernel limits").
+SASS instructions per packed byte, BYTE_LUT, streams with slack (below; clamping each address
+costs 1.0 more for int4, 0.4 for int8):
+- bitmask-int4 11.7-11.8 at g = 128 and 64, 32-bit code loads, both words from one address (was
+  15.6-15.9 at g = 128 with 64 rows per CTA and the zero code, popcount and second selector
+  computed per byte, while groups of 64 went column by column at 55-75; 19.5-19.8 with a dot per
+  column, 21.0-21.6 on format version 1);
+- bitmask-int8 8.5 at g = 128 with 128-bit loads, 8.45 at g = 64 with 64-bit mask loads, a row's
+  8 mask bytes of a 64-column tile (was 11.5-11.6; 17.0-17.2 through tl.load's vectors, 38.3-39.3
+  column by column).
+256 rows per 4 warps share the x tile and the dots' synchronization, paid once per tile, over 16
+mask bytes per thread. Still above 6: per mask byte (3 packed bytes for int4, 5 for int8) the
+prefix, the loads and their addresses, 7 permutes, the selects, and the staging of operands for
+the dots. int4's two words per byte overlap (the report counts their bytes once); 16-byte code
+loads would cost it ≈ 8 more instructions per mask byte (docs/formats.md, "Kernel limits").
+A stream whose storage goes on for STREAM_SLACK bytes (kernels/_common.py; a packed model's off
+the CPU) loads without clamping each address (SLACK).
 The launcher copies a `values` that is not 16-byte aligned.
 """
 
@@ -340,7 +344,7 @@ _GEMV, _TILED = tuned(_bitmask_quant_matmul_kernel, GEMV_CONFIGS, TILED_CONFIGS,
 # BYTE_LUT: tensor cores at every batch (BLOCK_M = 16 up to 16 rows), 4 dots of K = BLOCK_K / 4, one
 # per column pair of a mask byte, in tiles inside one quantization group. Batch 1-16 takes 256 rows
 # per 4 warps: the x tile and the dots' synchronization, paid once per tile, are shared by 16 mask
-# bytes per thread (sm_90: 38.5 instructions per int4 mask byte clamped; 64 rows and 128 columns took 43).
+# bytes per thread (sm_90, clamped: 38.5 instructions per int4 mask byte; 64 rows, 128 columns: 43).
 # int4: BLOCK_K = 64 at batch 1-16; at large batches 128 where a group holds it (BLOCK_K = 64 costs
 # 26-29 instructions per byte there, against 22-23).
 LUT_CONFIGS = [

@@ -226,8 +226,8 @@ def test_bitmask_streams_keep_their_slack_off_the_cpu(fmt):
     moved = layer.to("meta")
     assert has_slack(moved.values) and moved.values.shape == layer.values.shape
     weight = packed_layer(fmt).packed_weight()
-    padded = PackedWeight(weight.format, weight.shape, dict(weight.tensors, values=with_slack(weight.tensors["values"])),
-                          weight.params, weight.dense)
+    tensors = dict(weight.tensors, values=with_slack(weight.tensors["values"]))
+    padded = PackedWeight(weight.format, weight.shape, tensors, weight.params, weight.dense)
     copied = padded.copy().tensors["values"]
     assert has_slack(copied) and torch.equal(copied, weight.tensors["values"])
     assert copied.data_ptr() != padded.tensors["values"].data_ptr()

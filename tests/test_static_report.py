@@ -50,9 +50,9 @@ class Short(NamedTuple):
     reason: str
 
 
-BITMASK_INT8 = ("CTAs met, not instructions: ≈ 48 instructions per mask byte against its 5 packed bytes: ≈ 9 "
-                "permutes, ≈ 10 selects and funnel shifts to line up the codes, 4 pair subtractions and the staging of "
-                "the column tile for the dots")
+BITMASK_INT8 = ("CTAs met, not instructions: ≈ 43 instructions per mask byte against its 5 packed bytes: ≈ 9 "
+                "permutes, ≈ 10 selects and funnel shifts to line up the codes, 4 pair subtractions and the "
+                "staging of the column tile for the dots")
 BITMASK_INT8_G64 = BITMASK_INT8 + ("; and loads: a 64-column tile (one group) holds a row's 8 mask bytes, one "
                                    "64-bit load")
 BITMASK_INT4 = ("two overlapping 32-bit code words per mask byte (16-byte vectors would add ≈ 8 instructions per mask "

@@ -58,7 +58,7 @@ class PackedLinear(nn.Module):
                 and self.values.device.type != "cpu"):
             self.values = with_slack(self.values)
 
-    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): each copies the stream exactly
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(): a move copies the stream at its own size
         super()._apply(fn, recurse)
         self._keep_slack()
         return self
