@@ -29,6 +29,9 @@ per shape); the report finds them through kernels.FORMATS. For every production 
    PTX loop loads, gathers under an inline-asm predicate weighted by the kept fraction `spec.kept`;
    it must equal `ptx_expected_bytes`, the spec's count or, where the loop rereads bytes, its
    declared `spec.ptx_bytes`: a spec that overstates its bytes would flatter instr_per_byte),
+   l1_bytes_per_byte = the bytes the loop's loads, stores and wgmma operands move through the
+   SM's L1 / shared-memory data path per packed byte (`l1_bytes`; the dot operands' staging through
+   shared memory counts, a lower bound: perfect coalescing, no bank conflicts),
    load_bits = the narrowest packed load in the loop, registers / spill_bytes (local memory per
    thread) / shared_bytes, ctas = CTAs launched at batch 1 on each target shape, resident_ctas
    per SM (registers, shared memory, threads) and inflight_kb: the packed KB one iteration of the
@@ -36,8 +39,9 @@ per shape); the report finds them through kernels.FORMATS. For every production 
    reported, not tested), asm_calls / asm_layout: the inline-asm calls checked and what would
    hand any of them other than runs of one row (a wrong answer on the GPU: the report exits 1),
    bytes_per_weight (streamed per weight: packed data, scales and zeros) and, on the batch 1-16
-   path, ceiling_vs_fp16: the speedup over cuBLAS fp16 that bytes and instruction issue leave
-   possible (`ceiling`; a bound to hold the GPU figures against, not a forecast).
+   path, ceiling_vs_fp16: the speedup over cuBLAS fp16 that bytes, instruction issue and the L1 /
+   shared-memory data path leave possible (`ceiling`; a bound to hold the GPU figures against, not
+   a forecast).
 
 A run narrowed by --kernel or --path updates its rows in an existing report (the same Triton's;
 another's is refused, so nothing is lost) and leaves the other rows as they were.
@@ -69,6 +73,10 @@ TARGET_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (819
 LOAD_BITS = 128
 # H200: 3.3e13 thread-instructions/s over 4.27 TB/s is 7.8 per byte at perfect issue, ≈ 5 in practice.
 PEAK_INSTR_PER_BYTE = 7.8
+# Each SM's L1 / shared-memory data path moves 128 B per clock (132 SMs at 1.98 GHz: 33 TB/s), 7.8
+# times the copy bandwidth: the bytes a loop's loads, stores and wgmma operands move through it,
+# per packed byte streamed, past 7.8 cap the stream as instruction issue does.
+PEAK_L1_BYTES_PER_BYTE = 7.8
 MAX_INSTR_PER_BYTE = 6.0
 FP16_BYTES_PER_WEIGHT = 2  # what cuBLAS streams for the dense fp16 weight
 MIN_CTAS = 264  # 2 CTAs on each of the H200's 132 SMs
@@ -83,6 +91,7 @@ class Row:
     path: str
     config: str
     instr_per_byte: float | None = None
+    l1_bytes_per_byte: float | None = None  # through L1 / shared memory per packed byte (see l1_bytes)
     load_bits: int | None = None
     registers: int | None = None
     spill_bytes: int | None = None
@@ -293,6 +302,7 @@ class Instr:
     addr: int
     op: str  # opcode with its modifiers, predicate dropped
     target: str | None  # branch target label
+    args: str = ""  # the operands, as nvdisasm prints them
 
 
 INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)(.*?)\s*;")
@@ -309,7 +319,7 @@ def disassemble(cubin: bytes) -> tuple[list[Instr], dict[str, int]]:
     for line in text.splitlines():
         if m := INSTR.search(line):
             target = re.search(r"(\.L_x_\d+)", m.group(3)) if m.group(2).startswith("BRA") else None
-            instrs.append(Instr(int(m.group(1), 16), m.group(2), target and target.group(1)))
+            instrs.append(Instr(int(m.group(1), 16), m.group(2), target and target.group(1), m.group(3)))
         elif m := LABEL.match(line.strip()):
             labels[m.group(1)] = instrs[-1].addr + 16 if instrs else 0
     return instrs, labels
@@ -317,6 +327,30 @@ def disassemble(cubin: bytes) -> tuple[list[Instr], dict[str, int]]:
 
 def is_global_load(op: str) -> bool:
     return op.split(".")[0] in ("LDG", "LDGSTS")
+
+
+WIDTHS = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}  # SASS width modifiers, bytes
+MEMORY = ("LDG", "LDGSTS", "LDS", "STS", "LDSM", "STSM")  # what uses the SM's L1 / shared data path
+WGMMA = re.compile(r"HGMMA\.(\d+)x(\d+)x(\d+)")
+
+
+def l1_bytes(instr: Instr) -> float:
+    """Bytes one thread's share of `instr` moves through the SM's L1 / shared-memory data path:
+    a load or store its width (LDSM / STSM: .N 8x8 matrices, N registers per thread); a wgmma its
+    shared-memory operands (B, and A where A is a descriptor too: m×k and k×n fp16 per 128
+    threads). A lower bound on the traffic: perfect coalescing, no bank conflicts, no L1 fills;
+    constant-cache loads (LDC) go elsewhere."""
+    base, *mods = instr.op.split(".")
+    if base in ("LDSM", "STSM"):
+        return 4 * (int(mods[-1]) if mods[-1].isdigit() else 1)
+    if base in MEMORY:
+        return next((WIDTHS[m] for m in mods if m in WIDTHS), 4)
+    if m := WGMMA.match(instr.op):
+        rows, cols, depth = map(int, m.groups())
+        operands = instr.args.split(",")
+        from_shared = cols * depth + (rows * depth if "gdesc" in operands[1] else 0)
+        return 2 * from_shared / 128
+    return 0
 
 
 def sass_main_loop(instrs: list[Instr], labels: dict[str, int]) -> list[Instr]:
@@ -487,10 +521,11 @@ def analyse(job: tuple) -> Row:
     row.ptx_packed_bytes = round((loads.plain_bits + spec.kept * loads.gather_bits) / 8, 2)
     row.ptx_expected_bytes = spec.ptx_bytes(config) if spec.ptx_bytes else row.packed_bytes
     row.instr_per_byte = round(row.loop_instructions / row.packed_bytes, 2)
+    row.l1_bytes_per_byte = round(sum(map(l1_bytes, body)) / row.packed_bytes, 2)
     row.bytes_per_weight = round(row.packed_bytes * threads / (config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"])
                                  + side_bytes(spec.constexprs.get("GROUP")), 4)
     if path == PATHS[0]:  # large batches are bound by the math, not by streaming the weights
-        row.ceiling_vs_fp16 = ceiling(row.bytes_per_weight, row.instr_per_byte)
+        row.ceiling_vs_fp16 = ceiling(row.bytes_per_weight, row.instr_per_byte, row.l1_bytes_per_byte)
     return row
 
 
@@ -500,12 +535,14 @@ def side_bytes(group: int | None) -> float:
     return 3 / group if group else 0.0
 
 
-def ceiling(bytes_per_weight: float, instr_per_byte: float) -> float:
+def ceiling(bytes_per_weight: float, instr_per_byte: float, l1_bytes_per_byte: float) -> float:
     """The speedup over cuBLAS fp16 a weight-streaming kernel cannot pass: both stream their
-    weights at the same bandwidth (fp16: 2 bytes per weight), unless instruction issue caps the
-    kernel first (past PEAK_INSTR_PER_BYTE per byte at perfect issue). A bound, not a forecast:
-    no latency, occupancy or cache effects, and cuBLAS taken at full bandwidth."""
-    return round(FP16_BYTES_PER_WEIGHT / bytes_per_weight * min(1.0, PEAK_INSTR_PER_BYTE / instr_per_byte), 2)
+    weights at the same bandwidth (fp16: 2 bytes per weight), unless instruction issue or the
+    L1 / shared-memory data path caps the kernel first (past PEAK_INSTR_PER_BYTE instructions or
+    PEAK_L1_BYTES_PER_BYTE bytes per packed byte). A bound, not a forecast: no latency,
+    occupancy or cache effects, and cuBLAS taken at full bandwidth."""
+    slowest = max(1.0, instr_per_byte / PEAK_INSTR_PER_BYTE, l1_bytes_per_byte / PEAK_L1_BYTES_PER_BYTE)
+    return round(FP16_BYTES_PER_WEIGHT / bytes_per_weight / slowest, 2)
 
 
 def violations(row: Row) -> list[str]:
@@ -601,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         limits = violations(Row(**row)) if row["path"] == PATHS[0] else [row["error"]] if row["error"] else []
         bad = "; ".join(limits + row["asm_layout"])
         print(f"{row['kernel']:16s} {row['path']:11s} {row['config']:34s} "
-              f"{row['instr_per_byte'] or '-':>6} instr/B {row['load_bits'] or '-':>4} bit "
+              f"{row['instr_per_byte'] or '-':>6} instr/B {row['l1_bytes_per_byte'] or '-':>6} L1 B/B "
+              f"{row['load_bits'] or '-':>4} bit "
               f"{str(row['ceiling_vs_fp16']) + 'x' if row['ceiling_vs_fp16'] else '-':>6} fp16 "
               f"{row['registers'] or '-':>4} regs {row['spill_bytes'] if row['spill_bytes'] is not None else '-':>4} "
               f"spill  min {min(row['ctas'].values()) if row['ctas'] else '-':>5} CTAs  {bad}", flush=True)

@@ -221,20 +221,44 @@ $L__BB0_1:
 """
 
 
-def test_ceiling_is_the_byte_ratio_until_issue_caps_it():
+def test_ceiling_is_the_byte_ratio_until_issue_or_l1_caps_it():
     # int4 g128: 0.5 packed + 3/128 scale and zero bytes per weight, memory-bound at 5.33 instr/B
     assert static_report.side_bytes(128) == 3 / 128 and static_report.side_bytes(0) == 0.0
-    assert static_report.ceiling(0.5 + 3 / 128, 5.33) == 3.82
+    assert static_report.ceiling(0.5 + 3 / 128, 5.33, 6.7) == 3.82
     # past 7.8 instructions per byte issue caps it: 15.6 halves what the bytes allow
-    assert static_report.ceiling(0.375 + 3 / 128, 15.6) == round(2 / 0.3984375 / 2, 2) == 2.51
+    assert static_report.ceiling(0.375 + 3 / 128, 15.6, 7.8) == round(2 / 0.3984375 / 2, 2) == 2.51
+    # past 7.8 bytes through L1 / shared memory per packed byte, the slower of the two caps it
+    assert static_report.ceiling(0.375 + 3 / 128, 11.7, 23.4) == round(2 / 0.3984375 / 3, 2) == 1.67
 
 
-def test_report_rows_carry_their_ceiling(report):
-    for r in report["rows"]:
-        expected = static_report.ceiling(r["bytes_per_weight"], r["instr_per_byte"]) if r["path"] == static_report.PATHS[0] else None
-        assert r["ceiling_vs_fp16"] == expected, (r["kernel"], r["path"])
-    int4 = [r for r in report["rows"] if r["kernel"] == "int4 g128" and r["path"] == static_report.PATHS[0]]
-    assert [r["bytes_per_weight"] for r in int4] == [0.5234]  # bench/results/format-sizes.json's int4
+def sass(line: str) -> static_report.Instr:
+    """One nvdisasm line (as the report reads them) → its Instr."""
+    m = static_report.INSTR.search(line)
+    return static_report.Instr(int(m.group(1), 16), m.group(2), None, m.group(3))
+
+
+def test_l1_bytes_count_what_each_thread_moves_through_l1_and_shared_memory():
+    """Lines as sm_90's nvdisasm prints them in our kernels' main loops."""
+    instrs = [sass(line) for line in (
+        "/*0c90*/  STS.128 [R113+UR4], R68 ;",
+        "/*0cb0*/  LDSM.16.M88.4 R28, [R112] ;",  # 4 matrices: 4 registers per thread
+        "/*7680*/  STSM.16.M88 [R48+0x600], R64 ;",
+        "/*1000*/  @!P0 LDG.E.128.CONSTANT R4, desc[UR6][R2.64] ;",
+        "/*1010*/  LDG.E.64 R8, desc[UR6][R2.64] ;",
+        "/*1020*/  LDG.E.U8 R9, desc[UR6][R2.64] ;",
+        "/*1030*/  LDG.E.CONSTANT R10, desc[UR6][R2.64] ;",
+        "/*1040*/  LDS R7, [UR6] ;",
+        "/*1050*/  PRMT R1, R2, 0x5410, R3 ;",
+        "/*1060*/  LDC.64 R2, c[0x0][0x210] ;",  # the constant cache, not L1
+    )]
+    moved = {i.op: static_report.l1_bytes(i) for i in instrs}
+    assert moved == {"STS.128": 16, "LDSM.16.M88.4": 16, "STSM.16.M88": 4, "LDG.E.128.CONSTANT": 16,
+                     "LDG.E.64": 8, "LDG.E.U8": 1, "LDG.E.CONSTANT": 4, "LDS": 4, "PRMT": 0, "LDC.64": 0}
+    # wgmma reads B (16x16 fp16) from shared memory, A too where A is a descriptor: per 128 threads
+    a_in_registers = sass("/*3240*/  HGMMA.64x16x16.F32 R48, R68, gdesc[UR16], RZ, !UPT ;")
+    a_shared = sass("/*3250*/  HGMMA.64x16x16.F32 R48, gdesc[UR8], R48, gsb0 ;")
+    assert static_report.l1_bytes(a_in_registers) == 16 * 16 * 2 / 128 == 4
+    assert static_report.l1_bytes(a_shared) == (64 + 16) * 16 * 2 / 128 == 20
 
 
 def test_ptx_scanner_sees_inline_asm_gathers_and_not_table_lookups():
