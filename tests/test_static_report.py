@@ -261,6 +261,17 @@ def test_l1_bytes_count_what_each_thread_moves_through_l1_and_shared_memory():
     assert static_report.l1_bytes(a_shared) == (64 + 16) * 16 * 2 / 128 == 20
 
 
+def test_report_rows_carry_their_ceiling(report):
+    for r in report["rows"]:
+        expected = (static_report.ceiling(r["bytes_per_weight"], r["instr_per_byte"], r["l1_bytes_per_byte"])
+                    if r["path"] == static_report.PATHS[0] else None)
+        assert r["ceiling_vs_fp16"] == expected, (r["kernel"], r["path"])
+        # every packed byte passes the L1 / shared data path at least once: less means loads went uncounted
+        assert r["l1_bytes_per_byte"] >= 1, (r["kernel"], r["path"], r["config"], r["l1_bytes_per_byte"])
+    int4 = [r for r in report["rows"] if r["kernel"] == "int4 g128" and r["path"] == static_report.PATHS[0]]
+    assert [r["bytes_per_weight"] for r in int4] == [0.5234]  # bench/results/format-sizes.json's int4
+
+
 def test_ptx_scanner_sees_inline_asm_gathers_and_not_table_lookups():
     """param 1 is packed; param 2 a table indexed by a packed value (not packed data)."""
     loads = static_report.ptx_loop_loads(PTX_GATHER, {1})
