@@ -11,8 +11,12 @@
 #      largest shapes first (28672×8192 and 8192×28672 at batches 1, 16, 128 and 2048), every path
 #      against cuBLAS fp16, torch's 2:4 and int4 peers and the dispatcher; no new kernel row after
 #      OPS_BUDGET_S (200); then batch-1 decode of a Llama-shaped model in CUDA graphs.  ≤ BENCH_TIMEOUT_S (330)
-#   3. only with PRUNE=1: bench/llama7b_prune.py (the GPU pruning issue's own run).  ≤ PRUNE_TIMEOUT_S (180)
-# Environment, install and copies: ≈ 15 s. So 100 + 330 + 15 = 445 s at most without phase 3,
+#   3. Nsight Compute's speed of light (DRAM and L1 / shared-memory throughput) on one batch-1
+#      launch of bitmask-int4, bitmask, int4 and nm-int4 at 8192×28672 (bench/ncu_probe.py): the
+#      static report says L1, not DRAM, caps bitmask-int4. Into the log; skipped without ncu;
+#      not part of the exit status.               4 × (NCU_TIMEOUT_S (15) + 3 s to kill) ≤ 72
+#   4. only with PRUNE=1: bench/llama7b_prune.py (the GPU pruning issue's own run).  ≤ PRUNE_TIMEOUT_S (180)
+# Environment, install and copies: ≈ 15 s. So 100 + 330 + 72 + 15 = 517 s at most without phase 4,
 # inside a 520 s device call. Never run on a GPU yet: these are its budgets, not measured times.
 #
 # The JSON ($OUT/<tag>-<date>.json, also bench/results/) is rewritten after every shape × format,
@@ -68,6 +72,20 @@ timeout "${BENCH_TIMEOUT_S:-330}" "$PYTHON" bench/gpu_bench.py --json "$JSON" --
     --ops-budget-s "${OPS_BUDGET_S:-200}"
 BENCH_RC=$?
 step "benchmark: exit code $BENCH_RC$(timed_out $BENCH_RC)"
+
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)
+if [ -n "$NCU" ]; then
+    # one process per format: ncu prints its tables when the process ends, so a timeout loses one
+    for fmt in bitmask-int4 bitmask int4 nm-int4; do
+        step "Nsight Compute: DRAM and L1 throughput of one batch-1 $fmt launch ($NCU)"
+        timeout -k 3 "${NCU_TIMEOUT_S:-15}" "$NCU" --clock-control none --profile-from-start off \
+            --section SpeedOfLight "$PYTHON" bench/ncu_probe.py --formats "$fmt"
+        NCU_RC=$?
+        step "ncu $fmt: exit code $NCU_RC$(timed_out $NCU_RC)"
+    done
+else
+    step "Nsight Compute: no ncu on this machine, skipped"
+fi
 
 PRUNE_RC=0
 if [ "${PRUNE:-0}" = 1 ]; then

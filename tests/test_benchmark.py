@@ -200,3 +200,28 @@ def test_gpu_check_fails_on_a_wrong_row_our_failure_or_an_uncaptured_decode():
     assert gpu_bench.failures(bad) == ["wrong: dispatch-nm 8x64 batch 1 err 0.5",
                                        "failed: triton-bitmask 8x64 batch 1: CompilationError: x",
                                        "decode int4: capture failed"]
+
+
+def test_ncu_probe_checks_each_kernel_and_names_a_wrong_one(capsys, monkeypatch):
+    """bench/ncu_probe.py (the launches gpu_check.sh profiles) at a small shape under the
+    interpreter: every format within the fp16 bound; a kernel 2% off is named and fails the run."""
+    import importlib.util
+    from pathlib import Path
+
+    from kernels import _common
+
+    if not _common.INTERPRET:
+        pytest.skip("needs TRITON_INTERPRET=1 on the CPU (a GPU runs it under ncu in bench/gpu_check.sh)")
+    spec = importlib.util.spec_from_file_location("ncu_probe", Path(__file__).parents[1] / "bench" / "ncu_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.main(["--shape", "64", "640"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == list(probe.GROUPS)
+    assert all(float(line.split()[-1]) < 1e-3 for line in lines), lines
+
+    real = probe.launcher
+    monkeypatch.setattr(probe, "launcher", lambda fmt: (lambda x, **kw: real(fmt)(x, **kw) * 1.02)
+                        if fmt == "int4" else real(fmt))
+    assert probe.main(["--shape", "64", "640", "--formats", "bitmask", "int4"]) == 1
+    assert capsys.readouterr().err.strip() == "ncu_probe: past the fp16 bound: int4"
