@@ -1,8 +1,9 @@
 """One batch-1 launch of each main kernel for Nsight Compute: the static report predicts that the
 L1 / shared-memory data path, not DRAM, caps `bitmask-int4` (kernels/static_report.py,
-`l1_bytes_per_byte`); ncu's speed-of-light section measures both. bench/gpu_check.sh runs it as
+`l1_bytes_per_byte`); ncu's speed-of-light section measures both. bench/gpu_check.sh runs it
+once per format F (ncu prints a process's tables when it ends):
 
-    ncu --clock-control none --profile-from-start off --section SpeedOfLight python3 bench/ncu_probe.py
+    ncu --clock-control none --profile-from-start off --section SpeedOfLight python3 bench/ncu_probe.py --formats F
 
 Per format a random fp16 weight (8192 × 28672 by default, the benchmark's widest K) packed by the
 pack stage's code, x (1, K): one call compiles and tunes the kernel and is checked against Ŵ in
