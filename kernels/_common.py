@@ -294,6 +294,22 @@ class CompileSpec:
 # ----------------------------------------------------------------------------- jit helpers
 
 @triton.jit
+def cols4(a, b, c, d):
+    """Four (T, 1) → (T, 4) = [a, b, c, d], in-thread (join stacks along a new last axis): the
+    operand of a warp-wide asm with pack = 4, row i thread i's four registers."""
+    return tl.reshape(tl.join(tl.join(a, c), tl.join(b, d)), (a.shape[0], 4))
+
+
+@triton.jit
+def split_cols4(v):
+    """(T, 4) → its four columns, (T, 1) each, in-thread (cols4 undone)."""
+    e, o = tl.split(tl.reshape(v, (v.shape[0], 2, 2)))  # columns 0 2 / 1 3
+    c0, c2 = tl.split(e)
+    c1, c3 = tl.split(o)
+    return c0[:, None], c1[:, None], c2[:, None], c3[:, None]
+
+
+@triton.jit
 def unpack(packed, BITS: tl.constexpr):
     """(R, C) uint8 → (R, C·8/BITS) int32 codes; code j of a byte sits at bits [j·BITS, (j+1)·BITS).
 

@@ -58,7 +58,7 @@ import triton.language as tl
 
 from kernels import int4, nm, ptx_model
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
-                             check_tensor, check_x, dot_t, dot_w, int4_minus_zero, make_out, nm_scatter,
+                             check_tensor, cols4, check_x, dot_t, dot_w, int4_minus_zero, make_out, nm_scatter,
                              k_tile_range, plan_split_k, scale_columns, store_split, store_split_at, unpack, workspace)
 
 FORMAT = "nm-int4"
@@ -418,12 +418,6 @@ def sp_asm(n_tiles, chains, part):
 
 
 @triton.jit
-def _cols4(a, b, c, d):
-    """Four (T, 1) int32 → (T, 4) = [a, b, c, d], in-thread (join stacks along a new last axis)."""
-    return tl.reshape(tl.join(tl.join(a, c), tl.join(b, d)), (a.shape[0], 4))
-
-
-@triton.jit
 def _row_words(row_ptr, offset, on, other, EVEN: tl.constexpr):
     """Words offset … offset + 3 from each thread's row pointer (T, 4): one 128-bit load; rows past
     N read `other`."""
@@ -434,7 +428,7 @@ def _row_words(row_ptr, offset, on, other, EVEN: tl.constexpr):
 @triton.jit
 def _b_fragment(x_row, first):
     """x words first, first + 4, first + 8, first + 12 of each thread's batch row (T, 4)."""
-    return _cols4(tl.load(x_row + first), tl.load(x_row + first + 4), tl.load(x_row + first + 8),
+    return cols4(tl.load(x_row + first), tl.load(x_row + first + 4), tl.load(x_row + first + 8),
                   tl.load(x_row + first + 12))
 
 
@@ -444,7 +438,7 @@ def _zs(za, zb, sa, sb):
     halves cannot carry into each other), then the fp32 scale bits."""
     ca = (za.to(tl.uint32) * 0x100001 + 0xD400E400).to(tl.int32, bitcast=True)
     cb = (zb.to(tl.uint32) * 0x100001 + 0xD400E400).to(tl.int32, bitcast=True)
-    return _cols4(ca, cb, sa.to(tl.float32).to(tl.int32, bitcast=True), sb.to(tl.float32).to(tl.int32, bitcast=True))
+    return cols4(ca, cb, sa.to(tl.float32).to(tl.int32, bitcast=True), sb.to(tl.float32).to(tl.int32, bitcast=True))
 
 
 @triton.jit
@@ -508,7 +502,7 @@ def _sparse_mma(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, B, N, K, stride_xb, st
     x_row0 = x_words + tl.minimum(g, B - 1).to(tl.int64) * (stride_xb // 2)
     x_row1 = x_words + tl.minimum(g + 8, B - 1).to(tl.int64) * (stride_xb // 2)
     none = tl.zeros((BLOCK_N, 1), tl.int32)
-    const = _cols4(tig * 0x1111, tl.where(tig % 2 == 1, 0x7632, 0x5410) + none, 0x2C003C00 + none, none)
+    const = cols4(tig * 0x1111, tl.where(tig % 2 == 1, 0x7632, 0x5410) + none, 0x2C003C00 + none, none)
     ASM: tl.constexpr = sp_asm(N_TILES, CHAINS, 0)
     CONSTRAINTS: tl.constexpr = sp_asm(N_TILES, CHAINS, 1)
     PAD: tl.constexpr = 0x44444444  # index bytes of rows past N: valid metadata (columns 0, 1)

@@ -2,15 +2,18 @@
 
 Triton's interpreter (TRITON_INTERPRET=1) cannot run inline asm. Most kernels here take a plain
 Triton path there instead (USE_ASM=False); the 2:4 sparse tensor-core path of kernels/nm_int4.py
-cannot, because its asm is one warp-wide `mma.sp`. So, under the interpreter, `install()` makes
+cannot, because its asm is one warp-wide `mma.sp`, nor can kernels/bitmask_int4.py's batch 1-16 path
+(a warp-wide dense `mma`). So, under the interpreter, `install()` makes
 `tl.inline_asm_elementwise` run the asm text on this model: every `pack` consecutive elements of
 the operands (row-major) are one thread's registers, thread i is lane i % 32 of warp i // 32 (the
 layout kernels.static_report checks the compiled kernel gives the asm), and each instruction runs
-on all threads at once, so `mma.sp` sees the whole warp's registers.
+on all threads at once, so `mma.sp` and `mma` see the whole warp's registers.
 
 It covers what the kernels' asm uses (OPS below; the tests run every asm string on it): 32-bit
 registers, integer and bit operations (prmt in its default mode), f16x2 / bf16x2 arithmetic and
-fma.rn.f32 (exact products and sums, one rounding), `@p` predicates, and
+fma.rn.f32 (exact products and sums, one rounding), `@p` predicates,
+mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 and its bf16 form (A 16 × 16 in a0-a3 as
+mma.sp's kept values below, B 16 × 8 in b0, b1 as below, C and D the same), and
 mma.sp.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 with sparsity selector 0, with the PTX ISA's
 fragment layouts (section "Matrix fragments for sparse mma.m16n8k32 with .f16"):
   A (16 × 32, 2:4, held as its 16 × 16 kept values): lane (g, t) = (lane >> 2, lane & 3) holds
@@ -34,6 +37,8 @@ import numpy as np
 
 WARP = 32
 MMA_SP = "mma.sp.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32"
+MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+MMA_BF16 = MMA.replace("f16.f16", "bf16.bf16")
 _GROUP = re.compile(r"\{([^{}]*)\}")
 
 
@@ -64,6 +69,11 @@ def halves(reg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo = (reg & np.uint32(0xFFFF)).astype(np.uint16).view(np.float16).astype(np.float64)
     hi = (reg >> np.uint32(16)).astype(np.uint16).view(np.float16).astype(np.float64)
     return lo, hi
+
+
+def bf16_halves(reg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two bf16 values of bf16x2 registers (low half first), as float64."""
+    return tuple(((reg >> np.uint32(s)) << np.uint32(16)).view(np.float32).astype(np.float64) for s in (16, 0))[::-1]
 
 
 def pair(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -120,6 +130,31 @@ def mma_sp(a: list, b: list, c: list, e: np.ndarray) -> list:
     return out
 
 
+def mma(a: list, b: list, c: list, split=halves) -> list:
+    """Dense D = A·B + C for every warp: a four f16x2 registers (bf16x2 with split=bf16_halves), b
+    two, c four fp32 (uint32 bits), each (threads,) with threads a multiple of 32. Returns D's four
+    registers."""
+    warps = c[0].shape[0] // WARP
+    lane = np.arange(WARP)
+    g, t = lane >> 2, lane & 3
+    amat = np.zeros((warps, 16, 16))
+    for reg, (row_add, col_add) in enumerate(((0, 0), (8, 0), (0, 8), (8, 8))):
+        lo, hi = (h.reshape(warps, WARP) for h in split(a[reg]))
+        amat[:, g + row_add, 2 * t + col_add] = lo
+        amat[:, g + row_add, 2 * t + col_add + 1] = hi
+    bmat = np.zeros((warps, 16, 8))
+    for reg in range(2):
+        lo, hi = (h.reshape(warps, WARP) for h in split(b[reg]))
+        bmat[:, 2 * t + 8 * reg, g] = lo
+        bmat[:, 2 * t + 8 * reg + 1, g] = hi
+    prod = amat @ bmat  # (warps, 16, 8)
+    out = []
+    for reg, (row_add, col_add) in enumerate(((0, 0), (0, 1), (8, 0), (8, 1))):
+        acc = f32(c[reg]).reshape(warps, WARP)
+        out.append(f32_bits((prod[:, g + row_add, 2 * t + col_add] + acc).reshape(-1)))
+    return out
+
+
 def _operand(regs: dict, text: str, threads: int) -> np.ndarray:
     text = text.strip()
     if text in regs:
@@ -150,6 +185,8 @@ OPS = {  # op → f(operand arrays) for the one-destination instructions
     "shr.b32": lambda a, b: np.where(b >= 32, np.uint32(0), a >> np.minimum(b, np.uint32(31))),
     "shf.r.wrap.b32": lambda lo, hi, n: ((hi.astype(np.uint64) << np.uint64(32) | lo)
                                          >> (n & np.uint32(31)).astype(np.uint64) & MASK).astype(np.uint32),
+    "shf.r.clamp.b32": lambda lo, hi, n: ((hi.astype(np.uint64) << np.uint64(32) | lo)
+                                          >> np.minimum(n, np.uint32(32)).astype(np.uint64) & MASK).astype(np.uint32),
     "add.u32": lambda a, b: ((a.astype(np.uint64) + b) & MASK).astype(np.uint32),
     "mul.lo.u32": lambda a, b: ((a.astype(np.uint64) * b) & MASK).astype(np.uint32),
     "mad.lo.u32": lambda a, b, c: ((a.astype(np.uint64) * b + c) & MASK).astype(np.uint32),
@@ -169,7 +206,9 @@ def run(asm: str, regs: dict, threads: int) -> dict:
     `{`, `}` around statements are blocks (ignored); `@p` predicates an instruction per thread."""
     regs = dict(regs)
     for statement in asm.split(";"):
-        statement = statement.strip().lstrip("{} \t\n").rstrip("} \t\n")
+        statement = statement.strip().lstrip("{} \t\n")
+        while statement.endswith("}") and statement.count("}") > statement.count("{"):  # a block's end
+            statement = statement[:-1].rstrip()
         if not statement or statement.startswith(".reg"):
             continue
         pred = None
@@ -185,6 +224,10 @@ def run(asm: str, regs: dict, threads: int) -> dict:
                 raise NotImplementedError(f"ptx_model: mma.sp sparsity selector {tail[1]}")
             value = lambda names: [_operand(regs, n, threads) for n in names]  # noqa: E731
             results = dict(zip(d, mma_sp(value(a), value(b), value(c), _operand(regs, tail[0], threads))))
+        elif op in (MMA, MMA_BF16):
+            d, a, b, c = ([_operand(regs, r.strip(), threads) if i else r.strip() for r in g.split(",")]
+                          for i, g in enumerate(_GROUP.findall(rest)))
+            results = dict(zip(d, mma(a, b, c, halves if op == MMA else bf16_halves)))
         elif op == "mov.b32" and _UNPACK.match(rest):
             lo, hi, src = _UNPACK.match(rest).groups()
             word = _operand(regs, src, threads)

@@ -110,6 +110,10 @@ CASES = {
     "bitmask-int4-K264-30%-g128": (bitmask_int4, 264, lambda dt, g: pack_bitmask_quant(264, 0.3, 4, 128, g)),
     "bitmask-int4-K600-50%-g64": (bitmask_int4, 600, lambda dt, g: pack_bitmask_quant(600, 0.5, 4, 64, g)),
     "bitmask-int4-K200-50%-g20": (bitmask_int4, 200, lambda dt, g: pack_bitmask_quant(200, 0.5, 4, 20, g)),
+    # K % 128 == 0: fp16 x up to batch 16 takes REG_MMA (mma fragments built in registers)
+    "bitmask-int4-K1024-50%-g64": (bitmask_int4, 1024, lambda dt, g: pack_bitmask_quant(1024, 0.5, 4, 64, g)),
+    "bitmask-int4-K640-30%-g128": (bitmask_int4, 640, lambda dt, g: pack_bitmask_quant(640, 0.3, 4, 128, g)),
+    "bitmask-int4-K384-90%-g-1": (bitmask_int4, 384, lambda dt, g: pack_bitmask_quant(384, 0.9, 4, -1, g)),
     "bitmask-int8-K136-50%-g64": (bitmask_int8, 136, lambda dt, g: pack_bitmask_quant(136, 0.5, 8, 64, g)),
     "bitmask-int8-K75-80%-g-1": (bitmask_int8, 75, lambda dt, g: pack_bitmask_quant(75, 0.8, 8, -1, g)),
     "bitmask-int8-K1000-50%-g128": (bitmask_int8, 1000, lambda dt, g: pack_bitmask_quant(1000, 0.5, 8, 128, g)),
@@ -165,6 +169,7 @@ def test_stream_slack_helpers():
 
 @pytest.mark.parametrize("case", ["bitmask-K1000-70%", "bitmask-K75-90%", "bitmask-int4-K600-50%-g64",
                                   "bitmask-int4-K264-30%-g128", "bitmask-int4-K75-90%-g-1",
+                                  "bitmask-int4-K1024-50%-g64", "bitmask-int4-K384-90%-g-1",
                                   "bitmask-int8-K1000-50%-g128", "bitmask-int8-K136-50%-g64"])
 @pytest.mark.parametrize("batch", [1, 17])
 def test_streams_with_slack_load_unclamped_to_the_same_y(case, batch):
@@ -187,6 +192,35 @@ def test_streams_with_slack_load_unclamped_to_the_same_y(case, batch):
     unclamped = module.matmul(x, **dict(packed.tensors, values=slack), **packed.params)
     assert torch.equal(unclamped, clamped)
     assert_matches(unclamped, x, packed.w_hat, truncating_bf16=True)
+
+
+_reg_mma_launch = bitmask_int4.reg_mma_launch
+
+
+@pytest.mark.parametrize("case", ["bitmask-int4-K1024-50%-g64", "bitmask-int4-K640-30%-g128",
+                                  "bitmask-int4-K384-90%-g-1"])
+@pytest.mark.parametrize("batch", [1, 8, 12, 16])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_register_mma_path_matches_float64(case, batch, dtype, monkeypatch):
+    """REG_MMA (8 and 16 batch rows per tile) takes x up to batch 16 when K % 128 == 0; x and
+    the mask as unaligned views are copied, not misread. Row 5 is empty, row 6 full (every mask
+    byte 0xFF, the one without a free rank for the zero code); N = 37 leaves rows past N in the
+    last warp, and a split over K that starts inside a chunk."""
+    calls = []
+    monkeypatch.setattr(bitmask_int4, "reg_mma_launch",
+                        lambda *a, **kw: calls.append(1) or _reg_mma_launch(*a, **kw))
+    module, k, make = CASES[case]
+    gen = seeded(case, batch, str(dtype), "reg")
+    packed = make(dtype, gen).to(DEVICE)
+    x = torch.randn(batch, k + 8, generator=gen).to(dtype).to(DEVICE)[:, 8:]  # rows 16 bytes off 16-aligned
+    mask = packed.tensors["mask"]
+    shifted = torch.zeros(mask.numel() + 1, dtype=torch.uint8, device=DEVICE)[1:].view(mask.shape)
+    shifted.copy_(mask)  # 1 byte off a 16-byte boundary
+    out = torch.full((batch, N), float("nan"), dtype=dtype, device=DEVICE)
+    y = module.matmul(x, **dict(packed.tensors, mask=shifted), **packed.params, out=out)
+    assert calls == [1]
+    assert plan_split_k(1, k, 128).splits > 1
+    assert_matches(y, x, packed.w_hat, truncating_bf16=True)
 
 
 def test_split_workspace_is_left_zeroed():

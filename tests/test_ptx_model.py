@@ -70,6 +70,36 @@ def test_mma_sp_is_the_dense_product_of_its_fragments():
         np.testing.assert_allclose(got, ref, rtol=2**-23, atol=1e-6 * np.abs(ref).max())
 
 
+def test_dense_mma_is_the_product_of_its_fragments():
+    """mma.m16n8k16 through run(), the asm text as the kernels write it (braces close the C operand)."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((WARPS, 16, 16)).astype(np.float16)
+    b = rng.standard_normal((WARPS, 16, 8)).astype(np.float16)
+    c = rng.standard_normal((WARPS, 16, 8)).astype(np.float32)
+    w = np.arange(32 * WARPS) // 32
+    regs = {f"$a{i}": f16_pairs(a[w, G + dr, 2 * T + dc], a[w, G + dr, 2 * T + dc + 1])
+            for i, (dr, dc) in enumerate(((0, 0), (8, 0), (0, 8), (8, 8)))}
+    regs |= {f"$b{i}": f16_pairs(b[w, 2 * T + 8 * i, G], b[w, 2 * T + 8 * i + 1, G]) for i in range(2)}
+    regs |= {f"$c{i}": ptx_model.f32_bits(c[w, G + dr, 2 * T + dc])
+             for i, (dr, dc) in enumerate(((0, 0), (0, 1), (8, 0), (8, 1)))}
+    out = ptx_model.run(f"{{ {ptx_model.MMA} {{$d0, $d1, $d2, $d3}}, {{$a0, $a1, $a2, $a3}}, {{$b0, $b1}},"
+                        " {$c0, $c1, $c2, $c3}; }", regs, 32 * WARPS)
+    want = a.astype(np.float64) @ b.astype(np.float64) + c
+    for i, (dr, dc) in enumerate(((0, 0), (0, 1), (8, 0), (8, 1))):
+        got = ptx_model.f32(out[f"$d{i}"])
+        ref = want[w, G + dr, 2 * T + dc]
+        assert not np.isnan(got).any()
+        np.testing.assert_allclose(got, ref, rtol=2**-23, atol=1e-6 * np.abs(ref).max())
+
+
+def test_funnel_shifts_wrap_or_clamp_their_amount():
+    lo, hi = 0x76543210, 0xFEDCBA98
+    for n, wrap, clamp in ((4, 0x87654321, 0x87654321), (36, 0x87654321, hi), (32, lo, hi), (0, lo, lo)):
+        regs = ptx_model.run_scalar("shf.r.wrap.b32 $0, $2, $3, $4; shf.r.clamp.b32 $1, $2, $3, $4;",
+                                    {"$2": lo, "$3": hi, "$4": n})
+        assert (regs["$0"], regs["$1"]) == (wrap, clamp), n
+
+
 def test_mma_sp_refuses_metadata_the_hardware_leaves_undefined():
     rng = np.random.default_rng(1)
     a, bregs, cregs, e = fragments(*random_problem(rng)[:2], *random_problem(rng)[3:])
