@@ -13,7 +13,7 @@
 #      OPS_BUDGET_S (200); then batch-1 decode of a Llama-shaped model in CUDA graphs.  ≤ BENCH_TIMEOUT_S (330)
 #   3. Nsight Compute's speed of light (DRAM and L1 / shared-memory throughput) on one batch-1
 #      launch of bitmask-int4, bitmask, int4 and nm-int4 at 8192×28672 (bench/ncu_probe.py): the
-#      static report says L1, not DRAM, caps bitmask-int4. Into the log; skipped without ncu;
+#      static report's L1 and issue caps, not DRAM, bound bitmask. Into the log; skipped without ncu;
 #      not part of the exit status.               4 × (NCU_TIMEOUT_S (15) + 3 s to kill) ≤ 72
 #   4. only with PRUNE=1: bench/llama7b_prune.py (the GPU pruning issue's own run).  ≤ PRUNE_TIMEOUT_S (180)
 # Environment, install and copies: ≈ 15 s. So 100 + 330 + 72 + 15 = 517 s at most without phase 4,

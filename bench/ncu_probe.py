@@ -1,6 +1,7 @@
 """One batch-1 launch of each main kernel for Nsight Compute: the static report predicts that the
-L1 / shared-memory data path, not DRAM, caps `bitmask-int4` (kernels/static_report.py,
-`l1_bytes_per_byte`); ncu's speed-of-light section measures both. bench/gpu_check.sh runs it
+L1 / shared-memory data path or instruction issue, not DRAM, caps `bitmask` and `bitmask-int4`
+(kernels/static_report.py, `l1_bytes_per_byte`, `instr_per_byte`); ncu's speed-of-light section
+measures DRAM, L1 and SM throughput. bench/gpu_check.sh runs it
 once per format F (ncu prints a process's tables when it ends):
 
     ncu --clock-control none --profile-from-start off --section SpeedOfLight python3 bench/ncu_probe.py --formats F

@@ -63,7 +63,7 @@ with slack (below):
 Still above 6: per mask byte the prefix, the loads and their addresses, 7 permutes and the
 subtractions (int4: 18 instructions would be 6 per byte). 16-byte code loads would cost ≈ 8 more
 instructions per mask byte (docs/formats.md, "Kernel limits"); clamping each address (no slack)
-1.0 more for int4 on BYTE_LUT, 0.4 for int8.
+costs int4 0.8 more on REG_MMA (three clamps per two bytes), 1.0 on BYTE_LUT, int8 0.4.
 A stream whose storage goes on for STREAM_SLACK bytes (kernels/_common.py; a packed model's off
 the CPU) loads without clamping each address (SLACK).
 The launcher copies a `values` that is not 16-byte aligned.
