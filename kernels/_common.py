@@ -301,6 +301,21 @@ def cols4(a, b, c, d):
 
 
 @triton.jit
+def mma_fragments(acc00, acc01, acc10, acc11, row, q, N_TILES: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Warp-wide mma accumulators acc{mt}{nt} (T, 4) of two m16 tiles (weight rows row + 16mt) and
+    N_TILES n8 tiles (batch rows 8nt) as (acc (T, 8·N_TILES), its batch rows, its weight rows):
+    element j is fragment element i = j // (2·N_TILES) of tile mt = j // N_TILES % 2, nt =
+    j % N_TILES, batch row 8nt + 2q + i % 2, weight row row + 16mt + 8(i // 2) (q = lane % 4)."""
+    if N_TILES == 1:
+        acc = tl.reshape(tl.join(acc00, acc10), (BLOCK_N, 8))
+    else:
+        acc = tl.reshape(tl.join(tl.join(acc00, acc10), tl.join(acc01, acc11)), (BLOCK_N, 16))
+    j = tl.arange(0, 8 * N_TILES)[None, :]
+    i = j // (2 * N_TILES)
+    return acc, 8 * (j % N_TILES) + 2 * q + i % 2, row + 16 * (j // N_TILES % 2) + 8 * (i // 2)
+
+
+@triton.jit
 def split_cols4(v):
     """(T, 4) → its four columns, (T, 1) each, in-thread (cols4 undone)."""
     e, o = tl.split(tl.reshape(v, (v.shape[0], 2, 2)))  # columns 0 2 / 1 3

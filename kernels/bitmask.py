@@ -11,10 +11,15 @@ Math:
     y[b, n]    = Σ_k x[b, k] · Ŵ[n, k]         fp32 accumulate, y in x's dtype
 Shapes (rows, cols): x (B, K) fp16/bf16 (values' dtype), y (B, N).
 
-Design (_bitmask_vec_kernel), tensor cores at every batch (BLOCK_M = 16 up to 16 rows), per
-(BLOCK_N, BLOCK_K = 128) tile, mask byte by mask byte (8 columns):
-- a popcount per byte and a cumsum across the row's bytes give the index of each byte's first
-  value; its (at most 8) values lie in the two 16-byte vectors from index // 8 on, which load as
+Design (_bitmask_vec_kernel), tensor cores at every batch, mask byte by mask byte (8 columns):
+- up to 16 batch rows with K a multiple of 128 (REG_MMA, "batch 1-16 in registers" below): each
+  thread turns its own mask bytes into mma.sync A-fragment registers, one warp-wide asm per 16
+  rows × 64 columns, so no column goes through shared memory;
+- otherwise per (BLOCK_N, BLOCK_K = 128) tile (BLOCK_M = 16 up to 16 rows, 64-128 above), a
+  popcount per byte and a cumsum across the row's bytes give the index of each byte's first
+  value, and one dot per column pair (below) runs the tile.
+Per mask byte, both ways:
+- its (at most 8) values lie in the two 16-byte vectors from index // 8 on, which load as
   two 128-bit loads, unmasked: the addresses are clamped to the stream's last vector, and a
   vector the byte's values do not reach feeds no column (version 2 keeps every chunk's values
   16-byte aligned and the stream whole 16-byte vectors);
@@ -22,14 +27,14 @@ Design (_bitmask_vec_kernel), tensor cores at every batch (BLOCK_M = 16 up to 16
   False) turns the 16 values into the byte's 8 dense columns: low and high bytes apart, a select
   and a funnel shift line up the byte's values, two PRMTs per half whose selectors come from a
   256-entry table indexed by the byte (value_selectors) place each value in its column, +0.0 in
-  the pruned ones, and one PRMT per column pair joins a column's two bytes; then one tensor-core
-  dot per column pair (c, c + 1) against x's columns c, c + 1, c + 8, c + 9, …, the weight tile
-  as the A operand (yᵀ = Ŵ · xᵀ: Hopper's warpgroup MMA takes the A operand from registers; as
-  the B operand the tile cost 0.2-0.7 instructions per byte more). The vectors and the table
+  the pruned ones, and one PRMT per column pair joins a column's two bytes; on the tiles, one
+  tensor-core dot per column pair (c, c + 1) against x's columns c, c + 1, c + 8, c + 9, …, the
+  weight tile as the A operand (yᵀ = Ŵ · xᵀ: Hopper's warpgroup MMA takes the A operand from
+  registers; as the B operand the tile cost 0.2-0.7 instructions per byte more). The vectors and the table
   entry load through inline PTX (load16, load_word): tl.load's (…, 4) vectors took a layout of
   their own, converted back through shared memory, and its signed indices cost two instructions
   per 64-bit address where an unsigned one costs one.
-- split over K (kernels/_common.py): a program starts at its chunk's offset; only a split that
+- split over K (kernels/_common.py), both ways: a program starts at its chunk's offset; only a split that
   starts inside a chunk (BLOCK_K < 512) counts the kept weights of the chunk's tiles before it
   (at most 3 tiles, outside the main loop). In the loop a row's index moves on by the tile's
   kept count, rounded up to 16 bytes where a tile starts a chunk (no offset load).
@@ -38,25 +43,31 @@ inline PTX) serve the quantized kernels' general path (kernels/bitmask_int4.py).
 chunk_offsets and values are trusted (checking them would cost a device sync per call).
 
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel bitmask`), 50% sparsity,
-batch 1-16: 5.72-5.85 main-loop SASS instructions per packed byte, under the limit of 6 (5.85-5.95
-clamping each address, where the stream's storage ends with it; was
-8.7-8.9 with tl.load's vectors and indices and a dot per column; 10.8-11.2 at batch 1 and
-14.4-15.5 column by column, with 16-bit gathers), every packed load 128-bit, ≥ 288 CTAs at
-batch 1. Per mask byte (9 packed bytes) ≈ 53 instructions: 17 PRMTs (16 of them VALUES_PTX's),
-≈ 10 selects and funnel shifts, ≈ 9 for the popcount, prefix and addresses, 3 loads,
-≈ 3 register moves and ≈ 4 to stage the operands and run the dots. docs/formats.md, "Kernel
-limits".
+batch 1-16, main-loop SASS instructions and bytes through L1 / shared memory per packed byte:
+REG_MMA 5.12 and 4.9 at batch 1-8, 5.33 and 5.3 at batch 9-16 (5.45-5.67 instructions clamping
+each address, where the stream's storage ends with it), every packed load 128-bit, ≥ 288 CTAs at
+batch 1. Per mask byte (9 packed bytes) ≈ 46 instructions: ≈ 33 in VALUES_PTX's steps (16
+PRMTs, 6 selects, 4 funnel shifts), 1 mma per 8 batch rows, ≈ 12 for its first value (POPCs),
+its kept count, two vector loads at one address and the table entry. The tiles, which served
+batch 1-16 before, spent 5.72-5.85 and 8.6-9.0 (≈ 53 instructions per mask byte, ≈ 4 of them
+and 32 L1 bytes to stage the operands through shared memory for the dots); before them 8.7-8.9
+with tl.load's vectors and indices and a dot per column, 10.8-11.2 at batch 1 and 14.4-15.5
+column by column, with 16-bit gathers. docs/formats.md, "Kernel limits".
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import check_tensor, check_x, dot_w, k_tile_range, make_out, store_split
-from kernels._sparse import accumulate_tile, rows_total
+from kernels._common import (check_tensor, check_x, cols4, dot_w, k_tile_range, make_out, mma_fragments, plan_split_k,
+                             split_cols4, store_split, store_split_at, workspace)
+from kernels._sparse import accumulate_tile, batch_bucket, rows_total
+from kernels.ptx_model import MMA, MMA_BF16
 
 FORMAT = "bitmask"
 # Version 2 cuts rows into chunks of this many columns (tasks/formats/packing.py BITMASK_CHUNK);
@@ -213,21 +224,33 @@ def accumulate_words(acc, acc2, w, x_ptr, offs_m, t, B, K, stride_xb, GEMV_ROWS:
 # byte (its rank, or byte 7 for a pruned column), one PRMT per column pair joins low and high
 # bytes: columns 2q and 2q + 1 in one register, the halves $2q and $2q + 1, which vec_tile joins
 # back into the pair its dot reads (pruned columns +0.0).
+@triton.constexpr_function
+def values_ptx(words, idx, sel, cnt, pairs):
+    """VALUES_PTX's steps in a block of their own: words = the 8 words of the byte's two 16-byte
+    vectors, idx / sel / cnt its first value's index, table entry and kept count; the columns go
+    to the four f16x2 / bf16x2 registers `pairs` (columns 0-1, 2-3, 4-5, 6-7)."""
+    return ("{ .reg .pred p; .reg .b32 l0, l1, l2, l3, h0, h1, h2, h3, r, a, b, c, s2, la, lb, ha, hb, dl0, dl1, dh0,"
+            " dh1;"
+            + "".join(f" prmt.b32 l{j}, {words[2 * j]}, {words[2 * j + 1]}, 0x6420;"
+                      f" prmt.b32 h{j}, {words[2 * j]}, {words[2 * j + 1]}, 0x7531;" for j in range(4))
+            + f" and.b32 r, {idx}, 4; setp.eq.u32 p, r, 0; shl.b32 r, {idx}, 3;"
+              " selp.b32 a, l0, l1, p; selp.b32 b, l1, l2, p; selp.b32 c, l2, l3, p;"
+              " shf.r.wrap.b32 la, a, b, r; shf.r.wrap.b32 lb, b, c, r;"
+              " selp.b32 a, h0, h1, p; selp.b32 b, h1, h2, p; selp.b32 c, h2, h3, p;"
+              " shf.r.wrap.b32 ha, a, b, r; shf.r.wrap.b32 hb, b, c, r;"
+              f" setp.lt.u32 p, {cnt}, 8; @p and.b32 lb, lb, 0x00FFFFFF; @p and.b32 hb, hb, 0x00FFFFFF;"
+              f" shr.b32 s2, {sel}, 16;"
+              f" prmt.b32 dl0, la, lb, {sel}; prmt.b32 dl1, la, lb, s2; prmt.b32 dh0, ha, hb, {sel};"
+              " prmt.b32 dh1, ha, hb, s2;"
+            + "".join(f" prmt.b32 {pairs[q]}, dl{q // 2}, dh{q // 2}, {s};"
+                      for q, s in enumerate(("0x5140", "0x7362") * 2))
+            + " }")
+
+
 VALUES_PTX = tl.constexpr(
-    "{ .reg .pred p; .reg .b32 l0, l1, l2, l3, h0, h1, h2, h3, r, a, b, c, s2, la, lb, ha, hb, dl0, dl1, dh0, dh1, q;"
-    + "".join(f" prmt.b32 l{j}, ${8 + 2 * j}, ${9 + 2 * j}, 0x6420; prmt.b32 h{j}, ${8 + 2 * j}, ${9 + 2 * j}, 0x7531;"
-              for j in range(4))
-    + " and.b32 r, $16, 4; setp.eq.u32 p, r, 0; shl.b32 r, $16, 3;"
-      " selp.b32 a, l0, l1, p; selp.b32 b, l1, l2, p; selp.b32 c, l2, l3, p;"
-      " shf.r.wrap.b32 la, a, b, r; shf.r.wrap.b32 lb, b, c, r;"
-      " selp.b32 a, h0, h1, p; selp.b32 b, h1, h2, p; selp.b32 c, h2, h3, p;"
-      " shf.r.wrap.b32 ha, a, b, r; shf.r.wrap.b32 hb, b, c, r;"
-      " setp.lt.u32 p, $18, 8; @p and.b32 lb, lb, 0x00FFFFFF; @p and.b32 hb, hb, 0x00FFFFFF;"
-      " shr.b32 s2, $17, 16;"
-      " prmt.b32 dl0, la, lb, $17; prmt.b32 dl1, la, lb, s2; prmt.b32 dh0, ha, hb, $17; prmt.b32 dh1, ha, hb, s2;"
-    + "".join(f" prmt.b32 q, dl{q // 2}, dh{q // 2}, {sel}; mov.b32 {{${2 * q}, ${2 * q + 1}}}, q;"
-              for q, sel in enumerate(("0x5140", "0x7362") * 2))
-    + " }")
+    "{ .reg .b32 q0, q1, q2, q3;" + values_ptx([f"${8 + i}" for i in range(8)], "$16", "$17", "$18",
+                                               ["q0", "q1", "q2", "q3"])
+    + "".join(f" mov.b32 {{${2 * q}, ${2 * q + 1}}}, q{q};" for q in range(4)) + " }")
 
 
 def value_selectors() -> list[int]:
@@ -284,6 +307,21 @@ def load16(base, vec, USE_ASM: tl.constexpr):
     else:
         words = split4(tl.load(base + (vec * 4)[:, :, None] + tl.arange(0, 4)[None, None, :]))
     return words
+
+
+@triton.jit
+def load32(base, vec, n, SLACK: tl.constexpr, USE_ASM: tl.constexpr):
+    """The 16-byte vectors vec and vec + 1 (R, C) of base, each clamped to the n vectors unless SLACK
+    → (4 words, 4 words): with SLACK one 64-bit address for both 128-bit loads."""
+    if SLACK and USE_ASM:
+        words = tl.inline_asm_elementwise(
+            "{ .reg .b64 a; mul.wide.u32 a, $8, 16; add.s64 a, $9, a; ld.global.nc.v4.b32 {$0, $1, $2, $3}, [a];"
+            " ld.global.nc.v4.b32 {$4, $5, $6, $7}, [a+16]; }",
+            "=r,=r,=r,=r,=r,=r,=r,=r,r,l", [vec, base], dtype=(tl.int32,) * 8, is_pure=True, pack=1)
+        pair = ((words[0], words[1], words[2], words[3]), (words[4], words[5], words[6], words[7]))
+    else:
+        pair = (load16(base, in_stream(vec, n, SLACK), USE_ASM), load16(base, in_stream(vec + 1, n, SLACK), USE_ASM))
+    return pair
 
 
 @triton.jit
@@ -398,6 +436,215 @@ def vec_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
     return dot_pairs(cols, acc, x_ptr, offs_m, t, B, K, stride_xb, TAIL, DOT_F32, BLOCK_K), tl.sum(cnt, axis=1)
 
 
+# ----------------------------------------------------------------------------- batch 1-16 in registers
+# REG_MMA (here for `bitmask`, in kernels/bitmask_int4.py for int4 codes): up to 16 batch rows, K a
+# multiple of 128. The mask bytes become mma.sync.m16n8k16 A fragments in the registers of the
+# thread that holds them, so no column is staged through shared memory. Warp w takes weight rows
+# 32w … 32w + 31 (two m16 tiles), thread (g, q) = (lane >> 2, lane & 3) rows g and g + 8 of each;
+# of every 64 columns (a "half" of the 128-column iteration) it takes mask bytes 2q (A) and 2q + 1
+# (B), whose entries follow each other in the stream. A dot's K order is free (inside a scale
+# group): byte A's columns 0-3 meet x in the k16 step 0 of its k32 block, 4-7 in step 1, byte B's
+# the next block, so each thread reads its 16 columns of x as two 128-bit loads. Per (row, half)
+# Triton finds byte A's first entry (the row's count, plus the bits of the half's bytes before 2q
+# by two POPCs) and loads what the bytes need from there; one warp-wide asm per (m16 tile, half)
+# builds the A registers and runs 4 mma per 8 batch rows.
+REG_BLOCK_N = 128  # weight rows per CTA: 4 warps × 2 m16 tiles
+
+
+@triton.constexpr_function
+def reg_mma_steps(cols, xs, dests, first_c, bf16):
+    """PTX of the mma of one (m16 tile, half), 4 per 8 batch rows: cols[h][byte][p] the A registers
+    (row g + 8h, the thread's byte A or B, column pair p), xs[nt][byte] the byte's 4 B-fragment
+    registers (x words of steps 0, 1), dests[nt] the D registers, first_c[nt] the chain's first C."""
+    lines = []
+    for byte in range(2):
+        for step in range(2):
+            a = [cols[0][byte][2 * step], cols[1][byte][2 * step], cols[0][byte][2 * step + 1],
+                 cols[1][byte][2 * step + 1]]
+            for nt, d in enumerate(dests):
+                b = xs[nt][byte][2 * step:2 * step + 2]
+                c = first_c[nt] if byte == step == 0 else d
+                lines.append(f" {MMA_BF16 if bf16 else MMA} {{{', '.join(d)}}}, {{{', '.join(a)}}},"
+                             f" {{{', '.join(b)}}}, {{{', '.join(c)}}};")
+    return "".join(lines)
+
+
+@triton.jit
+def popc32(w):
+    """Set bits of each int32 word (one POPC)."""
+    return popcount32(w.to(tl.uint32, bitcast=True)).to(tl.int32)
+
+
+@triton.jit
+def reg_threads(x_ptr, B, N, stride_xb, BLOCK_N: tl.constexpr):
+    """Per thread: q (T, 1); row, its first weight row (row g of the warp's first m16 tile); the
+    rows r{mt}{h} = row + 16mt + 8h (T,), clamped to the last for the loads (their sums are not
+    stored); lanes = where thread q's bytes 2q, 2q + 1 of a half lie (in the half's second word from
+    q = 2, shifted by 16 for odd q; the bits of its word and of the first word before them); x's
+    word rows of batch rows g and 8 + g from the thread's 16 columns of a half on (rows past B read
+    row B − 1, not stored either)."""
+    t1 = tl.arange(0, BLOCK_N)
+    t = t1[:, None]
+    g = t % 32 // 4
+    q = t % 4
+    row1 = tl.program_id(0) * BLOCK_N + t1 // 32 * 32 + t1 % 32 // 4
+    rows = (tl.minimum(row1, N - 1), tl.minimum(row1 + 8, N - 1), tl.minimum(row1 + 16, N - 1),
+            tl.minimum(row1 + 24, N - 1))
+    lanes = (q >= 2, (q % 2) * 16, tl.where(q % 2 == 1, 0xFFFF, 0), tl.where(q >= 2, -1, 0))
+    x_words = x_ptr.to(tl.pointer_type(tl.int32))
+    x_rows = (x_words + tl.minimum(g, B - 1).to(tl.int64) * (stride_xb // 2) + 8 * q,
+              x_words + tl.minimum(g + 8, B - 1).to(tl.int64) * (stride_xb // 2) + 8 * q)
+    return q, row1[:, None], rows, lanes, x_rows
+
+
+@triton.jit
+def reg_start(co_ptr, mask_ptr, r, first, NC, MB, stride_mask, UNITS: tl.constexpr):
+    """(T, 1) stream index of row r's first entry at or after 128-column tile `first`."""
+    return values_before(co_ptr, mask_ptr + r.to(tl.int64)[:, None] * stride_mask, r, r >= 0, first, NC, MB, UNITS,
+                         128)[:, None]
+
+
+@triton.jit
+def reg_mask_words(mask_ptr, r, kt, stride_mask):
+    """Row r's 4 mask words of 128-column tile kt, (T, 1) each: one 128-bit load."""
+    row = mask_ptr.to(tl.pointer_type(tl.int32)) + r.to(tl.int64)[:, None] * (stride_mask // 4)
+    return split_cols4(tl.load(row + 4 * kt + tl.arange(0, 4)[None, :]))
+
+
+@triton.jit
+def reg_first(lo, hi, start, lanes):
+    """A row's half (mask words lo, hi: bytes 0-7) for thread q: its bytes 2q, 2q + 1 as a halfword,
+    the stream index of byte A's first entry, and the row's index after the half."""
+    q_hi, q_shift, q_low, q_whole = lanes
+    mine = tl.where(q_hi, hi, lo)
+    p_lo = popc32(lo)
+    first = start + (p_lo & q_whole) + popc32(mine & q_low)
+    return (mine >> q_shift) & 0xFFFF, first, start + p_lo + popc32(hi)
+
+
+@triton.jit
+def reg_x(x_row, kt, half):
+    """B fragments of one batch row for a half: (T, 4) x words 64kt + 32half + 8q + 0-3 (byte A)
+    and 4-7 (byte B), two 128-bit loads (x_row: the thread's row, offset by 8q)."""
+    ptrs = x_row + 64 * kt + 32 * half + tl.arange(0, 4)[None, :]
+    return tl.load(ptrs), tl.load(ptrs + 4)
+
+
+@triton.jit
+def reg_store(acc00, acc01, acc10, acc11, row, q, y_ptr, ws_ptr, ticket_ptr, B, N, stride_yb,
+              N_TILES: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Store the accumulators acc{mt}{nt} (T, 4) of the thread's rows (kernels/_common.py's mma_fragments)."""
+    acc, b, n = mma_fragments(acc00, acc01, acc10, acc11, row, q, N_TILES, BLOCK_N)
+    store_split_at(y_ptr, ws_ptr, ticket_ptr, acc, b, n, B, N, stride_yb)
+
+
+@triton.constexpr_function
+def reg_values_ptx(n_tiles, bf16, part):
+    """REG_MMA's asm for `bitmask` (part 0) or its constraints (part 1): one (m16 tile, half), n_tiles
+    × 8 batch rows. Operands, 4 registers each: outputs acc[nt]; inputs acc[nt]; per row h (g,
+    g + 8) and byte (A, B) the byte's two 16-byte value vectors and (its first value's index, its
+    value_selectors entry, its kept count, unused); x[nt] the B fragments of bytes A and B. Each
+    byte's columns as VALUES_PTX makes them, then the mma chain from acc."""
+    numbers = iter(range(10_000))
+    take = lambda: [f"${next(numbers)}" for _ in range(4)]  # noqa: E731
+    out = [take() for _ in range(n_tiles)]
+    acc = [take() for _ in range(n_tiles)]
+    ops = [[(take(), take(), take()) for _ in range(2)] for _ in range(2)]
+    xs = [(take(), take()) for _ in range(n_tiles)]
+    cols = [[[f"a{h}{byte}{p}" for p in range(4)] for byte in range(2)] for h in range(2)]
+    lines = ["{ .reg .b32 " + ", ".join(r for h in cols for b in h for r in b) + ";"]
+    for h in range(2):
+        for byte in range(2):
+            lo, hi, info = ops[h][byte]
+            lines.append(values_ptx(lo + hi, info[0], info[1], info[2], cols[h][byte]))
+    lines.append(reg_mma_steps(cols, xs, out, acc, bf16))
+    n_out = 4 * n_tiles
+    return ("".join(lines) + " }", ",".join(["=r"] * n_out + ["r"] * (next(numbers) - n_out)))[part]
+
+
+@triton.jit
+def _reg_vec_half(lo, hi, start, v32_ptr, lut_ptr, lanes, NV, SLACK: tl.constexpr, USE_ASM: tl.constexpr):
+    """One row's half (its mask words lo, hi): the asm's three operands for byte A, three for byte
+    B, and the row's value index after the half."""
+    pair, first, after = reg_first(lo, hi, start, lanes)  # first: byte A's first value
+    byte_a = pair & 0xFF
+    byte_b = pair >> 8
+    kept_a = popcount(byte_a, USE_ASM)  # (popc32 of a byte stays a SWAR sequence in LLVM)
+    second = first + kept_a
+    va = load32(v32_ptr, first >> 3, NV, SLACK, USE_ASM)  # its vector and the next
+    vb = load32(v32_ptr, second >> 3, NV, SLACK, USE_ASM)
+    a0, a1 = va
+    b0, b1 = vb
+    ops_a = (cols4(a0[0], a0[1], a0[2], a0[3]), cols4(a1[0], a1[1], a1[2], a1[3]),
+             cols4(first, load_word(lut_ptr, byte_a, USE_ASM), kept_a, kept_a))
+    ops_b = (cols4(b0[0], b0[1], b0[2], b0[3]), cols4(b1[0], b1[1], b1[2], b1[3]),
+             cols4(second, load_word(lut_ptr, byte_b, USE_ASM), popcount(byte_b, USE_ASM), kept_a))
+    return ops_a, ops_b, after
+
+
+@triton.jit
+def _reg_vec_tile(acc0, acc1, x0, x1, m_lo, m_hi, HALF: tl.constexpr, st_lo, st_hi, v32_ptr, lut_ptr, lanes, NV,
+                  SLACK: tl.constexpr, USE_ASM: tl.constexpr, N_TILES: tl.constexpr, BF16_X: tl.constexpr):
+    """One (m16 tile, half) of `bitmask`: rows g (lo) and g + 8 (hi), their iteration's mask words
+    m and value indices st; x0, x1 the B fragments of batch rows g and 8 + g."""
+    a_lo, b_lo, st_lo = _reg_vec_half(m_lo[2 * HALF], m_lo[2 * HALF + 1], st_lo, v32_ptr, lut_ptr, lanes, NV, SLACK,
+                                      USE_ASM)
+    a_hi, b_hi, st_hi = _reg_vec_half(m_hi[2 * HALF], m_hi[2 * HALF + 1], st_hi, v32_ptr, lut_ptr, lanes, NV, SLACK,
+                                      USE_ASM)
+    ASM: tl.constexpr = reg_values_ptx(N_TILES, BF16_X, 0)
+    CONSTRAINTS: tl.constexpr = reg_values_ptx(N_TILES, BF16_X, 1)
+    if N_TILES == 1:
+        acc0 = tl.inline_asm_elementwise(
+            ASM, CONSTRAINTS, [acc0, a_lo[0], a_lo[1], a_lo[2], b_lo[0], b_lo[1], b_lo[2], a_hi[0], a_hi[1], a_hi[2],
+                               b_hi[0], b_hi[1], b_hi[2], x0[0], x0[1]],
+            dtype=tl.float32, is_pure=True, pack=4)
+    else:
+        acc0, acc1 = tl.inline_asm_elementwise(
+            ASM, CONSTRAINTS, [acc0, acc1, a_lo[0], a_lo[1], a_lo[2], b_lo[0], b_lo[1], b_lo[2], a_hi[0], a_hi[1],
+                               a_hi[2], b_hi[0], b_hi[1], b_hi[2], x0[0], x0[1], x1[0], x1[1]],
+            dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+    return acc0, acc1, st_lo, st_hi
+
+
+@triton.jit
+def _reg_vec(x_ptr, mask_ptr, v_ptr, co_ptr, y_ptr, lut_ptr, B, N, K, MB, NC, NV, stride_xb, stride_mask, stride_yb,
+             ws_ptr, ticket_ptr, SLACK: tl.constexpr, USE_ASM: tl.constexpr, N_TILES: tl.constexpr,
+             BLOCK_N: tl.constexpr):
+    """REG_MMA for `bitmask` (see above). BLOCK_N = 32 × num_warps: one thread per row of the operands."""
+    BF16_X: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
+    q, row, rows, lanes, x_rows = reg_threads(x_ptr, B, N, stride_xb, BLOCK_N)
+    r00, r01, r10, r11 = rows
+    first, last = k_tile_range(K, 128)
+    s00 = reg_start(co_ptr, mask_ptr, r00, first, NC, MB, stride_mask, 8)  # value index of each row
+    s01 = reg_start(co_ptr, mask_ptr, r01, first, NC, MB, stride_mask, 8)
+    s10 = reg_start(co_ptr, mask_ptr, r10, first, NC, MB, stride_mask, 8)
+    s11 = reg_start(co_ptr, mask_ptr, r11, first, NC, MB, stride_mask, 8)
+    v32_ptr = v_ptr.to(tl.pointer_type(tl.int32))
+    acc00 = tl.zeros((BLOCK_N, 4), tl.float32)  # acc{mt}{nt}
+    acc01 = tl.zeros((BLOCK_N, 4), tl.float32)
+    acc10 = tl.zeros((BLOCK_N, 4), tl.float32)
+    acc11 = tl.zeros((BLOCK_N, 4), tl.float32)
+    for kt in range(first, last):
+        w00 = reg_mask_words(mask_ptr, r00, kt, stride_mask)
+        w01 = reg_mask_words(mask_ptr, r01, kt, stride_mask)
+        w10 = reg_mask_words(mask_ptr, r10, kt, stride_mask)
+        w11 = reg_mask_words(mask_ptr, r11, kt, stride_mask)
+        for half in tl.static_range(2):
+            x0 = reg_x(x_rows[0], kt, half)
+            x1 = x0
+            if N_TILES == 2:
+                x1 = reg_x(x_rows[1], kt, half)
+            acc00, acc01, s00, s01 = _reg_vec_tile(acc00, acc01, x0, x1, w00, w01, half, s00, s01, v32_ptr, lut_ptr,
+                                                   lanes, NV, SLACK, USE_ASM, N_TILES, BF16_X)
+            acc10, acc11, s10, s11 = _reg_vec_tile(acc10, acc11, x0, x1, w10, w11, half, s10, s11, v32_ptr, lut_ptr,
+                                                   lanes, NV, SLACK, USE_ASM, N_TILES, BF16_X)
+        s00 = next_start(s00, 0, kt + 1, 8, 128)  # a chunk's end: the next starts on 16 bytes
+        s01 = next_start(s01, 0, kt + 1, 8, 128)
+        s10 = next_start(s10, 0, kt + 1, 8, 128)
+        s11 = next_start(s11, 0, kt + 1, 8, 128)
+    reg_store(acc00, acc01, acc10, acc11, row, q, y_ptr, ws_ptr, ticket_ptr, B, N, stride_yb, N_TILES, BLOCK_N)
+
+
 @triton.jit
 def _bitmask_vec_kernel(
     x_ptr, mask_ptr, v_ptr, co_ptr, y_ptr, lut_ptr,
@@ -410,7 +657,12 @@ def _bitmask_vec_kernel(
     GEMV_ROWS: tl.constexpr,  # always 0: tensor cores at every batch
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    REG_MMA: tl.constexpr = False,  # batch ≤ BLOCK_M (8 or 16), K % 128 == 0: see above
 ):
+    if REG_MMA:
+        _reg_vec(x_ptr, mask_ptr, v_ptr, co_ptr, y_ptr, lut_ptr, B, N, K, MB, NC, NV, stride_xb, stride_mask,
+                 stride_yb, ws_ptr, ticket_ptr, SLACK, USE_ASM, BLOCK_M // 8, BLOCK_N)
+        return
     num_m = tl.cdiv(B, BLOCK_M)
     offs_m = (tl.program_id(0) % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_n = (tl.program_id(0) // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
@@ -478,6 +730,38 @@ VEC_INTERPRET_CONFIGS = ([_cfg(4, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128)],) * 2
 _VEC = tuned(_bitmask_vec_kernel, VEC_CONFIGS, VEC_CONFIGS, VEC_INTERPRET_CONFIGS, KEY)[1]
 
 
+def reg_fits(batch: int, k: int) -> bool:
+    """Whether a call can take REG_MMA: up to 16 batch rows, whole 128-column iterations."""
+    return batch <= 16 and k % 128 == 0
+
+
+def reg_config(batch: int) -> triton.Config:
+    """REG_MMA: 128 rows (4 warps × two m16 tiles) × 128 columns per iteration, 8 or 16 batch rows."""
+    return _cfg(4, 1, BLOCK_M=8 if batch <= 8 else 16, BLOCK_N=REG_BLOCK_N, BLOCK_K=128, REG_MMA=True)
+
+
+def reg_inputs(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (rows of unit stride) and the mask as REG_MMA reads them, in aligned 16-byte vectors: a
+    contiguous copy of either where it is not."""
+    if x.data_ptr() % 16 or (x.shape[0] > 1 and x.stride(0) % 8):
+        x = x.clone(memory_format=torch.contiguous_format)
+    if mask.data_ptr() % 16 or mask.stride(0) % 16 or mask.stride(1) != 1:
+        mask = mask.clone(memory_format=torch.contiguous_format)
+    return x, mask
+
+
+def reg_launch(kernel, x: torch.Tensor, rows: int, args: tuple, **meta) -> None:
+    """Launch `kernel` on REG_MMA over (row blocks, splits); args: its runtime arguments from x_ptr
+    to stride_yb (with reg_inputs' x and mask), meta: its other constexprs."""
+    batch, k = x.shape
+    cfg = reg_config(batch)
+    tiles = triton.cdiv(rows, REG_BLOCK_N)
+    ws, tickets = workspace(x, rows, tiles)
+    kernel[(tiles, plan_split_k(tiles, k, 128).splits)](
+        *args, ws, tickets, batch_bucket(batch), GEMV_ROWS=0, DOT_F32=False, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **cfg.kwargs, **meta)
+
+
 def check_bitmask(fmt: str, x: torch.Tensor, mask: torch.Tensor, chunk_offsets: torch.Tensor,
                   values: torch.Tensor) -> tuple[int, int, int]:
     """Checks x, mask (N, ceil(K/8)), chunk_offsets (N, ceil(K/512)) and a 1-D values stream
@@ -513,10 +797,17 @@ def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offs
     x = x if x.stride(1) == 1 else x.contiguous()
     if values.data_ptr() % 16:  # the stream is read in 16-byte vectors
         values = values.clone()
+    lut = table(value_selectors, x.device)
+    if reg_fits(batch, k):
+        x, mask = reg_inputs(x, mask)
+        reg_launch(_bitmask_vec_kernel, x, rows,
+                   (x, mask, values, chunk_offsets, out, lut, batch, rows, k, mask.shape[1], chunk_offsets.shape[1],
+                    values.numel() // 8, x.stride(0), mask.stride(0), out.stride(0)),
+                   SLACK=_common.has_slack(values), USE_ASM=not _common.INTERPRET)
+        return out
     _sparse.launch(_VEC, _VEC, x, rows,
-                   (x, mask, values, chunk_offsets, out, table(value_selectors, x.device), batch, rows, k,
-                    mask.shape[1], chunk_offsets.shape[1], values.numel() // 8, x.stride(0), mask.stride(0),
-                    out.stride(0)),
+                   (x, mask, values, chunk_offsets, out, lut, batch, rows, k, mask.shape[1], chunk_offsets.shape[1],
+                    values.numel() // 8, x.stride(0), mask.stride(0), out.stride(0)),
                    gemv_max=0, SLACK=_common.has_slack(values), USE_ASM=not _common.INTERPRET)
     return out
 
@@ -547,11 +838,19 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_o
     return (x.float() @ dequantize(mask, values, chunk_offsets, k=x.shape[1]).T).to(x.dtype)
 
 
-# 50% sparsity: the mask (1/8 B per weight) and half the weights' values. The loop loads two
-# 16-byte vectors per mask byte (8 columns) where the values of those columns are 8 bytes on
-# average: the rereads hit L1, so instructions per byte count the 1/8 + 1 bytes per weight streamed.
-# SLACK: a packed model's streams have it (tasks/serving/packed_model.py); a bare one clamps.
-STATIC = (_sparse.static_spec(
-    "bitmask 50%", _bitmask_vec_kernel, dict(x="fp16", mask="u8", v="fp16", co="i32", y="fp16", lut="i32"),
-    ("mask", "v"), dict(SLACK=True, USE_ASM=True), [], VEC_CONFIGS, 1 / 8 + 0.5 * 2,
-    ptx_bytes_per_weight=(1 + 32) / 8),)
+def _static_spec():
+    """50% sparsity: the mask (1/8 B per weight) and half the weights' values, REG_MMA at batch 1-16,
+    the tiles above. The loops load two 16-byte vectors per mask byte (8 columns) where the values
+    of those columns are 8 bytes on average (the rereads hit L1, so instructions per byte count the
+    1/8 + 1 bytes per weight streamed), REG_MMA's quads each the rows' 16 mask bytes too. SLACK: a
+    packed model's streams have it (tasks/serving/packed_model.py); a bare one clamps."""
+    spec = _sparse.static_spec(
+        "bitmask 50%", _bitmask_vec_kernel, dict(x="fp16", mask="u8", v="fp16", co="i32", y="fp16", lut="i32"),
+        ("mask", "v"), dict(SLACK=True, USE_ASM=True, REG_MMA=False), [], [reg_config(1), reg_config(16)]
+        + VEC_CONFIGS[2:], 1 / 8 + 0.5 * 2, ptx_bytes_per_weight=(1 + 32) / 8)
+    tiles = spec.ptx_bytes
+    return dataclasses.replace(spec, ptx_bytes=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * 36 // 8 // (
+        32 * c.num_warps) if c.kwargs.get("REG_MMA") else tiles(c))
+
+
+STATIC = (_static_spec(),)

@@ -17,7 +17,8 @@ Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 Three ways through the weights, all split over K (kernels/_common.py):
 - REG_MMA (int4 codes, batch ≤ 16, K % 128 == 0, g = −1 or a multiple of 64: the pipeline's
   LLM layers), mma.sync on operands built in registers: each thread turns its own mask bytes
-  into mma A fragments, so nothing is staged through shared memory (see above _reg_mma).
+  into mma A fragments, so nothing is staged through shared memory (kernels/bitmask.py, "batch
+  1-16 in registers").
 - BYTE_LUT (tiles inside one quantization group; int4 codes with g = −1 or a multiple of 64 where
   REG_MMA does not apply; int8 codes with fp16 x and g = −1 or a multiple of 64), tensor cores at
   every batch (BLOCK_M = 16 up to 16 rows): per mask byte (8
@@ -46,8 +47,8 @@ BITS = 8 serves `bitmask-int8` (kernels/bitmask_int8.py).
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report`), 50% sparsity, batch 1-16,
 SASS instructions per packed byte and bytes through L1 / shared memory per packed byte, streams
 with slack (below):
-- bitmask-int4, REG_MMA: 10.8-11.1 instructions and 10.3-10.5 L1 bytes at batch 1-8 (g = 128,
-  64), 12.0-12.1 and 11.6-11.8 at batch 9-16; 32-bit code loads. BYTE_LUT, which served batch
+- bitmask-int4, REG_MMA: 10.9-11.1 instructions and 10.3-10.5 L1 bytes at batch 1-8 (g = 128,
+  64), 11.8-11.9 and 11.6-11.8 at batch 9-16; 32-bit code loads. BYTE_LUT, which served batch
   1-16 before, spends 11.7-11.8 and 21.6-22.0: half its L1 bytes stage the dots' operands through
   shared memory (STS, then ldmatrix). Per mask byte (3 packed bytes at 50%), ≈ 33 instructions:
   15.5 build its columns in the asm (funnel shifts, the nibble split, 7 PRMT, 4 HSUB2), 1 mma and
@@ -63,7 +64,7 @@ with slack (below):
 Still above 6: per mask byte the prefix, the loads and their addresses, 7 permutes and the
 subtractions (int4: 18 instructions would be 6 per byte). 16-byte code loads would cost ≈ 8 more
 instructions per mask byte (docs/formats.md, "Kernel limits"); clamping each address (no slack)
-costs int4 0.8 more on REG_MMA (three clamps per two bytes), 1.0 on BYTE_LUT, int8 0.4.
+costs int4 ≈ 0.8 more on REG_MMA (three clamps per two bytes), 1.0 on BYTE_LUT, int8 0.4.
 A stream whose storage goes on for STREAM_SLACK bytes (kernels/_common.py; a packed model's off
 the CPU) loads without clamping each address (SLACK).
 The launcher copies a `values` that is not 16-byte aligned.
@@ -78,14 +79,13 @@ import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import (INTERPRET, check_group, check_tensor, cols4, k_tile_range, make_out, plan_split_k,
-                             split_cols4, store_split, store_split_at, workspace)
-from kernels._sparse import batch_bucket, code_value, rows_total
-from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words,
-                             check_bitmask, dot_pairs, gather_kept, in_stream, kept_and_slots, load16, load_pair,
-                             load_word, mask_tile, mask_words, next_start, popcount32, table, tile_bases, tuned,
-                             value_selectors, values_before, word_at)
-from kernels.ptx_model import MMA, MMA_BF16
+from kernels._common import INTERPRET, check_group, check_tensor, cols4, k_tile_range, make_out, store_split
+from kernels._sparse import code_value, rows_total
+from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words, check_bitmask,
+                             dot_pairs, gather_kept, in_stream, kept_and_slots, load16, load_pair, load_word, mask_tile,
+                             mask_words, next_start, reg_config, reg_first, reg_fits, reg_inputs, reg_launch,
+                             reg_mask_words, reg_mma_steps, reg_start, reg_store, reg_threads, reg_x, table,
+                             tile_bases, tuned, value_selectors, values_before, word_at)
 
 FORMAT = "bitmask-int4"
 
@@ -263,20 +263,11 @@ def lut_tile(acc, x_ptr, v32_ptr, lut_ptr, mask_rows, n_mask, offs_m, t, start, 
 
 
 # ----------------------------------------------------------------------------- batch 1-16 in registers
-# int4 codes, fp16 or bf16 x, B ≤ 16, K % 128 == 0, g % 64 == 0 or one group per row (REG_MMA): the mask
-# bytes become mma.sync.m16n8k16 A fragments in the registers of the thread that holds them, so
-# nothing is staged through shared memory. Warp w takes weight rows 32w … 32w + 31 (two m16
-# tiles), thread (g, q) = (lane >> 2, lane & 3) rows g and g + 8 of each; of every 64 columns (a
-# "half" of the 128-column iteration) it takes mask bytes 2q (A) and 2q + 1 (B), whose codes follow
-# each other in the stream. A dot's K order is free inside a scale group: byte A's columns 0-3 meet
-# x in the k16 step 0 of its k32 block, 4-7 in step 1, byte B's the next block, so each thread
-# reads its 16 columns of x as two 128-bit loads. Per (row, half) Triton finds byte A's first code
-# (the row's start, plus the bits of the half's bytes before 2q by two POPCs), loads the two
-# BYTE_TABLE entries and three code words from there; one warp-wide asm per (m16 tile, half) lines
-# up the codes (funnel shifts: a 64-bit window, byte B's from bit 4·popcount(A)), builds the 8
-# columns of each byte as CODES4_COLUMNS_PTX does, runs 4 mma per 8 batch rows from zero, and adds
-# the sums times each row's scale (FFMA) to the accumulators.
-REG_BLOCK_N = 128  # weight rows per CTA: 4 warps × 2 m16 tiles
+# REG_MMA (kernels/bitmask.py, "batch 1-16 in registers") for int4 codes, fp16 or bf16 x, g % 64 == 0
+# or one group per row: per (row, half) byte A's first code, the two bytes' BYTE_TABLE entries and
+# three code words from there; the asm lines up each byte's codes (funnel shifts: a 64-bit window,
+# byte B's from bit 4·popcount(A)), builds its 8 columns as CODES4_COLUMNS_PTX does, runs the mma
+# from zero and adds the sums times each row's scale (FFMA) to the accumulators.
 
 
 @triton.constexpr_function
@@ -319,15 +310,7 @@ def reg_mma_ptx(n_tiles: int, bf16: bool = False) -> tuple[str, str]:
         lines.append(build("x0", first[h][:3], zs[h], zs[h], cols[h][0]))
         lines.append(f" shf.r.clamp.b32 y, x0, x1, {first[h][3]};")  # byte B's codes: after A's (32 bits: x1)
         lines.append(build("y", second[h][:3], zs[h], zs[h], cols[h][1]))
-    for byte in range(2):
-        for step in range(2):
-            a = [cols[0][byte][2 * step], cols[1][byte][2 * step], cols[0][byte][2 * step + 1],
-                 cols[1][byte][2 * step + 1]]
-            for nt in range(n_tiles):
-                b = xs[nt][byte][2 * step:2 * step + 2]
-                c = ["zero"] * 4 if byte == step == 0 else part[nt]
-                lines.append(f" {MMA_BF16 if bf16 else MMA} {{{', '.join(part[nt])}}}, {{{', '.join(a)}}},"
-                             f" {{{', '.join(b)}}}, {{{', '.join(c)}}};")
+    lines.append(reg_mma_steps(cols, xs, part, [["zero"] * 4] * n_tiles, bf16))
     for nt in range(n_tiles):
         lines += [f" fma.rn.f32 {out[nt][i]}, {part[nt][i]}, {zs[2 + i // 2]}, {acc[nt][i]};" for i in range(4)]
     n_out = 4 * n_tiles
@@ -357,25 +340,14 @@ def load_words3(base, i, n, SLACK: tl.constexpr, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _popc(w):
-    """Set bits of each int32 word (one POPC)."""
-    return popcount32(w.to(tl.uint32, bitcast=True)).to(tl.int32)
-
-
-@triton.jit
-def _reg_half(lo, hi, start, v32_ptr, lut_ptr, q_hi, q_shift, q_low, q_whole, NW, SLACK: tl.constexpr,
-              USE_ASM: tl.constexpr):
-    """One row's half (its mask words lo, hi: bytes 0-7): the asm's words, first and second
-    operands, and the row's start after the half (code indices)."""
-    mine = tl.where(q_hi, hi, lo)  # the word holding the thread's bytes 2q, 2q + 1
-    pair = (mine >> q_shift) & 0xFFFF
-    p_lo = _popc(lo)
-    code = start + (p_lo & q_whole) + _popc(mine & q_low)  # byte A's first code
+def _reg_half(lo, hi, start, v32_ptr, lut_ptr, lanes, NW, SLACK: tl.constexpr, USE_ASM: tl.constexpr):
+    """One row's half (its mask words lo, hi): the asm's words, first and second operands, and the
+    row's start after the half (code indices)."""
+    pair, code, after = reg_first(lo, hi, start, lanes)  # code: byte A's first
     ea0, ea1, ea2, ea3 = load16(lut_ptr, pair & 0xFF, USE_ASM)
     eb0, eb1, eb2, _ = load16(lut_ptr, pair >> 8, USE_ASM)
     w0, w1, w2 = load_words3(v32_ptr, code >> 3, NW, SLACK, USE_ASM)
-    return (cols4(w0, w1, w2, code * 4), cols4(ea0, ea1, ea2, ea3), cols4(eb0, eb1, eb2, eb2),
-            start + p_lo + _popc(hi))
+    return cols4(w0, w1, w2, code * 4), cols4(ea0, ea1, ea2, ea3), cols4(eb0, eb1, eb2, eb2), after
 
 
 @triton.jit
@@ -410,15 +382,14 @@ def _reg_groups(z_row, s_row, kt, GROUP: tl.constexpr, BF16_X: tl.constexpr):
 
 @triton.jit
 def _reg_tile(acc0, acc1, x0, x1, m_lo, m_hi, HALF: tl.constexpr, st_lo, st_hi, z_lo, z_hi, v32_ptr, lut_ptr,
-              q_hi, q_shift, q_low, q_whole, NW, SLACK: tl.constexpr, USE_ASM: tl.constexpr, N_TILES: tl.constexpr,
-              BF16_X: tl.constexpr):
+              lanes, NW, SLACK: tl.constexpr, USE_ASM: tl.constexpr, N_TILES: tl.constexpr, BF16_X: tl.constexpr):
     """One (m16 tile, half): rows g (lo) and g + 8 (hi), their iteration's 4 mask words m, starts
     st, z = (zz, scale bits) of the half's group (_reg_groups). x0, x1: the B fragments (xa, xb)
     of batch rows g and 8 + g. Returns the accumulators and the rows' starts."""
     words_lo, first_lo, second_lo, st_lo = _reg_half(m_lo[2 * HALF], m_lo[2 * HALF + 1], st_lo, v32_ptr, lut_ptr,
-                                                     q_hi, q_shift, q_low, q_whole, NW, SLACK, USE_ASM)
+                                                     lanes, NW, SLACK, USE_ASM)
     words_hi, first_hi, second_hi, st_hi = _reg_half(m_hi[2 * HALF], m_hi[2 * HALF + 1], st_hi, v32_ptr, lut_ptr,
-                                                     q_hi, q_shift, q_low, q_whole, NW, SLACK, USE_ASM)
+                                                     lanes, NW, SLACK, USE_ASM)
     zs = cols4(z_lo[0], z_hi[0], z_lo[1], z_hi[1])
     ASM: tl.constexpr = reg_mma_asm(N_TILES, BF16_X, 0)
     CONSTRAINTS: tl.constexpr = reg_mma_asm(N_TILES, BF16_X, 1)
@@ -435,50 +406,19 @@ def _reg_tile(acc0, acc1, x0, x1, m_lo, m_hi, HALF: tl.constexpr, st_lo, st_hi, 
 
 
 @triton.jit
-def _reg_x(x_row, kt, half, q):
-    """B fragments of one batch row for a half: its words 64kt + 32half + 8q + 0-3 (byte A) and
-    4-7 (byte B), two 128-bit loads."""
-    ptrs = x_row + 64 * kt + 32 * half + 8 * q + tl.arange(0, 4)[None, :]
-    return tl.load(ptrs), tl.load(ptrs + 4)
-
-
-@triton.jit
 def _reg_mma(x_ptr, mask_ptr, v_ptr, co_ptr, s_ptr, z_ptr, y_ptr, lut_ptr, B, N, K, MB, NC, NW, stride_xb,
              stride_mask, stride_g, stride_yb, ws_ptr, ticket_ptr, GROUP: tl.constexpr, SLACK: tl.constexpr,
              USE_ASM: tl.constexpr, N_TILES: tl.constexpr, BLOCK_N: tl.constexpr):
     """REG_MMA (see above). BLOCK_N = 32 × num_warps: one thread per row of the operands."""
     BF16_X: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
-    t1 = tl.arange(0, BLOCK_N)
-    t = t1[:, None]  # (T, 1): the thread
-    g = t % 32 // 4
-    q = t % 4
-    row = tl.program_id(0) * BLOCK_N + t // 32 * 32 + g  # row g of the warp's first m16 tile
-    q_hi = q >= 2  # thread q's bytes 2q, 2q + 1 of a half: in its second word from q = 2
-    q_shift = (q % 2) * 16
-    q_low = tl.where(q % 2 == 1, 0xFFFF, 0)  # the bits of its word before its bytes
-    q_whole = tl.where(q_hi, -1, 0)  # the half's first word lies before them
-    # Rows r{mt}{h} = row + 16mt + 8h, clamped to the last for the loads (their sums are not stored).
-    row1 = tl.program_id(0) * BLOCK_N + t1 // 32 * 32 + t1 % 32 // 4
-    r00 = tl.minimum(row1, N - 1)
-    r01 = tl.minimum(row1 + 8, N - 1)
-    r10 = tl.minimum(row1 + 16, N - 1)
-    r11 = tl.minimum(row1 + 24, N - 1)
-    first, last = k_tile_range(K, 128)
     UNITS: tl.constexpr = 32  # codes per 16 bytes
-    always = r00 >= 0
-    s00 = values_before(co_ptr, mask_ptr + r00.to(tl.int64)[:, None] * stride_mask, r00, always, first, NC, MB, UNITS,
-                        128)[:, None]
-    s01 = values_before(co_ptr, mask_ptr + r01.to(tl.int64)[:, None] * stride_mask, r01, always, first, NC, MB, UNITS,
-                        128)[:, None]
-    s10 = values_before(co_ptr, mask_ptr + r10.to(tl.int64)[:, None] * stride_mask, r10, always, first, NC, MB, UNITS,
-                        128)[:, None]
-    s11 = values_before(co_ptr, mask_ptr + r11.to(tl.int64)[:, None] * stride_mask, r11, always, first, NC, MB, UNITS,
-                        128)[:, None]
-    m_words = mask_ptr.to(tl.pointer_type(tl.int32))
-    m00 = m_words + r00.to(tl.int64)[:, None] * (stride_mask // 4)  # row pointers, mask words
-    m01 = m_words + r01.to(tl.int64)[:, None] * (stride_mask // 4)
-    m10 = m_words + r10.to(tl.int64)[:, None] * (stride_mask // 4)
-    m11 = m_words + r11.to(tl.int64)[:, None] * (stride_mask // 4)
+    q, row, rows, lanes, x_rows = reg_threads(x_ptr, B, N, stride_xb, BLOCK_N)
+    r00, r01, r10, r11 = rows
+    first, last = k_tile_range(K, 128)
+    s00 = reg_start(co_ptr, mask_ptr, r00, first, NC, MB, stride_mask, UNITS)  # code index of each row
+    s01 = reg_start(co_ptr, mask_ptr, r01, first, NC, MB, stride_mask, UNITS)
+    s10 = reg_start(co_ptr, mask_ptr, r10, first, NC, MB, stride_mask, UNITS)
+    s11 = reg_start(co_ptr, mask_ptr, r11, first, NC, MB, stride_mask, UNITS)
     z00 = z_ptr + r00.to(tl.int64)[:, None] * stride_g  # row pointers, zero points (scales alike)
     z01 = z_ptr + r01.to(tl.int64)[:, None] * stride_g
     z10 = z_ptr + r10.to(tl.int64)[:, None] * stride_g
@@ -487,10 +427,6 @@ def _reg_mma(x_ptr, mask_ptr, v_ptr, co_ptr, s_ptr, z_ptr, y_ptr, lut_ptr, B, N,
     sc01 = s_ptr + r01.to(tl.int64)[:, None] * stride_g
     sc10 = s_ptr + r10.to(tl.int64)[:, None] * stride_g
     sc11 = s_ptr + r11.to(tl.int64)[:, None] * stride_g
-    x_words = x_ptr.to(tl.pointer_type(tl.int32))
-    # Batch rows g (tile 0) and 8 + g (tile 1); rows past B read row B − 1 (their sums are not stored).
-    x_row0 = x_words + tl.minimum(g, B - 1).to(tl.int64) * (stride_xb // 2)
-    x_row1 = x_words + tl.minimum(g + 8, B - 1).to(tl.int64) * (stride_xb // 2)
     v32_ptr = v_ptr.to(tl.pointer_type(tl.int32))
     acc00 = tl.zeros((BLOCK_N, 4), tl.float32)  # acc{mt}{nt}
     acc01 = tl.zeros((BLOCK_N, 4), tl.float32)
@@ -502,41 +438,29 @@ def _reg_mma(x_ptr, mask_ptr, v_ptr, co_ptr, s_ptr, z_ptr, y_ptr, lut_ptr, B, N,
         zg10 = _reg_groups(z10, sc10, 0, GROUP, BF16_X)
         zg11 = _reg_groups(z11, sc11, 0, GROUP, BF16_X)
     for kt in range(first, last):
-        w00 = split_cols4(tl.load(m00 + 4 * kt + tl.arange(0, 4)[None, :]))  # mask words of row 00
-        w01 = split_cols4(tl.load(m01 + 4 * kt + tl.arange(0, 4)[None, :]))
-        w10 = split_cols4(tl.load(m10 + 4 * kt + tl.arange(0, 4)[None, :]))
-        w11 = split_cols4(tl.load(m11 + 4 * kt + tl.arange(0, 4)[None, :]))
+        w00 = reg_mask_words(mask_ptr, r00, kt, stride_mask)
+        w01 = reg_mask_words(mask_ptr, r01, kt, stride_mask)
+        w10 = reg_mask_words(mask_ptr, r10, kt, stride_mask)
+        w11 = reg_mask_words(mask_ptr, r11, kt, stride_mask)
         if GROUP > 0:
             zg00 = _reg_groups(z00, sc00, kt, GROUP, BF16_X)
             zg01 = _reg_groups(z01, sc01, kt, GROUP, BF16_X)
             zg10 = _reg_groups(z10, sc10, kt, GROUP, BF16_X)
             zg11 = _reg_groups(z11, sc11, kt, GROUP, BF16_X)
         for half in tl.static_range(2):
-            x0 = _reg_x(x_row0, kt, half, q)
+            x0 = reg_x(x_rows[0], kt, half)
             x1 = x0
             if N_TILES == 2:
-                x1 = _reg_x(x_row1, kt, half, q)
+                x1 = reg_x(x_rows[1], kt, half)
             acc00, acc01, s00, s01 = _reg_tile(acc00, acc01, x0, x1, w00, w01, half, s00, s01, zg00[half], zg01[half],
-                                               v32_ptr, lut_ptr, q_hi, q_shift, q_low, q_whole, NW, SLACK, USE_ASM,
-                                               N_TILES, BF16_X)
+                                               v32_ptr, lut_ptr, lanes, NW, SLACK, USE_ASM, N_TILES, BF16_X)
             acc10, acc11, s10, s11 = _reg_tile(acc10, acc11, x0, x1, w10, w11, half, s10, s11, zg10[half], zg11[half],
-                                               v32_ptr, lut_ptr, q_hi, q_shift, q_low, q_whole, NW, SLACK, USE_ASM,
-                                               N_TILES, BF16_X)
+                                               v32_ptr, lut_ptr, lanes, NW, SLACK, USE_ASM, N_TILES, BF16_X)
         s00 = next_start(s00, 0, kt + 1, UNITS, 128)  # a chunk's end: the next starts on 16 bytes
         s01 = next_start(s01, 0, kt + 1, UNITS, 128)
         s10 = next_start(s10, 0, kt + 1, UNITS, 128)
         s11 = next_start(s11, 0, kt + 1, UNITS, 128)
-    # Element j of acc (T, 8·N_TILES): fragment element i = j // (2·N_TILES), tile mt = j // N_TILES % 2,
-    # nt = j % N_TILES: batch row 8nt + 2q + i % 2, weight row row + 16mt + 8(i // 2).
-    if N_TILES == 1:
-        acc = tl.reshape(tl.join(acc00, acc10), (BLOCK_N, 8))
-    else:
-        acc = tl.reshape(tl.join(tl.join(acc00, acc10), tl.join(acc01, acc11)), (BLOCK_N, 16))
-    j = tl.arange(0, 8 * N_TILES)[None, :]
-    i = j // (2 * N_TILES)
-    b = 8 * (j % N_TILES) + 2 * q + i % 2
-    n = row + 16 * (j // N_TILES % 2) + 8 * (i // 2)
-    store_split_at(y_ptr, ws_ptr, ticket_ptr, acc, b, n, B, N, stride_yb)
+    reg_store(acc00, acc01, acc10, acc11, row, q, y_ptr, ws_ptr, ticket_ptr, B, N, stride_yb, N_TILES, BLOCK_N)
 
 
 @triton.jit
@@ -554,7 +478,7 @@ def _bitmask_quant_matmul_kernel(
     GEMV_ROWS: tl.constexpr,  # B on the CUDA-core path, 0 on the tensor-core one
     DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    REG_MMA: tl.constexpr = False,  # batch ≤ BLOCK_M (8 or 16), int4, fp16 x, K % 128 == 0: see above
+    REG_MMA: tl.constexpr = False,  # batch ≤ BLOCK_M (8 or 16), int4, K % 128 == 0: see above
 ):
     if REG_MMA:
         _reg_mma(x_ptr, mask_ptr, v_ptr, co_ptr, s_ptr, z_ptr, y_ptr, lut_ptr, B, N, K, MB, NC, NW, stride_xb,
@@ -684,38 +608,6 @@ def lut_kernel(bits: int, groups: int, g: int, dtype: torch.dtype):
     return wide if groups == 1 or g % 128 == 0 else narrow if g % 64 == 0 else None
 
 
-def reg_mma_fits(bits: int, dtype: torch.dtype, batch: int, k: int, groups: int, g: int) -> bool:
-    """Whether REG_MMA takes this call (see above its kernel)."""
-    return bits == 4 and batch <= 16 and k % 128 == 0 and (groups == 1 or g % 64 == 0)
-
-
-def reg_mma_config(batch: int) -> triton.Config:
-    """REG_MMA: 128 rows (4 warps × two m16 tiles) × 128 columns per iteration, 8 or 16 batch rows."""
-    return _cfg(4, 1, BLOCK_M=8 if batch <= 8 else 16, BLOCK_N=REG_BLOCK_N, BLOCK_K=128, REG_MMA=True)
-
-
-def reg_mma_launch(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offsets: torch.Tensor,
-                   scales: torch.Tensor, zeros: torch.Tensor, out: torch.Tensor, selectors: torch.Tensor,
-                   group: int) -> None:
-    """Launch REG_MMA over (row blocks, splits): x and the mask are read as aligned 16-byte vectors
-    (a copy where they are not), the code stream as words (the caller aligned it)."""
-    batch, k = x.shape
-    rows = mask.shape[0]
-    if x.data_ptr() % 16 or (batch > 1 and x.stride(0) % 8):
-        x = x.clone(memory_format=torch.contiguous_format)
-    if mask.data_ptr() % 16 or mask.stride(0) % 16 or mask.stride(1) != 1:
-        mask = mask.clone(memory_format=torch.contiguous_format)
-    cfg = reg_mma_config(batch)
-    tiles = triton.cdiv(rows, REG_BLOCK_N)
-    ws, tickets = workspace(x, rows, tiles)
-    _bitmask_quant_matmul_kernel[(tiles, plan_split_k(tiles, k, 128).splits)](
-        x, mask, values, chunk_offsets, scales, zeros, out, selectors, batch, rows, k, mask.shape[1],
-        chunk_offsets.shape[1], values.numel() // 4, x.stride(0), mask.stride(0), scales.stride(0), out.stride(0),
-        ws, tickets, batch_bucket(batch), BITS=4, GROUP=group, BYTE_LUT=True, SLACK=_common.has_slack(values),
-        USE_ASM=not INTERPRET, GEMV_ROWS=0, DOT_F32=False, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **cfg.kwargs)
-
-
 def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor,
                  chunk_offsets: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
                  out: torch.Tensor | None) -> torch.Tensor:
@@ -738,8 +630,14 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
     if lut is not None and values.data_ptr() % 16:  # the code stream is read as aligned words / 16-byte vectors
         values = values.clone()
     selectors = table(byte_table if bits == 4 else code8_table, x.device)
-    if reg_mma_fits(bits, x.dtype, batch, k, groups, g):
-        reg_mma_launch(x, mask, values, chunk_offsets, scales, zeros, out, selectors, 0 if groups == 1 else g)
+    if bits == 4 and reg_fits(batch, k) and (groups == 1 or g % 64 == 0):
+        x, mask = reg_inputs(x, mask)
+        reg_launch(_bitmask_quant_matmul_kernel, x, rows,
+                   (x, mask, values, chunk_offsets, scales, zeros, out, selectors, batch, rows, k, mask.shape[1],
+                    chunk_offsets.shape[1], values.numel() // 4, x.stride(0), mask.stride(0), scales.stride(0),
+                    out.stride(0)),
+                   BITS=4, GROUP=0 if groups == 1 else g, BYTE_LUT=True, SLACK=_common.has_slack(values),
+                   USE_ASM=not INTERPRET)
         return out
     gemv, tiled = (lut, lut) if lut is not None else (_GEMV, _TILED)
     _sparse.launch(gemv, tiled, x, rows,
@@ -798,7 +696,7 @@ def static_spec(bits: int, group: int):
     byte count the bytes streamed. SLACK: a packed model's streams have it
     (tasks/serving/packed_model.py); a bare one clamps each address."""
     if bits == 4:  # REG_MMA at batch 1-16 (fp16 x; bf16 takes the BYTE_LUT tiles), BYTE_LUT above
-        configs = [reg_mma_config(1), reg_mma_config(16)] + (LUT_CONFIGS if group % 128 == 0 else LUT64_CONFIGS)[2:]
+        configs = [reg_config(1), reg_config(16)] + (LUT_CONFIGS if group % 128 == 0 else LUT64_CONFIGS)[2:]
     else:
         configs = LUT8_CONFIGS if group % 128 == 0 else LUT8_64_CONFIGS
     spec = _sparse.static_spec(
@@ -806,7 +704,7 @@ def static_spec(bits: int, group: int):
         dict(x="fp16", mask="u8", v="u8", co="i32", s="fp16", z="u8", y="fp16", lut="i32"), ("mask", "v"),
         dict(BITS=bits, GROUP=group, BYTE_LUT=True, SLACK=True, USE_ASM=True, REG_MMA=False), [], configs,
         1 / 8 + 0.5 * bits / 8, ptx_bytes_per_weight=(1 + (8 if bits == 4 else 32)) / 8)
-    if bits == 4:  # REG_MMA: a quad's four threads each load the rows' 16 mask bytes; three code words per two bytes
+    if bits == 4:  # REG_MMA: a quad's four threads each load the rows' 16 mask bytes, three code words per two bytes
         lut_bytes = spec.ptx_bytes
         spec = dataclasses.replace(spec, ptx_bytes=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * 10 // 8 // (
             32 * c.num_warps) if c.kwargs.get("REG_MMA") else lut_bytes(c))

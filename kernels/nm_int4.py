@@ -58,8 +58,9 @@ import triton.language as tl
 
 from kernels import int4, nm, ptx_model
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
-                             check_tensor, cols4, check_x, dot_t, dot_w, int4_minus_zero, make_out, nm_scatter,
-                             k_tile_range, plan_split_k, scale_columns, store_split, store_split_at, unpack, workspace)
+                             check_tensor, check_x, cols4, dot_t, dot_w, int4_minus_zero, k_tile_range, make_out,
+                             mma_fragments, nm_scatter, plan_split_k, scale_columns, store_split, store_split_at,
+                             unpack, workspace)
 
 FORMAT = "nm-int4"
 
@@ -568,16 +569,7 @@ def _sparse_mma(x_ptr, v_ptr, i_ptr, s_ptr, z_ptr, y_ptr, B, N, K, stride_xb, st
                                    i00, i01, i10, i11, x00, x01, x02, x03, x10, x11, x12, x13, zs0, zs0b, zs1, zs1b,
                                    const],
                 dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=4)
-    # Element j of acc (T, 8·N_TILES): fragment element i = j // (2·N_TILES), tile mt = j // N_TILES % 2,
-    # nt = j % N_TILES: batch row 8nt + 2t + i % 2, weight row row + 16mt + 8(i // 2).
-    if N_TILES == 1:
-        acc = tl.reshape(tl.join(acc00, acc10), (BLOCK_N, 8))
-    else:
-        acc = tl.reshape(tl.join(tl.join(acc00, acc10), tl.join(acc01, acc11)), (BLOCK_N, 16))
-    j = tl.arange(0, 8 * N_TILES)[None, :]
-    i = j // (2 * N_TILES)
-    b = 8 * (j % N_TILES) + 2 * tig + i % 2
-    n = row + 16 * (j // N_TILES % 2) + 8 * (i // 2)
+    acc, b, n = mma_fragments(acc00, acc01, acc10, acc11, row, tig, N_TILES, BLOCK_N)
     if CHAINS == 0:
         acc *= tl.load(s_ptr + n.to(tl.int64) * stride_g, mask=n < N, other=0.0).to(tl.float32)
     store_split_at(y_ptr, ws_ptr, ticket_ptr, acc, b, n, B, N, stride_yb)

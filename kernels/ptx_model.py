@@ -90,22 +90,49 @@ def f32_bits(value: np.ndarray) -> np.ndarray:
     return value.astype(np.float32).view(np.uint32)
 
 
+LANE = np.arange(WARP)
+G, T = LANE >> 2, LANE & 3  # lane (g, t) = (lane >> 2, lane & 3)
+
+
+def a_matrix(a: list, warps: int, split=halves) -> np.ndarray:
+    """(warps, 16, 16) from four A-fragment registers (16 × 16: mma's A, mma.sp's kept values)."""
+    m = np.zeros((warps, 16, 16))
+    for reg, (row_add, col_add) in enumerate(((0, 0), (8, 0), (0, 8), (8, 8))):
+        lo, hi = (h.reshape(warps, WARP) for h in split(a[reg]))
+        m[:, G + row_add, 2 * T + col_add] = lo
+        m[:, G + row_add, 2 * T + col_add + 1] = hi
+    return m
+
+
+def b_matrix(b: list, warps: int, split=halves) -> np.ndarray:
+    """(warps, 8·len(b), 8) from B-fragment registers: b_i holds rows 2t + 8i, 2t + 8i + 1 of column g."""
+    m = np.zeros((warps, 8 * len(b), 8))
+    for reg, word in enumerate(b):
+        lo, hi = (h.reshape(warps, WARP) for h in split(word))
+        m[:, 2 * T + 8 * reg, G] = lo
+        m[:, 2 * T + 8 * reg + 1, G] = hi
+    return m
+
+
+def d_registers(prod: np.ndarray, c: list, warps: int) -> list:
+    """D's four registers: prod (warps, 16, 8) + C, rounded once to fp32."""
+    out = []
+    for reg, (row_add, col_add) in enumerate(((0, 0), (0, 1), (8, 0), (8, 1))):
+        acc = f32(c[reg]).reshape(warps, WARP)
+        out.append(f32_bits((prod[:, G + row_add, 2 * T + col_add] + acc).reshape(-1)))
+    return out
+
+
 def mma_sp(a: list, b: list, c: list, e: np.ndarray) -> list:
     """D = A·B + C for every warp: a, b four f16x2 registers, c four fp32 registers (uint32 bits),
     e the metadata; each (threads,) with threads a multiple of 32. Returns D's four registers."""
     warps = e.shape[0] // WARP
-    lane = np.arange(WARP)
-    g, t = lane >> 2, lane & 3
-    kept = np.zeros((warps, 16, 16))  # A's kept values, row × position among the row's kept values
-    for reg, (row_add, col_add) in enumerate(((0, 0), (8, 0), (0, 8), (8, 8))):
-        lo, hi = (h.reshape(warps, WARP) for h in halves(a[reg]))
-        kept[:, g + row_add, 2 * t + col_add] = lo
-        kept[:, g + row_add, 2 * t + col_add + 1] = hi
+    kept = a_matrix(a, warps)  # A's kept values, row × position among the row's kept values
     dense = np.zeros((warps, 16, 32))
     meta = e.reshape(warps, WARP)
     for tq in (0, 1):  # the metadata lanes of sparsity selector 0
         for half, row_add in ((0, 0), (1, 8)):
-            bits = meta[:, lane[t == tq]] >> np.uint32(16 * half)  # (warps, 8): the quads' lanes tq
+            bits = meta[:, LANE[T == tq]] >> np.uint32(16 * half)  # (warps, 8): the quads' lanes tq
             for j in range(4):
                 group = 4 * tq + j
                 nib = (bits >> np.uint32(4 * j)) & np.uint32(15)
@@ -117,17 +144,7 @@ def mma_sp(a: list, b: list, c: list, e: np.ndarray) -> list:
                     w_idx = np.arange(warps)
                     dense[w_idx, rows, 4 * group + first[:, q]] = kept[w_idx, rows, 2 * group]
                     dense[w_idx, rows, 4 * group + second[:, q]] = kept[w_idx, rows, 2 * group + 1]
-    bmat = np.zeros((warps, 32, 8))
-    for reg in range(4):
-        lo, hi = (h.reshape(warps, WARP) for h in halves(b[reg]))
-        bmat[:, 2 * t + 8 * reg, g] = lo
-        bmat[:, 2 * t + 8 * reg + 1, g] = hi
-    prod = dense @ bmat  # (warps, 16, 8)
-    out = []
-    for reg, (row_add, col_add) in enumerate(((0, 0), (0, 1), (8, 0), (8, 1))):
-        acc = f32(c[reg]).reshape(warps, WARP)
-        out.append(f32_bits((prod[:, g + row_add, 2 * t + col_add] + acc).reshape(-1)))
-    return out
+    return d_registers(dense @ b_matrix(b, warps), c, warps)
 
 
 def mma(a: list, b: list, c: list, split=halves) -> list:
@@ -135,24 +152,7 @@ def mma(a: list, b: list, c: list, split=halves) -> list:
     two, c four fp32 (uint32 bits), each (threads,) with threads a multiple of 32. Returns D's four
     registers."""
     warps = c[0].shape[0] // WARP
-    lane = np.arange(WARP)
-    g, t = lane >> 2, lane & 3
-    amat = np.zeros((warps, 16, 16))
-    for reg, (row_add, col_add) in enumerate(((0, 0), (8, 0), (0, 8), (8, 8))):
-        lo, hi = (h.reshape(warps, WARP) for h in split(a[reg]))
-        amat[:, g + row_add, 2 * t + col_add] = lo
-        amat[:, g + row_add, 2 * t + col_add + 1] = hi
-    bmat = np.zeros((warps, 16, 8))
-    for reg in range(2):
-        lo, hi = (h.reshape(warps, WARP) for h in split(b[reg]))
-        bmat[:, 2 * t + 8 * reg, g] = lo
-        bmat[:, 2 * t + 8 * reg + 1, g] = hi
-    prod = amat @ bmat  # (warps, 16, 8)
-    out = []
-    for reg, (row_add, col_add) in enumerate(((0, 0), (0, 1), (8, 0), (8, 1))):
-        acc = f32(c[reg]).reshape(warps, WARP)
-        out.append(f32_bits((prod[:, g + row_add, 2 * t + col_add] + acc).reshape(-1)))
-    return out
+    return d_registers(a_matrix(a, warps, split) @ b_matrix(b, warps, split), c, warps)
 
 
 def _operand(regs: dict, text: str, threads: int) -> np.ndarray:

@@ -102,6 +102,8 @@ CASES = {
     "nm-int8-2:4-K200-g64": (nm_int8, 200, lambda dt, g: pack_nm_quant(torch.randn(N, 200, generator=g), 2, 4, 8, 64)),
     "nm-int8-4:8-K72-g24": (nm_int8, 72, lambda dt, g: pack_nm_quant(torch.randn(N, 72, generator=g), 4, 8, 8, 24)),
     "bitmask-K136-50%": (bitmask, 136, lambda dt, g: pack_bitmask_float(136, 0.5, dt, g)),
+    "bitmask-K1024-50%": (bitmask, 1024, lambda dt, g: pack_bitmask_float(1024, 0.5, dt, g)),
+    "bitmask-K384-90%": (bitmask, 384, lambda dt, g: pack_bitmask_float(384, 0.9, dt, g)),
     "bitmask-K75-90%": (bitmask, 75, lambda dt, g: pack_bitmask_float(75, 0.9, dt, g)),
     "bitmask-K264-10%": (bitmask, 264, lambda dt, g: pack_bitmask_float(264, 0.1, dt, g)),
     "bitmask-K1000-70%": (bitmask, 1000, lambda dt, g: pack_bitmask_float(1000, 0.7, dt, g)),
@@ -110,7 +112,7 @@ CASES = {
     "bitmask-int4-K264-30%-g128": (bitmask_int4, 264, lambda dt, g: pack_bitmask_quant(264, 0.3, 4, 128, g)),
     "bitmask-int4-K600-50%-g64": (bitmask_int4, 600, lambda dt, g: pack_bitmask_quant(600, 0.5, 4, 64, g)),
     "bitmask-int4-K200-50%-g20": (bitmask_int4, 200, lambda dt, g: pack_bitmask_quant(200, 0.5, 4, 20, g)),
-    # K % 128 == 0: fp16 x up to batch 16 takes REG_MMA (mma fragments built in registers)
+    # K % 128 == 0: up to batch 16 the bitmask formats take REG_MMA (mma fragments built in registers)
     "bitmask-int4-K1024-50%-g64": (bitmask_int4, 1024, lambda dt, g: pack_bitmask_quant(1024, 0.5, 4, 64, g)),
     "bitmask-int4-K640-30%-g128": (bitmask_int4, 640, lambda dt, g: pack_bitmask_quant(640, 0.3, 4, 128, g)),
     "bitmask-int4-K384-90%-g-1": (bitmask_int4, 384, lambda dt, g: pack_bitmask_quant(384, 0.9, 4, -1, g)),
@@ -169,7 +171,7 @@ def test_stream_slack_helpers():
 
 @pytest.mark.parametrize("case", ["bitmask-K1000-70%", "bitmask-K75-90%", "bitmask-int4-K600-50%-g64",
                                   "bitmask-int4-K264-30%-g128", "bitmask-int4-K75-90%-g-1",
-                                  "bitmask-int4-K1024-50%-g64", "bitmask-int4-K384-90%-g-1",
+                                  "bitmask-int4-K1024-50%-g64", "bitmask-int4-K384-90%-g-1", "bitmask-K1024-50%",
                                   "bitmask-int8-K1000-50%-g128", "bitmask-int8-K136-50%-g64"])
 @pytest.mark.parametrize("batch", [1, 17])
 def test_streams_with_slack_load_unclamped_to_the_same_y(case, batch):
@@ -194,22 +196,20 @@ def test_streams_with_slack_load_unclamped_to_the_same_y(case, batch):
     assert_matches(unclamped, x, packed.w_hat, truncating_bf16=True)
 
 
-_reg_mma_launch = bitmask_int4.reg_mma_launch
-
-
 @pytest.mark.parametrize("case", ["bitmask-int4-K1024-50%-g64", "bitmask-int4-K640-30%-g128",
-                                  "bitmask-int4-K384-90%-g-1"])
-@pytest.mark.parametrize("batch", [1, 8, 12, 16])
+                                  "bitmask-int4-K384-90%-g-1", "bitmask-K1024-50%", "bitmask-K384-90%"])
+@pytest.mark.parametrize("batch", [1, 12])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
 def test_register_mma_path_matches_float64(case, batch, dtype, monkeypatch):
-    """REG_MMA (8 and 16 batch rows per tile) takes x up to batch 16 when K % 128 == 0; x and
-    the mask as unaligned views are copied, not misread. Row 5 is empty, row 6 full (every mask
-    byte 0xFF, the one without a free rank for the zero code); N = 37 leaves rows past N in the
-    last warp, and a split over K that starts inside a chunk."""
-    calls = []
-    monkeypatch.setattr(bitmask_int4, "reg_mma_launch",
-                        lambda *a, **kw: calls.append(1) or _reg_mma_launch(*a, **kw))
+    """REG_MMA (8 and 16 batch rows per tile, batch rows past B in both) takes x up to batch 16 when
+    K % 128 == 0 (test_kernel_matches_float64 adds batch 3, and 17 past it); x and the
+    mask as unaligned views are copied, not misread. Row 5 is empty, row 6 full (every mask byte
+    0xFF, the one without a free slot for the zero code); N = 37 leaves rows past N in the last
+    warp, and a split over K that starts inside a chunk."""
     module, k, make = CASES[case]
+    calls = []
+    launch = module.reg_launch
+    monkeypatch.setattr(module, "reg_launch", lambda *a, **kw: calls.append(1) or launch(*a, **kw))
     gen = seeded(case, batch, str(dtype), "reg")
     packed = make(dtype, gen).to(DEVICE)
     x = torch.randn(batch, k + 8, generator=gen).to(dtype).to(DEVICE)[:, 8:]  # rows 16 bytes off 16-aligned
