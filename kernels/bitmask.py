@@ -66,7 +66,7 @@ import triton.language as tl
 from kernels import _common, _sparse
 from kernels._common import (check_tensor, check_x, cols4, dot_w, k_tile_range, make_out, mma_fragments, plan_split_k,
                              split_cols4, store_split, store_split_at, workspace)
-from kernels._sparse import accumulate_tile, batch_bucket, rows_total
+from kernels._sparse import accumulate_tile, batch_bucket
 from kernels.ptx_model import MMA, MMA_BF16
 
 FORMAT = "bitmask"
