@@ -632,6 +632,11 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
     selectors = table(byte_table if bits == 4 else code8_table, x.device)
     if bits == 4 and reg_fits(batch, k) and (groups == 1 or g % 64 == 0):
         x, mask = reg_inputs(x, mask)
+        if g == 64 and groups > 1:  # an iteration's two groups load as one halfword of zeros, one word of scales
+            zeros = zeros if zeros.data_ptr() % 2 == 0 and zeros.stride(0) % 2 == 0 else zeros.clone(
+                memory_format=torch.contiguous_format)
+            scales = scales if scales.data_ptr() % 4 == 0 and scales.stride(0) % 2 == 0 else scales.clone(
+                memory_format=torch.contiguous_format)
         reg_launch(_bitmask_quant_matmul_kernel, x, rows,
                    (x, mask, values, chunk_offsets, scales, zeros, out, selectors, batch, rows, k, mask.shape[1],
                     chunk_offsets.shape[1], values.numel() // 4, x.stride(0), mask.stride(0), scales.stride(0),

@@ -202,22 +202,34 @@ def test_streams_with_slack_load_unclamped_to_the_same_y(case, batch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
 def test_register_mma_path_matches_float64(case, batch, dtype, monkeypatch):
     """REG_MMA (8 and 16 batch rows per tile, batch rows past B in both) takes x up to batch 16 when
-    K % 128 == 0 (test_kernel_matches_float64 adds batch 3, and 17 past it); x and the
-    mask as unaligned views are copied, not misread. Row 5 is empty, row 6 full (every mask byte
-    0xFF, the one without a free slot for the zero code); N = 37 leaves rows past N in the last
-    warp, and a split over K that starts inside a chunk."""
+    K % 128 == 0 (test_kernel_matches_float64 adds batch 3, and 17 past it); x, the mask and
+    (g = 64) the zero points and scales as unaligned views are copied, not misread. Row 5 is
+    empty, row 6 full (every mask byte 0xFF, the one without a free slot for the zero code);
+    N = 37 leaves rows past N in the last warp, and a split over K that starts inside a chunk."""
     module, k, make = CASES[case]
     calls = []
     launch = module.reg_launch
-    monkeypatch.setattr(module, "reg_launch", lambda *a, **kw: calls.append(1) or launch(*a, **kw))
+
+    def checked(kernel, x, rows, args, **meta):  # what the kernel reads in vectors is aligned for them
+        x, mask, *_ = args
+        assert x.data_ptr() % 16 == 0 and x.stride(0) % 8 == 0 and mask.data_ptr() % 16 == 0
+        if meta.get("GROUP") == 64:  # scales, zeros: a word and a halfword per row and iteration
+            assert args[4].data_ptr() % 4 == 0 and args[5].data_ptr() % 2 == 0
+        calls.append(1)
+        launch(kernel, x, rows, args, **meta)
+
+    monkeypatch.setattr(module, "reg_launch", checked)
     gen = seeded(case, batch, str(dtype), "reg")
     packed = make(dtype, gen).to(DEVICE)
     x = torch.randn(batch, k + 8, generator=gen).to(dtype).to(DEVICE)[:, 8:]  # rows 16 bytes off 16-aligned
-    mask = packed.tensors["mask"]
-    shifted = torch.zeros(mask.numel() + 1, dtype=torch.uint8, device=DEVICE)[1:].view(mask.shape)
-    shifted.copy_(mask)  # 1 byte off a 16-byte boundary
+    off = {}
+    for name in ("mask", "scales", "zeros"):  # each one element off its alignment
+        if name in packed.tensors:
+            t = packed.tensors[name]
+            off[name] = torch.zeros(t.numel() + 1, dtype=t.dtype, device=DEVICE)[1:].view(t.shape)
+            off[name].copy_(t)
     out = torch.full((batch, N), float("nan"), dtype=dtype, device=DEVICE)
-    y = module.matmul(x, **dict(packed.tensors, mask=shifted), **packed.params, out=out)
+    y = module.matmul(x, **dict(packed.tensors, **off), **packed.params, out=out)
     assert calls == [1]
     assert plan_split_k(1, k, 128).splits > 1
     assert_matches(y, x, packed.w_hat, truncating_bf16=True)
