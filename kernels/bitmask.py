@@ -838,6 +838,15 @@ def reference(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_o
     return (x.float() @ dequantize(mask, values, chunk_offsets, k=x.shape[1]).T).to(x.dtype)
 
 
+def with_reg_ptx_bytes(spec, per_weight: float):
+    """spec with REG_MMA configs' PTX-loaded bytes per thread and iteration: `per_weight` bytes per
+    (row, column), the rereads included (the other configs keep spec's count)."""
+    tiles = spec.ptx_bytes
+    return dataclasses.replace(spec, ptx_bytes=lambda c: round(
+        c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * per_weight / (32 * c.num_warps)) if c.kwargs.get("REG_MMA")
+        else tiles(c))
+
+
 def _static_spec():
     """50% sparsity: the mask (1/8 B per weight) and half the weights' values, REG_MMA at batch 1-16,
     the tiles above. The loops load two 16-byte vectors per mask byte (8 columns) where the values
@@ -848,9 +857,7 @@ def _static_spec():
         "bitmask 50%", _bitmask_vec_kernel, dict(x="fp16", mask="u8", v="fp16", co="i32", y="fp16", lut="i32"),
         ("mask", "v"), dict(SLACK=True, USE_ASM=True, REG_MMA=False), [], [reg_config(1), reg_config(16)]
         + VEC_CONFIGS[2:], 1 / 8 + 0.5 * 2, ptx_bytes_per_weight=(1 + 32) / 8)
-    tiles = spec.ptx_bytes
-    return dataclasses.replace(spec, ptx_bytes=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * 36 // 8 // (
-        32 * c.num_warps) if c.kwargs.get("REG_MMA") else tiles(c))
+    return with_reg_ptx_bytes(spec, 36 / 8)
 
 
 STATIC = (_static_spec(),)

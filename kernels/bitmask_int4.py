@@ -72,8 +72,6 @@ The launcher copies a `values` that is not 16-byte aligned.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import triton
 import triton.language as tl
@@ -85,7 +83,7 @@ from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cf
                              dot_pairs, gather_kept, in_stream, kept_and_slots, load16, load_pair, load_word, mask_tile,
                              mask_words, next_start, reg_config, reg_first, reg_fits, reg_inputs, reg_launch,
                              reg_mask_words, reg_mma_steps, reg_start, reg_store, reg_threads, reg_x, table,
-                             tile_bases, tuned, value_selectors, values_before, word_at)
+                             tile_bases, tuned, value_selectors, values_before, with_reg_ptx_bytes, word_at)
 
 FORMAT = "bitmask-int4"
 
@@ -710,9 +708,7 @@ def static_spec(bits: int, group: int):
         dict(BITS=bits, GROUP=group, BYTE_LUT=True, SLACK=True, USE_ASM=True, REG_MMA=False), [], configs,
         1 / 8 + 0.5 * bits / 8, ptx_bytes_per_weight=(1 + (8 if bits == 4 else 32)) / 8)
     if bits == 4:  # REG_MMA: a quad's four threads each load the rows' 16 mask bytes, three code words per two bytes
-        lut_bytes = spec.ptx_bytes
-        spec = dataclasses.replace(spec, ptx_bytes=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * 10 // 8 // (
-            32 * c.num_warps) if c.kwargs.get("REG_MMA") else lut_bytes(c))
+        spec = with_reg_ptx_bytes(spec, 10 / 8)
     return spec
 
 

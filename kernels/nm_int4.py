@@ -430,7 +430,7 @@ def _row_words(row_ptr, offset, on, other, EVEN: tl.constexpr):
 def _b_fragment(x_row, first):
     """x words first, first + 4, first + 8, first + 12 of each thread's batch row (T, 4)."""
     return cols4(tl.load(x_row + first), tl.load(x_row + first + 4), tl.load(x_row + first + 8),
-                  tl.load(x_row + first + 12))
+                 tl.load(x_row + first + 12))
 
 
 @triton.jit
