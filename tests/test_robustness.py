@@ -149,8 +149,12 @@ def test_model_path_that_does_not_exist():
 
 
 def test_hub_id_while_offline(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))   # an empty cache
+    # The hub reads both at import: set them there too, or this test waits on the network's retries.
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))   # an empty cache
     with pytest.raises(ModelSourceError, match=r"cannot fetch it from the hub and it is not in the local cache "
                                                r"\(is the network reachable\? HF_HUB_OFFLINE=1\)"):
         build_model(ModelConfig(source="nobody/no-model@0123abc"), out=tmp_path / "model", ctx=CTX)
