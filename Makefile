@@ -26,8 +26,10 @@ run: $(STAMP)
 	dvc repro
 	prunepipe show
 
+# Two workers, one per core of a 2-core CI machine (one pytest process keeps one core busy);
+# worksteal evens out the few long tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # llm-compressor pins an older transformers: its own environment, used by bench/ only.
 $(REF)/.installed: bench/reference/requirements.txt
