@@ -474,6 +474,14 @@ def accumulate(acc, w, x_ptr, offs_m, offs_k, B, K, stride_xb, stride_xk,
 STREAM_SLACK = 32
 
 
+def aligned(t: torch.Tensor, nbytes: int, rows: bool = False) -> torch.Tensor:
+    """t, or a contiguous copy where its start (with rows, also a row's start) is not nbytes-aligned:
+    what a kernel passes that reads t in nbytes-wide loads."""
+    if t.data_ptr() % nbytes == 0 and not (rows and t.stride(0) * t.element_size() % nbytes):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def has_slack(t: torch.Tensor) -> bool:
     """Whether STREAM_SLACK bytes of t's storage follow its last element (t contiguous)."""
     end = (t.storage_offset() + t.numel()) * t.element_size()

@@ -64,8 +64,8 @@ import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import (check_tensor, check_x, cols4, dot_w, k_tile_range, make_out, mma_fragments, plan_split_k,
-                             split_cols4, store_split, store_split_at, workspace)
+from kernels._common import (aligned, check_tensor, check_x, cols4, dot_w, k_tile_range, make_out, mma_fragments,
+                             plan_split_k, split_cols4, store_split, store_split_at, workspace)
 from kernels._sparse import accumulate_tile, batch_bucket
 from kernels.ptx_model import MMA, MMA_BF16
 
@@ -795,8 +795,7 @@ def matmul(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, chunk_offs
     if k == 0 or values.numel() == 0:  # nothing kept
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
-    if values.data_ptr() % 16:  # the stream is read in 16-byte vectors
-        values = values.clone()
+    values = aligned(values, 16)  # the stream is read in 16-byte vectors
     lut = table(value_selectors, x.device)
     if reg_fits(batch, k):
         x, mask = reg_inputs(x, mask)

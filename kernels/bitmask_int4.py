@@ -77,7 +77,8 @@ import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import INTERPRET, check_group, check_tensor, cols4, k_tile_range, make_out, store_split
+from kernels._common import (INTERPRET, aligned, check_group, check_tensor, cols4, k_tile_range, make_out,
+                             store_split)
 from kernels._sparse import code_value, rows_total
 from kernels.bitmask import (GEMV_CONFIGS, INTERPRET_CONFIGS, TILED_CONFIGS, _cfg, accumulate_words, check_bitmask,
                              dot_pairs, gather_kept, in_stream, kept_and_slots, load16, load_pair, load_word, mask_tile,
@@ -625,16 +626,13 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, mask: torch.Tensor, value
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
     lut = lut_kernel(bits, groups, g, x.dtype)
-    if lut is not None and values.data_ptr() % 16:  # the code stream is read as aligned words / 16-byte vectors
-        values = values.clone()
+    if lut is not None:  # the code stream is read as aligned words / 16-byte vectors
+        values = aligned(values, 16)
     selectors = table(byte_table if bits == 4 else code8_table, x.device)
     if bits == 4 and reg_fits(batch, k) and (groups == 1 or g % 64 == 0):
         x, mask = reg_inputs(x, mask)
         if g == 64 and groups > 1:  # an iteration's two groups load as one halfword of zeros, one word of scales
-            zeros = zeros if zeros.data_ptr() % 2 == 0 and zeros.stride(0) % 2 == 0 else zeros.clone(
-                memory_format=torch.contiguous_format)
-            scales = scales if scales.data_ptr() % 4 == 0 and scales.stride(0) % 2 == 0 else scales.clone(
-                memory_format=torch.contiguous_format)
+            zeros, scales = aligned(zeros, 2, rows=True), aligned(scales, 4, rows=True)
         reg_launch(_bitmask_quant_matmul_kernel, x, rows,
                    (x, mask, values, chunk_offsets, scales, zeros, out, selectors, batch, rows, k, mask.shape[1],
                     chunk_offsets.shape[1], values.numel() // 4, x.stride(0), mask.stride(0), scales.stride(0),

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from kernels import _common, _sparse
-from kernels._common import _slots, check_tensor, check_x, dot_t, k_tile_range, make_out, store_split, unpack
+from kernels._common import _slots, aligned, check_tensor, check_x, dot_t, k_tile_range, make_out, store_split, unpack
 from kernels._sparse import rows_total
 
 FORMAT = "nm"
@@ -450,8 +450,7 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *, n: i
     if k == 0:
         return out.zero_()
     x = x if x.stride(1) == 1 else x.contiguous()
-    if values.data_ptr() % 4:  # the tensor-core paths read value pairs as uint32
-        values = values.clone()
+    values = aligned(values, 4)  # the tensor-core paths read value pairs as uint32
     _sparse.launch(_GEMV, _TILED, x, rows,
                    (x, values, indices, out, table48(x.device), batch, rows, k, kc, index_bytes,
                     x.stride(0), values.stride(0), indices.stride(0), out.stride(0)),

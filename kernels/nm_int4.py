@@ -57,7 +57,7 @@ import triton
 import triton.language as tl
 
 from kernels import int4, nm, ptx_model
-from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
+from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, aligned, block_offsets, check_group,
                              check_tensor, check_x, cols4, dot_t, dot_w, int4_minus_zero, k_tile_range, make_out,
                              mma_fragments, nm_scatter, plan_split_k, scale_columns, store_split, store_split_at,
                              unpack, workspace)
@@ -718,10 +718,8 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
     if cfg.kwargs["GEMV"] or cfg.kwargs["SPARSE_MMA"]:  # 32-bit x loads; halfword / 128-bit code, index loads
         words = x.stride(1) == 1 and x.data_ptr() % 4 == 0 and (batch == 1 or x.stride(0) % 2 == 0)
         x = x if words else x.clone(memory_format=torch.contiguous_format)
-        values = values if values.data_ptr() % 16 == 0 else values.clone()
-        indices = indices if indices.data_ptr() % 16 == 0 else indices.clone()
-        scales = scales if scales.data_ptr() % 4 == 0 else scales.clone()  # g = 64: pairs of groups
-        zeros = zeros if zeros.data_ptr() % 2 == 0 else zeros.clone()
+        values, indices = aligned(values, 16), aligned(indices, 16)
+        scales, zeros = aligned(scales, 4), aligned(zeros, 2)  # g = 64: pairs of groups
     tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(rows, cfg.kwargs["BLOCK_N"])
     plan = plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"])
     ws, tickets = workspace(x, rows, tiles)

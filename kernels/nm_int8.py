@@ -43,8 +43,8 @@ import triton
 import triton.language as tl
 
 from kernels import _sparse
-from kernels._common import (INTERPRET, check_group, check_tensor, check_x, dot_t, dot_w, k_tile_range, make_out,
-                             store_split, unpack)
+from kernels._common import (INTERPRET, aligned, check_group, check_tensor, check_x, dot_t, dot_w, k_tile_range,
+                             make_out, store_split, unpack)
 from kernels._sparse import accumulate_tile, code_value, rows_total
 from kernels.bitmask import _cfg, tuned
 from kernels.nm import (GEMV_CONFIGS, INDEX_BITS, INTERPRET_CONFIGS, TILED_CONFIGS, check_nm, kept_columns, place24,
@@ -238,8 +238,8 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
     # every tile inside one group (TILED_CONFIGS' BLOCK_K divides 128, TC64_CONFIGS' is 64); fp16
     # holds 1024 + a code exactly
     tc = (n, m) == (2, 4) and x.dtype == torch.float16 and (groups == 1 or g % 64 == 0)
-    if tc and values.data_ptr() % 2:  # halfword code loads
-        values = values.clone()
+    if tc:  # halfword code loads
+        values = aligned(values, 2)
     tiled = _TC64 if tc and groups > 1 and g % 128 else _TILED
     _sparse.launch(_GEMV, tiled, x, rows,
                    (x, values, indices, scales, zeros, out, batch, rows, k, kc, index_bytes,
