@@ -2,8 +2,9 @@
 
 Every kernel computes y = x @ Ŵᵀ, with x (B, K) fp16/bf16, Ŵ (N, K) the dequantized packed
 weight, y (B, N) in x's dtype and fp32 accumulation. Here:
-- the one split over K of every kernel, which gives batch 1 at least 264 CTAs (2 per H200 SM):
-  plan_split_k, workspace, k_tile_range, store_split (why this design: the notes at its section);
+- the one split over K of every kernel, which fills the GPU's SMs at batch 1 (full waves at the
+  compiled kernel's occupancy, at least 2 CTAs per SM): plan_split_k, split_for, workspace,
+  k_tile_range, store_split (why this design: the notes at its section);
 - the 0x6400 exponent trick that turns 4- and 8-bit codes into fp16 (code − zero) in about one
   instruction per fp16 pair (inline PTX; plain integer ops under the interpreter), the
   per-element scale of the slow path, the tensor-core product dot_t;
@@ -17,6 +18,7 @@ Shape comments are (rows, cols).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -49,7 +51,8 @@ def batch_bucket(batch: int) -> int:
 #
 # At batch 1 a grid over N alone is too small to keep the H200's HBM busy (the 4096-row shapes of
 # a 7B model give 128 programs for 132 SMs), so the grid is (tiles of y, SPLIT): program (i, s)
-# reduces K tiles k_tile_range(…) of tile i, with SPLIT from plan_split_k (≥ MIN_CTAS programs).
+# reduces K tiles k_tile_range(…) of tile i, with SPLIT from split_for: full waves of the CTAs the
+# compiled kernel fits on an SM (its registers and shared memory decide), ≥ MIN_CTAS programs.
 # The splits' fp32 partial sums meet in a workspace (B, N) by atomic adds; a ticket per tile
 # counts the splits that finished, and the last one writes y in x's dtype and zeroes its slice of
 # the workspace and its ticket again (store_split). Why this one, over a zeroed fp32 buffer per
@@ -69,9 +72,22 @@ def batch_bucket(batch: int) -> int:
 # - the cost: fp32 atomics in varying order, so with SPLIT > 1 the last bits of y may differ run
 #   to run (gemlite's way too), and nothing outside the kernels may write the workspace.
 
-# 2 CTAs on each of the H200's 132 SMs: at batch 1 a grid over N alone leaves the SMs with too few
-# bytes in flight (≈ 25-30 KB per SM cover ≈ 0.8 µs of DRAM latency at 4.27 TB/s).
-MIN_CTAS = 264
+# The H200 (sm_90): its SMs, and what one SM holds at once.
+SMS, REGISTERS_PER_SM, SHARED_PER_SM, THREADS_PER_SM, CTAS_PER_SM = 132, 65536, 228 * 1024, 2048, 32
+RESERVED_SHARED = 1024  # shared memory the driver keeps for each CTA
+# 2 CTAs on each SM: the fewest a batch-1 grid starts (issue 13), where K has the blocks.
+MIN_CTAS = 2 * SMS
+# A split's fixed cost, in main-loop iterations: its start (the row's offsets and counts) and its
+# end (the atomic adds, the ticket) each wait on memory about as long as one iteration does.
+SPLIT_COST = 2
+
+
+def resident_ctas(registers: int, shared: int, threads: int) -> int:
+    """CTAs one Hopper SM holds at once: registers are allocated per warp in blocks of 256."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = REGISTERS_PER_SM // (per_warp * threads // 32)
+    by_shared = SHARED_PER_SM // (shared + RESERVED_SHARED)
+    return min(by_registers, by_shared, THREADS_PER_SM // threads, CTAS_PER_SM)
 
 
 @dataclass(frozen=True)
@@ -82,18 +98,61 @@ class SplitK:
     k_per_split: int
 
 
-def plan_split_k(tiles: int, k: int, block_k: int, min_ctas: int = MIN_CTAS) -> SplitK:
-    """Fewest splits that give tiles × splits ≥ min_ctas, each split whole BLOCK_K blocks (so a
-    split never starts inside a BLOCK_K tile; with BLOCK_K dividing the quantization group it never
-    starts inside a group either). One split when the tiles alone fill the GPU or K is one block.
+@functools.lru_cache(maxsize=4096)
+def plan_split_k(tiles: int, k: int, block_k: int, per_sm: int = 2, sms: int = SMS) -> SplitK:
+    """The split of K for `tiles` tiles of y, on `sms` SMs that each hold `per_sm` of its CTAs.
+
+    A CTA's time is about its main-loop iterations plus a fixed cost of SPLIT_COST of them, and the
+    grid's that times its waves of per_sm · sms CTAs (equal CTAs run side by side, and a wave only
+    partly full leaves SMs idle or nearly so): the split that minimises waves × (K blocks per split
+    + SPLIT_COST), the fewest splits among equals, with at least 2 · sms CTAs where K has the blocks.
+    Each split takes whole BLOCK_K blocks (so a split never starts inside a BLOCK_K tile; with
+    BLOCK_K dividing the quantization group it never starts inside a group either);
     k_per_split = ceil(blocks / splits) · BLOCK_K: what k_tile_range gives each program."""
-    blocks = -(-k // block_k)
-    want = -(-min_ctas // max(tiles, 1))
-    per = max(1, -(-blocks // want))
-    while per > 1 and -(-blocks // per) < want:  # cdiv(blocks, cdiv(blocks, want)) can fall short
-        per -= 1
-    splits = -(-blocks // per)
-    return SplitK(splits, -(-blocks // splits) * block_k)
+    blocks = max(-(-k // block_k), 1)
+    tiles = max(tiles, 1)
+    least = min(2 * sms, tiles * blocks)
+    capacity = max(per_sm, 1) * sms
+    best = None
+    for per in range(blocks, 0, -1):  # blocks per split: the fewest splits first
+        splits = -(-blocks // per)
+        if tiles * splits < least:
+            continue
+        cost = -(-tiles * splits // capacity) * (per + SPLIT_COST)
+        if best is None or cost < best[0]:
+            best = cost, splits, per
+    return SplitK(best[1], best[2] * block_k)
+
+
+_compiled: dict = {}  # (kernel, GPU, x dtype, scalar arguments) → the kernel Triton compiled for them
+
+
+def ctas_per_sm(kernel, x: torch.Tensor, args: tuple, kwargs: dict) -> int:
+    """CTAs of `kernel` compiled for the call kernel[grid](*args, **kwargs) (kwargs with num_warps
+    and num_stages) that one SM of x's GPU holds at once, from the compiled kernel's registers and
+    shared memory (compiled, or found in Triton's cache, once per kernel, GPU, x dtype and scalar
+    arguments); 2 off the GPU."""
+    if not x.is_cuda:
+        return 2
+    scalar = (bool, int, float, str)
+    key = (kernel, x.device, x.dtype, tuple(v for v in args if isinstance(v, scalar)),
+           tuple(sorted((n, v) for n, v in kwargs.items() if isinstance(v, scalar))))
+    if key not in _compiled:
+        compiled = kernel.warmup(*args, grid=(1,), **kwargs)
+        compiled._init_handles()  # Triton reads the register count when it loads the binary
+        _compiled[key] = compiled
+    compiled = _compiled[key]
+    return resident_ctas(compiled.n_regs, compiled.metadata.shared, 32 * compiled.metadata.num_warps)
+
+
+def sm_count(x: torch.Tensor) -> int:
+    """SMs of x's GPU; the H200's off the GPU (what the interpreter tests and the static report model)."""
+    return torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else SMS
+
+
+def split_for(kernel, tiles: int, k: int, block_k: int, x: torch.Tensor, args: tuple, kwargs: dict) -> SplitK:
+    """plan_split_k for the launch kernel[grid](*args, **kwargs) on x's GPU."""
+    return plan_split_k(tiles, k, block_k, ctas_per_sm(kernel, x, args, kwargs), sm_count(x))
 
 
 _workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -275,7 +334,7 @@ class CompileSpec:
     constexprs: dict  # the format's constexprs, common to every config
     paths: dict  # BATCH_1_16 / LARGE_BATCH → tuple of production triton.Configs
     packed_bytes: Callable  # (config) → packed bytes one thread loads per main-loop iteration
-    ctas: Callable  # (config, N, K, batch) → CTAs the launcher starts for y (batch, N)
+    ctas: Callable  # (config, N, K, batch, CTAs per SM) → CTAs the launcher starts for y (batch, N) on the H200
     unaligned: tuple = ("B",)
     path_pointers: dict = None  # path → pointer types that differ there
     # Fraction of the predicated inline-asm gathers (kernels/bitmask.py) that load: the kept

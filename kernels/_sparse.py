@@ -1,7 +1,7 @@
 """The launcher and CUDA-core helpers of the sparse kernels (nm*, bitmask*).
 
 Their batch-1…16 paths split over K as every kernel does (kernels/_common.py, "split over K":
-plan_split_k, workspace, k_tile_range, store_split): the grid is (row blocks, SPLIT).
+split_for, workspace, k_tile_range, store_split): the grid is (row blocks, SPLIT).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import INTERPRET, plan_split_k, workspace
+from kernels._common import INTERPRET, plan_split_k, split_for, workspace
 
 
 @triton.jit
@@ -94,7 +94,12 @@ def launch(gemv, tiled, x: torch.Tensor, n_out: int, args: tuple, gemv_max: int 
 
     largest = min(c.kwargs["BLOCK_N"] for c in (kernel.configs if FORCE_CONFIG is None else [FORCE_CONFIG]))
     ws, tickets = workspace(x, n_out, triton.cdiv(batch, 1 if is_gemv else 16) * triton.cdiv(n_out, largest))
-    grid = lambda m: (blocks(m), plan_split_k(blocks(m), k, m["BLOCK_K"]).splits)  # noqa: E731
+    def grid(m: dict) -> tuple[int, int]:  # m: the launch's arguments by name, the config's constexprs among them
+        c = FORCE_CONFIG or next(c for c in kernel.configs if all(m[n] == v for n, v in c.kwargs.items()))
+        options = dict(num_warps=c.num_warps, num_stages=c.num_stages)
+        fn = kernel if FORCE_CONFIG is not None else kernel.fn
+        return blocks(m), split_for(fn, blocks(m), k, m["BLOCK_K"], x, (), {**m, **options}).splits
+
     kernel[grid](*args, ws, tickets, batch_bucket(batch), **meta)
 
 
@@ -122,9 +127,9 @@ def static_spec(name: str, kernel, pointers: dict, packed: tuple, constexprs: di
     def packed_bytes(c, per_weight: float = bytes_per_weight) -> int:  # per thread per main-loop iteration
         return round(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * per_weight / (32 * c.num_warps))
 
-    def ctas(c, n: int, k: int, batch: int) -> int:
+    def ctas(c, n: int, k: int, batch: int, per_sm: int) -> int:
         blocks = triton.cdiv(batch, c.kwargs["BLOCK_M"]) * triton.cdiv(n, c.kwargs["BLOCK_N"])
-        return blocks * plan_split_k(blocks, k, c.kwargs["BLOCK_K"]).splits
+        return blocks * plan_split_k(blocks, k, c.kwargs["BLOCK_K"], per_sm).splits
 
     small = tuple(gemv(c) for c in gemv_configs) + tuple(tiled(c) for c in tiled_configs if c.kwargs["BLOCK_M"] <= 16)
     large = tuple(tiled(c) for c in tiled_configs if c.kwargs["BLOCK_M"] > 16)

@@ -45,7 +45,7 @@ chunk_offsets and values are trusted (checking them would cost a device sync per
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel bitmask`), 50% sparsity,
 batch 1-16, main-loop SASS instructions and bytes through L1 / shared memory per packed byte:
 REG_MMA 5.12 and 4.9 at batch 1-8, 5.33 and 5.3 at batch 9-16 (5.45-5.67 instructions clamping
-each address, where the stream's storage ends with it), every packed load 128-bit, ≥ 288 CTAs at
+each address, where the stream's storage ends with it), every packed load 128-bit, ≥ 344 CTAs at
 batch 1. Per mask byte (9 packed bytes) ≈ 46 instructions: ≈ 33 in VALUES_PTX's steps (16
 PRMTs, 6 selects, 4 funnel shifts), 1 mma per 8 batch rows, ≈ 12 for its first value (POPCs),
 its kept count, two vector loads at one address and the table entry. The tiles, which served
@@ -65,7 +65,7 @@ import triton.language as tl
 
 from kernels import _common, _sparse
 from kernels._common import (aligned, check_tensor, check_x, cols4, dot_w, k_tile_range, make_out, mma_fragments,
-                             plan_split_k, split_cols4, store_split, store_split_at, workspace)
+                             split_cols4, split_for, store_split, store_split_at, workspace)
 from kernels._sparse import accumulate_tile, batch_bucket
 from kernels.ptx_model import MMA, MMA_BF16
 
@@ -757,9 +757,9 @@ def reg_launch(kernel, x: torch.Tensor, rows: int, args: tuple, **meta) -> None:
     cfg = reg_config(batch)
     tiles = triton.cdiv(rows, REG_BLOCK_N)
     ws, tickets = workspace(x, rows, tiles)
-    kernel[(tiles, plan_split_k(tiles, k, 128).splits)](
-        *args, ws, tickets, batch_bucket(batch), GEMV_ROWS=0, DOT_F32=False, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **cfg.kwargs, **meta)
+    args = (*args, ws, tickets, batch_bucket(batch))
+    meta = dict(GEMV_ROWS=0, DOT_F32=False, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs, **meta)
+    kernel[(tiles, split_for(kernel, tiles, k, 128, x, args, meta).splits)](*args, **meta)
 
 
 def check_bitmask(fmt: str, x: torch.Tensor, mask: torch.Tensor, chunk_offsets: torch.Tensor,

@@ -19,11 +19,12 @@ Design (Marlin's ideas on the packed layout as it is; Frantar et al. 2024, arXiv
   group per output, not each weight (needs BLOCK_K | g: true for every production group);
 - the low and high nibbles come out as two (BLOCK_N, BLOCK_K/2) tiles for the even and odd
   columns: x is split into its even and odd columns to match (x is BLOCK_M/BLOCK_N the size);
-- K is split over the grid's second axis until ≥ 264 CTAs run (_common.plan_split_k), the splits
-  adding fp32 partial sums atomically into a workspace; the last one writes y (_common.store_split).
+- K is split over the grid's second axis into full waves of the CTAs an SM holds, ≥ 264 CTAs
+  (_common.split_for), the splits adding fp32 partial sums atomically into a workspace; the last
+  one writes y (_common.store_split).
 Measured (python -m kernels.static_report, sm_90, Triton 3.9), batch 1-16 path, main-loop SASS
 instructions per packed byte: g=128 5.3, g=64 5.7, one group per row 4.8 (Triton 3.6 before the
-single-launch split-K: 5.4, 5.8, 4.7); every packed load LDG.E.128; ≥ 288 CTAs at batch 1 on
+single-launch split-K: 5.4, 5.8, 4.7); every packed load LDG.E.128; ≥ 344 CTAs at batch 1 on
 every benchmark shape; 144-168 registers, no spills. Where they go (g=128, 64 bytes per thread per iteration, ≈ 340 in all): the
 0x6400 dequantization 2.5 per byte, the x tile's even/odd split (PRMT) ≈ 0.8, the packed tile's
 trip through shared memory into the MMA layout (STS/LDS/LDSM/BAR) ≈ 0.5, HMMA 0.5, addressing
@@ -39,7 +40,7 @@ import triton.language as tl
 
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
                              check_tensor, check_x, dot_t, int4_minus_zero, int8_minus_zero, k_tile_range,
-                             make_out, plan_split_k, scale_columns, store_split, workspace)
+                             make_out, plan_split_k, scale_columns, split_for, store_split, workspace)
 
 FORMAT = "int4"
 SMALL_BATCH = 16  # up to here one BLOCK_M = 16 row block: every weight byte is read once
@@ -132,10 +133,10 @@ def config(batch: int, group: int) -> triton.Config:
     return triton.Config(dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=min(64, bk)), num_warps=4, num_stages=2)
 
 
-def grid(cfg: triton.Config, n: int, k: int, batch: int) -> tuple[int, int]:
-    """(tiles of y, splits of K)."""
+def grid(cfg: triton.Config, n: int, k: int, batch: int, per_sm: int) -> tuple[int, int]:
+    """(tiles of y, splits of K) on the H200, per_sm of its CTAs on each SM."""
     tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(n, cfg.kwargs["BLOCK_N"])
-    return tiles, plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"]).splits
+    return tiles, plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"], per_sm).splits
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -160,15 +161,14 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, qweight: torch.Tensor, sc
     group = 0 if groups == 1 else g
     cfg = config(batch, group)
     tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(n, cfg.kwargs["BLOCK_N"])
-    plan = plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"])
     ws, tickets = workspace(x, n, tiles)
-    _quant_matmul_kernel[(tiles, plan.splits)](
-        x, qweight, scales, zeros, out, batch, n, k,
-        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), out.stride(0), ws, tickets,
-        BITS=bits, GROUP=group,
-        EVEN=n % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0, USE_ASM=not INTERPRET,
-        DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
+    args = (x, qweight, scales, zeros, out, batch, n, k,
+            x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), out.stride(0), ws, tickets)
+    meta = dict(BITS=bits, GROUP=group, EVEN=n % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0,
+                USE_ASM=not INTERPRET, DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
+    plan = split_for(_quant_matmul_kernel, tiles, k, cfg.kwargs["BLOCK_K"], x, args, meta)
+    _quant_matmul_kernel[(tiles, plan.splits)](*args, **meta)
     return out
 
 
@@ -219,8 +219,8 @@ def static_specs(fmt: str, bits: int) -> tuple[CompileSpec, ...]:
     def packed_bytes(cfg: triton.Config) -> int:  # per thread per iteration
         return cfg.kwargs["BLOCK_N"] * cfg.kwargs["BLOCK_K"] * bits // 8 // (32 * cfg.num_warps)
 
-    def ctas(cfg: triton.Config, n: int, k: int, batch: int) -> int:
-        tiles, splits = grid(cfg, n, k, batch)
+    def ctas(cfg: triton.Config, n: int, k: int, batch: int, per_sm: int) -> int:
+        tiles, splits = grid(cfg, n, k, batch, per_sm)
         return tiles * splits
 
     def spec(label: str, group: int) -> CompileSpec:

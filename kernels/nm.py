@@ -31,7 +31,7 @@ give every thread ≥ 16 index bytes per iteration, so those loads are 128 bits 
 Supported: m ∈ {4, 8} and n a power of two below m (2:4, 1:4, 4:8, 2:8, 1:8).
 
 Main loop on sm_90 (Triton 3.9, `python -m kernels.static_report --kernel nm`), SASS
-instructions per packed byte, all packed loads 128-bit, ≥ 320 CTAs at batch 1:
+instructions per packed byte, all packed loads 128-bit, ≥ 344 CTAs at batch 1:
     batch 1 (GEMV)            2:4  3.97    4:8  5.34     (before: 9.0-11.2 / 11.6-13.5)
     batch 5-16 (BLOCK_M = 16) 2:4  4.40-4.51  4:8  5.33-5.41  (before: 11.0-11.4 / 22.0-22.5)
 """

@@ -13,7 +13,7 @@ Math:
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
 2:4 (the production case) reads one code byte per 4-column group (its two kept values) and one
-index nibble (p0 < p1), by 128-bit loads, in one of three paths (all split over K to ≥ 264 CTAs):
+index nibble (p0 < p1), by 128-bit loads, in one of three paths (all split over K into whole waves, ≥ 264 CTAs):
 - batch 1, fp16 x, g % 64 == 0 or one group per row (the GEMV, CUDA cores): x gathered by the kept
   indices, as kernels/nm.py does at batch 1, two rows per thread so that each step serves both
   (NM24_GEMV_PTX, lane 0 = one row, lane 1 = the other). Per group: one PRMT pairs the rows' code
@@ -36,7 +36,7 @@ Other n:m (1:4, 4:8, …) and groups BLOCK_K does not divide take a generic path
 dense tile in registers, per-element dequantization. Same n:m limits as kernels/nm.py.
 
 Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path, main-loop instructions per
-packed byte, 128-bit packed loads, ≥ 288 CTAs at batch 1:
+packed byte, 128-bit packed loads, ≥ 344 CTAs at batch 1:
     batch 1 (GEMV)          g=128 5.24   g=64 5.57   one group per row 4.93   (before: 13.7 / 12.5 / 13.1)
     batch 2-8 (mma.sp)      g=128 4.44   g=64 4.58   one group per row 3.31
     batch 9-16 (mma.sp)     g=128 5.02   g=64 5.6    one group per row 4.02
@@ -59,7 +59,7 @@ import triton.language as tl
 from kernels import int4, nm, ptx_model
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, aligned, block_offsets, check_group,
                              check_tensor, check_x, cols4, dot_t, dot_w, int4_minus_zero, k_tile_range, make_out,
-                             mma_fragments, nm_scatter, plan_split_k, scale_columns, store_split, store_split_at,
+                             mma_fragments, nm_scatter, scale_columns, split_for, store_split, store_split_at,
                              unpack, workspace)
 
 FORMAT = "nm-int4"
@@ -721,15 +721,15 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
         values, indices = aligned(values, 16), aligned(indices, 16)
         scales, zeros = aligned(scales, 4), aligned(zeros, 2)  # g = 64: pairs of groups
     tiles = triton.cdiv(batch, cfg.kwargs["BLOCK_M"]) * triton.cdiv(rows, cfg.kwargs["BLOCK_N"])
-    plan = plan_split_k(tiles, k, cfg.kwargs["BLOCK_K"])
     ws, tickets = workspace(x, rows, tiles)
-    _nm_int4_matmul_kernel[(tiles, plan.splits)](
-        x, values, indices, scales, zeros, out, batch, rows, k,
-        x.stride(0), x.stride(1), values.stride(0), indices.stride(0), scales.stride(0), out.stride(0), ws, tickets,
-        N_KEEP=n, M=m, INDEX_BITS=nm.INDEX_BITS[m], GROUP=group,
-        EVEN=rows % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0,
-        USE_ASM=not INTERPRET, DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
+    args = (x, values, indices, scales, zeros, out, batch, rows, k, x.stride(0), x.stride(1), values.stride(0),
+            indices.stride(0), scales.stride(0), out.stride(0), ws, tickets)
+    meta = dict(N_KEEP=n, M=m, INDEX_BITS=nm.INDEX_BITS[m], GROUP=group,
+                EVEN=rows % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0,
+                USE_ASM=not INTERPRET, DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
+    plan = split_for(_nm_int4_matmul_kernel, tiles, k, cfg.kwargs["BLOCK_K"], x, args, meta)
+    _nm_int4_matmul_kernel[(tiles, plan.splits)](*args, **meta)
     return out
 
 
@@ -759,8 +759,8 @@ def _static_specs() -> tuple[CompileSpec, ...]:
     def ptx_bytes(cfg: triton.Config) -> int:  # mma.sp: the four threads of a quad each load their rows whole
         return packed_bytes(cfg) * (4 if cfg.kwargs["SPARSE_MMA"] else 1)
 
-    def ctas(cfg: triton.Config, n: int, k: int, batch: int) -> int:
-        tiles, splits = int4.grid(cfg, n, k, batch)
+    def ctas(cfg: triton.Config, n: int, k: int, batch: int, per_sm: int) -> int:
+        tiles, splits = int4.grid(cfg, n, k, batch, per_sm)
         return tiles * splits
 
     def spec(label: str, group: int) -> CompileSpec:

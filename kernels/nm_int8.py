@@ -26,7 +26,7 @@ and zero per row and group, codes to fp32 by the 2^23 trick) before x is gathere
 Measured (sm_90, Triton 3.9, `python -m kernels.static_report --kernel nm-int8`), 2:4, g = 128,
 batch 1-16: 5.75-5.8 main-loop SASS instructions per packed byte, under the limit of 6 (5.9 with
 a selector lookup and OR per column and pair of groups; was 10.3 at batch 1 and 18.9-19.1 on the
-tiles through the dequantization and scatter), 128-bit packed loads, ≥ 288 CTAs at batch 1. Per
+tiles through the dequantization and scatter), 128-bit packed loads, ≥ 344 CTAs at batch 1. Per
 4 groups (10 packed bytes) 31 PTX instructions for the columns (3 for the four pattern keys,
 then per column a table lookup of the four groups' selectors, its OR and one shift, and per pair
 of groups a PRMT and an HSUB2) and ≈ 6.6 per group to stage the column tiles in the wgmma

@@ -33,10 +33,10 @@ per shape); the report finds them through kernels.FORMATS. For every production 
    SM's L1 / shared-memory data path per packed byte (`l1_bytes`; the dot operands' staging through
    shared memory counts, a lower bound: perfect coalescing, no bank conflicts),
    load_bits = the narrowest packed load in the loop, registers / spill_bytes (local memory per
-   thread) / shared_bytes, ctas = CTAs launched at batch 1 on each target shape, resident_ctas
-   per SM (registers, shared memory, threads) and inflight_kb: the packed KB one iteration of the
-   CTAs on an SM has in flight at batch 1 (DESIGN.md asks ≈ 25-30 KB to cover DRAM latency;
-   reported, not tested), asm_calls / asm_layout: the inline-asm calls checked and what would
+   thread) / shared_bytes, resident_ctas per SM (registers, shared memory, threads), ctas = CTAs
+   launched at batch 1 on each target shape (the launchers' split over K at that occupancy), waves
+   (those CTAs over the ones the SMs hold at once) and inflight_kb: the packed KB one iteration of the CTAs on an SM has in flight at batch 1
+   (DESIGN.md asks ≈ 25-30 KB to cover DRAM latency; reported, not tested), asm_calls / asm_layout: the inline-asm calls checked and what would
    hand any of them other than runs of one row (a wrong answer on the GPU: the report exits 1),
    bytes_per_weight (streamed per weight: packed data, scales and zeros) and, on the batch 1-16
    path, ceiling_vs_fp16: the speedup over cuBLAS fp16 that bytes, instruction issue and the L1 /
@@ -68,6 +68,8 @@ from pathlib import Path
 # The JIT's default, said out loud (Triton 3.9 warns when it is unset).
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
+from kernels._common import MIN_CTAS, SMS, resident_ctas  # noqa: E402  (imports Triton: after its default)
+
 # params.yaml's benchmark.shapes, (N, K); tests/test_static_report.py keeps the two in step.
 TARGET_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 28672))
 LOAD_BITS = 128
@@ -79,8 +81,6 @@ PEAK_INSTR_PER_BYTE = 7.8
 PEAK_L1_BYTES_PER_BYTE = 7.8
 MAX_INSTR_PER_BYTE = 6.0
 FP16_BYTES_PER_WEIGHT = 2  # what cuBLAS streams for the dense fp16 weight
-MIN_CTAS = 264  # 2 CTAs on each of the H200's 132 SMs
-SMS, REGISTERS_PER_SM, SHARED_PER_SM, THREADS_PER_SM, CTAS_PER_SM = 132, 65536, 228 * 1024, 2048, 32
 OUT = Path(__file__).resolve().parent.parent / "bench" / "results" / "kernels-sm90.json"
 PATHS = ("batch 1-16", "large batch")  # kernels._common.BATCH_1_16, LARGE_BATCH
 
@@ -96,8 +96,9 @@ class Row:
     registers: int | None = None
     spill_bytes: int | None = None
     shared_bytes: int | None = None
-    ctas: dict = field(default_factory=dict)  # "NxK" → CTAs at batch 1
+    ctas: dict = field(default_factory=dict)  # "NxK" → CTAs at batch 1 (kernels._common.plan_split_k)
     resident_ctas: int | None = None  # per SM, as registers, shared memory and threads allow
+    waves: dict = field(default_factory=dict)  # "NxK" → ctas / (resident_ctas · SMS): whole waves keep every SM busy
     inflight_kb: dict = field(default_factory=dict)  # "NxK" → packed KB one iteration keeps in flight per SM
     loop_instructions: int | None = None
     packed_bytes: int | None = None  # declared by the spec, per thread per iteration
@@ -481,21 +482,11 @@ def asm_layout_problems(ttgir: str, free: tuple = ()) -> tuple[int, list[str]]:
     return checked, problems
 
 
-def resident_ctas(registers: int, shared: int, threads: int) -> int:
-    """CTAs one Hopper SM holds at once: registers are allocated per warp in blocks of 256."""
-    per_warp = -(-registers * 32 // 256) * 256
-    by_registers = REGISTERS_PER_SM // (per_warp * threads // 32)
-    by_shared = SHARED_PER_SM // shared if shared else CTAS_PER_SM
-    return min(by_registers, by_shared, THREADS_PER_SM // threads, CTAS_PER_SM)
-
-
 def analyse(job: tuple) -> Row:
     fmt, name, path, index = job
     spec = find_spec(fmt, name)
     config = spec.paths[path][index]
-    row = Row(kernel=name, path=path, config=config_label(config),
-              ctas={f"{n}x{k}": spec.ctas(config, n, k, 1) for n, k in TARGET_SHAPES},
-              packed_bytes=spec.packed_bytes(config))
+    row = Row(kernel=name, path=path, config=config_label(config), packed_bytes=spec.packed_bytes(config))
     try:
         compiled = compile_config(spec, config, path)
     except Exception as e:  # report and go on: one bad config should not hide the others
@@ -507,6 +498,8 @@ def analyse(job: tuple) -> Row:
     row.shared_bytes = compiled.metadata.shared
     threads = 32 * config.num_warps
     row.resident_ctas = resident_ctas(row.registers, row.shared_bytes, threads)
+    row.ctas = {f"{n}x{k}": spec.ctas(config, n, k, 1, row.resident_ctas) for n, k in TARGET_SHAPES}
+    row.waves = {shape: round(n / (row.resident_ctas * SMS), 2) for shape, n in row.ctas.items()}
     row.inflight_kb = {shape: round(min(row.resident_ctas, n / SMS) * threads * row.packed_bytes / 1024, 1)
                        for shape, n in row.ctas.items()}
     loads = ptx_loop_loads(compiled.asm["ptx"],

@@ -427,3 +427,25 @@ def test_llm_shape_on_gpu(batch):
                    pack_nm_quant(w, 2, 4, 4, 128), pack_bitmask(torch.where(w.abs() < 0.67, 0.0, w).half())):
         packed = packed.to("cuda")
         assert_matches(launcher(packed.format)(x, **packed.tensors, **packed.params), x, packed.w_hat)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or _common.INTERPRET, reason="needs a CUDA GPU")
+def test_ctas_per_sm_match_the_drivers_occupancy():
+    """The split over K fills whole waves of the CTAs an SM holds (kernels/_common.py): its count,
+    from the compiled kernel's registers and shared memory, against CUDA's occupancy calculator
+    for every kernel a batch-1 and a batch-16 call compiled. One too many would leave a few CTAs
+    to a second wave."""
+    import ctypes
+
+    test_llm_shape_on_gpu(1)
+    test_llm_shape_on_gpu(16)
+    driver = ctypes.CDLL("libcuda.so.1")
+    assert _common._compiled
+    for compiled in _common._compiled.values():
+        blocks = ctypes.c_int()
+        threads = 32 * compiled.metadata.num_warps
+        assert driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            ctypes.byref(blocks), ctypes.c_void_p(compiled.function), threads,
+            ctypes.c_size_t(compiled.metadata.shared)) == 0
+        assert _common.resident_ctas(compiled.n_regs, compiled.metadata.shared, threads) == blocks.value, \
+            (compiled.name, compiled.n_regs, compiled.metadata.shared, threads)

@@ -15,6 +15,7 @@ eps/2: there bf16 gets 2·eps.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="Triton is not installed: the kernels cannot run")
 
 from kernels import FORMATS, _common, _sparse, bitmask, bitmask_int4, bitmask_int8, launcher, nm, nm_int8  # noqa: E402
-from kernels._common import MIN_CTAS, plan_split_k  # noqa: E402
+from kernels._common import MIN_CTAS, SplitK, plan_split_k  # noqa: E402
 from kernel_checks import assert_matches, seeded  # noqa: E402
 from kernels.ptx_model import run_scalar as run_ptx  # noqa: E402
 from kernels.testing import Packed, chunked, pack_bits, pack_nm, pack_nm_quant, quantize  # noqa: E402
@@ -285,10 +286,55 @@ def test_every_production_config(kernel, monkeypatch):
 
 def test_split_plan_reaches_two_ctas_per_sm_and_every_split_has_a_tile():
     for n_blocks, k_tiles in ((128, 16), (344, 8), (128, 43), (256, 28), (1, 1), (3, 2), (100, 5)):
-        split = plan_split_k(n_blocks, k_tiles * 64, 64).splits
-        per = -(-k_tiles // split)  # what k_tile_range gives each program
-        assert split <= k_tiles and (split - 1) * per < k_tiles  # every split has a tile
-        assert n_blocks * split >= min(MIN_CTAS, n_blocks * k_tiles)
+        for per_sm in (1, 2, 3, 4, 7):
+            plan = plan_split_k(n_blocks, k_tiles * 64, 64, per_sm)
+            per = -(-k_tiles // plan.splits)  # what k_tile_range gives each program
+            assert plan.k_per_split == per * 64
+            assert plan.splits <= k_tiles and (plan.splits - 1) * per < k_tiles  # every split has a tile
+            assert n_blocks * plan.splits >= min(MIN_CTAS, n_blocks * k_tiles)
+
+
+def test_split_plan_fills_whole_waves_at_the_occupancy():
+    """The target shapes at bitmask-int4's REG_MMA occupancy (4 CTAs per SM at batch 1-8, 3 at 9-16):
+    8192×28672 (64 tiles of 128 rows, 224 K blocks) takes 8 splits, one wave of 512 CTAs (3.9 per
+    SM), where the fewest splits reaching 264 CTAs gave 5 (2.4 per SM, 45 iterations each);
+    28672×8192 (224 tiles, 64 blocks) at 3 per SM takes 5 splits, 1120 CTAs in 2.8 waves of 13
+    iterations, where 2 splits gave 448 CTAs: one wave and 52 CTAs of 32 iterations after it."""
+    assert plan_split_k(64, 28672, 128, per_sm=4) == SplitK(8, 28 * 128)
+    assert plan_split_k(224, 8192, 128, per_sm=4) == SplitK(2, 32 * 128)  # 448 of 528: one wave
+    assert plan_split_k(224, 8192, 128, per_sm=3) == SplitK(5, 13 * 128)
+    assert plan_split_k(64, 28672, 128, per_sm=4, sms=108) == SplitK(6, 38 * 128)  # an A100: 384 of 432
+    assert plan_split_k(2000, 4096, 128, per_sm=4).splits == 1  # the tiles alone fill the GPU
+
+
+def test_occupancy_is_read_from_the_compiled_kernel_once():
+    """On a GPU the launchers size the split by the CTAs the compiled kernel fits on an SM (its
+    registers and shared memory); off it they plan for 2 per SM without compiling anything."""
+    compiled = SimpleNamespace(n_regs=112, metadata=SimpleNamespace(shared=0, num_warps=4), _init_handles=lambda: None)
+    calls = []
+
+    class Kernel:
+        def warmup(self, *args, grid, **kwargs):
+            calls.append((args, kwargs))
+            return compiled
+
+    kernel = Kernel()
+    gpu_x = SimpleNamespace(is_cuda=True, device="cuda:0", dtype=torch.float16)
+    args, meta = (None, 1, 4096), dict(BLOCK_K=128, num_warps=4)
+    assert _common.ctas_per_sm(kernel, gpu_x, args, meta) == 4  # 112 registers × 128 threads
+    assert _common.ctas_per_sm(kernel, gpu_x, args, meta) == 4
+    assert len(calls) == 1
+    compiled.n_regs = 136
+    assert _common.ctas_per_sm(kernel, gpu_x, (None, 2, 4096), meta) == 3  # another batch: looked up again
+    assert _common.ctas_per_sm(kernel, torch.zeros(1), args, meta) == 2 and len(calls) == 2
+
+
+def test_resident_ctas_follows_hoppers_limits():
+    assert _common.resident_ctas(112, 0, 128) == 4  # 65536 registers / (112 · 128)
+    assert _common.resident_ctas(130, 0, 128) == 3  # allocated in 8s per thread: 136
+    assert _common.resident_ctas(64, 100 * 1024, 128) == 2  # 228 KB of shared memory, 1 KB more per CTA
+    assert _common.resident_ctas(32, 0, 1024) == 2  # 2048 threads
+    assert _common.resident_ctas(16, 0, 32) == 32  # 32 CTAs
 
 
 def test_outgrown_workspace_is_kept_alive():
