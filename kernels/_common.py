@@ -82,6 +82,12 @@ MIN_CTAS = 2 * SMS
 SPLIT_COST = 2
 
 
+def max_registers(ctas: int, threads: int) -> int:
+    """The most registers per thread that let `ctas` CTAs of `threads` threads share an SM: the cap
+    (triton.Config's maxnreg) a batch-1 config sets where its bytes in flight need the CTAs."""
+    return REGISTERS_PER_SM // (ctas * threads) // 8 * 8
+
+
 def resident_ctas(registers: int, shared: int, threads: int) -> int:
     """CTAs one Hopper SM holds at once: registers are allocated per warp in blocks of 256."""
     per_warp = -(-registers * 32 // 256) * 256

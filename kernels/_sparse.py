@@ -118,11 +118,11 @@ def static_spec(name: str, kernel, pointers: dict, packed: tuple, constexprs: di
 
     def gemv(c):
         return triton.Config(dict(c.kwargs, BLOCK_M=1, GEMV_ROWS=1, DOT_F32=False), num_warps=c.num_warps,
-                             num_stages=c.num_stages)
+                             num_stages=c.num_stages, maxnreg=c.maxnreg)
 
     def tiled(c):
         return triton.Config(dict(c.kwargs, GEMV_ROWS=0, DOT_F32=False), num_warps=c.num_warps,
-                             num_stages=c.num_stages)
+                             num_stages=c.num_stages, maxnreg=c.maxnreg)
 
     def packed_bytes(c, per_weight: float = bytes_per_weight) -> int:  # per thread per main-loop iteration
         return round(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] * per_weight / (32 * c.num_warps))

@@ -758,7 +758,8 @@ def reg_launch(kernel, x: torch.Tensor, rows: int, args: tuple, **meta) -> None:
     tiles = triton.cdiv(rows, REG_BLOCK_N)
     ws, tickets = workspace(x, rows, tiles)
     args = (*args, ws, tickets, batch_bucket(batch))
-    meta = dict(GEMV_ROWS=0, DOT_F32=False, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs, **meta)
+    meta = dict(GEMV_ROWS=0, DOT_F32=False, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+                **cfg.kwargs, **meta)
     kernel[(tiles, split_for(kernel, tiles, k, 128, x, args, meta).splits)](*args, **meta)
 
 

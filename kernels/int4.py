@@ -23,9 +23,10 @@ Design (Marlin's ideas on the packed layout as it is; Frantar et al. 2024, arXiv
   (_common.split_for), the splits adding fp32 partial sums atomically into a workspace; the last
   one writes y (_common.store_split).
 Measured (python -m kernels.static_report, sm_90, Triton 3.9), batch 1-16 path, main-loop SASS
-instructions per packed byte: g=128 5.3, g=64 5.7, one group per row 4.8 (Triton 3.6 before the
-single-launch split-K: 5.4, 5.8, 4.7); every packed load LDG.E.128; ≥ 344 CTAs at batch 1 on
-every benchmark shape; 144-168 registers, no spills. Where they go (g=128, 64 bytes per thread per iteration, ≈ 340 in all): the
+instructions per packed byte: g=128 5.6, g=64 5.7, one group per row 5.4 (capped at 128
+registers for 4 CTAs per SM; 5.3 and 4.8 uncapped, with 168 and 156); every packed load
+LDG.E.128; ≥ 344 CTAs at batch 1 on every benchmark shape; 128-144 registers, no spills. Where
+they go (g=128 uncapped, 64 bytes per thread per iteration, ≈ 340 in all): the
 0x6400 dequantization 2.5 per byte, the x tile's even/odd split (PRMT) ≈ 0.8, the packed tile's
 trip through shared memory into the MMA layout (STS/LDS/LDSM/BAR) ≈ 0.5, HMMA 0.5, addressing
 ≈ 0.6, the group scale 0.3.
@@ -40,7 +41,8 @@ import triton.language as tl
 
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, block_offsets, check_group,
                              check_tensor, check_x, dot_t, int4_minus_zero, int8_minus_zero, k_tile_range,
-                             make_out, plan_split_k, scale_columns, split_for, store_split, workspace)
+                             make_out, max_registers, plan_split_k, scale_columns, split_for, store_split,
+                             workspace)
 
 FORMAT = "int4"
 SMALL_BATCH = 16  # up to here one BLOCK_M = 16 row block: every weight byte is read once
@@ -126,10 +128,15 @@ def config(batch: int, group: int) -> triton.Config:
     """The production config of a launch. Up to batch 16 one BLOCK_M = 16 row block (each weight
     read once) and BLOCK_N · BLOCK_K = 16384 codes: with 4 warps each thread loads 64 packed int4
     bytes (4 × LDG.128) per iteration, which pays for the loop's fixed cost (x tile, group scale).
-    Above, 64 × 128 tiles. One config per path: no autotuning without a GPU to time it."""
+    With BLOCK_K = 128, at most 128 registers, so that 4 CTAs share an SM: int4 took 156-168, 3 CTAs
+    and 21-24 KB in flight per SM at batch 1, under the ≈ 25-30 that cover DRAM latency; capped,
+    27-31 KB for 0.3-0.6 more instructions per byte, no spills. 256 × 64 tiles (g = 64) keep theirs:
+    capped, int4 would spend 6.2 per byte under the H200's Triton 3.6. Above, 64 × 128 tiles. One
+    config per path: no autotuning without a GPU to time it."""
     bk = block_k(group)
     if batch <= SMALL_BATCH:
-        return triton.Config(dict(BLOCK_M=16, BLOCK_N=16384 // bk, BLOCK_K=bk), num_warps=4, num_stages=1)
+        return triton.Config(dict(BLOCK_M=16, BLOCK_N=16384 // bk, BLOCK_K=bk), num_warps=4, num_stages=1,
+                             maxnreg=max_registers(4, 128) if bk == 128 else None)
     return triton.Config(dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=min(64, bk)), num_warps=4, num_stages=2)
 
 
@@ -166,7 +173,7 @@ def quant_matmul(fmt: str, bits: int, x: torch.Tensor, qweight: torch.Tensor, sc
             x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), out.stride(0), ws, tickets)
     meta = dict(BITS=bits, GROUP=group, EVEN=n % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0,
                 USE_ASM=not INTERPRET, DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **cfg.kwargs)
     plan = split_for(_quant_matmul_kernel, tiles, k, cfg.kwargs["BLOCK_K"], x, args, meta)
     _quant_matmul_kernel[(tiles, plan.splits)](*args, **meta)
     return out

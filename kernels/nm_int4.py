@@ -38,13 +38,14 @@ dense tile in registers, per-element dequantization. Same n:m limits as kernels/
 Measured (kernels.static_report, sm_90, Triton 3.9), batch 1-16 path, main-loop instructions per
 packed byte, 128-bit packed loads, ≥ 344 CTAs at batch 1:
     batch 1 (GEMV)          g=128 5.24   g=64 5.57   one group per row 4.93   (before: 13.7 / 12.5 / 13.1)
-    batch 2-8 (mma.sp)      g=128 4.44   g=64 4.58   one group per row 3.31
-    batch 9-16 (mma.sp)     g=128 5.02   g=64 5.6    one group per row 4.02
+    batch 2-8 (mma.sp)      g=128 4.27   g=64 4.67   one group per row 3.31
+    batch 9-16 (mma.sp)     g=128 5.23   g=64 5.96   one group per row 3.98
+                            (mma.sp capped at 128 registers, 4 CTAs per SM; 130-142 let 3)
                             (the column tiles before it: 9.8 / 9.6 / 9.3, 64-bit index loads at g=64)
 GEMV, g=128 (96 packed bytes per thread per iteration, 503 instructions): 3.7 per byte in the
 per-group work above (5.5 instructions per group and row), 0.75 in the selector lookups, 0.3
-loads, 0.5 scale, addressing and loop. mma.sp, g=128, batch 2-8 (48 packed bytes per thread per
-iteration, 213 instructions): 96 to dequantize 32 a-registers (2 per byte), 8 metadata PRMTs, 8
+loads, 0.5 scale, addressing and loop. mma.sp, g=128, batch 2-8 uncapped (48 packed bytes per
+thread per iteration, 213 instructions): 96 to dequantize 32 a-registers (2 per byte), 8 metadata PRMTs, 8
 mma.sp, 8 FFMAs for the scale, 36 loads (12 packed, 16 x, 8 zero points and scales), 57 for
 addresses, the zs operands and the loop. The column tiles spent ≈ 9 instructions per group on its
 four dense fp16 columns alone.
@@ -58,7 +59,7 @@ import triton.language as tl
 
 from kernels import int4, nm, ptx_model
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, aligned, block_offsets, check_group,
-                             check_tensor, check_x, cols4, dot_t, dot_w, int4_minus_zero, k_tile_range, make_out,
+                             check_tensor, check_x, cols4, dot_t, dot_w, int4_minus_zero, k_tile_range, make_out, max_registers,
                              mma_fragments, nm_scatter, scale_columns, split_for, store_split, store_split_at,
                              unpack, workspace)
 
@@ -679,7 +680,8 @@ def config(batch: int, group: int) -> triton.Config:
                              num_warps=4, num_stages=1)
     if batch <= int4.SMALL_BATCH and (group % 128 == 0 or group == 64):
         return triton.Config(dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GEMV=False, SPARSE_MMA=True,
-                                  N_TILES=1 if batch <= 8 else 2), num_warps=4, num_stages=1)
+                                  N_TILES=1 if batch <= 8 else 2), num_warps=4, num_stages=1,
+                             maxnreg=max_registers(4, 128))  # 4 CTAs per SM (130-142 registers let 3)
     return tile_config(batch, group)
 
 
@@ -727,7 +729,7 @@ def matmul(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, scales:
     meta = dict(N_KEEP=n, M=m, INDEX_BITS=nm.INDEX_BITS[m], GROUP=group,
                 EVEN=rows % cfg.kwargs["BLOCK_N"] == 0 and k % cfg.kwargs["BLOCK_K"] == 0,
                 USE_ASM=not INTERPRET, DOT_F32=INTERPRET and x.dtype == torch.bfloat16,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **cfg.kwargs)
     plan = split_for(_nm_int4_matmul_kernel, tiles, k, cfg.kwargs["BLOCK_K"], x, args, meta)
     _nm_int4_matmul_kernel[(tiles, plan.splits)](*args, **meta)
     return out

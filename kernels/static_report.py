@@ -124,10 +124,12 @@ def tool(name: str) -> Path:
 
 
 def config_label(config) -> str:
-    """e.g. "16x64x64 w4 s3 SPLIT=1": BLOCK_M x BLOCK_N x BLOCK_K, warps, stages, other constexprs."""
+    """e.g. "16x64x64 w4 s3 r128 SPLIT=1": BLOCK_M x BLOCK_N x BLOCK_K, warps, stages, the register cap
+    (maxnreg) where there is one, other constexprs."""
     blocks = "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in config.kwargs)
+    cap = f" r{config.maxnreg}" if config.maxnreg else ""
     others = " ".join(f"{k}={v}" for k, v in sorted(config.kwargs.items()) if not k.startswith("BLOCK_"))
-    return " ".join(p for p in (f"{blocks} w{config.num_warps} s{config.num_stages}", others) if p)
+    return " ".join(p for p in (f"{blocks} w{config.num_warps} s{config.num_stages}{cap}", others) if p)
 
 
 def specs(kernel: str | None = None) -> list[tuple[str, object]]:
@@ -178,7 +180,7 @@ def compile_config(spec, config, path: str | None = None):
             if arg not in spec.unaligned:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages, maxnreg=config.maxnreg))
 
 
 def packed_params(fn, constexprs: dict, packed: tuple[str, ...]) -> set[int]:

@@ -335,6 +335,8 @@ def test_resident_ctas_follows_hoppers_limits():
     assert _common.resident_ctas(64, 100 * 1024, 128) == 2  # 228 KB of shared memory, 1 KB more per CTA
     assert _common.resident_ctas(32, 0, 1024) == 2  # 2048 threads
     assert _common.resident_ctas(16, 0, 32) == 32  # 32 CTAs
+    assert [_common.max_registers(n, 128) for n in (3, 4, 5)] == [168, 128, 96]  # the caps that let n share an SM
+    assert all(_common.resident_ctas(_common.max_registers(n, 128), 0, 128) == n for n in (3, 4, 5))
 
 
 def test_outgrown_workspace_is_kept_alive():
