@@ -94,10 +94,11 @@ def launch(gemv, tiled, x: torch.Tensor, n_out: int, args: tuple, gemv_max: int 
 
     largest = min(c.kwargs["BLOCK_N"] for c in (kernel.configs if FORCE_CONFIG is None else [FORCE_CONFIG]))
     ws, tickets = workspace(x, n_out, triton.cdiv(batch, 1 if is_gemv else 16) * triton.cdiv(n_out, largest))
+    fn = kernel if FORCE_CONFIG is not None else kernel.fn
+
     def grid(m: dict) -> tuple[int, int]:  # m: the launch's arguments by name, the config's constexprs among them
-        c = FORCE_CONFIG or next(c for c in kernel.configs if all(m[n] == v for n, v in c.kwargs.items()))
-        options = dict(num_warps=c.num_warps, num_stages=c.num_stages)
-        fn = kernel if FORCE_CONFIG is not None else kernel.fn
+        config = FORCE_CONFIG or next(c for c in kernel.configs if all(m[n] == v for n, v in c.kwargs.items()))
+        options = dict(num_warps=config.num_warps, num_stages=config.num_stages, maxnreg=config.maxnreg)
         return blocks(m), split_for(fn, blocks(m), k, m["BLOCK_K"], x, (), {**m, **options}).splits
 
     kernel[grid](*args, ws, tickets, batch_bucket(batch), **meta)

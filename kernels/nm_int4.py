@@ -13,7 +13,8 @@ Math:
 Shapes (rows, cols): x (B, K) fp16/bf16, y (B, N).
 
 2:4 (the production case) reads one code byte per 4-column group (its two kept values) and one
-index nibble (p0 < p1), by 128-bit loads, in one of three paths (all split over K into whole waves, ≥ 264 CTAs):
+index nibble (p0 < p1), by 128-bit loads, in one of three paths (all split over K into whole
+waves, ≥ 264 CTAs):
 - batch 1, fp16 x, g % 64 == 0 or one group per row (the GEMV, CUDA cores): x gathered by the kept
   indices, as kernels/nm.py does at batch 1, two rows per thread so that each step serves both
   (NM24_GEMV_PTX, lane 0 = one row, lane 1 = the other). Per group: one PRMT pairs the rows' code
@@ -45,8 +46,8 @@ packed byte, 128-bit packed loads, ≥ 344 CTAs at batch 1:
 GEMV, g=128 (96 packed bytes per thread per iteration, 503 instructions): 3.7 per byte in the
 per-group work above (5.5 instructions per group and row), 0.75 in the selector lookups, 0.3
 loads, 0.5 scale, addressing and loop. mma.sp, g=128, batch 2-8 uncapped (48 packed bytes per
-thread per iteration, 213 instructions): 96 to dequantize 32 a-registers (2 per byte), 8 metadata PRMTs, 8
-mma.sp, 8 FFMAs for the scale, 36 loads (12 packed, 16 x, 8 zero points and scales), 57 for
+thread per iteration, 213 instructions): 96 to dequantize 32 a-registers (2 per byte), 8
+metadata PRMTs, 8 mma.sp, 8 FFMAs for the scale, 36 loads (12 packed, 16 x, 8 zero points and scales), 57 for
 addresses, the zs operands and the loop. The column tiles spent ≈ 9 instructions per group on its
 four dense fp16 columns alone.
 """
@@ -59,9 +60,9 @@ import triton.language as tl
 
 from kernels import int4, nm, ptx_model
 from kernels._common import (BATCH_1_16, INTERPRET, LARGE_BATCH, CompileSpec, aligned, block_offsets, check_group,
-                             check_tensor, check_x, cols4, dot_t, dot_w, int4_minus_zero, k_tile_range, make_out, max_registers,
-                             mma_fragments, nm_scatter, scale_columns, split_for, store_split, store_split_at,
-                             unpack, workspace)
+                             check_tensor, check_x, cols4, dot_t, dot_w, int4_minus_zero, k_tile_range, make_out,
+                             max_registers, mma_fragments, nm_scatter, scale_columns, split_for, store_split,
+                             store_split_at, unpack, workspace)
 
 FORMAT = "nm-int4"
 

@@ -34,10 +34,11 @@ per shape); the report finds them through kernels.FORMATS. For every production 
    shared memory counts, a lower bound: perfect coalescing, no bank conflicts),
    load_bits = the narrowest packed load in the loop, registers / spill_bytes (local memory per
    thread) / shared_bytes, resident_ctas per SM (registers, shared memory, threads), ctas = CTAs
-   launched at batch 1 on each target shape (the launchers' split over K at that occupancy), waves
-   (those CTAs over the ones the SMs hold at once) and inflight_kb: the packed KB one iteration of the CTAs on an SM has in flight at batch 1
-   (DESIGN.md asks ≈ 25-30 KB to cover DRAM latency; reported, not tested), asm_calls / asm_layout: the inline-asm calls checked and what would
-   hand any of them other than runs of one row (a wrong answer on the GPU: the report exits 1),
+   launched at batch 1 on each target shape (the launchers' split over K at that occupancy),
+   waves (those CTAs over the ones the SMs hold at once) and inflight_kb: the packed KB one
+   iteration of the CTAs on an SM has in flight at batch 1 (DESIGN.md asks ≈ 25-30 KB to cover
+   DRAM latency; reported, not tested), asm_calls / asm_layout: the inline-asm calls checked and
+   what would hand any of them other than runs of one row (a wrong answer on the GPU: the report exits 1),
    bytes_per_weight (streamed per weight: packed data, scales and zeros) and, on the batch 1-16
    path, ceiling_vs_fp16: the speedup over cuBLAS fp16 that bytes, instruction issue and the L1 /
    shared-memory data path leave possible (`ceiling`; a bound to hold the GPU figures against, not
@@ -180,7 +181,8 @@ def compile_config(spec, config, path: str | None = None):
             if arg not in spec.unaligned:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages, maxnreg=config.maxnreg))
+                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages,
+                                       maxnreg=config.maxnreg))
 
 
 def packed_params(fn, constexprs: dict, packed: tuple[str, ...]) -> set[int]:
