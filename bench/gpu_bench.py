@@ -4,7 +4,8 @@ tasks/stages/benchmark.run, on a CUDA GPU.
     PYTHONPATH=. python3 bench/gpu_bench.py --json OUT/h200-DATE.json --png OUT/h200-DATE.png --ops-budget-s 200
 
 The JSON is rewritten (atomically) after every shape × format and after decode, so a run killed
-by its timeout still returns what it measured. Exit 0: every row within the fp16 bound and every
+by its timeout still returns what it measured; its `occupancy` lists, per kernel our launchers
+compiled, the registers and CTAs per SM their splits over K planned for. Exit 0: every row within the fp16 bound and every
 decode captured in a CUDA graph; 1: a row marked `wrong`, a failure of our own path (triton-,
 dispatch-, torch-dequant-), or a decode that failed or ran without a graph; 2: no CUDA device.
 A peer refusing a shape (cuSPARSELt, tinygemm) is a result, not a failure.
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from kernels import _common
 from tasks.stages import benchmark
 
 OURS = ("triton-", "dispatch-", "torch-dequant-")
@@ -52,7 +54,8 @@ def main() -> int:
     print(f"params.yaml benchmark: {section}; packed model shapes: {shapes or 'none'}", flush=True)
 
     def save(result: dict) -> None:
-        benchmark.write_results({**result, "seconds": round(time.monotonic() - start, 1)}, args.json, args.png)
+        benchmark.write_results({**result, "seconds": round(time.monotonic() - start, 1),
+                                 "occupancy": _common.occupancy()}, args.json, args.png)
 
     result = benchmark.run(**section, model_shapes=shapes, log=lambda m: print(m, flush=True),
                            deadline=start + args.ops_budget_s, on_update=save)

@@ -151,6 +151,15 @@ def ctas_per_sm(kernel, x: torch.Tensor, args: tuple, kwargs: dict) -> int:
     return resident_ctas(compiled.n_regs, compiled.metadata.shared, 32 * compiled.metadata.num_warps)
 
 
+def occupancy() -> list[dict]:
+    """What the splits so far planned for, per kernel compiled on the GPU: its registers, shared
+    memory, warps and CTAs per SM (bench/gpu_bench.py keeps them with a GPU run's figures)."""
+    kernels = {c.hash: c for c in _compiled.values()}.values()
+    return [dict(kernel=c.name, registers=c.n_regs, shared=c.metadata.shared, warps=c.metadata.num_warps,
+                 ctas_per_sm=resident_ctas(c.n_regs, c.metadata.shared, 32 * c.metadata.num_warps))
+            for c in kernels]
+
+
 def sm_count(x: torch.Tensor) -> int:
     """SMs of x's GPU; the H200's off the GPU (what the interpreter tests and the static report model)."""
     return torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else SMS

@@ -307,10 +307,13 @@ def test_split_plan_fills_whole_waves_at_the_occupancy():
     assert plan_split_k(2000, 4096, 128, per_sm=4).splits == 1  # the tiles alone fill the GPU
 
 
-def test_occupancy_is_read_from_the_compiled_kernel_once():
+def test_occupancy_is_read_from_the_compiled_kernel_once(monkeypatch):
     """On a GPU the launchers size the split by the CTAs the compiled kernel fits on an SM (its
-    registers and shared memory); off it they plan for 2 per SM without compiling anything."""
-    compiled = SimpleNamespace(n_regs=112, metadata=SimpleNamespace(shared=0, num_warps=4), _init_handles=lambda: None)
+    registers and shared memory), and a GPU run's JSON lists them; off it they plan for 2 per SM
+    without compiling anything."""
+    monkeypatch.setattr(_common, "_compiled", {})
+    compiled = SimpleNamespace(n_regs=112, metadata=SimpleNamespace(shared=0, num_warps=4), _init_handles=lambda: None,
+                               name="_kernel", hash="h")
     calls = []
 
     class Kernel:
@@ -324,6 +327,7 @@ def test_occupancy_is_read_from_the_compiled_kernel_once():
     assert _common.ctas_per_sm(kernel, gpu_x, args, meta) == 4  # 112 registers × 128 threads
     assert _common.ctas_per_sm(kernel, gpu_x, args, meta) == 4
     assert len(calls) == 1
+    assert _common.occupancy() == [dict(kernel="_kernel", registers=112, shared=0, warps=4, ctas_per_sm=4)]
     compiled.n_regs = 136
     assert _common.ctas_per_sm(kernel, gpu_x, (None, 2, 4096), meta) == 3  # another batch: looked up again
     assert _common.ctas_per_sm(kernel, torch.zeros(1), args, meta) == 2 and len(calls) == 2
