@@ -50,10 +50,12 @@ with slack (below):
 - bitmask-int4, REG_MMA: 10.9-11.1 instructions and 10.3-10.5 L1 bytes at batch 1-8 (g = 128,
   64), 11.8-11.9 and 11.6-11.8 at batch 9-16; 32-bit code loads. BYTE_LUT, which served batch
   1-16 before, spends 11.7-11.8 and 21.6-22.0: half its L1 bytes stage the dots' operands through
-  shared memory (STS, then ldmatrix). Per mask byte (3 packed bytes at 50%), ≈ 33 instructions:
-  15.5 build its columns in the asm (funnel shifts, the nibble split, 7 PRMT, 4 HSUB2), 1 mma and
-  1 FFMA per 8 batch rows, ≈ 4 find its first code (POPCs of the half's words), ≈ 4 load and
-  address its table entry, ≈ 3 its code words, ≈ 1.5 the zero points and scales. The entry (16
+  shared memory (STS, then ldmatrix). Per mask byte (3 packed bytes at 50%) at g = 128, batch
+  1-8, 32.8 instructions: 15.5 build its columns in the asm (funnel shifts, the nibble split, 7
+  PRMT, 4 HSUB2), 1 mma and 1 FFMA per 8 batch rows, ≈ 4 find its first code (POPCs of the half's
+  words), ≈ 3.5 load and address its table entry, ≈ 3 its code words, 2.6 the zero points and
+  scales (3.1 at g = 64), ≈ 2.2 the mask words, x, chunk ends and loop (docs/formats.md, "Kernel
+  limits", has the accounting and what each part would take at least). The entry (16
   bytes), the code words (6 per byte), the mask (4: a quad's threads each load the row's 16
   bytes) and x (4) make its L1 bytes. Earlier BYTE_LUT figures: 15.6-15.9 at g = 128 with 64 rows
   per CTA, groups of 64 column by column at 55-75, 21.0-21.6 on format version 1.

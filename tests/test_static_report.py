@@ -55,10 +55,12 @@ BITMASK_INT8 = ("CTAs met, not instructions: ≈ 43 instructions per mask byte a
                 "staging of the column tile for the dots")
 BITMASK_INT8_G64 = BITMASK_INT8 + ("; and loads: a 64-column tile (one group) holds a row's 8 mask bytes, one "
                                    "64-bit load")
-BITMASK_INT4 = ("three 32-bit code words per two mask bytes (16-byte vectors would add ≈ 8 instructions per mask "
-                "byte, which its 3 packed bytes cannot carry); ≈ 33 instructions per mask byte (35 at batch 9-16) for "
-                "the column build (15.5: funnel shifts, nibble split, 7 permutes, 4 pair subtractions), the mma and "
-                "scale, the byte's first code (POPCs), its table entry and code words and their addresses")
+BITMASK_INT4 = ("three 32-bit code words per two mask bytes (two 16-byte vectors and a 4-way select of each word "
+                "would add ≈ 8 instructions per two mask bytes, ≈ 1.3 per byte); ≈ 33 instructions per mask byte (35 "
+                "at batch 9-16) for the column build (15.5: funnel shifts, nibble split, 7 permutes, 4 pair "
+                "subtractions), the mma and scale, the byte's first code (POPCs), its table entry, code words, zero "
+                "point and scale, and their addresses: ≈ 25.5 with each part at its least (docs/formats.md), over "
+                "the 18 that 6 per byte allows")
 NM_INT8_G64 = ("instructions and CTAs met, not loads: a 64-column tile (one group of 64) holds a row's 4 index "
                "bytes, so a thread's 8 load as one 64-bit vector; a 128-column tile would need a second set of dots "
                "per column for the second group's scale")
