@@ -5,9 +5,10 @@ tasks/stages/benchmark.run, on a CUDA GPU.
 
 The JSON is rewritten (atomically) after every shape × format and after decode, so a run killed
 by its timeout still returns what it measured; its `occupancy` lists, per kernel our launchers
-compiled, the registers and CTAs per SM their splits over K planned for. Exit 0: every row within the fp16 bound and every
-decode captured in a CUDA graph; 1: a row marked `wrong`, a failure of our own path (triton-,
-dispatch-, torch-dequant-), or a decode that failed or ran without a graph; 2: no CUDA device.
+compiled, the registers and CTAs per SM their splits over K planned for. Exit 0: every row
+within the fp16 bound and every decode captured in a CUDA graph; 1: a row marked `wrong`, a
+failure of our own path (triton-, dispatch-, torch-dequant-), or a decode that failed or ran
+without a graph; 2: no CUDA device.
 A peer refusing a shape (cuSPARSELt, tinygemm) is a result, not a failure.
 """
 

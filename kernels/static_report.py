@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['load_bits'] or '-':>4} bit "
               f"{str(row['ceiling_vs_fp16']) + 'x' if row['ceiling_vs_fp16'] else '-':>6} fp16 "
               f"{row['registers'] or '-':>4} regs {row['spill_bytes'] if row['spill_bytes'] is not None else '-':>4} "
-              f"spill {row['resident_ctas'] or '-':>2}/SM  min {min(row['ctas'].values()) if row['ctas'] else '-':>5} CTAs  "
+              f"spill {row['resident_ctas'] or '-':>2}/SM  min {min(row['ctas'].values(), default='-'):>5} CTAs  "
               f"{bad}", flush=True)
     for fmt in result["formats_without_spec"]:
         print(f"{fmt}: its kernel module declares no STATIC specs: not compiled")
